@@ -1,0 +1,5 @@
+"""research-agent: a research assistant for Discord, Slack and the terminal."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,256 @@
+"""Settings: ``config.toml`` read once at start-up into frozen, typed objects.
+
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the
+key (``[llm].temperature must be between 0 and 2``), so a typo fails before anything
+connects. Tokens never live in the file: they come from environment variables and are
+wrapped in :class:`Secret`, whose ``repr`` hides them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from bot.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config.toml")
+DEFAULT_USER_AGENT = (
+    "research-agent/0.1 (https://github.com/research-agent/research-agent; "
+    "set [sources].user_agent to your contact)"
+)
+
+
+def _between(low: float, high: float | None = None) -> dict[str, float | None]:
+    return {"min": low, "max": high}
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A token from the environment; ``repr`` and ``str`` never show it."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class LLMSettings:
+    base_url: str = "http://localhost:11434"
+    model: str = "llama3.2"
+    temperature: float = field(default=0.2, metadata=_between(0, 2))
+    timeout_s: float = field(default=120.0, metadata=_between(1, 3600))
+    # Sent as Ollama's num_ctx; 0 leaves the model's default.
+    context_tokens: int = field(default=0, metadata=_between(0, 1_000_000))
+
+
+@dataclass(frozen=True, slots=True)
+class WikipediaSettings:
+    enabled: bool = True
+    # ``{language}`` is replaced by ``language``; a URL without it is used as is.
+    api_url: str = "https://{language}.wikipedia.org/w/api.php"
+    language: str = "en"
+    results_per_keyword: int = field(default=3, metadata=_between(1, 20))
+
+    @property
+    def endpoint(self) -> str:
+        return self.api_url.replace("{language}", self.language)
+
+
+@dataclass(frozen=True, slots=True)
+class HackerNewsSettings:
+    enabled: bool = True
+    api_url: str = "https://hn.algolia.com/api/v1"
+    results_per_keyword: int = field(default=3, metadata=_between(1, 50))
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesSettings:
+    user_agent: str = DEFAULT_USER_AGENT
+    timeout_s: float = field(default=8.0, metadata=_between(0.1, 120))
+    retries: int = field(default=2, metadata=_between(0, 10))
+    backoff_s: float = field(default=0.5, metadata=_between(0, 60))
+    max_body_bytes: int = field(default=2_000_000, metadata=_between(1024))
+    cache_ttl_s: float = field(default=300.0, metadata=_between(0, 86_400))
+    cache_entries: int = field(default=256, metadata=_between(0, 100_000))
+    max_article_chars: int = field(default=3000, metadata=_between(100, 100_000))
+    wikipedia: WikipediaSettings = WikipediaSettings()
+    hackernews: HackerNewsSettings = HackerNewsSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingSettings:
+    backend: Literal["sentence-transformers", "hashing"] = "sentence-transformers"
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    # A local directory with the model's files; when set it wins over ``model``.
+    model_path: str = ""
+    workers: int = field(default=1, metadata=_between(1, 64))
+    top_k: int = field(default=5, metadata=_between(1, 50))
+    batch_size: int = field(default=32, metadata=_between(1, 1024))
+    hashing_dim: int = field(default=1024, metadata=_between(16, 1 << 20))
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySettings:
+    database: str = "data/research-agent.db"
+    # Summarise once a conversation holds more than this many unsummarised messages.
+    summarize_after: int = field(default=12, metadata=_between(2, 10_000))
+    # Messages kept verbatim (not summarised) at the end of the history.
+    keep_recent: int = field(default=6, metadata=_between(0, 10_000))
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisSettings:
+    enabled: bool = True
+    timeout_s: float = field(default=10.0, metadata=_between(0.1, 600))
+    max_output_bytes: int = field(default=1_000_000, metadata=_between(1024))
+    top_keywords: int = field(default=10, metadata=_between(1, 100))
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSettings:
+    max_question_chars: int = field(default=2000, metadata=_between(10, 100_000))
+    max_sources_in_prompt: int = field(default=5, metadata=_between(1, 20))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    llm: LLMSettings = LLMSettings()
+    sources: SourcesSettings = SourcesSettings()
+    embeddings: EmbeddingSettings = EmbeddingSettings()
+    memory: MemorySettings = MemorySettings()
+    analysis: AnalysisSettings = AnalysisSettings()
+    chat: ChatSettings = ChatSettings()
+    # Filled from the environment, never from the file.
+    discord_token: Secret | None = None
+    slack_bot_token: Secret | None = None
+    slack_app_token: Secret | None = None
+
+
+_ENV_ONLY = {"discord_token", "slack_bot_token", "slack_app_token"}
+_T = TypeVar("_T")
+
+
+def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (default ``./config.toml``; a missing default file means defaults).
+
+    ``env`` defaults to ``os.environ``: ``OLLAMA_HOST`` overrides ``[llm].base_url``,
+    ``DISCORD_TOKEN``, ``SLACK_BOT_TOKEN`` and ``SLACK_APP_TOKEN`` fill the secrets.
+    Relative paths in the file are resolved against the file's directory.
+
+    Raises:
+        ConfigError: unreadable file, TOML syntax error, unknown key, bad type or range.
+    """
+    env = os.environ if env is None else env
+    explicit = path is not None
+    file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    raw: dict[str, Any] = {}
+    if file.exists() or explicit:
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {file} does not exist") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file} cannot be read: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from exc
+    for key in _ENV_ONLY & raw.keys():
+        raise ConfigError(f"{key} must come from the environment, not from {file}")
+
+    settings = _build(Settings, raw, "")
+    settings = _apply_env(settings, env)
+    return _resolve_paths(settings, file.resolve().parent)
+
+
+def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
+    host = env.get("OLLAMA_HOST", "").strip()
+    if host:
+        if "://" not in host:
+            host = f"http://{host}"
+        settings = dataclasses.replace(
+            settings, llm=dataclasses.replace(settings.llm, base_url=host)
+        )
+
+    def secret(name: str) -> Secret | None:
+        value = env.get(name, "").strip()
+        return Secret(value) if value else None
+
+    return dataclasses.replace(
+        settings,
+        discord_token=secret("DISCORD_TOKEN"),
+        slack_bot_token=secret("SLACK_BOT_TOKEN"),
+        slack_app_token=secret("SLACK_APP_TOKEN"),
+    )
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    memory = settings.memory
+    if memory.database != ":memory:" and not Path(memory.database).is_absolute():
+        memory = dataclasses.replace(memory, database=str(base / memory.database))
+    emb = settings.embeddings
+    if emb.model_path and not Path(emb.model_path).is_absolute():
+        emb = dataclasses.replace(emb, model_path=str(base / emb.model_path))
+    return dataclasses.replace(settings, memory=memory, embeddings=emb)
+
+
+def _build(cls: type[_T], table: object, where: str) -> _T:
+    """Instantiate dataclass ``cls`` from a TOML table, checking every key."""
+    label = f"[{where}]" if where else "the top level"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{label} must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    allowed = [name for name in fields if name not in _ENV_ONLY]
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key {key!r} in {label}; expected one of: {', '.join(allowed)}"
+            )
+        name = f"{where}.{key}" if where else key
+        values[key] = _check(hints[key], value, name, fields[key].metadata)
+    return cls(**values)
+
+
+def _check(hint: Any, value: Any, name: str, meta: Mapping[str, Any]) -> Any:
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _build(hint, value, name)
+    shown = f"[{name.rsplit('.', 1)[0]}].{name.rsplit('.', 1)[-1]}" if "." in name else name
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(
+                f"{shown} must be one of {', '.join(map(repr, choices))}, not {value!r}"
+            )
+        return value
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"{shown} cannot be set in the file")
+    # bool is an int in Python; a TOML ``true`` must not pass as a number.
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        value = float(value)
+    elif hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{shown} must be true or false, not {value!r}")
+    elif hint is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ConfigError(f"{shown} must be a whole number, not {value!r}")
+    elif hint is str and not isinstance(value, str):
+        raise ConfigError(f"{shown} must be a string, not {value!r}")
+    elif hint is float and not isinstance(value, float):
+        raise ConfigError(f"{shown} must be a number, not {value!r}")
+    low, high = meta.get("min"), meta.get("max")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise ConfigError(f"{shown} must be {bounds}, not {value!r}")
+    return value

@@ -1,0 +1,85 @@
+"""The project's one exception tree.
+
+SDK and library errors are translated into these at the boundary that called the SDK
+(``raise SourceUnavailable(...) from exc``), so the pipeline never catches ``aiohttp``,
+``httpx``, ``ollama`` or ``sqlite3`` errors directly.
+
+    ResearchAgentError
+    ├── ConfigError            config.toml or the environment is wrong; names the key
+    ├── SourceUnavailable      one source failed this turn (timeout, HTTP error, garbage)
+    ├── LLMError
+    │   ├── LLMUnavailable     Ollama cannot be reached
+    │   └── ModelNotFound      Ollama answers but the model is not pulled
+    ├── MemoryStoreError       the SQLite store failed
+    ├── AnalysisError          the analysis subprocess failed or printed garbage
+    │   └── AnalysisTimeout    ... or ran past its hard timeout and was killed
+    └── EmbeddingError         the embedding workers could not produce vectors
+
+Every error carries a ``user_message``: a fixed, friendly line that is safe to show in a
+chat. ``str(exc)`` is for logs only and is never posted to users.
+"""
+
+from __future__ import annotations
+
+
+class ResearchAgentError(Exception):
+    """Base class of every error the project raises on purpose."""
+
+    user_message = "Something went wrong on my side. Please try again in a moment."
+
+
+class ConfigError(ResearchAgentError):
+    """The configuration is invalid; the message names the offending key."""
+
+    user_message = "The bot's configuration is invalid; check the logs."
+
+
+class SourceUnavailable(ResearchAgentError):
+    """A research source could not be used for this turn."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        return f"{self.source} was unavailable for this question."
+
+
+class LLMError(ResearchAgentError):
+    """The language model could not be used."""
+
+    def __init__(self, message: str, *, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        return self.hint
+
+
+class LLMUnavailable(LLMError):
+    """Ollama is unreachable (refused, timed out, or answering with server errors)."""
+
+
+class ModelNotFound(LLMError):
+    """Ollama is up but the configured model has not been pulled."""
+
+
+class MemoryStoreError(ResearchAgentError):
+    """Reading or writing the conversation store failed."""
+
+    user_message = "I could not reach my conversation memory; this answer may lack context."
+
+
+class AnalysisError(ResearchAgentError):
+    """The analysis subprocess failed or returned something unusable."""
+
+
+class AnalysisTimeout(AnalysisError):
+    """The analysis subprocess ran past its hard timeout and was killed."""
+
+
+class EmbeddingError(ResearchAgentError):
+    """Embeddings could not be computed (model failed to load, workers kept dying)."""
