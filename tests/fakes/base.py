@@ -69,6 +69,7 @@ class FakeServer:
         self._runner: web.AppRunner | None = None
         self._port = 0
         self._hung: set[asyncio.Event] = set()
+        self._arrived = asyncio.Condition()
 
     def routes(self, app: web.Application) -> None:
         raise NotImplementedError
@@ -106,6 +107,16 @@ class FakeServer:
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]
 
+    async def wait_for_requests(self, count: int, path: str | None = None) -> None:
+        """Return once ``count`` requests (to ``path``, if given) have arrived."""
+
+        def enough() -> bool:
+            seen = self.requests if path is None else self.requests_to(path)
+            return len(seen) >= count
+
+        async with self._arrived:
+            await self._arrived.wait_for(enough)
+
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         body = await request.read()
@@ -114,6 +125,8 @@ class FakeServer:
                 request.method, request.path, dict(request.query), dict(request.headers), body
             )
         )
+        async with self._arrived:
+            self._arrived.notify_all()
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         fault = self.faults.popleft() if self.faults else self.always_fail

@@ -1,0 +1,213 @@
+"""Command line: ``python -m bot [ask|chat|demo|sessions] ...``.
+
+This is the only module that configures logging and the only one that turns errors into
+exit codes. Every command takes ``--config PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from bot.adapters.terminal import TerminalAdapter, TerminalListener, terminal_key
+from bot.agents.memory import MemoryStore
+from bot.config import Settings, load_settings
+from bot.domain import InboundMessage
+from bot.errors import ConfigError, ResearchAgentError
+from bot.pipeline.orchestrator import SILENT, TurnListener
+from bot.runtime import Runtime
+
+_log = logging.getLogger(__name__)
+
+DEMO_QUESTIONS = (
+    "What is a transformer in machine learning?",
+    "How does the attention mechanism inside it work?",
+    "How do GPT and BERT differ?",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="settings file (default ./config.toml)")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bot",
+        description="A research assistant that answers with cited sources.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ask = sub.add_parser("ask", parents=[common], help="answer questions, one conversation")
+    ask.add_argument("--session", metavar="ID", help="conversation to continue (default: new)")
+    ask.add_argument("--json", action="store_true", help="one JSON object per question")
+    ask.add_argument("questions", nargs="+", metavar="QUESTION")
+
+    chat = sub.add_parser("chat", parents=[common], help="interactive chat in the terminal")
+    chat.add_argument("--session", metavar="ID", default="default", help="conversation to resume")
+
+    sub.add_parser("demo", parents=[common], help="three-question demo with a visible summary")
+
+    sessions = sub.add_parser("sessions", parents=[common], help="list, show or reset sessions")
+    actions = sessions.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("list", parents=[common], help="every conversation")
+    show = actions.add_parser("show", parents=[common], help="one conversation's transcript")
+    show.add_argument("key", metavar="ID")
+    reset = actions.add_parser("reset", parents=[common], help="forget one conversation")
+    reset.add_argument("key", metavar="ID")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_dispatch(args, settings))
+    except KeyboardInterrupt:
+        print("\nInterrupted; bye.", file=sys.stderr)
+        return 130
+    except ResearchAgentError as exc:
+        _log.debug("start-up failed", exc_info=True)
+        print(f"Cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    command = args.command
+    if command == "sessions":
+        return await _sessions(args.action, getattr(args, "key", None), settings, sys.stdout)
+    if command is None:
+        print(_platform_notice(settings), file=sys.stderr)
+        command, args.session = "chat", "default"
+    if command == "demo":
+        # A low threshold so the running summary appears within three questions.
+        memory = dataclasses.replace(settings.memory, summarize_after=2, keep_recent=2)
+        settings = dataclasses.replace(settings, memory=memory)
+    async with await Runtime.start(settings) as runtime:
+        if runtime.llm_warning:
+            print(runtime.llm_warning, file=sys.stderr)
+        if command == "ask":
+            session = args.session or f"ask-{time.strftime('%Y%m%d-%H%M%S')}"
+            return await _ask(runtime, session, args.questions, as_json=args.json)
+        if command == "demo":
+            return await _demo(runtime)
+        adapter = TerminalAdapter(
+            runtime.pipeline.handle, session=args.session, reset=runtime.pipeline.reset
+        )
+        await adapter.start()
+        try:
+            await adapter.run()
+        finally:
+            await adapter.close()
+        return 0
+
+
+def _platform_notice(settings: Settings) -> str:
+    configured = [
+        name
+        for name, token in (
+            ("DISCORD_TOKEN", settings.discord_token),
+            ("SLACK_BOT_TOKEN", settings.slack_bot_token),
+        )
+        if token is not None
+    ]
+    if configured:
+        return (
+            f"{' and '.join(configured)} is set, but this version has no chat-platform "
+            "adapters yet; opening the terminal chat."
+        )
+    return (
+        "No chat platform configured (set DISCORD_TOKEN, or SLACK_BOT_TOKEN and "
+        "SLACK_APP_TOKEN); opening the terminal chat."
+    )
+
+
+async def _ask(runtime: Runtime, session: str, questions: Sequence[str], *, as_json: bool) -> int:
+    key = terminal_key(session)
+    failures = 0
+    for i, question in enumerate(questions):
+        listener: TurnListener = SILENT
+        if not as_json:
+            if len(questions) > 1:
+                print(f"{'' if i == 0 else chr(10)}Q: {question}\n")
+            listener = TerminalListener(sys.stdout, sys.stderr)
+        result = await runtime.pipeline.handle(
+            InboundMessage(question, "cli", key, "terminal"), listener
+        )
+        failures += not result.ok
+        if as_json:
+            print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+        else:
+            print()
+    return 1 if failures else 0
+
+
+async def _demo(runtime: Runtime) -> int:
+    session = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"Demo: three questions in one conversation ({terminal_key(session)}).")
+    status = await _ask(runtime, session, DEMO_QUESTIONS, as_json=False)
+    # Summaries run in the background; wait for them so the result can be shown.
+    await runtime.pipeline.drain(timeout=120)
+    state = await runtime.memory.load(terminal_key(session))
+    print("\nRunning summary of the conversation:")
+    print(state.summary or "(no summary yet: the language model was not reachable)")
+    return status
+
+
+async def _sessions(action: str, key: str | None, settings: Settings, out: TextIO) -> int:
+    store = await MemoryStore.open(settings.memory.database)
+    try:
+        if action == "list":
+            rows = await store.list_sessions()
+            if not rows:
+                out.write("No sessions yet.\n")
+            for row in rows:
+                summary = ", summarised" if row.has_summary else ""
+                out.write(
+                    f"{row.key}\t{row.turn_count} turns{summary}\tlast active {row.updated_at}\n"
+                )
+            return 0
+        assert key is not None
+        resolved = await _resolve_key(store, key)
+        if resolved is None:
+            out.write(f"No session named {key!r}. `python -m bot sessions list` shows them.\n")
+            return 1
+        if action == "reset":
+            await store.reset(resolved)
+            out.write(f"Forgot {resolved}.\n")
+            return 0
+        state = await store.transcript(resolved)
+        assert state is not None
+        out.write(f"Session {resolved}\n")
+        if state.summary:
+            out.write(f"\nSummary (up to turn {state.summary_upto}):\n{state.summary}\n")
+        for turn in state.turns:
+            out.write(f"\n[{turn.id}] {turn.created_at} you: {turn.question}\n")
+            out.write(f"bot: {turn.answer}\n" if turn.answer is not None else "(no answer saved)\n")
+        return 0
+    finally:
+        await store.close()
+
+
+async def _resolve_key(store: MemoryStore, key: str) -> str | None:
+    """Accept a full key (``slack:T:C:ts``) or a terminal session id (``default``)."""
+    for candidate in (key, terminal_key(key)):
+        if await store.transcript(candidate) is not None:
+            return candidate
+    return None

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import Secret, load_settings
+from bot.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_repository_config_loads_with_the_documented_defaults() -> None:
+    settings = load_settings(Path(__file__).parent.parent / "config.toml", env={})
+    assert settings.llm.model == "llama3.2"
+    assert settings.sources.wikipedia.endpoint == "https://en.wikipedia.org/w/api.php"
+    assert settings.embeddings.backend == "sentence-transformers"
+    assert settings.discord_token is None
+
+
+def test_values_are_typed_and_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[llm]\ntemperature = 1\n[memory]\ndatabase = "state/bot.db"\n'
+        '[sources.wikipedia]\nlanguage = "de"\n',
+    )
+    settings = load_settings(path, env={})
+    assert settings.llm.temperature == 1.0 and isinstance(settings.llm.temperature, float)
+    assert settings.memory.database == str(tmp_path / "state" / "bot.db")
+    assert settings.sources.wikipedia.endpoint == "https://de.wikipedia.org/w/api.php"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[llm]\nmodle = "x"', "'modle' in [llm]"),
+        ("[llm]\ntemperature = 3", "[llm].temperature must be between 0 and 2"),
+        ('[sources]\ntimeout_s = "fast"', "[sources].timeout_s must be a number"),
+        ("[sources.wikipedia]\nresults_per_keyword = true", "results_per_keyword"),
+        (
+            "[sources.hackernews]\nresults_per_keyword = 0",
+            "[sources.hackernews].results_per_keyword",
+        ),
+        ('[embeddings]\nbackend = "word2vec"', "[embeddings].backend must be one of"),
+        ("[embeddings]\nworkers = 2.5", "[embeddings].workers must be a whole number"),
+        ("[memory]\nsummarize_after = 1", "[memory].summarize_after must be between"),
+        ('[analysis]\nenabled = "yes"', "[analysis].enabled must be true or false"),
+        ("[bogus]\nx = 1", "unknown key 'bogus' in the top level"),
+        ("llm = 3", "[llm] must be a table"),
+        ('discord_token = "abc"', "discord_token must come from the environment"),
+        ("[llm\nmodel=", "not valid TOML"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), env={})
+    assert named in str(caught.value)
+
+
+def test_an_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", env={})
+
+
+def test_environment_overrides_and_secrets_are_hidden(tmp_path: Path) -> None:
+    env = {"OLLAMA_HOST": "10.1.2.3:11434", "DISCORD_TOKEN": "very-secret", "SLACK_BOT_TOKEN": " "}
+    settings = load_settings(write(tmp_path, ""), env=env)
+    assert settings.llm.base_url == "http://10.1.2.3:11434"
+    assert isinstance(settings.discord_token, Secret)
+    assert settings.discord_token.reveal() == "very-secret"
+    assert settings.slack_bot_token is None
+    assert "very-secret" not in repr(settings)
+    assert "very-secret" not in str(settings.discord_token)
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, ""), env={})
+    with pytest.raises(AttributeError):
+        settings.llm.model = "other"  # type: ignore[misc]
