@@ -1,0 +1,621 @@
+"""A protocol-faithful fake of the Ollama HTTP API, for the real ``ChatOllama`` client.
+
+Routes (what ``ollama`` 0.6 and ``langchain-ollama`` 1.1 use, shaped like Ollama 0.12):
+
+* ``POST /api/chat``: ``stream`` true (the default) answers NDJSON, one
+  ``{"model", "created_at", "message": {"role": "assistant", "content"}, "done": false}``
+  line per chunk, then a ``"done": true`` line with ``done_reason`` ``"stop"``, the
+  durations (ns), ``prompt_eval_count`` and ``eval_count`` (one per chunk); ``stream`` false
+  answers the whole reply as one object. No messages: a ``done_reason`` ``"load"`` reply.
+* ``POST /api/generate``: the same with ``"response"`` instead of ``"message"``.
+* ``GET /api/tags``, ``POST /api/show``, ``GET /api/ps``, ``GET /api/version``, ``GET /``.
+* A model that is not in :attr:`FakeOllama.models` gets HTTP 404
+  ``{"error": "model \\"x\\" not found, try pulling it first"}``; ``"llama3.2"`` and
+  ``"llama3.2:latest"`` name the same model, as in Ollama.
+
+Switches, besides the base class's ``latency_s`` (before the first byte) and ``faults``:
+
+* ``responder(body) -> str | Iterable[str]`` writes the reply from the request JSON. A
+  ``str`` is split into token-like chunks (``" Python"``, ``" ["``, ``"1"``, ``"]"``); an
+  iterable gives the chunks exactly. If iterating it raises, the stream ends with an
+  ``{"error": ...}`` line (as when a model crashes mid-generation);
+* ``chunk_delay_s`` is slept before every streamed line but the first;
+* :meth:`FakeOllama.fail_midstream` sends a couple of chunks, then an ``{"error": ...}``
+  line; :meth:`FakeOllama.server_busy` answers 503 ``server busy`` (queue full).
+
+The default responder, :func:`default_responder`, plays a small, imperfect model so demos,
+benchmarks and integration tests need no scripting. It recognises the pipeline's prompts by
+the ``*_MARKER`` phrases that open their system messages (``bot/pipeline/prompts.py``), and
+reads the section labels of their human messages (``Question:``, ``Sources:``,
+``New exchanges:`` ...), so changing those prompts means checking this module:
+
+* ``TOPIC_PROMPT``: a preamble line, then 1-3 numbered, quoted keywords derived from the
+  question (content words; a follow-up with "it"/"its"/"they"... borrows the topic of the
+  last ``User:`` line of the context), one with a trailing explanation, then a closing
+  remark;
+* ``SYNTHESIS_PROMPT``: 2-3 sentences that quote the titles of the first two numbered
+  sources with their first sentences, cite ``[1]`` and ``[2]``, and add one invalid
+  citation (``[9]`` for two sources: the highest number plus 7);
+* ``SUMMARY_PROMPT``: the previous summary plus "The user asked about X and Y.";
+* anything else: the last user message, echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from bot.pipeline.prompts import SUMMARY_MARKER, SYNTHESIS_MARKER, TOPIC_MARKER
+from tests.fakes.base import FakeServer
+
+__all__ = [
+    "BUSY_ERROR",
+    "DEFAULT_MODEL",
+    "MIDSTREAM_ERROR",
+    "FakeOllama",
+    "Responder",
+    "default_responder",
+    "derive_keywords",
+    "prompt_tokens",
+    "split_tokens",
+]
+
+Responder = Callable[[dict[str, Any]], "str | Iterable[str]"]
+
+DEFAULT_MODEL = "llama3.2:latest"
+OLLAMA_VERSION = "0.12.6"
+BUSY_ERROR = "server busy, please try again.  maximum pending requests exceeded"
+MIDSTREAM_ERROR = "an error was encountered while running the model: unexpected EOF"
+_MODIFIED_AT = "2025-06-01T12:00:00.000000000Z"
+_NDJSON = "application/x-ndjson"
+
+# ---------------------------------------------------------------------------------------
+# Helpers shared by the server and the default responder
+# ---------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"\s*(?:\w{1,6}|[^\w\s])|\s+\Z")
+
+
+def split_tokens(text: str) -> list[str]:
+    """Split ``text`` into token-like chunks (words of up to six characters with their
+    leading space, punctuation alone); ``"".join(split_tokens(t)) == t``."""
+    return _TOKEN.findall(text)
+
+
+def prompt_tokens(body: Mapping[str, Any]) -> int:
+    """The ``prompt_eval_count`` the fake reports for a request: words and punctuation
+    marks of every message (or of ``system`` and ``prompt``), at least 1."""
+    texts: list[str] = []
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        texts.extend(str(m.get("content") or "") for m in messages if isinstance(m, dict))
+    texts.extend(str(body.get(key) or "") for key in ("system", "prompt"))
+    return max(1, sum(len(re.findall(r"\w+|[^\w\s]", t)) for t in texts))
+
+
+def _normalise(model: str) -> str:
+    name = model.strip()
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else f"{name}:latest"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _details(model: str) -> dict[str, Any]:
+    family = re.sub(r"[^a-z]", "", model.split(":", maxsplit=1)[0].lower()) or "llama"
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": family,
+        "families": [family],
+        "parameter_size": "3.2B",
+        "quantization_level": "Q4_K_M",
+    }
+
+
+def _digest(model: str) -> str:
+    return hashlib.sha256(model.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# The default responder: a small, imperfect model
+# ---------------------------------------------------------------------------------------
+
+
+def _wordset(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_STOPWORDS = _wordset(
+    """
+    a an the and or but of in on at to for from by with about into over under as than then
+    is are was were be been being am do does did done has have had can could should would
+    will shall may might must what whats what's who whom whose which where when why how
+    tell me explain describe summarise summarize give show find search look up please
+    know more some any all this that these those it its it's they their them he she his
+    her him i my we our you your us there here also just really very much many so if
+    not no yes hey hi hello ok okay thanks thank work works happen happened mean means
+    made make makes created create creates invented founded built wrote written
+    """
+)
+_PRONOUNS = _wordset("it its it's they their them this that these those he she his her him")
+_WORD = re.compile(r"[\w][\w'’+#.-]*")
+
+
+def _content_words(text: str) -> list[str]:
+    words = [w.strip(".'’-") for w in _WORD.findall(text)]
+    return [w for w in words if w and w.lower() not in _STOPWORDS]
+
+
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _last_user_line(context: str) -> str:
+    lines = [ln[5:].strip() for ln in context.splitlines() if ln.startswith("User:")]
+    return lines[-1] if lines else ""
+
+
+def derive_keywords(question: str, context: str = "") -> list[str]:
+    """The keywords the default responder gives for ``question`` (1-3, primary first).
+
+    The primary is the question's first four content words, capitalised; a follow-up
+    that uses a pronoun ("what about its successor?") is prefixed with the primary topic
+    of the last ``User:`` line in ``context``. Then up to two single content words.
+    """
+    words = _content_words(question)
+    lowered = {w.lower() for w in _WORD.findall(question)}
+    previous = _last_user_line(context)
+    topic = ""
+    if previous and lowered & _PRONOUNS:
+        topic = derive_keywords(previous)[0]
+    primary = " ".join([topic, *words[:4]]).strip() or " ".join(question.split())
+    keywords = [_capitalise(primary)]
+    extras = [topic] if topic else []
+    extras += [w for w in words if len(w) >= 4]
+    for extra in extras:
+        if len(keywords) == 3:
+            break
+        if extra and extra.lower() not in (k.lower() for k in keywords):
+            keywords.append(extra)
+    return keywords
+
+
+def _section(text: str, label: str, *, until: str | None = None) -> str | None:
+    """The text after a line ``label`` (up to the line ``until``), or None."""
+    pattern = rf"^{re.escape(label)}[ \t]*\n?(.*?)"
+    pattern += rf"\n\n{re.escape(until)}" if until else r"\Z"
+    match = re.search(pattern, text, re.MULTILINE | re.DOTALL)
+    if match is None and until is not None:
+        return _section(text, label)
+    return match.group(1).strip() if match else None
+
+
+def _question(text: str) -> str:
+    matches = list(re.finditer(r"^Question:[ \t]*(.*)", text, re.MULTILINE | re.DOTALL))
+    return matches[-1].group(1).strip() if matches else text.strip()
+
+
+def _topic_reply(user: str) -> str:
+    context = _section(user, "Recent conversation (empty if this is the first question):")
+    keywords = derive_keywords(_question(user), context or "")
+    lines = ["Sure! Here are the search keywords for your question:", ""]
+    for i, keyword in enumerate(keywords, 1):
+        line = f'{i}. "{keyword}"'
+        if i == 3:
+            line += " - a related term that may help"
+        lines.append(line)
+    lines += ["", "Let me know if you need anything else!"]
+    return "\n".join(lines)
+
+
+def _parse_sources(user: str) -> list[tuple[int, str, str]]:
+    section = _section(user, "Sources:", until="Source statistics:") or user
+    sources: list[tuple[int, str, str]] = []
+    for block in re.split(r"\n\s*\n", section):
+        lines = [ln.strip() for ln in block.strip().splitlines()]
+        head = re.match(r"\[(\d+)\]\s+(.+)", lines[0]) if lines else None
+        if head is None:
+            continue
+        title = re.sub(r"\s+\([^()]*\)$", "", head.group(2))
+        body = lines[2:] if len(lines) > 1 and "://" in lines[1] else lines[1:]
+        sources.append((int(head.group(1)), title, " ".join(body)))
+    return sources
+
+
+def _opening(text: str) -> str:
+    sentence = re.split(r"(?<=[.!?])\s+(?=[A-Z])", text.strip(), maxsplit=1)[0]
+    if len(sentence) > 160:
+        sentence = sentence[:160].rsplit(" ", 1)[0]
+    return sentence.rstrip(" .!?")
+
+
+def _synthesis_reply(user: str) -> str:
+    sources = _parse_sources(user)
+    question = _question(user)
+    if not sources:
+        return f"The sources I was given do not cover this question ({question}), sorry."
+    invalid = max(n for n, _, _ in sources) + 7
+    (n1, title1, text1), *rest = sources
+    said1 = _opening(text1) or "it is directly relevant to the question"
+    sentences = [f'According to "{title1}", {said1} [{n1}].']
+    if rest:
+        n2, title2, text2 = rest[0]
+        said2 = _opening(text2) or "it gives more background"
+        sentences.append(f'The article "{title2}" adds: {said2} [{n2}].')
+    sentences.append(f"Some details may not be covered by these sources [{invalid}].")
+    return " ".join(sentences)
+
+
+def _summary_reply(user: str) -> str:
+    previous = _section(user, "Previous summary (may be empty):", until="New exchanges:")
+    transcript = _section(user, "New exchanges:", until="Updated summary:") or ""
+    topics: list[str] = []
+    for line in transcript.splitlines():
+        if line.startswith("User:"):
+            topic = derive_keywords(line[5:].strip())[0]
+            if topic not in topics:
+                topics.append(topic)
+    parts = [previous[:300]] if previous else []
+    if topics:
+        listed = topics[0] if len(topics) == 1 else ", ".join(topics[:-1]) + " and " + topics[-1]
+        parts.append(f"The user asked about {listed}.")
+    return " ".join(parts) or "Nothing has been discussed yet."
+
+
+def _prompt_parts(body: Mapping[str, Any]) -> tuple[str, str]:
+    """(system text, last user text) of a chat or generate request."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        system = "\n".join(
+            str(m.get("content") or "")
+            for m in messages
+            if isinstance(m, dict) and m.get("role") == "system"
+        )
+        users = [
+            str(m.get("content") or "")
+            for m in messages
+            if isinstance(m, dict) and m.get("role") == "user"
+        ]
+        return system, users[-1] if users else ""
+    return str(body.get("system") or ""), str(body.get("prompt") or "")
+
+
+def default_responder(body: dict[str, Any]) -> list[str]:
+    """Reply like a small, imperfect model to the pipeline's prompts (see module doc)."""
+    system, user = _prompt_parts(body)
+    haystack = f"{system}\n{user}"
+    if TOPIC_MARKER in haystack:
+        text = _topic_reply(user)
+    elif SYNTHESIS_MARKER in haystack:
+        text = _synthesis_reply(user)
+    elif SUMMARY_MARKER in haystack:
+        text = _summary_reply(user)
+    else:
+        text = user
+    return split_tokens(text)
+
+
+# ---------------------------------------------------------------------------------------
+# The server
+# ---------------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class FakeOllama(FakeServer):
+    """The fake Ollama server; see the module docstring for the protocol it speaks.
+
+    Attributes tests may set or read at any time:
+
+    * ``models``: pulled model names (``"x"`` means ``"x:latest"``);
+    * ``responder``, ``chunk_delay_s``, and the base class's ``latency_s``, ``faults``,
+      ``always_fail``, ``requests``;
+    * ``replies``: the full text of every model reply started, in order;
+    * ``aborted_streams`` and the event ``stream_aborted``: streams the client hung up on.
+    """
+
+    def __init__(
+        self,
+        *,
+        models: Iterable[str] = (DEFAULT_MODEL,),
+        responder: Responder | None = None,
+        chunk_delay_s: float = 0.0,
+        latency_s: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.models: list[str] = list(models)
+        self.responder: Responder = responder or default_responder
+        self.chunk_delay_s = chunk_delay_s
+        self.latency_s = latency_s
+        self.replies: list[str] = []
+        self.aborted_streams = 0
+        self.stream_aborted = asyncio.Event()
+        # None means "every request from now on"; an int counts down.
+        self._midstream_left: int | None = 0
+        self._midstream_after = 2
+        self._midstream_error = MIDSTREAM_ERROR
+        self._busy_left: int | None = 0
+        self._closing = asyncio.Event()
+
+    # -- switches ------------------------------------------------------------------------
+
+    def fail_midstream(
+        self, times: int | None = 1, *, after_chunks: int = 2, error: str = MIDSTREAM_ERROR
+    ) -> None:
+        """Make the next ``times`` model replies (``None``: all of them) break after
+        ``after_chunks`` chunks with an ``{"error": error}`` line (HTTP 500 when not
+        streaming)."""
+        self._midstream_left = times
+        self._midstream_after = after_chunks
+        self._midstream_error = error
+
+    def server_busy(self, times: int | None = 1) -> None:
+        """Answer the next ``times`` model requests (``None``: all) with 503 server busy."""
+        self._busy_left = times
+
+    def reset_faults(self) -> None:
+        """Clear every fault: Ollama-specific ones and the base class's."""
+        self._midstream_left = 0
+        self._busy_left = 0
+        self.faults.clear()
+        self.always_fail = None
+
+    def is_pulled(self, model: str) -> bool:
+        """Whether ``model`` names one of :attr:`models`."""
+        wanted = _normalise(model)
+        return any(_normalise(m) == wanted for m in self.models)
+
+    def chat_bodies(self) -> list[dict[str, Any]]:
+        """The JSON bodies of every ``POST /api/chat`` so far."""
+        return [r.json() for r in self.requests_to("/api/chat")]
+
+    async def close(self) -> None:
+        self._closing.set()  # let slow streams finish now, so cleanup does not wait
+        await super().close()
+
+    # -- routes --------------------------------------------------------------------------
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self._root)
+        app.router.add_get("/api/version", self._version)
+        app.router.add_get("/api/tags", self._tags)
+        app.router.add_get("/api/ps", self._ps)
+        app.router.add_post("/api/show", self._show)
+        app.router.add_post("/api/chat", self._chat)
+        app.router.add_post("/api/generate", self._generate)
+
+    async def _root(self, request: web.Request) -> web.Response:
+        return web.Response(text="Ollama is running")
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": OLLAMA_VERSION})
+
+    def _model_entry(self, name: str) -> dict[str, Any]:
+        full = _normalise(name)
+        return {
+            "name": full,
+            "model": full,
+            "modified_at": _MODIFIED_AT,
+            "size": 2019393189,
+            "digest": _digest(full),
+            "details": _details(full),
+        }
+
+    async def _tags(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [self._model_entry(m) for m in self.models]})
+
+    async def _ps(self, request: web.Request) -> web.Response:
+        loaded = []
+        for name in self.models:
+            entry = self._model_entry(name)
+            del entry["modified_at"]
+            entry |= {"expires_at": "2099-01-01T00:00:00Z", "size_vram": entry["size"]}
+            entry["context_length"] = 4096
+            loaded.append(entry)
+        return web.json_response({"models": loaded})
+
+    async def _show(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        model = str(body.get("model") or body.get("name") or "")
+        if not self.is_pulled(model):
+            return _error(404, f"model '{model}' not found")
+        full = _normalise(model)
+        return web.json_response(
+            {
+                "license": "fake license",
+                "modelfile": f"# Modelfile generated by the fake\nFROM {full}\n",
+                "parameters": 'stop "<|eot_id|>"',
+                "template": "{{ .Prompt }}",
+                "details": _details(full),
+                "model_info": {
+                    "general.architecture": _details(full)["family"],
+                    "general.parameter_count": 3212749888,
+                    "llama.context_length": 131072,
+                },
+                "capabilities": ["completion", "tools"],
+                "modified_at": _MODIFIED_AT,
+            }
+        )
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._model_reply(request, chat=True)
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        return await self._model_reply(request, chat=False)
+
+    # -- model replies -------------------------------------------------------------------
+
+    @staticmethod
+    async def _body(request: web.Request) -> dict[str, Any] | web.Response:
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError as exc:
+            return _error(400, f"invalid request body: {exc}")
+        if not isinstance(body, dict):
+            return _error(400, "invalid request body: expected a JSON object")
+        return body
+
+    @staticmethod
+    def _take(left: int | None) -> tuple[bool, int | None]:
+        """Consume one use of a counted fault: (fires now, uses left)."""
+        if left is None:
+            return True, None
+        if left > 0:
+            return True, left - 1
+        return False, 0
+
+    async def _model_reply(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        started = time.perf_counter_ns()
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        model = str(body.get("model") or "")
+        if not model:
+            return _error(400, "model is required")
+        if not self.is_pulled(model):
+            return _error(404, f'model "{model}" not found, try pulling it first')
+        busy, self._busy_left = self._take(self._busy_left)
+        if busy:
+            return _error(503, BUSY_ERROR)
+        if not body.get("messages" if chat else "prompt"):
+            # Ollama answers an empty request by loading the model and saying so.
+            return web.json_response(self._line(model, "", chat) | self._done("load", 0, 0))
+        failing, self._midstream_left = self._take(self._midstream_left)
+        try:
+            reply = self.responder(body)
+        except Exception as exc:  # a test's responder is broken: make it loud
+            return _error(500, f"responder failed: {exc!r}")
+        chunks = iter(split_tokens(reply) if isinstance(reply, str) else reply)
+        turn = _Turn(model, chat, chunks, failing, prompt_tokens(body), started)
+        if body.get("stream", True) is False:
+            return self._whole(turn)
+        return await self._stream(request, turn)
+
+    @staticmethod
+    def _line(model: str, content: str, chat: bool) -> dict[str, Any]:
+        line: dict[str, Any] = {"model": model, "created_at": _now()}
+        if chat:
+            line["message"] = {"role": "assistant", "content": content}
+        else:
+            line["response"] = content
+        line["done"] = False
+        return line
+
+    @staticmethod
+    def _done(
+        reason: str, prompt_count: int, eval_count: int, started: int | None = None
+    ) -> dict[str, Any]:
+        load_ns, prompt_ns = 1_000_000, prompt_count * 50_000
+        elapsed = time.perf_counter_ns() - started if started is not None else 0
+        eval_ns = max(elapsed - load_ns - prompt_ns, eval_count * 10_000)
+        return {
+            "done": True,
+            "done_reason": reason,
+            "total_duration": load_ns + prompt_ns + eval_ns,
+            "load_duration": load_ns,
+            "prompt_eval_count": prompt_count,
+            "prompt_eval_duration": prompt_ns,
+            "eval_count": eval_count,
+            "eval_duration": eval_ns,
+        }
+
+    def _final(self, turn: _Turn, content: str, eval_count: int) -> dict[str, Any]:
+        line = self._line(turn.model, content, turn.chat)
+        line |= self._done("stop", turn.prompt_count, eval_count, turn.started)
+        if not turn.chat:
+            line["context"] = [1, 2, 3]
+        return line
+
+    def _whole(self, turn: _Turn) -> web.Response:
+        try:
+            parts = list(turn.chunks)
+        except Exception as exc:
+            return _error(500, str(exc))
+        self.replies.append("".join(parts))
+        if turn.failing:
+            return _error(500, self._midstream_error)
+        return web.json_response(self._final(turn, "".join(parts), len(parts)))
+
+    async def _pause(self) -> bool:
+        """Sleep ``chunk_delay_s``; True when the fake is closing and the stream should end."""
+        if self.chunk_delay_s <= 0:
+            return self._closing.is_set()
+        try:
+            await asyncio.wait_for(self._closing.wait(), self.chunk_delay_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _stream(self, request: web.Request, turn: _Turn) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": _NDJSON})
+        await response.prepare(request)
+        self.replies.append("")
+        reply_index = len(self.replies) - 1
+        lines = 0
+
+        async def write(obj: Mapping[str, Any]) -> None:
+            nonlocal lines
+            if lines and await self._pause():
+                raise _Closing
+            await response.write(json.dumps(obj).encode() + b"\n")
+            lines += 1
+
+        sent = 0
+        try:
+            while True:
+                if turn.failing and sent >= self._midstream_after:
+                    await write({"error": self._midstream_error})
+                    return response
+                try:
+                    chunk = next(turn.chunks)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    await write({"error": str(exc)})
+                    return response
+                await write(self._line(turn.model, chunk, turn.chat))
+                sent += 1
+                self.replies[reply_index] += chunk
+            if turn.failing:
+                await write({"error": self._midstream_error})
+                return response
+            await write(self._final(turn, "", sent))
+            await response.write_eof()
+        except ConnectionError:
+            self.aborted_streams += 1
+            self.stream_aborted.set()
+        except _Closing:
+            pass
+        return response
+
+
+@dataclass(slots=True)
+class _Turn:
+    """One model request being answered."""
+
+    model: str
+    chat: bool
+    chunks: Iterator[str]
+    failing: bool
+    prompt_count: int
+    started: int
+
+
+class _Closing(Exception):
+    """The fake is shutting down in the middle of a stream."""
