@@ -163,7 +163,7 @@ async def _demo(runtime: Runtime) -> int:
     print(f"Demo: three questions in one conversation ({terminal_key(session)}).")
     status = await _ask(runtime, session, DEMO_QUESTIONS, as_json=False)
     # Summaries run in the background; wait for them so the result can be shown.
-    await runtime.pipeline.drain(timeout=120)
+    await runtime.pipeline.drain(grace_s=120)
     state = await runtime.memory.load(terminal_key(session))
     print("\nRunning summary of the conversation:")
     print(state.summary or "(no summary yet: the language model was not reachable)")

@@ -28,7 +28,7 @@ from bot.pipeline.sessions import TaskTracker
 
 _log = logging.getLogger(__name__)
 
-DRAIN_TIMEOUT_S = 30.0
+DRAIN_GRACE_S = 30.0
 
 
 @dataclass(slots=True)
@@ -79,7 +79,7 @@ class Runtime:
                 analysis=analysis,
                 tasks=tasks,
             )
-            closers.append(("background tasks", lambda: pipeline.drain(DRAIN_TIMEOUT_S)))
+            closers.append(("background tasks", lambda: pipeline.drain(DRAIN_GRACE_S)))
         except BaseException:
             await _close_all(closers)
             raise

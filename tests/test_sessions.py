@@ -35,7 +35,7 @@ async def test_drain_cancels_what_outlives_the_timeout(caplog: pytest.LogCapture
     never = asyncio.Event()
     task = tracker.spawn(never.wait(), name="stuck")
     with caplog.at_level(logging.ERROR):
-        assert await tracker.drain(timeout=0.05, final=True) is False
+        assert await tracker.drain(grace_s=0.05, final=True) is False
     assert task.cancelled()
     assert "still running at shutdown" in caplog.text
 

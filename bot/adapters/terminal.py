@@ -9,6 +9,7 @@ so ``ask --json`` output stays machine-readable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -145,7 +146,6 @@ class TerminalAdapter:
                 loop.call_soon_threadsafe(self._lines.put_nowait, line)
         except (OSError, ValueError):
             pass  # stdin closed under us: treated as end of input below
-        try:
+        # RuntimeError: the loop is already closed because the process is exiting.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._lines.put_nowait, None)
-        except RuntimeError:
-            pass  # the loop is already closed: the process is exiting

@@ -1,8 +1,8 @@
 """One research turn, composed from the agents.
 
-    question ─► keywords (LLM) ─┬─► fetch (Wikipedia ∥ Hacker News) ─┬─► analysis (subprocess) ─┐
-                                └─► restore conversation (SQLite) ───┘   embed + rank (pool) ────┴─► answer (LLM, streamed)
-                                                                                   background: save answer ─► summarise
+    question ─► keywords ─┬─► fetch: Wikipedia ∥ Hacker News ─┬─► analysis (subprocess) ─┬─► answer
+                (LLM)     └─► restore conversation (SQLite) ──┘   embed + rank (pool) ─────┘  (LLM)
+    then, in the background: save the answer ─► summarise older turns when the history is long
 
 :meth:`Pipeline.handle` is the error boundary for one inbound message: whatever goes wrong,
 the user gets a friendly line (never exception text) and the details go to the log.
@@ -190,9 +190,9 @@ class Pipeline:
             self._recent.forget(key)
             return await self._memory.reset(key)
 
-    async def drain(self, timeout: float | None = None) -> bool:
+    async def drain(self, grace_s: float | None = None) -> bool:
         """Wait for background saves and summaries (shutdown calls this first)."""
-        return await self._tasks.drain(timeout=timeout, final=True)
+        return await self._tasks.drain(grace_s=grace_s, final=True)
 
     # ----------------------------------------------------------------- the turn
 

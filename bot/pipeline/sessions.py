@@ -67,21 +67,22 @@ class TaskTracker:
         elif (exc := task.exception()) is not None:
             _log.error("background task %s failed", task.get_name(), exc_info=exc)
 
-    async def drain(self, *, timeout: float | None = None, final: bool = False) -> bool:
+    async def drain(self, *, grace_s: float | None = None, final: bool = False) -> bool:
         """Wait for every task, including ones spawned while draining.
 
         With ``final`` no new task may be spawned once the drain is over (a save that
         starts a summary while draining is still fine). Tasks still running when
-        ``timeout`` expires are cancelled. Returns True when everything finished.
+        ``grace_s`` runs out are cancelled (rather than raising, as ``asyncio.timeout``
+        would: shutdown must go on). Returns True when everything finished.
         """
         try:
-            return await self._drain(timeout)
+            return await self._drain(grace_s)
         finally:
             self._closed = self._closed or final
 
-    async def _drain(self, timeout: float | None) -> bool:
+    async def _drain(self, grace_s: float | None) -> bool:
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if grace_s is None else loop.time() + grace_s
         while self._tasks:
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
             pending = set(self._tasks)
