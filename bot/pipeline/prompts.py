@@ -307,14 +307,39 @@ def _split_commas(line: str) -> list[str]:
     return parts or [line]
 
 
+# Words that carry no topic. Without an LLM the question itself becomes the search, and
+# both search APIs want every word to match, so these must go.
+_FILLER_WORDS = frozenset(
+    """
+    a about am an and any are as at be been but by can could did do does doing explain for
+    from give has have how i in into is it its me mean means my of on or please should so
+    tell than that the their them then there these they this those to us vs versus was we
+    were what whats when where which who whom whose why will with work works would you your
+    difference differences different differ between compare compared
+    """.split()
+)
+_FALLBACK_WORDS = 4
+
+
 def _fallback_keyword(question: str) -> list[str]:
+    """Keywords made from the question alone, for when the model gave none.
+
+    The content words (up to four) form the primary query; when there are more than two,
+    the first two also go out alone, because a long query often matches nothing.
+    """
     text = _QUESTION_NOISE.sub(" ", question)
     text = " ".join(text.split()).strip(_EDGE_JUNK + _QUOTE_CHARS + ".")
     if not text:
         text = " ".join(question.split())
     if not text:
         return []
-    return [_truncate_words(text, _MAX_FALLBACK_CHARS, ellipsis=False)]
+    words = [w.strip(_EDGE_JUNK + _QUOTE_CHARS + ".,;:!?") for w in text.split()]
+    content = [w for w in words if w and w.casefold().replace("'", "") not in _FILLER_WORDS]
+    if not content:
+        return [_truncate_words(text, _MAX_FALLBACK_CHARS, ellipsis=False)]
+    primary = " ".join(content[:_FALLBACK_WORDS])
+    primary = _truncate_words(primary, _MAX_FALLBACK_CHARS, ellipsis=False)
+    return [primary, " ".join(content[:2])] if len(content) > 2 else [primary]
 
 
 def parse_keywords(text: str, question: str, *, limit: int = 3) -> list[str]:
@@ -326,8 +351,9 @@ def parse_keywords(text: str, question: str, *, limit: int = 3) -> list[str]:
     ones) and duplicates differing only in case. The first keyword is the primary topic.
 
     Returns at most ``limit`` keywords. When nothing usable is left, falls back to the
-    question itself (cleaned of mentions and links, cut to 100 characters), so the list is
-    empty only when the question has no visible characters.
+    question's content words (mentions, links, question and stop words removed; see
+    :func:`_fallback_keyword`), so the list is empty only when the question has no
+    visible characters.
 
     Raises:
         ValueError: ``limit`` is smaller than 1.
@@ -353,7 +379,7 @@ def parse_keywords(text: str, question: str, *, limit: int = 3) -> list[str]:
             keywords.append(keyword)
             if len(keywords) == limit:
                 return keywords
-    return keywords or _fallback_keyword(question)
+    return keywords or _fallback_keyword(question)[:limit]
 
 
 # ---------------------------------------------------------------------------------------
