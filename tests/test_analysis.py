@@ -356,3 +356,46 @@ async def test_concurrent_analyses(make_agent: MakeAgent) -> None:
         agent.analyze(ARTICLES, ["python"]), agent.analyze(ARTICLES[:1], ["python"])
     )
     assert (first.article_count, second.article_count) == (4, 1)
+
+
+# --- prepared children -----------------------------------------------------------------
+
+
+def _waiting_workers() -> list[int]:
+    """Live (non-zombie) analysis workers that are children of this process."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # exited while we looked
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if (
+            fields.get("PPid", "").strip() == str(os.getpid())
+            and not fields.get("State", "").startswith("Z")
+            and b"analysis_worker" in cmdline
+        ):
+            pids.append(int(entry.name))
+    return pids
+
+
+async def test_a_prepared_child_is_used_by_the_next_analysis(make_agent: MakeAgent) -> None:
+    agent = make_agent()
+    agent.prepare()
+    report = await agent.analyze(ARTICLES, ["transformer"])
+    assert report.article_count == len(ARTICLES)
+    # Had analyze started a child of its own, the prepared one would still be waiting.
+    assert _waiting_workers() == []
+
+
+async def test_prepared_children_are_bounded_and_killed_at_close(make_agent: MakeAgent) -> None:
+    agent = make_agent()
+    for _ in range(10):
+        agent.prepare()
+    await agent.close()
+    assert _waiting_workers() == []
+    agent.prepare()  # after close: a no-op, not a leak
+    assert _waiting_workers() == []

@@ -23,6 +23,12 @@ Isolation:
   stdout is capped at ``max_output_bytes`` and stderr at :data:`_STDERR_LIMIT` (its tail
   is kept and logged on failure), both read incrementally.
 
+Start-up: a Python interpreter takes tens of milliseconds of CPU to start, which would
+compete with the embedding compute that runs beside the analysis. :meth:`AnalysisAgent.prepare`
+starts a child ahead of time (the pipeline calls it while the turn waits on the network);
+the child blocks on stdin until :meth:`AnalysisAgent.analyze` feeds it, and its timeout only
+starts then. At most :data:`_MAX_SPARES` prepared children wait at once.
+
 Raises (from ``analyze``):
 
 * :class:`AnalysisTimeout`: the exchange ran past ``timeout_s``; the group was killed;
@@ -58,6 +64,7 @@ _STDERR_LIMIT = 16 * 1024
 # After the group is killed every pipe should hit EOF at once; this only bounds the wait
 # for a process that left the group (setsid) while still holding one of our pipes.
 _REAP_GRACE_S = 2.0
+_MAX_SPARES = 4
 
 
 def _child_env() -> dict[str, str]:
@@ -87,7 +94,14 @@ class AnalysisAgent:
         self._python = python
         self._script = script if script is not None else WORKER_SCRIPT
         self._children: set[asyncio.subprocess.Process] = set()
+        self._spares: list[asyncio.Task[asyncio.subprocess.Process]] = []
         self._closed = False
+
+    def prepare(self) -> None:
+        """Start a child now so the next :meth:`analyze` need not wait for one. Never raises."""
+        if self._closed or len(self._spares) >= _MAX_SPARES:
+            return
+        self._spares.append(asyncio.create_task(self._spawn(), name="analysis-spare"))
 
     async def analyze(self, articles: Sequence[Article], keywords: Sequence[str]) -> AnalysisReport:
         """Compute an :class:`AnalysisReport` for ``articles`` against ``keywords``.
@@ -100,7 +114,7 @@ class AnalysisAgent:
             raise AnalysisError("the analysis agent is closed")
         payload = _encode_request(articles, keywords, self._settings.top_keywords)
         deadline = asyncio.get_running_loop().time() + self._settings.timeout_s
-        proc = await self._spawn()
+        proc = await self._take_child()
         try:
             if self._closed:  # close() ran while the child was starting
                 raise AnalysisError("the analysis agent was closed")
@@ -115,11 +129,27 @@ class AnalysisAgent:
     async def close(self) -> None:
         """Kill and reap every child still running; later ``analyze`` calls fail. Idempotent."""
         self._closed = True
+        spares, self._spares = self._spares, []
+        await asyncio.gather(*spares, return_exceptions=True)
         children = list(self._children)
         self._children.clear()
         for proc in children:
             _log.info("killing analysis worker pid %s at shutdown", proc.pid)
         await asyncio.gather(*(_kill_and_reap(proc) for proc in children))
+
+    async def _take_child(self) -> asyncio.subprocess.Process:
+        """A prepared child if one started cleanly and is still waiting, else a new one."""
+        while self._spares:
+            spare = self._spares.pop(0)
+            try:
+                proc = await spare
+            except AnalysisError as exc:
+                _log.warning("a prepared analysis worker failed to start: %s", exc)
+                continue
+            if proc.returncode is None:
+                return proc
+            self._children.discard(proc)
+        return await self._spawn()
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         try:
