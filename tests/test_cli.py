@@ -1,0 +1,188 @@
+"""The command line, run as users run it: ``python -m bot ...`` in a subprocess.
+
+The fakes live on this test's event loop, so the child is started with the asyncio
+subprocess API (a blocking ``subprocess.run`` would stop the fakes from answering).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import config_text
+from tests.fakes.hackernews import FakeHackerNews
+from tests.fakes.ollama import FakeOllama
+from tests.fakes.wikipedia import FakeWikipedia
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def write_config(
+    tmp_path: Path, ollama: FakeOllama, wikipedia: FakeWikipedia, hackernews: FakeHackerNews
+) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        config_text(
+            ollama_url=ollama.url,
+            wikipedia_url=wikipedia.url,
+            hackernews_url=hackernews.url,
+            database=tmp_path / "b.db",
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_TOKEN")}
+    env.pop("OLLAMA_HOST", None)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
+    return env
+
+
+async def bot(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> Run:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        *args,
+        cwd=ROOT,
+        env=env or child_env(),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), timeout=120)
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+async def test_ask_json_with_the_real_embedding_model(
+    tmp_path: Path, ollama: FakeOllama, wikipedia: FakeWikipedia, hackernews: FakeHackerNews
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        config_text(
+            ollama_url=ollama.url,
+            wikipedia_url=wikipedia.url,
+            hackernews_url=hackernews.url,
+            database=tmp_path / "b.db",
+            backend="sentence-transformers",
+        ),
+        encoding="utf-8",
+    )
+    run = await bot(
+        "ask", "--config", str(config), "--session", "s1", "--json",
+        "What is BERT (language model)?", "How does attention work in transformers?",
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    first, second = (json.loads(line) for line in run.out.splitlines())
+    for result in (first, second):
+        assert set(result) >= {
+            "question",
+            "answer",
+            "topics",
+            "sources",
+            "unavailable",
+            "timings",
+            "session",
+        }
+        assert result["session"] == "terminal:s1"
+        assert set(result["timings"]) == {
+            "total_s",
+            "topics_s",
+            "fetch_s",
+            "analysis_s",
+            "embed_s",
+            "synthesis_s",
+        }
+        assert result["unavailable"] == []
+        for source in result["sources"]:
+            assert f"[{source['n']}] {source['title']}" in result["answer"]
+            assert source["url"] in result["answer"]
+    # Real sentence embeddings put the matching article on top.
+    assert "BERT" in first["sources"][0]["title"]
+    assert (
+        "ttention" in second["sources"][0]["title"] or "ransformer" in second["sources"][0]["title"]
+    )
+    assert second["question"] == "How does attention work in transformers?"
+
+
+async def test_sessions_list_show_and_reset(write_config: Path) -> None:
+    config = str(write_config)
+    assert (await bot("ask", "--config", config, "--session", "x", "What is GPT?")).code == 0
+    listed = await bot("sessions", "list", "--config", config)
+    assert listed.code == 0 and "terminal:x\t1 turns" in listed.out
+    shown = await bot("sessions", "show", "x", "--config", config)
+    assert shown.code == 0 and "you: What is GPT?" in shown.out and "bot: " in shown.out
+    assert (await bot("sessions", "reset", "terminal:x", "--config", config)).code == 0
+    gone = await bot("sessions", "show", "x", "--config", config)
+    assert gone.code == 1 and "No session named 'x'" in gone.out
+    assert "No sessions yet." in (await bot("sessions", "list", "--config", config)).out
+
+
+async def test_a_config_typo_fails_before_starting_and_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[llm]\nmodle = 'llama3.2'\n", encoding="utf-8")
+    run = await bot("ask", "--config", str(config), "hello")
+    assert run.code == 2
+    assert "Configuration error: unknown key 'modle' in [llm]" in run.err
+    assert "Traceback" not in run.err
+
+
+async def test_chat_in_the_terminal_with_commands(write_config: Path) -> None:
+    run = await bot(
+        "chat", "--config", str(write_config), "--session", "t",
+        stdin="What is BERT?\n/help\n/reset\n/quit\nnever read\n",
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    assert "Conversation: terminal:t" in run.out
+    assert "bot> " in run.out and "Sources:" in run.out
+    assert "Commands: /reset" in run.out
+    assert "Conversation forgotten." in run.out
+    assert "… Choosing search keywords" in run.err  # progress goes to stderr
+
+
+async def test_no_command_and_no_tokens_opens_the_terminal_chat(write_config: Path) -> None:
+    run = await bot("--config", str(write_config), stdin="")
+    assert run.code == 0, run.err
+    assert "No chat platform configured" in run.err
+    assert "research-agent: ask me anything" in run.out
+
+
+async def test_the_demo_shows_a_running_summary(write_config: Path) -> None:
+    run = await bot("demo", "--config", str(write_config))
+    assert run.code == 0, run.err
+    assert run.out.count("Q: ") == 3
+    summary = run.out.split("Running summary of the conversation:")[1]
+    assert "asked about" in summary
+
+
+async def test_ctrl_c_exits_cleanly(write_config: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "chat", "--config", str(write_config),
+        cwd=ROOT, env=child_env(), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    await proc.stdout.readuntil(b"you> ")  # ready and waiting for input
+    proc.send_signal(signal.SIGINT)
+    _out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 130
+    assert b"Interrupted" in err
+    assert b"Traceback" not in err
