@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,21 +85,32 @@ timeout_s = 10
 
 
 @pytest.fixture
-def make_settings(
+def write_config(
     tmp_path: Path, ollama: FakeOllama, wikipedia: FakeWikipedia, hackernews: FakeHackerNews
-) -> Any:
-    def build(**sections: dict[str, Any]) -> Settings:
+) -> Callable[..., Path]:
+    """``write_config(backend=...)`` writes tmp_path/config.toml pointing at the fakes."""
+
+    def write(*, backend: str = "hashing") -> Path:
         path = tmp_path / "config.toml"
-        path.write_text(
-            config_text(
-                ollama_url=ollama.url,
-                wikipedia_url=wikipedia.url,
-                hackernews_url=hackernews.url,
-                database=tmp_path / "bot.db",
-            ),
-            encoding="utf-8",
+        text = config_text(
+            ollama_url=ollama.url,
+            wikipedia_url=wikipedia.url,
+            hackernews_url=hackernews.url,
+            database=tmp_path / "bot.db",
+            backend=backend,
         )
-        settings = load_settings(path, env={})
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def make_settings(write_config: Callable[..., Path]) -> Callable[..., Settings]:
+    """``make_settings(llm={"model": "x"})``: settings for the fakes, sections overridden."""
+
+    def build(**sections: dict[str, Any]) -> Settings:
+        settings = load_settings(write_config(), env={})
         for name, changes in sections.items():
             section = getattr(settings, name)
             settings = dataclasses.replace(

@@ -11,15 +11,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
-
-from tests.conftest import config_text
-from tests.fakes.hackernews import FakeHackerNews
-from tests.fakes.ollama import FakeOllama
-from tests.fakes.wikipedia import FakeWikipedia
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,23 +23,6 @@ class Run:
     code: int
     out: str
     err: str
-
-
-@pytest.fixture
-def write_config(
-    tmp_path: Path, ollama: FakeOllama, wikipedia: FakeWikipedia, hackernews: FakeHackerNews
-) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        config_text(
-            ollama_url=ollama.url,
-            wikipedia_url=wikipedia.url,
-            hackernews_url=hackernews.url,
-            database=tmp_path / "b.db",
-        ),
-        encoding="utf-8",
-    )
-    return path
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -73,19 +50,9 @@ async def bot(*args: str, stdin: str = "", env: dict[str, str] | None = None) ->
 
 
 async def test_ask_json_with_the_real_embedding_model(
-    tmp_path: Path, ollama: FakeOllama, wikipedia: FakeWikipedia, hackernews: FakeHackerNews
+    write_config: Callable[..., Path],
 ) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        config_text(
-            ollama_url=ollama.url,
-            wikipedia_url=wikipedia.url,
-            hackernews_url=hackernews.url,
-            database=tmp_path / "b.db",
-            backend="sentence-transformers",
-        ),
-        encoding="utf-8",
-    )
+    config = write_config(backend="sentence-transformers")
     run = await bot(
         "ask", "--config", str(config), "--session", "s1", "--json",
         "What is BERT (language model)?", "How does attention work in transformers?",
@@ -123,8 +90,8 @@ async def test_ask_json_with_the_real_embedding_model(
     assert second["question"] == "How does attention work in transformers?"
 
 
-async def test_sessions_list_show_and_reset(write_config: Path) -> None:
-    config = str(write_config)
+async def test_sessions_list_show_and_reset(write_config: Callable[..., Path]) -> None:
+    config = str(write_config())
     assert (await bot("ask", "--config", config, "--session", "x", "What is GPT?")).code == 0
     listed = await bot("sessions", "list", "--config", config)
     assert listed.code == 0 and "terminal:x\t1 turns" in listed.out
@@ -145,9 +112,9 @@ async def test_a_config_typo_fails_before_starting_and_names_the_key(tmp_path: P
     assert "Traceback" not in run.err
 
 
-async def test_chat_in_the_terminal_with_commands(write_config: Path) -> None:
+async def test_chat_in_the_terminal_with_commands(write_config: Callable[..., Path]) -> None:
     run = await bot(
-        "chat", "--config", str(write_config), "--session", "t",
+        "chat", "--config", str(write_config()), "--session", "t",
         stdin="What is BERT?\n/help\n/reset\n/quit\nnever read\n",
     )  # fmt: skip
     assert run.code == 0, run.err
@@ -158,24 +125,26 @@ async def test_chat_in_the_terminal_with_commands(write_config: Path) -> None:
     assert "… Choosing search keywords" in run.err  # progress goes to stderr
 
 
-async def test_no_command_and_no_tokens_opens_the_terminal_chat(write_config: Path) -> None:
-    run = await bot("--config", str(write_config), stdin="")
+async def test_no_command_and_no_tokens_opens_the_terminal_chat(
+    write_config: Callable[..., Path],
+) -> None:
+    run = await bot("--config", str(write_config()), stdin="")
     assert run.code == 0, run.err
     assert "No chat platform configured" in run.err
     assert "research-agent: ask me anything" in run.out
 
 
-async def test_the_demo_shows_a_running_summary(write_config: Path) -> None:
-    run = await bot("demo", "--config", str(write_config))
+async def test_the_demo_shows_a_running_summary(write_config: Callable[..., Path]) -> None:
+    run = await bot("demo", "--config", str(write_config()))
     assert run.code == 0, run.err
     assert run.out.count("Q: ") == 3
     summary = run.out.split("Running summary of the conversation:")[1]
     assert "asked about" in summary
 
 
-async def test_ctrl_c_exits_cleanly(write_config: Path) -> None:
+async def test_ctrl_c_exits_cleanly(write_config: Callable[..., Path]) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "chat", "--config", str(write_config),
+        sys.executable, "-m", "bot", "chat", "--config", str(write_config()),
         cwd=ROOT, env=child_env(), stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -45,16 +45,15 @@ class FixedJSON(FakeServer):
         return web.json_response(self.payload)
 
 
+# Short names for conftest's fakes: these tests mention them on nearly every line.
 @pytest.fixture
-async def wiki() -> AsyncIterator[FakeWikipedia]:
-    async with FakeWikipedia() as fake:
-        yield fake
+def wiki(wikipedia: FakeWikipedia) -> FakeWikipedia:
+    return wikipedia
 
 
 @pytest.fixture
-async def hn() -> AsyncIterator[FakeHackerNews]:
-    async with FakeHackerNews() as fake:
-        yield fake
+def hn(hackernews: FakeHackerNews) -> FakeHackerNews:
+    return hackernews
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ request is recorded so tests assert on what went over the wire. Two switches ser
 every fake:
 
 * ``latency_s``: slept before each response (benchmarks inject latency this way);
+* ``in_flight`` / ``max_in_flight``: requests being served now / at most at once (latency
+  included), so tests can prove a client sends its requests concurrently;
 * ``faults``: a queue of faults, each consumed by one request: ``Fault.status(500)``,
   ``Fault.garbage()``, ``Fault.hang()`` (never answers until the client gives up),
   ``Fault.status(429, retry_after=0.05)``. ``always_fail`` keeps failing every request.
@@ -70,6 +72,8 @@ class FakeServer:
         self._port = 0
         self._hung: set[asyncio.Event] = set()
         self._arrived = asyncio.Condition()
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     def routes(self, app: web.Application) -> None:
         raise NotImplementedError
@@ -127,6 +131,14 @@ class FakeServer:
         )
         async with self._arrived:
             self._arrived.notify_all()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._serve(request, handler)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         fault = self.faults.popleft() if self.faults else self.always_fail

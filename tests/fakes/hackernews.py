@@ -17,9 +17,8 @@ Point a client at ``fake.url + "/api/v1"``. Served as the real API does it:
   ``_highlightResult``. Newer records omit absent keys; "old records" (``old_record=True``)
   carry explicit nulls. Ask HN stories have no ``url``; ``story_text`` is HTML-escaped.
 
-Test switches beyond the base class's ``latency_s``/``faults``: ``extra_hits`` (raw hits
-served verbatim at the top of every first page, e.g. malformed records) and
-``max_in_flight`` (the most requests seen being served at once, latency included).
+Test switches beyond the base class's (latency, faults, in-flight counts): ``extra_hits``
+(raw hits served verbatim at the top of every first page, e.g. malformed records).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
-from tests.fakes.base import FakeServer, Handler
+from tests.fakes.base import FakeServer
 
 API_PREFIX = "/api/v1"
 _MAX_HITS_PER_PAGE = 1000
@@ -86,23 +85,11 @@ class FakeHackerNews(FakeServer):
         super().__init__()
         self.stories: tuple[HNStory, ...] = tuple(DEFAULT_STORIES if stories is None else stories)
         self.extra_hits: list[Any] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
 
     def routes(self, app: web.Application) -> None:
         # Outermost, so the base class's latency counts as time in flight.
-        app.middlewares.insert(0, self._count_in_flight)
         app.router.add_get(f"{API_PREFIX}/search", self._search)
         app.router.add_get(f"{API_PREFIX}/search_by_date", self._search_by_date)
-
-    @web.middleware
-    async def _count_in_flight(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            return await handler(request)
-        finally:
-            self.in_flight -= 1
 
     def matching(self, query: str) -> list[HNStory]:
         """Stories matching every word of ``query``, in relevance order."""

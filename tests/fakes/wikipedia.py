@@ -18,9 +18,9 @@ props. Habits a client must survive, as the real API has them:
   ``exintro``, then says ``excontinue``;
 * errors are HTTP 200 with ``{"error": {"code", "info"}}`` and a ``MediaWiki-API-Error`` header.
 
-Test switches beyond the base class's ``latency_s``/``faults``: ``api_error`` (answer every
-request with that error), ``chunked`` (stream answers without ``Content-Length``), and
-``max_in_flight`` (the most requests seen being served at once, latency included).
+Test switches beyond the base class's (latency, faults, in-flight counts): ``api_error``
+(answer every request with that error) and ``chunked`` (stream answers without
+``Content-Length``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from urllib.parse import quote
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
-from tests.fakes.base import FakeServer, Handler
+from tests.fakes.base import FakeServer
 
 API_PATH = "/w/api.php"
 _EXTRACTS_MAX = 20
@@ -102,24 +102,12 @@ class FakeWikipedia(FakeServer):
         self.language = language
         self.api_error: tuple[str, str] | None = None
         self.chunked = False
-        self.in_flight = 0
-        self.max_in_flight = 0
         self._by_title = {page.title: page for page in self.pages}
 
     def routes(self, app: web.Application) -> None:
         # Outermost, so the base class's latency counts as time in flight.
-        app.middlewares.insert(0, self._count_in_flight)
         app.router.add_route("GET", API_PATH, self._api)
         app.router.add_route("POST", API_PATH, self._api)
-
-    @web.middleware
-    async def _count_in_flight(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            return await handler(request)
-        finally:
-            self.in_flight -= 1
 
     def search(self, text: str) -> list[WikiPage]:
         """Pages matching every word of ``text``, best first (title words weigh most)."""
