@@ -256,7 +256,7 @@ class Pipeline:
             "synthesis_s", self._compose(turn, state, sources, fetched, report)
         )
         footer_sources = [s for s, _ in sources]
-        tail = self._tail(footer_sources, cited, fetched.unavailable, turn.notices)
+        tail = _tail(footer_sources, cited, fetched.unavailable, turn.notices)
         await turn.listener.on_text(tail)
         answer = body + tail
 
@@ -286,12 +286,18 @@ class Pipeline:
             return None
 
     async def _topics(self, turn: _Turn) -> list[str]:
+        """Keywords from the LLM; without it, from the question's own content words."""
         recent = self._recent.get(turn.message.conversation)
         context = prompts.format_history(recent, max_chars=1500) if recent else ""
-        raw = await self._call_llm(
-            turn, self._topic_chain.ainvoke({"question": turn.question, "context": context})
-        )
-        return prompts.parse_keywords(raw or "", turn.question)
+        call = self._topic_chain.ainvoke({"question": turn.question, "context": context})
+        try:
+            raw = await call_llm(call, self._settings.llm)
+        except LLMError as error:
+            # Remembered so the answer step falls back at once instead of failing again.
+            _log.warning("keyword extraction failed: %s", error)
+            turn.llm_error = error
+            raw = ""
+        return prompts.parse_keywords(raw, turn.question)
 
     async def _restore(self, turn: _Turn) -> ConversationState:
         key = turn.message.conversation
@@ -337,7 +343,7 @@ class Pipeline:
     ) -> tuple[str, list[int]]:
         """Stream the answer body; returns it and the citation numbers it used."""
         if not sources:
-            body = _nothing_found(turn.question, fetched.unavailable)
+            body = _nothing_found(fetched.unavailable)
             await turn.listener.on_text(body)
             return body, []
         if turn.llm_error is None:
@@ -395,35 +401,6 @@ class Pipeline:
             body = "I could not write an answer from these sources; here they are."
             await turn.listener.on_text(body)
         return body, answer_filter.cited
-
-    async def _call_llm(self, turn: _Turn, call: Awaitable[str]) -> str | None:
-        """Await an LLM call; on a known LLM failure remember it and return None."""
-        if turn.llm_error is not None:
-            if asyncio.iscoroutine(call):
-                call.close()
-            return None
-        try:
-            return await call_llm(call, self._settings.llm)
-        except LLMError as error:
-            _log.warning("LLM call failed: %s", error)
-            turn.llm_error = error
-            return None
-
-    def _tail(
-        self,
-        sources: Sequence[Source],
-        cited: Sequence[int],
-        unavailable: Sequence[str],
-        notices: Sequence[str],
-    ) -> str:
-        lines: list[str] = []
-        if sources:
-            lines.append(prompts.sources_footer(sources, cited))
-        extra = [f"{name} was unavailable for this question." for name in unavailable]
-        extra += notices
-        if extra:
-            lines.append("\n".join(f"_{line}_" for line in extra))
-        return "".join(f"\n\n{block}" for block in lines)
 
     # ----------------------------------------------------------------- background work
 
@@ -486,6 +463,23 @@ class Pipeline:
             self._summarizing.discard(key)
 
 
+def _tail(
+    sources: Sequence[Source],
+    cited: Sequence[int],
+    unavailable: Sequence[str],
+    notices: Sequence[str],
+) -> str:
+    """The Sources list, then notices (sources down, question cut) in italics."""
+    blocks: list[str] = []
+    if sources:
+        blocks.append(prompts.sources_footer(sources, cited))
+    extra = [f"{name} was unavailable for this question." for name in unavailable]
+    extra += notices
+    if extra:
+        blocks.append("\n".join(f"_{line}_" for line in extra))
+    return "".join(f"\n\n{block}" for block in blocks)
+
+
 def _source_label(article: Article) -> str:
     return "Wikipedia" if article.source == "wikipedia" else "Hacker News"
 
@@ -501,7 +495,7 @@ def _describe_report(report: AnalysisReport | None) -> str:
     )
 
 
-def _nothing_found(question: str, unavailable: Sequence[str]) -> str:
+def _nothing_found(unavailable: Sequence[str]) -> str:
     if len(unavailable) == len(SOURCE_NAMES):
         return (
             "I could not reach Wikipedia or Hacker News just now, so I have no sources "
