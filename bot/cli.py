@@ -14,11 +14,13 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
 from typing import TextIO
 
 from bot.adapters.terminal import TerminalAdapter, TerminalListener, terminal_key
 from bot.agents.memory import MemoryStore
-from bot.config import Settings, load_settings
+from bot.config import LoggingSettings, Settings, load_settings
 from bot.domain import InboundMessage
 from bot.errors import ConfigError, ResearchAgentError
 from bot.pipeline.orchestrator import SILENT, TurnListener
@@ -67,16 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 2
+    _configure_logging(settings.logging, verbose=args.verbose)
     try:
         return asyncio.run(_dispatch(args, settings))
     except KeyboardInterrupt:
@@ -86,6 +84,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.debug("start-up failed", exc_info=True)
         print(f"Cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def _configure_logging(settings: LoggingSettings, *, verbose: int) -> None:
+    """Records go to a rotating file; to stderr too with ``-v`` (``-vv``: debug).
+
+    Without ``-v`` nothing from logging reaches the terminal, where the user is chatting:
+    a handled failure is explained in the answer, and a traceback is never shown.
+    """
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose > 1 else getattr(logging, settings.level))
+    handlers: list[logging.Handler] = []
+    if settings.file:
+        try:
+            Path(settings.file).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(RotatingFileHandler(settings.file, maxBytes=5_000_000, backupCount=3))
+        except OSError as exc:
+            print(
+                f"Cannot write the log file {settings.file} ({exc}); logging to stderr.",
+                file=sys.stderr,
+            )
+            verbose = max(verbose, 1)
+    if verbose:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    if not handlers:
+        handlers.append(logging.NullHandler())
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:

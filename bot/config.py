@@ -126,6 +126,14 @@ class ChatSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    # The terminal is the user's chat window, so records go to this file; `-v` echoes
+    # them to stderr as well.
+    file: str = "data/research-agent.log"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     llm: LLMSettings = LLMSettings()
     sources: SourcesSettings = SourcesSettings()
@@ -133,6 +141,7 @@ class Settings:
     memory: MemorySettings = MemorySettings()
     analysis: AnalysisSettings = AnalysisSettings()
     chat: ChatSettings = ChatSettings()
+    logging: LoggingSettings = LoggingSettings()
     # Filled from the environment, never from the file.
     discord_token: Secret | None = None
     slack_bot_token: Secret | None = None
@@ -202,7 +211,10 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     emb = settings.embeddings
     if emb.model_path and not Path(emb.model_path).is_absolute():
         emb = dataclasses.replace(emb, model_path=str(base / emb.model_path))
-    return dataclasses.replace(settings, memory=memory, embeddings=emb)
+    log = settings.logging
+    if log.file and not Path(log.file).is_absolute():
+        log = dataclasses.replace(log, file=str(base / log.file))
+    return dataclasses.replace(settings, memory=memory, embeddings=emb, logging=log)
 
 
 def _build(cls: type[_T], table: object, where: str) -> _T:

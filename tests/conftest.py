@@ -80,6 +80,9 @@ database = "{database}"
 
 [analysis]
 timeout_s = 10
+
+[logging]
+file = "{database.parent / "bot.log"}"
 {extra}
 """
 

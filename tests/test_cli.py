@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.fakes.base import Fault
+from tests.fakes.ollama import FakeOllama
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -155,3 +158,19 @@ async def test_ctrl_c_exits_cleanly(write_config: Callable[..., Path]) -> None:
     assert proc.returncode == 130
     assert b"Interrupted" in err
     assert b"Traceback" not in err
+
+
+async def test_handled_failures_go_to_the_log_file_not_the_terminal(
+    write_config: Callable[..., Path], ollama: FakeOllama
+) -> None:
+    ollama.always_fail = Fault.status(500)
+    config = write_config()
+    run = await bot("ask", "--config", str(config), "What is BERT?")
+    assert run.code == 0, run.err
+    assert "language model returned an error" in run.out
+    assert "WARNING" not in run.err and "Traceback" not in run.err
+    log = (config.parent / "bot.log").read_text(encoding="utf-8")
+    assert "keyword extraction failed" in log
+
+    verbose = await bot("ask", "-v", "--config", str(config), "What is BERT?")
+    assert "keyword extraction failed" in verbose.err

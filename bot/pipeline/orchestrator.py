@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 from langchain_core.language_models import BaseChatModel
@@ -134,6 +134,12 @@ class _Turn:
     llm_error: LLMError | None = None
     turn_id: int | None = None
     clock: _Stopwatch = field(default_factory=_Stopwatch)
+
+
+class _Body(NamedTuple):
+    text: str
+    cited: list[int]
+    lists_sources: bool = False
 
 
 class Pipeline:
@@ -252,16 +258,18 @@ class Pipeline:
         ]
 
         await turn.listener.on_progress("Writing the answer")
-        body, cited = await turn.clock.time(
+        body = await turn.clock.time(
             "synthesis_s", self._compose(turn, state, sources, fetched, report)
         )
-        footer_sources = [s for s, _ in sources]
-        tail = _tail(footer_sources, cited, fetched.unavailable, turn.notices)
+        footer_sources = [] if body.lists_sources else [s for s, _ in sources]
+        tail = _tail(footer_sources, body.cited, fetched.unavailable, turn.notices)
         await turn.listener.on_text(tail)
-        answer = body + tail
+        answer = body.text + tail
+        cited = body.cited
 
         self._after_turn(turn, answer)
-        shown = [s for s in footer_sources if s.n in cited] if cited else footer_sources
+        given = [s for s, _ in sources]
+        shown = [s for s in given if s.n in cited] if cited else given
         return TurnResult(
             question=turn.question,
             answer=answer,
@@ -340,20 +348,21 @@ class Pipeline:
         sources: Sequence[tuple[Source, str]],
         fetched: FetchResult,
         report: AnalysisReport | None,
-    ) -> tuple[str, list[int]]:
+    ) -> _Body:
         """Stream the answer body; returns it and the citation numbers it used."""
         if not sources:
             body = _nothing_found(fetched.unavailable)
             await turn.listener.on_text(body)
-            return body, []
+            return _Body(body, [])
         if turn.llm_error is None:
             streamed = await self._stream_answer(turn, state, sources, fetched, report)
             if streamed is not None:
-                return streamed
+                return _Body(*streamed)
         assert turn.llm_error is not None
         body = prompts.fallback_answer(sources, reason=turn.llm_error.user_message)
         await turn.listener.on_text(body)
-        return body, []
+        # The fallback is itself a list of the sources with their links.
+        return _Body(body, [s.n for s, _ in sources], lists_sources=True)
 
     async def _stream_answer(
         self,
