@@ -28,11 +28,14 @@ def terminal_key(session: str) -> str:
 class TerminalListener:
     """Shows progress on ``err`` and streams the answer to ``out``."""
 
-    def __init__(self, out: TextIO, err: TextIO) -> None:
+    def __init__(self, out: TextIO, err: TextIO, *, prefix: str = "") -> None:
         self._out = out
         self._err = err
         self._live = err.isatty()
         self._status_shown = False
+        # Written with the first text: written earlier, clearing the status line (which
+        # shares the terminal line) would erase it.
+        self._prefix = prefix
 
     async def on_progress(self, step: str) -> None:
         if self._live:
@@ -44,7 +47,8 @@ class TerminalListener:
 
     async def on_text(self, text: str) -> None:
         self.clear_status()
-        self._out.write(text)
+        self._out.write(self._prefix + text)
+        self._prefix = ""
         self._out.flush()
 
     def clear_status(self) -> None:
@@ -106,7 +110,10 @@ class TerminalAdapter:
 
     async def run(self) -> None:
         """Chat until end of input or ``/quit``."""
-        self._out.write(f"research-agent: ask me anything ({HELP})\nConversation: {self._key}\n")
+        self._out.write(
+            f"research-agent: ask me anything. /help lists the commands.\n"
+            f"Conversation: {self._key}\n"
+        )
         while self._alive:
             self._out.write("\nyou> ")
             self._out.flush()
@@ -131,8 +138,8 @@ class TerminalAdapter:
                 self._key, "Conversation forgotten." if forgotten else "Nothing to forget yet."
             )
         elif line:
-            listener = TerminalListener(self._out, self._err)
-            self._out.write("\nbot> ")
+            self._out.write("\n")
+            listener = TerminalListener(self._out, self._err, prefix="bot> ")
             message = InboundMessage(line, self._author, self._key, "terminal")
             await self._sink(message, listener)
             listener.clear_status()

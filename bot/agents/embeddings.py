@@ -44,6 +44,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -190,6 +191,10 @@ def _init_worker(config: _WorkerConfig, barrier: Any) -> None:
     call carry the reason back to :meth:`EmbeddingAgent.start`.
     """
     global _STATE  # noqa: PLW0603 - the per-process model lives here by design
+    # Ctrl-C in a terminal signals the whole foreground process group, workers included.
+    # Their lifetime is the parent's to manage (it shuts the pool down on the way out);
+    # left alone they would each print a KeyboardInterrupt traceback at the user.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     state = _WorkerState(config, barrier)
     _STATE = state
     os.environ.update(config.env)
