@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import TextIO
@@ -205,10 +206,9 @@ async def _sessions(action: str, key: str | None, settings: Settings, out: TextI
             if not rows:
                 out.write("No sessions yet.\n")
             for row in rows:
+                turns = f"{row.turn_count} turn{'' if row.turn_count == 1 else 's'}"
                 summary = ", summarised" if row.has_summary else ""
-                out.write(
-                    f"{row.key}\t{row.turn_count} turns{summary}\tlast active {row.updated_at}\n"
-                )
+                out.write(f"{row.key}\t{turns}{summary}\tlast active {_when(row.updated_at)}\n")
             return 0
         assert key is not None
         resolved = await _resolve_key(store, key)
@@ -225,11 +225,20 @@ async def _sessions(action: str, key: str | None, settings: Settings, out: TextI
         if state.summary:
             out.write(f"\nSummary (up to turn {state.summary_upto}):\n{state.summary}\n")
         for turn in state.turns:
-            out.write(f"\n[{turn.id}] {turn.created_at} you: {turn.question}\n")
+            out.write(f"\n[{turn.id}] {_when(turn.created_at)} you: {turn.question}\n")
             out.write(f"bot: {turn.answer}\n" if turn.answer is not None else "(no answer saved)\n")
         return 0
     finally:
         await store.close()
+
+
+def _when(timestamp: str) -> str:
+    """``2026-11-23T23:06:48.507602+00:00`` -> ``2026-11-23 23:06 UTC`` for people."""
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return timestamp
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 async def _resolve_key(store: MemoryStore, key: str) -> str | None:

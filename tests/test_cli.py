@@ -97,7 +97,7 @@ async def test_sessions_list_show_and_reset(write_config: Callable[..., Path]) -
     config = str(write_config())
     assert (await bot("ask", "--config", config, "--session", "x", "What is GPT?")).code == 0
     listed = await bot("sessions", "list", "--config", config)
-    assert listed.code == 0 and "terminal:x\t1 turns" in listed.out
+    assert listed.code == 0 and "terminal:x\t1 turn\tlast active 20" in listed.out
     shown = await bot("sessions", "show", "x", "--config", config)
     assert shown.code == 0 and "you: What is GPT?" in shown.out and "bot: " in shown.out
     assert (await bot("sessions", "reset", "terminal:x", "--config", config)).code == 0
