@@ -85,7 +85,10 @@ async def test_a_turn_answers_with_citations_that_map_to_real_links(
     # Keyword extraction, then synthesis: two LLM calls, with the sources in the second.
     topic_call, answer_call = ollama.chat_bodies()
     assert topic_call["stream"] is True
-    assert "[1]" in answer_call["messages"][-1]["content"]
+    prompt = answer_call["messages"][-1]["content"]
+    assert "[1]" in prompt
+    # Hacker News stories reach the model with their standing and date.
+    assert re.search(r"\(\d+ points, \d+ comments, posted \d{4}-\d\d-\d\d\)", prompt)
 
 
 async def test_the_question_survives_a_turn_that_dies_during_generation(

@@ -252,7 +252,7 @@ class Pipeline:
         sources = [
             (
                 Source(i, r.article.title, r.article.url, _source_label(r.article), r.score),
-                r.article.text,
+                _prompt_text(r.article),
             )
             for i, r in enumerate(ranked[: self._settings.chat.max_sources_in_prompt], start=1)
         ]
@@ -487,6 +487,18 @@ def _tail(
     if extra:
         blocks.append("\n".join(f"_{line}_" for line in extra))
     return "".join(f"\n\n{block}" for block in blocks)
+
+
+def _prompt_text(article: Article) -> str:
+    """The article as the LLM sees it: a story's standing and date help it weigh the story."""
+    facts = []
+    if article.points is not None:
+        facts.append(f"{article.points} points")
+    if article.comments is not None:
+        facts.append(f"{article.comments} comments")
+    if article.published:
+        facts.append(f"posted {article.published[:10]}")
+    return f"({', '.join(facts)}) {article.text}" if facts else article.text
 
 
 def _source_label(article: Article) -> str:
