@@ -23,7 +23,7 @@ from bot.adapters.terminal import TerminalAdapter, TerminalListener, terminal_ke
 from bot.agents.memory import MemoryStore
 from bot.config import LoggingSettings, Settings, load_settings
 from bot.domain import InboundMessage
-from bot.errors import ConfigError, ResearchAgentError
+from bot.errors import ConfigError, EmbeddingError, ResearchAgentError
 from bot.pipeline.orchestrator import SILENT, TurnListener
 from bot.runtime import Runtime
 
@@ -83,7 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except ResearchAgentError as exc:
         _log.debug("start-up failed", exc_info=True)
-        print(f"Cannot start: {exc}", file=sys.stderr)
+        hint = (
+            ' (to run without a model, set [embeddings].backend = "hashing")'
+            if isinstance(exc, EmbeddingError)
+            else ""
+        )
+        print(f"Cannot start: {exc}{hint}", file=sys.stderr)
         return 1
 
 

@@ -115,6 +115,16 @@ async def test_a_config_typo_fails_before_starting_and_names_the_key(tmp_path: P
     assert "Traceback" not in run.err
 
 
+async def test_a_missing_embedding_model_says_how_to_run_without_one(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[embeddings]\nmodel_path = "no/such/model"\n', encoding="utf-8")
+    run = await bot("ask", "--config", str(config), "hello")
+    assert run.code == 1
+    assert "Cannot start: cannot load embedding model" in run.err
+    assert 'backend = "hashing"' in run.err
+    assert "Traceback" not in run.err
+
+
 async def test_chat_in_the_terminal_with_commands(write_config: Callable[..., Path]) -> None:
     run = await bot(
         "chat", "--config", str(write_config()), "--session", "t",
