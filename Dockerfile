@@ -1,12 +1,15 @@
-# research-agent: the bot with the terminal chat as the default when no platform token is set.
+# research-agent. With no chat-platform adapter configured it opens the terminal chat.
 #   docker build -t research-agent .
-#   docker run --rm -it -e OLLAMA_HOST=http://host.docker.internal:11434 \
-#       -e DISCORD_TOKEN -v research-data:/app/data research-agent
+#   docker run --rm -it --add-host=host.docker.internal:host-gateway \
+#       -e OLLAMA_HOST=http://host.docker.internal:11434 -v research-data:/app/data research-agent
+# SIGTERM (docker stop) drains background saves before exiting.
 FROM python:3.11-slim
 
+# HF_HOME on the volume: the embedding model is downloaded once, not on every run.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    HF_HOME=/app/data/huggingface
 
 WORKDIR /app
 RUN useradd --create-home --uid 10001 bot

@@ -11,8 +11,11 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
@@ -36,15 +39,35 @@ DEMO_QUESTIONS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", help="settings file (default ./config.toml)")
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+def _common_options(defaults: bool) -> argparse.ArgumentParser:
+    """``--config`` and ``-v``, accepted before or after any (sub)command.
 
+    Only the top level sets defaults: a subparser's default would overwrite a value given
+    before the subcommand (``--config prod.toml sessions list``).
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None if defaults else argparse.SUPPRESS,
+        help="settings file (default ./config.toml)",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if defaults else argparse.SUPPRESS,
+        help="also log to stderr (-vv: debug)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options(defaults=False)
     parser = argparse.ArgumentParser(
         prog="python -m bot",
         description="A research assistant that answers with cited sources.",
-        parents=[common],
+        parents=[_common_options(defaults=True)],
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -77,10 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _configure_logging(settings.logging, verbose=args.verbose)
     try:
-        return asyncio.run(_dispatch(args, settings))
+        return asyncio.run(_until_terminated(args, settings))
     except KeyboardInterrupt:
         print("\nInterrupted; bye.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``ask --json ... | head -1``); stop quietly, and keep the
+        # interpreter's final flush from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ResearchAgentError as exc:
         _log.debug("start-up failed", exc_info=True)
         hint = (
@@ -121,6 +149,39 @@ def _configure_logging(settings: LoggingSettings, *, verbose: int) -> None:
         root.addHandler(handler)
 
 
+async def _until_terminated(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the command; SIGTERM (``docker stop``, systemd) shuts down like Ctrl-C does.
+
+    Cancelling the main task unwinds through ``Runtime.close``, so background saves and
+    summaries are drained before the process exits.
+    """
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        main_task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await _dispatch(args, settings)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        print("Stopped; bye.", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _new_session(kind: str) -> str:
+    """A fresh session id; the random part keeps two runs in one second apart."""
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
     if command == "sessions":
@@ -130,13 +191,13 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         command, args.session = "chat", "default"
     if command == "demo":
         # A low threshold so the running summary appears within three questions.
-        memory = dataclasses.replace(settings.memory, summarize_after=2, keep_recent=2)
+        memory = dataclasses.replace(settings.memory, summarize_after=2, keep_recent=1)
         settings = dataclasses.replace(settings, memory=memory)
     async with await Runtime.start(settings) as runtime:
         if runtime.llm_warning:
             print(runtime.llm_warning, file=sys.stderr)
         if command == "ask":
-            session = args.session or f"ask-{time.strftime('%Y%m%d-%H%M%S')}"
+            session = args.session or _new_session("ask")
             return await _ask(runtime, session, args.questions, as_json=args.json)
         if command == "demo":
             return await _demo(runtime)
@@ -192,11 +253,11 @@ async def _ask(runtime: Runtime, session: str, questions: Sequence[str], *, as_j
 
 
 async def _demo(runtime: Runtime) -> int:
-    session = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    session = _new_session("demo")
     print(f"Demo: three questions in one conversation ({terminal_key(session)}).")
     status = await _ask(runtime, session, DEMO_QUESTIONS, as_json=False)
     # Summaries run in the background; wait for them so the result can be shown.
-    await runtime.pipeline.drain(grace_s=120)
+    await runtime.pipeline.settle()
     state = await runtime.memory.load(terminal_key(session))
     print("\nRunning summary of the conversation:")
     print(state.summary or "(no summary yet: the language model was not reachable)")

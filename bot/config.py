@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from bot.errors import ConfigError
 
@@ -29,6 +30,11 @@ DEFAULT_USER_AGENT = (
 
 def _between(low: float, high: float | None = None) -> dict[str, float | None]:
     return {"min": low, "max": high}
+
+
+URL: dict[str, bool] = {"url": True}  # must be http(s)://host...
+NONEMPTY: dict[str, bool] = {"nonempty": True}
+OLLAMA_PORT = 11434
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,20 +54,22 @@ class Secret:
 
 @dataclass(frozen=True, slots=True)
 class LLMSettings:
-    base_url: str = "http://localhost:11434"
-    model: str = "llama3.2"
+    base_url: str = field(default="http://localhost:11434", metadata=URL)
+    model: str = field(default="llama3.2", metadata=NONEMPTY)
     temperature: float = field(default=0.2, metadata=_between(0, 2))
     timeout_s: float = field(default=120.0, metadata=_between(1, 3600))
     # Sent as Ollama's num_ctx; 0 leaves the model's default.
     context_tokens: int = field(default=0, metadata=_between(0, 1_000_000))
+    # Sent as num_predict: a model stuck in a loop must not hold a conversation forever.
+    max_tokens: int = field(default=1024, metadata=_between(16, 100_000))
 
 
 @dataclass(frozen=True, slots=True)
 class WikipediaSettings:
     enabled: bool = True
     # ``{language}`` is replaced by ``language``; a URL without it is used as is.
-    api_url: str = "https://{language}.wikipedia.org/w/api.php"
-    language: str = "en"
+    api_url: str = field(default="https://{language}.wikipedia.org/w/api.php", metadata=URL)
+    language: str = field(default="en", metadata=NONEMPTY)
     results_per_keyword: int = field(default=3, metadata=_between(1, 20))
 
     @property
@@ -72,13 +80,13 @@ class WikipediaSettings:
 @dataclass(frozen=True, slots=True)
 class HackerNewsSettings:
     enabled: bool = True
-    api_url: str = "https://hn.algolia.com/api/v1"
+    api_url: str = field(default="https://hn.algolia.com/api/v1", metadata=URL)
     results_per_keyword: int = field(default=3, metadata=_between(1, 50))
 
 
 @dataclass(frozen=True, slots=True)
 class SourcesSettings:
-    user_agent: str = DEFAULT_USER_AGENT
+    user_agent: str = field(default=DEFAULT_USER_AGENT, metadata=NONEMPTY)
     timeout_s: float = field(default=8.0, metadata=_between(0.1, 120))
     retries: int = field(default=2, metadata=_between(0, 10))
     backoff_s: float = field(default=0.5, metadata=_between(0, 60))
@@ -93,7 +101,7 @@ class SourcesSettings:
 @dataclass(frozen=True, slots=True)
 class EmbeddingSettings:
     backend: Literal["sentence-transformers", "hashing"] = "sentence-transformers"
-    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    model: str = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata=NONEMPTY)
     # A local directory with the model's files; when set it wins over ``model``.
     model_path: str = ""
     workers: int = field(default=1, metadata=_between(1, 64))
@@ -104,7 +112,7 @@ class EmbeddingSettings:
 
 @dataclass(frozen=True, slots=True)
 class MemorySettings:
-    database: str = "data/research-agent.db"
+    database: str = field(default="data/research-agent.db", metadata=NONEMPTY)
     # Summarise once a conversation holds more than this many unsummarised messages.
     summarize_after: int = field(default=12, metadata=_between(2, 10_000))
     # Messages kept verbatim (not summarised) at the end of the history.
@@ -179,18 +187,41 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
         raise ConfigError(f"{key} must come from the environment, not from {file}")
 
     settings = _build(Settings, raw, "")
+    _check_together(settings)
     settings = _apply_env(settings, env)
     return _resolve_paths(settings, file.resolve().parent)
+
+
+def _check_together(settings: Settings) -> None:
+    memory = settings.memory
+    if memory.keep_recent >= memory.summarize_after:
+        raise ConfigError(
+            f"[memory].keep_recent ({memory.keep_recent}) must be smaller than "
+            f"[memory].summarize_after ({memory.summarize_after})"
+        )
+
+
+def ollama_url(host: str) -> str:
+    """``OLLAMA_HOST`` as Ollama reads it: scheme defaults to http, port to 11434."""
+    if "://" not in host:
+        host = f"http://{host}"
+    parts = urlsplit(host)
+    if not parts.hostname:
+        raise ConfigError(f"OLLAMA_HOST={host!r} names no host")
+    if parts.port is None:
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        port = 443 if parts.scheme == "https" else OLLAMA_PORT
+        netloc = f"{userinfo}@{netloc}:{port}" if userinfo else f"{netloc}:{port}"
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts).rstrip("/")
 
 
 def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     host = env.get("OLLAMA_HOST", "").strip()
     if host:
-        if "://" not in host:
-            host = f"http://{host}"
-        settings = dataclasses.replace(
-            settings, llm=dataclasses.replace(settings.llm, base_url=host)
-        )
+        llm = dataclasses.replace(settings.llm, base_url=ollama_url(host))
+        settings = dataclasses.replace(settings, llm=llm)
 
     def secret(name: str) -> Secret | None:
         value = env.get(name, "").strip()
@@ -261,6 +292,14 @@ def _check(hint: Any, value: Any, name: str, meta: Mapping[str, Any]) -> Any:
         raise ConfigError(f"{shown} must be a string, not {value!r}")
     elif hint is float and not isinstance(value, float):
         raise ConfigError(f"{shown} must be a number, not {value!r}")
+    if meta.get("nonempty") and not value.strip():
+        raise ConfigError(f"{shown} must not be empty")
+    if meta.get("url"):
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigError(
+                f"{shown} must be an http(s) URL such as https://host/path, not {value!r}"
+            )
     low, high = meta.get("min"), meta.get("max")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"

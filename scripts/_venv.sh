@@ -9,9 +9,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ "$requirements" -nt "$stamp" ]; then
     echo "Installing dependencies into $VENV (first run only)..." >&2
-    # torch first and pinned: left to sentence-transformers, pip would pick the newest
-    # build, which on Linux means several GB of CUDA libraries.
-    "$VENV/bin/pip" install --quiet "torch==2.13.0"
+    # torch first and pinned, so sentence-transformers does not pick a newer one. Where pip
+    # finds no local CPU wheel, set TORCH_INDEX_URL to PyTorch's CPU index: the default
+    # Linux wheels bring several GB of CUDA libraries.
+    "$VENV/bin/pip" install --quiet "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
     "$VENV/bin/pip" install --quiet -r "$requirements"
     touch "$stamp"
 fi

@@ -7,6 +7,7 @@ subprocess API (a blocking ``subprocess.run`` would stop the fakes from answerin
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -14,7 +15,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from bot.adapters.terminal import TerminalAdapter
+from bot.cli import build_parser
+from bot.runtime import Runtime
 from tests.fakes.base import Fault
 from tests.fakes.ollama import FakeOllama
 
@@ -186,3 +191,96 @@ async def test_handled_failures_go_to_the_log_file_not_the_terminal(
 
     verbose = await bot("ask", "-v", "--config", str(config), "What is BERT?")
     assert "keyword extraction failed" in verbose.err
+
+
+def test_common_options_work_before_and_after_the_command() -> None:
+    parser = build_parser()
+    for argv in (
+        ["--config", "x.toml", "-v", "ask", "q"],
+        ["ask", "--config", "x.toml", "-v", "q"],
+        ["--config", "x.toml", "-v", "sessions", "list"],
+        ["sessions", "--config", "x.toml", "-v", "list"],
+        ["sessions", "list", "--config", "x.toml", "-v"],
+    ):
+        args = parser.parse_args(argv)
+        assert (args.config, args.verbose) == ("x.toml", 1), argv
+    assert (parser.parse_args(["chat"]).config, parser.parse_args(["chat"]).verbose) == (None, 0)
+
+
+async def test_sigterm_shuts_down_and_drains(write_config: Callable[..., Path]) -> None:
+    config = write_config()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "chat", "--config", str(config), "--session", "term",
+        cwd=ROOT, env=child_env(), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    await proc.stdout.readuntil(b"you> ")
+    proc.stdin.write(b"What is BERT?\n")
+    await proc.stdout.readuntil(b"you> ")  # answered; its save may still be running
+    proc.send_signal(signal.SIGTERM)
+    _out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 143
+    assert b"Stopped" in err and b"Traceback" not in err
+    shown = await bot("sessions", "show", "term", "--config", str(config))
+    assert "you: What is BERT?" in shown.out and "bot: " in shown.out
+
+
+async def test_each_ask_without_a_session_is_a_new_conversation(
+    write_config: Callable[..., Path],
+) -> None:
+    config = str(write_config())
+    await asyncio.gather(
+        bot("ask", "--config", config, "What is BERT?"),
+        bot("ask", "--config", config, "What is GPT?"),
+    )
+    listed = (await bot("sessions", "list", "--config", config)).out.splitlines()
+    assert len(listed) == 2 and all("\t1 turn\t" in line for line in listed)
+
+
+async def test_a_closed_pipe_ends_quietly(write_config: Callable[..., Path]) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (``| head -1``) is already gone
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "ask", "--json", "--config", str(write_config()),
+        "What is BERT?",
+        cwd=ROOT, env=child_env(), stdin=asyncio.subprocess.DEVNULL,
+        stdout=write_end, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(write_end)
+    _out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err
+
+
+async def test_a_reset_that_fails_keeps_the_chat_going(make_settings: Any) -> None:
+    async with await Runtime.start(make_settings()) as runtime:
+        await runtime.memory.close()  # every store call now fails
+        out = io.StringIO()
+        adapter = TerminalAdapter(
+            runtime.pipeline.handle,
+            session="broken",
+            reset=runtime.pipeline.reset,
+            stdin=io.StringIO("/reset\n/help\n"),
+            stdout=out,
+            stderr=io.StringIO(),
+        )
+        await adapter.start()
+        await adapter.run()
+    assert "could not forget this conversation" in out.getvalue()
+    assert "Commands: /reset" in out.getvalue()  # the next line was still handled
+    assert "MemoryStoreError" not in out.getvalue() and "closed" not in out.getvalue()
+
+
+async def test_closing_the_terminal_adapter_ends_its_chat_loop(make_settings: Any) -> None:
+    async with await Runtime.start(make_settings()) as runtime:
+        read_end, write_end = os.pipe()  # input that never comes
+        # fdopen on a pipe does not block (ASYNC230 is about files on disk).
+        with os.fdopen(read_end) as never, os.fdopen(write_end, "w"):
+            adapter = TerminalAdapter(
+                runtime.pipeline.handle, session="s", reset=runtime.pipeline.reset,
+                stdin=never, stdout=io.StringIO(), stderr=io.StringIO(),
+            )  # fmt: skip
+            await adapter.start()
+            chat = asyncio.create_task(adapter.run())
+            await adapter.close()
+            await asyncio.wait_for(chat, timeout=5)

@@ -53,6 +53,14 @@ def test_values_are_typed_and_relative_paths_resolve_against_the_file(tmp_path: 
         ("llm = 3", "[llm] must be a table"),
         ('discord_token = "abc"', "discord_token must come from the environment"),
         ("[llm\nmodel=", "not valid TOML"),
+        ('[llm]\nbase_url = "localhost:11434"', "[llm].base_url must be an http(s) URL"),
+        ('[sources.hackernews]\napi_url = "not a url"', "[sources.hackernews].api_url must be"),
+        ('[llm]\nmodel = " "', "[llm].model must not be empty"),
+        ('[sources]\nuser_agent = ""', "[sources].user_agent must not be empty"),
+        (
+            "[memory]\nsummarize_after = 4\nkeep_recent = 4",
+            "[memory].keep_recent (4) must be smaller than [memory].summarize_after (4)",
+        ),
     ],
 )
 def test_bad_values_fail_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
@@ -75,6 +83,21 @@ def test_environment_overrides_and_secrets_are_hidden(tmp_path: Path) -> None:
     assert settings.slack_bot_token is None
     assert "very-secret" not in repr(settings)
     assert "very-secret" not in str(settings.discord_token)
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:11434"),
+        ("ollama.internal:8080", "http://ollama.internal:8080"),
+        ("https://ollama.example.org", "https://ollama.example.org:443"),
+        ("http://user:pw@gpu-box/", "http://user:pw@gpu-box:11434"),
+        ("[::1]", "http://[::1]:11434"),
+    ],
+)
+def test_ollama_host_is_read_as_ollama_reads_it(tmp_path: Path, host: str, url: str) -> None:
+    settings = load_settings(write(tmp_path, ""), env={"OLLAMA_HOST": host})
+    assert settings.llm.base_url == url
 
 
 def test_settings_are_frozen(tmp_path: Path) -> None:

@@ -123,6 +123,33 @@ async def test_follow_ups_see_the_conversation(bot: InMemoryAdapter, ollama: Fak
     assert "What is BERT?" in topic_prompt
 
 
+async def test_follow_ups_resolve_after_a_restart(
+    make_settings: SettingsFactory, ollama: FakeOllama
+) -> None:
+    settings = make_settings()
+    async with await Runtime.start(settings) as first_process:
+        bot = InMemoryAdapter(first_process.pipeline.handle)
+        await bot.start()
+        await bot.deliver("What is BERT?")
+    ollama.requests.clear()
+    async with await Runtime.start(settings) as second_process:
+        bot = InMemoryAdapter(second_process.pipeline.handle)
+        await bot.start()
+        await bot.deliver("Who created it?")
+    topic_prompt = ollama.chat_bodies()[0]["messages"][-1]["content"]
+    assert "What is BERT?" in topic_prompt
+
+
+async def test_an_llm_that_answers_garbage_degrades_like_one_that_is_down(
+    bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    ollama.always_fail = Fault.garbage()  # HTTP 200, not JSON: not Ollama at all
+    result = await bot.deliver(QUESTION)
+    assert result.ok
+    assert "sent a reply I could not read" in result.answer
+    assert result.sources
+
+
 async def test_turns_of_one_conversation_run_one_at_a_time_others_overlap(
     bot: InMemoryAdapter, ollama: FakeOllama
 ) -> None:
@@ -285,7 +312,7 @@ async def test_an_empty_message_gets_a_hint_and_stores_nothing(
 async def test_long_histories_are_summarised_in_the_background(
     make_settings: SettingsFactory, ollama: FakeOllama
 ) -> None:
-    settings = make_settings(memory={"summarize_after": 2, "keep_recent": 2})
+    settings = make_settings(memory={"summarize_after": 2, "keep_recent": 1})
     key = conversation_key("memory", "general")
     async with await Runtime.start(settings) as rt:
         bot = InMemoryAdapter(rt.pipeline.handle)

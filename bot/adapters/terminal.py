@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,9 @@ from typing import TextIO
 
 from bot.adapters.base import MessageSink
 from bot.domain import InboundMessage, conversation_key
+from bot.errors import MemoryStoreError
+
+_log = logging.getLogger(__name__)
 
 HELP = "Commands: /reset forgets this conversation, /help shows this, /quit leaves (or Ctrl-D)."
 
@@ -102,7 +106,9 @@ class TerminalAdapter:
         self._reader.start()
 
     async def close(self) -> None:
-        self._alive = False
+        if self._alive:
+            self._alive = False
+            self._lines.put_nowait(None)  # wakes run() if it is waiting for input
 
     async def send(self, conversation: str, text: str) -> None:
         self._out.write(f"{text}\n")
@@ -133,10 +139,7 @@ class TerminalAdapter:
         if command == "/help":
             await self.send(self._key, HELP)
         elif command == "/reset":
-            forgotten = await self._reset(self._key)
-            await self.send(
-                self._key, "Conversation forgotten." if forgotten else "Nothing to forget yet."
-            )
+            await self.send(self._key, await self._forget())
         elif line:
             self._out.write("\n")
             listener = TerminalListener(self._out, self._err, prefix="bot> ")
@@ -146,6 +149,14 @@ class TerminalAdapter:
             self._out.write("\n")
             self._out.flush()
         return True
+
+    async def _forget(self) -> str:
+        try:
+            forgotten = await self._reset(self._key)
+        except MemoryStoreError:
+            _log.exception("reset of %s failed", self._key)
+            return "I could not forget this conversation just now; please try again."
+        return "Conversation forgotten." if forgotten else "Nothing to forget yet."
 
     def _read_lines(self, loop: asyncio.AbstractEventLoop) -> None:
         try:

@@ -25,7 +25,7 @@ _T = TypeVar("_T")
 
 def build_chat_model(settings: LLMSettings) -> ChatOllama:
     """Create the single ``ChatOllama`` client used for every call of the process."""
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"num_predict": settings.max_tokens}
     if settings.context_tokens:
         extra["num_ctx"] = settings.context_tokens
     return ChatOllama(
@@ -77,6 +77,14 @@ def translate_llm_error(exc: BaseException, settings: LLMSettings) -> LLMError |
             f"Ollama at {where} is unreachable: {exc!r}",
             hint=f"The language model at {where} is not reachable; start it with "
             "`ollama serve` (or set OLLAMA_HOST / [llm].base_url).",
+        )
+    if isinstance(exc, ValueError):
+        # Not JSON, or an empty stream (ollama and langchain-ollama raise ValueError
+        # subclasses): something answers at base_url, but not like Ollama.
+        return LLMUnavailable(
+            f"unreadable reply from {where}: {exc!r}",
+            hint=f"The language model at {where} sent a reply I could not read; "
+            "check that [llm].base_url points at Ollama.",
         )
     return None
 

@@ -51,10 +51,14 @@ from bot.pipeline.sessions import ConversationLocks, RecentTurns, TaskTracker
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_A = TypeVar("_A")
+_B = TypeVar("_B")
 
 EMPTY_HINT = "Ask me a research question, for example: “How does attention work in transformers?”"
 FAILURE_LINE = "Sorry, something went wrong while researching that. Please try again."
 SOURCE_NAMES = ("Wikipedia", "Hacker News")
+# Exchanges shown to the keyword step, so "and its successor?" can be resolved.
+RECENT_TURNS = 2
 
 
 class TurnListener(Protocol):
@@ -133,6 +137,7 @@ class _Turn:
     notices: list[str] = field(default_factory=list)
     llm_error: LLMError | None = None
     turn_id: int | None = None
+    state: ConversationState | None = None
     clock: _Stopwatch = field(default_factory=_Stopwatch)
 
 
@@ -163,7 +168,7 @@ class Pipeline:
         self._analysis = analysis
         self._tasks = tasks
         self._locks = ConversationLocks()
-        self._recent = RecentTurns()
+        self._recent = RecentTurns(per_conversation=RECENT_TURNS)
         self._pending_saves: dict[str, asyncio.Task[Any]] = {}
         self._summarizing: set[str] = set()
         text: Runnable[Any, str] = StrOutputParser()
@@ -230,7 +235,7 @@ class Pipeline:
         await turn.listener.on_progress("Choosing search keywords")
         # The question is stored while the keywords are chosen: it only has to be safe
         # before the answer is generated, and this takes the write off the critical path.
-        turn.turn_id, topics = await asyncio.gather(
+        turn.turn_id, topics = await _both(
             self._begin(turn), turn.clock.time("topics_s", self._topics(turn))
         )
 
@@ -240,12 +245,12 @@ class Pipeline:
         if self._analysis is not None:
             self._analysis.prepare()  # its interpreter starts while we wait on the network
         fetched, state = await turn.clock.time(
-            "fetch_s", asyncio.gather(self._fetcher.fetch(topics), self._restore(turn))
+            "fetch_s", _both(self._fetcher.fetch(topics), self._restore(turn))
         )
         articles = list(fetched.articles)
 
         await turn.listener.on_progress(f"Analysing and ranking {len(articles)} articles")
-        report, ranked = await asyncio.gather(
+        report, ranked = await _both(
             turn.clock.time("analysis_s", self._analyze(articles, topics)),
             turn.clock.time("embed_s", self._rank(turn.question, articles)),
         )
@@ -296,6 +301,11 @@ class Pipeline:
     async def _topics(self, turn: _Turn) -> list[str]:
         """Keywords from the LLM; without it, from the question's own content words."""
         recent = self._recent.get(turn.message.conversation)
+        if not recent:
+            # A cold cache (a new conversation, or a restart): ask the store, so a
+            # follow-up in a resumed conversation still resolves. Phase 1 reuses the state.
+            state = await self._restore(turn)
+            recent = [(t.question, t.answer or "") for t in state.turns[-RECENT_TURNS:]]
         context = prompts.format_history(recent, max_chars=1500) if recent else ""
         call = self._topic_chain.ainvoke({"question": turn.question, "context": context})
         try:
@@ -308,13 +318,17 @@ class Pipeline:
         return prompts.parse_keywords(raw, turn.question)
 
     async def _restore(self, turn: _Turn) -> ConversationState:
+        """The conversation from the store, loaded at most once per turn."""
+        if turn.state is not None:
+            return turn.state
         key = turn.message.conversation
         try:
-            return await self._memory.load(key)
+            turn.state = await self._memory.load(key)
         except MemoryStoreError:
             _log.exception("could not restore conversation %s", key)
             turn.notices.append("I could not restore our earlier conversation for this answer.")
-            return ConversationState(key=key)
+            turn.state = ConversationState(key=key)
+        return turn.state
 
     async def _analyze(
         self, articles: Sequence[Article], topics: Sequence[str]
@@ -487,6 +501,18 @@ def _tail(
     if extra:
         blocks.append("\n".join(f"_{line}_" for line in extra))
     return "".join(f"\n\n{block}" for block in blocks)
+
+
+async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
+    """Run two steps concurrently; if one fails, the other is cancelled, not orphaned."""
+    async with asyncio.TaskGroup() as group:
+        a = group.create_task(_await(first))
+        b = group.create_task(_await(second))
+    return a.result(), b.result()
+
+
+async def _await(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
 
 
 def _prompt_text(article: Article) -> str:
