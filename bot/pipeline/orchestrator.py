@@ -371,7 +371,7 @@ class Pipeline:
         if turn.llm_error is None:
             streamed = await self._stream_answer(turn, state, sources, fetched, report)
             if streamed is not None:
-                return _Body(*streamed)
+                return streamed
         assert turn.llm_error is not None
         body = prompts.fallback_answer(sources, reason=turn.llm_error.user_message)
         await turn.listener.on_text(body)
@@ -385,9 +385,9 @@ class Pipeline:
         sources: Sequence[tuple[Source, str]],
         fetched: FetchResult,
         report: AnalysisReport | None,
-    ) -> tuple[str, list[int]] | None:
+    ) -> _Body | None:
         """Returns None when the LLM failed before saying anything (caller falls back)."""
-        notes = [f"{name} was unavailable for this question." for name in fetched.unavailable]
+        notes = [_unavailable(name) for name in fetched.unavailable]
         notes += turn.notices
         inputs = {
             "question": turn.question,
@@ -423,7 +423,7 @@ class Pipeline:
             # A model that streams only whitespace or a think block said nothing usable.
             body = "I could not write an answer from these sources; here they are."
             await turn.listener.on_text(body)
-        return body, answer_filter.cited
+        return _Body(body, answer_filter.cited)
 
     # ----------------------------------------------------------------- background work
 
@@ -496,7 +496,7 @@ def _tail(
     blocks: list[str] = []
     if sources:
         blocks.append(prompts.sources_footer(sources, cited))
-    extra = [f"{name} was unavailable for this question." for name in unavailable]
+    extra = [_unavailable(name) for name in unavailable]
     extra += notices
     if extra:
         blocks.append("\n".join(f"_{line}_" for line in extra))
@@ -525,6 +525,10 @@ def _prompt_text(article: Article) -> str:
     if article.published:
         facts.append(f"posted {article.published[:10]}")
     return f"({', '.join(facts)}) {article.text}" if facts else article.text
+
+
+def _unavailable(source: str) -> str:
+    return f"{source} was unavailable for this question."
 
 
 def _source_label(article: Article) -> str:
