@@ -277,17 +277,25 @@ async def _sessions(action: str, key: str | None, settings: Settings, out: TextI
                 out.write(f"{row.key}\t{turns}{summary}\tlast active {_when(row.updated_at)}\n")
             return 0
         assert key is not None
-        resolved = await _resolve_key(store, key)
-        if resolved is None:
-            out.write(f"No session named {key!r}. `python -m bot sessions list` shows them.\n")
-            return 1
+        # A full key (``slack:T:C:ts``) or a terminal session id (``default``); each action
+        # tries both with the one call it needs anyway.
+        candidates = (key, terminal_key(key))
+        missing = f"No session named {key!r}. `python -m bot sessions list` shows them.\n"
         if action == "reset":
-            await store.reset(resolved)
-            out.write(f"Forgot {resolved}.\n")
-            return 0
-        state = await store.transcript(resolved)
-        assert state is not None
-        out.write(f"Session {resolved}\n")
+            for candidate in candidates:
+                if await store.reset(candidate):
+                    out.write(f"Forgot {candidate}.\n")
+                    return 0
+            out.write(missing)
+            return 1
+        for candidate in candidates:
+            state = await store.transcript(candidate)
+            if state is not None:
+                break
+        else:
+            out.write(missing)
+            return 1
+        out.write(f"Session {state.key}\n")
         if state.summary:
             out.write(f"\nSummary (up to turn {state.summary_upto}):\n{state.summary}\n")
         for turn in state.turns:
@@ -305,11 +313,3 @@ def _when(timestamp: str) -> str:
     except ValueError:
         return timestamp
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-async def _resolve_key(store: MemoryStore, key: str) -> str | None:
-    """Accept a full key (``slack:T:C:ts``) or a terminal session id (``default``)."""
-    for candidate in (key, terminal_key(key)):
-        if await store.transcript(candidate) is not None:
-            return candidate
-    return None
