@@ -1,7 +1,7 @@
 """Plain data that crosses the seams between adapters, pipeline and agents.
 
-Everything here is a frozen dataclass with no behaviour that touches I/O, so any module can
-import it without pulling in a platform SDK or an agent's dependencies.
+Everything here is a frozen dataclass or a pure function with no behaviour that touches I/O,
+so any module can import it without pulling in a platform SDK or an agent's dependencies.
 """
 
 from __future__ import annotations
@@ -12,6 +12,18 @@ from typing import Literal
 
 Platform = Literal["terminal", "discord", "slack", "memory"]
 Role = Literal["user", "assistant"]
+
+SOURCE_LABELS: Mapping[str, str] = {"wikipedia": "Wikipedia", "hackernews": "Hacker News"}
+"""Each research source's kind (:attr:`Article.source`) and the name users read for it."""
+
+
+def source_label(kind: str) -> str:
+    """The name users read for a source kind: ``"hackernews"`` gives ``"Hacker News"``.
+
+    An unknown kind is spelled out from its identifier (``"arxiv_papers"`` gives
+    ``"Arxiv Papers"``), so the labels above also come back unchanged.
+    """
+    return SOURCE_LABELS.get(kind, kind.replace("_", " ").title())
 
 
 def conversation_key(platform: str, *parts: str) -> str:

@@ -15,14 +15,14 @@ from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 from langchain_ollama import ChatOllama
 
 from bot.domain import Source
+from bot.pipeline.answer_filter import AnswerFilter
+from bot.pipeline.keywords import parse_keywords
 from bot.pipeline.prompts import (
     SUMMARY_PROMPT,
     SYNTHESIS_PROMPT,
     TOPIC_PROMPT,
-    AnswerFilter,
     format_history,
     format_sources,
-    parse_keywords,
 )
 from tests.fakes.base import Fault
 from tests.fakes.ollama import (

@@ -21,8 +21,8 @@ from bot.adapters.inmemory import InMemoryAdapter
 from bot.agents.memory import MemoryStore
 from bot.config import Settings
 from bot.domain import InboundMessage, conversation_key
-from bot.pipeline.orchestrator import FAILURE_LINE
 from bot.pipeline.prompts import SYNTHESIS_MARKER
+from bot.pipeline.wording import FAILURE_LINE
 from bot.runtime import Runtime
 from tests.fakes.base import Fault
 from tests.fakes.hackernews import FakeHackerNews

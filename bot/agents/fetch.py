@@ -42,13 +42,13 @@ from typing import Any
 import aiohttp
 
 from bot.config import SourcesSettings
-from bot.domain import Article, FetchResult
+from bot.domain import SOURCE_LABELS, Article, FetchResult
 from bot.errors import SourceUnavailable
 
 _log = logging.getLogger(__name__)
 
-WIKIPEDIA = "Wikipedia"
-HACKER_NEWS = "Hacker News"
+WIKIPEDIA = SOURCE_LABELS["wikipedia"]
+HACKER_NEWS = SOURCE_LABELS["hackernews"]
 
 _HN_ITEM_URL = "https://news.ycombinator.com/item?id={}"
 # A server asking for a long pause would stall the whole turn; past this we retry sooner.

@@ -38,6 +38,7 @@ from bot.domain import (
     InboundMessage,
     RankedArticle,
     Source,
+    source_label,
 )
 from bot.errors import (
     AnalysisError,
@@ -46,17 +47,24 @@ from bot.errors import (
     MemoryStoreError,
 )
 from bot.pipeline import prompts
+from bot.pipeline.answer_filter import AnswerFilter
+from bot.pipeline.keywords import parse_keywords
 from bot.pipeline.llm import call_llm, stream_llm
 from bot.pipeline.sessions import ConversationLocks, RecentTurns, TaskTracker
+from bot.pipeline.wording import (
+    EMPTY_HINT,
+    FAILURE_LINE,
+    _nothing_found,
+    _unavailable,
+    fallback_answer,
+    sources_footer,
+)
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _A = TypeVar("_A")
 _B = TypeVar("_B")
 
-EMPTY_HINT = "Ask me a research question, for example: “How does attention work in transformers?”"
-FAILURE_LINE = "Sorry, something went wrong while researching that. Please try again."
-SOURCE_NAMES = ("Wikipedia", "Hacker News")
 # Exchanges shown to the keyword step, so "and its successor?" can be resolved.
 RECENT_TURNS = 2
 
@@ -315,7 +323,7 @@ class Pipeline:
             _log.warning("keyword extraction failed: %s", error)
             turn.llm_error = error
             raw = ""
-        return prompts.parse_keywords(raw, turn.question)
+        return parse_keywords(raw, turn.question)
 
     async def _restore(self, turn: _Turn) -> ConversationState:
         """The conversation from the store, loaded at most once per turn."""
@@ -373,7 +381,7 @@ class Pipeline:
             if streamed is not None:
                 return streamed
         assert turn.llm_error is not None
-        body = prompts.fallback_answer(sources, reason=turn.llm_error.user_message)
+        body = fallback_answer(sources, reason=turn.llm_error.user_message)
         await turn.listener.on_text(body)
         # The fallback is itself a list of the sources with their links.
         return _Body(body, [s.n for s, _ in sources], lists_sources=True)
@@ -398,7 +406,7 @@ class Pipeline:
             "analysis": _describe_report(report),
             "notes": "\n".join(notes) or "(none)",
         }
-        answer_filter = prompts.AnswerFilter([s.n for s, _ in sources])
+        answer_filter = AnswerFilter([s.n for s, _ in sources])
         parts: list[str] = []
 
         async def emit(text: str) -> None:
@@ -475,7 +483,7 @@ class Pipeline:
                 self._settings.llm,
             )
             # The summary goes back into prompts verbatim: no reasoning blocks, no citations.
-            cleaner = prompts.AnswerFilter(())
+            cleaner = AnswerFilter(())
             summary = (cleaner.feed(raw) + cleaner.flush()).strip()
             if summary:
                 await self._memory.save_summary(key, summary, older[-1].id)
@@ -495,7 +503,7 @@ def _tail(
     """The Sources list, then notices (sources down, question cut) in italics."""
     blocks: list[str] = []
     if sources:
-        blocks.append(prompts.sources_footer(sources, cited))
+        blocks.append(sources_footer(sources, cited))
     extra = [_unavailable(name) for name in unavailable]
     extra += notices
     if extra:
@@ -527,12 +535,8 @@ def _prompt_text(article: Article) -> str:
     return f"({', '.join(facts)}) {article.text}" if facts else article.text
 
 
-def _unavailable(source: str) -> str:
-    return f"{source} was unavailable for this question."
-
-
 def _source_label(article: Article) -> str:
-    return "Wikipedia" if article.source == "wikipedia" else "Hacker News"
+    return source_label(article.source)
 
 
 def _describe_report(report: AnalysisReport | None) -> str:
@@ -543,18 +547,6 @@ def _describe_report(report: AnalysisReport | None) -> str:
     return (
         f"{report.article_count} articles ({counts}); average keyword relevance "
         f"{report.average_relevance:.2f}; frequent terms: {words or 'none'}"
-    )
-
-
-def _nothing_found(unavailable: Sequence[str]) -> str:
-    if len(unavailable) == len(SOURCE_NAMES):
-        return (
-            "I could not reach Wikipedia or Hacker News just now, so I have no sources "
-            "for this. Please try again in a minute."
-        )
-    return (
-        "I found no Wikipedia articles or Hacker News stories for that. "
-        "Try naming the topic more directly (for example “transformer neural network”)."
     )
 
 
