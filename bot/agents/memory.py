@@ -37,12 +37,12 @@ Schema (version 2; ``PRAGMA user_version`` holds the version)::
                                              │ sources      TEXT JSON list (v2)         │  │
                                              └──────────────────────────────────────────┘  │
     inbox (v2)                                                                             │
-    ┌────────────────────────────────────────────────────────────────────────────┐        │
-    │ platform      TEXT  ┐ PK                                                   │        │
-    │ event_id      TEXT  ┘                                                      │        │
-    │ conversation  TEXT  conversation key (no FK: the row outlives a reset)     │        │
-    │ question      TEXT  to begin a new turn if a reset deleted the old one     │        │
-    │ turn_id       INTEGER NULL FK ON DELETE SET NULL, unique ──────────────────┼────────┘
+    ┌────────────────────────────────────────────────────────────────────────────┐         │
+    │ platform      TEXT  ┐ PK                                                   │         │
+    │ event_id      TEXT  ┘                                                      │         │
+    │ conversation  TEXT  conversation key (no FK: the row outlives a reset)     │         │
+    │ question      TEXT  to begin a new turn if a reset deleted the old one     │         │
+    │ turn_id       INTEGER NULL FK ON DELETE SET NULL, unique ──────────────────┼─────────┘
     │ status        'pending' | 'answered' | 'undelivered' | 'expired'           │
     │               | 'quarantined'                                              │
     │ attempts      INTEGER >= 0                                                 │
