@@ -115,7 +115,9 @@ class StoredTurn:
     question: str
     answer: str | None
     # "pending": the question was saved but no answer was (yet) stored for it.
-    status: Literal["pending", "answered"]
+    # "expired" / "quarantined": still unanswered, and its inbox event was given up on
+    # (too old to answer, or it crashed the bot too often); only transcripts show these.
+    status: Literal["pending", "answered", "expired", "quarantined"]
     created_at: str
 
 

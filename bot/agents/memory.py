@@ -1,25 +1,59 @@
-"""The memory agent: conversations kept in one SQLite file.
+"""The memory agent: conversations kept in one SQLite file, and the inbox of platform events.
 
 Every conversation key (see :func:`bot.domain.conversation_key`) owns one ``sessions`` row
 and its ``turns``. A turn is stored in two steps so a crash mid-answer still leaves the
 question on record: :meth:`MemoryStore.begin_turn` saves the question as ``pending`` and
-:meth:`MemoryStore.finish_turn` adds the answer. Older turns are folded into a rolling
-``summary``; ``summary_upto`` is the id of the last turn it covers, and
-:meth:`MemoryStore.load` returns only the answered turns after it.
+:meth:`MemoryStore.finish_turn` adds the answer (and its numbered sources). Older turns are
+folded into a rolling ``summary``; ``summary_upto`` is the id of the last turn it covers,
+and :meth:`MemoryStore.load` returns only the answered turns after it.
 
-Schema (version 1; ``PRAGMA user_version`` holds the version)::
+The ``inbox`` makes every platform event produce exactly one answer across redeliveries,
+crashes and restarts. :meth:`~MemoryStore.claim` records the event and begins its turn in
+one transaction, so of any number of concurrent deliveries (in this process or another)
+exactly one gets a :class:`Claim`. The event then moves on::
+
+    claim ──► pending ──finish_event──► answered | undelivered
+                 │  ▲
+                 │  └── recover (after a crash: attempts + 1, handed back to the intake)
+                 ├──── recover: older than max_age_s ──────────► expired
+                 └──── recover: attempts >= max_attempts ──────► quarantined
+
+``attempts`` counts the processes that started on the event: a claim is attempt 1, each
+recovery adds one, and :meth:`~MemoryStore.release` takes back an attempt that a graceful
+shutdown cancelled. An event still pending at start-up with ``max_attempts`` attempts
+therefore crashed the bot that many times and is quarantined rather than tried again.
+
+Schema (version 2; ``PRAGMA user_version`` holds the version)::
 
     sessions                                 turns
     ┌────────────────────────────────┐       ┌──────────────────────────────────────────┐
-    │ key           TEXT  PK         │◄──┐   │ id           INTEGER PK AUTOINCREMENT    │
-    │ created_at    TEXT  ISO-8601   │   └───┤ session_key  TEXT FK ON DELETE CASCADE   │
-    │ updated_at    TEXT  ISO-8601   │       │ question     TEXT                        │
-    │ summary       TEXT  ('' = none)│       │ answer       TEXT NULL (NULL = pending)  │
-    │ summary_upto  INTEGER turn id  │       │ status       'pending' | 'answered'      │
-    └────────────────────────────────┘       │ created_at   TEXT ISO-8601               │
-                                             │ answered_at  TEXT NULL                   │
-                                             └──────────────────────────────────────────┘
+    │ key           TEXT  PK         │◄──┐   │ id           INTEGER PK AUTOINCREMENT    │◄─┐
+    │ created_at    TEXT  ISO-8601   │   └───┤ session_key  TEXT FK ON DELETE CASCADE   │  │
+    │ updated_at    TEXT  ISO-8601   │       │ question     TEXT                        │  │
+    │ summary       TEXT  ('' = none)│       │ answer       TEXT NULL (NULL = pending)  │  │
+    │ summary_upto  INTEGER turn id  │       │ status       'pending' | 'answered'      │  │
+    └────────────────────────────────┘       │ created_at   TEXT ISO-8601               │  │
+                                             │ answered_at  TEXT NULL                   │  │
+                                             │ sources      TEXT JSON list (v2)         │  │
+                                             └──────────────────────────────────────────┘  │
+    inbox (v2)                                                                             │
+    ┌────────────────────────────────────────────────────────────────────────────┐         │
+    │ platform      TEXT  ┐ PK                                                   │         │
+    │ event_id      TEXT  ┘                                                      │         │
+    │ conversation  TEXT  conversation key (no FK: the row outlives a reset)     │         │
+    │ question      TEXT  to begin a new turn if a reset deleted the old one     │         │
+    │ turn_id       INTEGER NULL FK ON DELETE SET NULL, unique ──────────────────┼─────────┘
+    │ status        'pending' | 'answered' | 'undelivered' | 'expired'           │
+    │               | 'quarantined'                                              │
+    │ attempts      INTEGER >= 0                                                 │
+    │ message       TEXT  opaque JSON from the intake, to rebuild the event      │
+    │ reply_id      TEXT NULL  the platform's id of the bot's reply              │
+    │ received_at   TEXT  ISO-8601                                               │
+    │ updated_at    TEXT  ISO-8601                                               │
+    └────────────────────────────────────────────────────────────────────────────┘
     index turns_by_session (session_key, id)
+    index inbox_by_status  (status, received_at)   serves recover()
+    index inbox_by_turn    (turn_id) unique        serves ON DELETE SET NULL and transcript()
 
 Timestamps are ISO-8601 in UTC with microseconds (``2024-05-01T12:00:00.123456+00:00``),
 so they sort as text. ``AUTOINCREMENT`` makes turn ids grow forever and never be reused,
@@ -27,27 +61,33 @@ even after a reset: a late :meth:`~MemoryStore.finish_turn` for a deleted turn c
 never land on somebody else's new turn, and ``summary_upto`` comparisons stay meaningful.
 
 Errors: every method except :meth:`~MemoryStore.close` raises :class:`MemoryStoreError`
-when SQLite fails (disk full, file locked past the busy timeout, corrupt file) or when the
-store has been closed; :meth:`~MemoryStore.open` also raises it when the file's schema is
-newer than this code. ``sqlite3`` errors never escape this module. Refusals that are part
-of normal operation (a turn or session deleted meanwhile, a summary that would move
-backwards) are reported by returning ``False``, not by raising.
+when SQLite fails (disk full, file locked past the busy timeout, corrupt file or stored
+sources that are not valid JSON) or when the store has been closed;
+:meth:`~MemoryStore.open` also raises it when the file's schema is newer than this code.
+``sqlite3`` errors never escape this module. Refusals that are part of normal operation (a
+turn or session deleted meanwhile, a summary that would move backwards, a duplicate event,
+an unknown event) are reported by returning ``False`` or ``None``, not by raising.
+:class:`ValueError` / :class:`TypeError` mean a programming error in the caller (a naive
+``now``, an unknown status), never a state of the database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 import aiosqlite
 
+from bot.contract import Source
 from bot.domain import ConversationState, SessionInfo, StoredTurn
 from bot.errors import MemoryStoreError
 
@@ -86,21 +126,99 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Serves load()/transcript() and the ON DELETE CASCADE lookup of a session's turns.
         "CREATE INDEX turns_by_session ON turns (session_key, id)",
     ),
+    (
+        "ALTER TABLE turns ADD COLUMN sources TEXT NOT NULL DEFAULT '[]'",
+        # No foreign key on conversation: a reset deletes the session, and the row must stay
+        # so a redelivery of the same event is still recognised as a duplicate.
+        """
+        CREATE TABLE inbox (
+            platform     TEXT    NOT NULL CHECK (typeof(platform) = 'text'),
+            event_id     TEXT    NOT NULL CHECK (typeof(event_id) = 'text'),
+            conversation TEXT    NOT NULL CHECK (typeof(conversation) = 'text'),
+            question     TEXT    NOT NULL CHECK (typeof(question) = 'text'),
+            turn_id      INTEGER REFERENCES turns (id) ON DELETE SET NULL,
+            status       TEXT    NOT NULL CHECK (status IN
+                             ('pending', 'answered', 'undelivered', 'expired', 'quarantined')),
+            attempts     INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            message      TEXT    NOT NULL CHECK (typeof(message) = 'text'),
+            reply_id     TEXT    CHECK (reply_id IS NULL OR typeof(reply_id) = 'text'),
+            received_at  TEXT    NOT NULL,
+            updated_at   TEXT    NOT NULL,
+            PRIMARY KEY (platform, event_id)
+        )
+        """,
+        "CREATE INDEX inbox_by_status ON inbox (status, received_at)",
+        # Without it every turn a reset deletes would scan the inbox for ON DELETE SET NULL.
+        # Unique, so transcript()'s LEFT JOIN can never repeat a turn; NULLs do not collide.
+        "CREATE UNIQUE INDEX inbox_by_turn ON inbox (turn_id)",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _TURN_COLUMNS = "id, question, answer, status, created_at"
 
+_SESSION_SELECT = (
+    "SELECT s.key, s.created_at, s.updated_at, s.summary != '' AS has_summary, "
+    "       COUNT(t.id) AS turn_count, COALESCE(MAX(t.id), 0) AS last_turn "
+    "FROM sessions AS s LEFT JOIN turns AS t ON t.session_key = s.key "
+)
+
+_INBOX_COLUMNS = (
+    "i.platform, i.event_id, i.conversation, i.question, i.turn_id, i.message, i.reply_id, "
+    "i.attempts, i.received_at"
+)
+
+TurnStatus = Literal["pending", "answered", "expired", "quarantined"]
+_TURN_STATUSES: frozenset[str] = frozenset(get_args(TurnStatus))
+EventOutcome = Literal["answered", "undelivered"]
+_EVENT_OUTCOMES: frozenset[str] = frozenset(get_args(EventOutcome))
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The right to answer one event: its pending turn, in the session as it is now.
+
+    ``session_started`` is the session's ``created_at``. It changes when the conversation
+    is reset and created again, so the pipeline can tell that a cache it holds for the
+    conversation belongs to a session that no longer exists.
+    """
+
+    turn_id: int
+    session_started: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredEvent:
+    """A pending event that no live process is answering, handed back by :meth:`recover`.
+
+    ``message`` is the intake's own JSON, as given to :meth:`~MemoryStore.claim`.
+    ``reply_id`` is set when a reply was already posted (the crash came after it), so the
+    intake edits that message instead of posting a second one. ``attempts`` includes this
+    one.
+    """
+
+    platform: str
+    event_id: str
+    conversation: str
+    message: str
+    reply_id: str | None
+    attempts: int
+    received_at: str
+    claim: Claim
+
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+    return _stamp(datetime.now(UTC))
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _turn(row: sqlite3.Row) -> StoredTurn:
-    status: Literal["pending", "answered"] = (
-        "answered" if row["status"] == "answered" else "pending"
-    )
+    raw = str(row["status"])
+    status = cast(TurnStatus, raw) if raw in _TURN_STATUSES else "pending"
     return StoredTurn(
         id=int(row["id"]),
         question=str(row["question"]),
@@ -108,6 +226,56 @@ def _turn(row: sqlite3.Row) -> StoredTurn:
         status=status,
         created_at=str(row["created_at"]),
     )
+
+
+def _session_info(row: sqlite3.Row) -> SessionInfo:
+    return SessionInfo(
+        key=str(row["key"]),
+        created_at=str(row["created_at"]),
+        updated_at=str(row["updated_at"]),
+        turn_count=int(row["turn_count"]),
+        has_summary=bool(row["has_summary"]),
+    )
+
+
+def _sources_json(sources: Iterable[Source]) -> str:
+    return json.dumps(
+        [
+            {
+                "n": s.n,
+                "title": s.title,
+                "url": s.url,
+                "source": s.source,
+                "score": s.score,
+                "cited": s.cited,
+            }
+            for s in sources
+        ],
+        ensure_ascii=False,
+    )
+
+
+def _sources(text: str) -> tuple[Source, ...]:
+    """Decode a ``turns.sources`` value; raises MemoryStoreError when it is not ours."""
+    try:
+        items = json.loads(text)
+        return tuple(
+            Source(
+                n=int(item["n"]),
+                title=str(item["title"]),
+                url=str(item["url"]),
+                source=str(item["source"]),
+                score=float(item["score"]),
+                cited=bool(item.get("cited", False)),
+            )
+            for item in items
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise MemoryStoreError(f"the stored sources are not valid: {exc}") from exc
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
 
 
 async def _fetchall(
@@ -292,42 +460,90 @@ class MemoryStore:
                     raise MemoryStoreError(f"memory store {operation} failed: {exc}") from exc
                 raise
 
+    @staticmethod
+    async def _start_turn(conn: aiosqlite.Connection, key: str, question: str, now: str) -> Claim:
+        """Create or touch the session ``key`` and insert a pending turn for ``question``.
+
+        Runs inside the caller's write transaction. Raises sqlite3.Error, which the
+        transaction translates.
+        """
+        session = await _fetchone(
+            conn,
+            "INSERT INTO sessions (key, created_at, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at "
+            "RETURNING created_at",
+            (key, now, now),
+        )
+        turn = await _fetchone(
+            conn,
+            "INSERT INTO turns (session_key, question, status, created_at) "
+            "VALUES (?, ?, 'pending', ?) RETURNING id",
+            (key, question, now),
+        )
+        if session is None or turn is None:  # pragma: no cover - RETURNING always gives a row
+            raise sqlite3.OperationalError("INSERT ... RETURNING returned no row")
+        return Claim(turn_id=int(turn["id"]), session_started=str(session["created_at"]))
+
     async def begin_turn(self, key: str, question: str) -> int:
         """Store ``question`` as a pending turn of ``key``, creating the session if new.
 
         Returns the new turn's id (ids only ever grow). Raises MemoryStoreError.
         """
-        now = _now()
         async with self._transaction("begin_turn", key, write=True) as conn:
+            claim = await self._start_turn(conn, key, question, _now())
+        return claim.turn_id
+
+    async def claim(
+        self, platform: str, event_id: str, conversation: str, question: str, message: str
+    ) -> Claim | None:
+        """Record the event ``(platform, event_id)`` and begin its turn, unless it is known.
+
+        In one transaction: the inbox row is inserted as ``pending`` with one attempt, the
+        session ``conversation`` is created or touched and the pending turn for
+        ``question`` is inserted (as :meth:`begin_turn` does). ``message`` is the intake's
+        opaque JSON, handed back by :meth:`recover` after a crash.
+
+        Returns None, writing nothing, when the event was already claimed, by this or
+        another process and whatever became of it since: that caller must not answer.
+        Raises MemoryStoreError.
+        """
+        now = _now()
+        async with self._transaction("claim", conversation, write=True) as conn:
+            inserted = await _write(
+                conn,
+                "INSERT INTO inbox (platform, event_id, conversation, question, status, "
+                "                   attempts, message, received_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'pending', 1, ?, ?, ?) "
+                "ON CONFLICT (platform, event_id) DO NOTHING",
+                (platform, event_id, conversation, question, message, now, now),
+            )
+            if not inserted:
+                return None
+            claim = await self._start_turn(conn, conversation, question, now)
             await _write(
                 conn,
-                "INSERT INTO sessions (key, created_at, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at",
-                (key, now, now),
+                "UPDATE inbox SET turn_id = ? WHERE platform = ? AND event_id = ?",
+                (claim.turn_id, platform, event_id),
             )
-            async with conn.execute(
-                "INSERT INTO turns (session_key, question, status, created_at) "
-                "VALUES (?, ?, 'pending', ?)",
-                (key, question, now),
-            ) as cursor:
-                turn_id = cursor.lastrowid
-        if turn_id is None:  # pragma: no cover - sqlite3 always sets it after an INSERT
-            raise MemoryStoreError("memory store begin_turn did not get a turn id")
-        return turn_id
+        return claim
 
-    async def finish_turn(self, turn_id: int, answer: str) -> bool:
-        """Store the answer of turn ``turn_id`` and mark the turn answered.
+    async def finish_turn(
+        self, turn_id: int, answer: str, *, sources: Sequence[Source] = ()
+    ) -> bool:
+        """Store the answer of turn ``turn_id`` and its numbered sources; mark it answered.
 
         Also touches the session's ``updated_at``. Returns False when the turn no longer
         exists (its session was reset while the answer was being written). Finishing an
-        answered turn again replaces its answer. Raises MemoryStoreError.
+        answered turn again replaces its answer and sources. Raises MemoryStoreError.
         """
         now = _now()
+        encoded = _sources_json(sources)
         async with self._transaction("finish_turn", None, write=True) as conn:
             changed = await _write(
                 conn,
-                "UPDATE turns SET answer = ?, status = 'answered', answered_at = ? WHERE id = ?",
-                (answer, now, turn_id),
+                "UPDATE turns SET answer = ?, sources = ?, status = 'answered', answered_at = ? "
+                "WHERE id = ?",
+                (answer, encoded, now, turn_id),
             )
             if changed:
                 await _write(
@@ -366,7 +582,9 @@ class MemoryStore:
     async def transcript(self, key: str) -> ConversationState | None:
         """Every turn of ``key``, pending ones and summarised ones included, oldest first.
 
-        Returns None when the session does not exist. Raises MemoryStoreError.
+        A pending turn whose inbox event was expired or quarantined by :meth:`recover` has
+        that status instead of ``pending``. Returns None when the session does not exist.
+        Raises MemoryStoreError.
         """
         async with self._transaction("transcript", key, write=False) as conn:
             session = await _fetchone(
@@ -374,9 +592,15 @@ class MemoryStore:
             )
             if session is None:
                 return None
+            # A pending turn whose event was given up on will never be answered; say so.
             rows = await _fetchall(
                 conn,
-                f"SELECT {_TURN_COLUMNS} FROM turns WHERE session_key = ? ORDER BY id",
+                "SELECT t.id, t.question, t.answer, t.created_at, "
+                "       CASE WHEN t.status = 'pending' "
+                "                 AND i.status IN ('expired', 'quarantined') "
+                "            THEN i.status ELSE t.status END AS status "
+                "FROM turns AS t LEFT JOIN inbox AS i ON i.turn_id = t.id "
+                "WHERE t.session_key = ? ORDER BY t.id",
                 (key,),
             )
         return ConversationState(
@@ -415,23 +639,37 @@ class MemoryStore:
         async with self._transaction("list_sessions", None, write=False) as conn:
             rows = await _fetchall(
                 conn,
-                "SELECT s.key, s.created_at, s.updated_at, s.summary != '' AS has_summary, "
-                "       COUNT(t.id) AS turn_count, COALESCE(MAX(t.id), 0) AS last_turn "
-                "FROM sessions AS s LEFT JOIN turns AS t ON t.session_key = s.key "
-                "GROUP BY s.key "
+                _SESSION_SELECT + "GROUP BY s.key "
                 # The newest turn breaks ties between equal timestamps (a coarse clock).
                 "ORDER BY s.updated_at DESC, last_turn DESC, s.key",
             )
-        return [
-            SessionInfo(
-                key=str(row["key"]),
-                created_at=str(row["created_at"]),
-                updated_at=str(row["updated_at"]),
-                turn_count=int(row["turn_count"]),
-                has_summary=bool(row["has_summary"]),
+        return [_session_info(row) for row in rows]
+
+    async def session(self, key: str) -> SessionInfo | None:
+        """The session ``key`` as :meth:`list_sessions` describes it, or None if there is none.
+
+        Raises MemoryStoreError.
+        """
+        async with self._transaction("session", key, write=False) as conn:
+            row = await _fetchone(conn, _SESSION_SELECT + "WHERE s.key = ? GROUP BY s.key", (key,))
+        return None if row is None else _session_info(row)
+
+    async def last_sources(self, key: str) -> tuple[Source, ...]:
+        """The numbered sources of the most recently answered turn of ``key``.
+
+        "Most recently answered", not "newest": when two questions overlap, the answer the
+        user saw last is the one a follow-up like "tell me more about [2]" refers to.
+        Returns an empty tuple when the session has no answered turn (or does not exist).
+        Raises MemoryStoreError.
+        """
+        async with self._transaction("last_sources", key, write=False) as conn:
+            row = await _fetchone(
+                conn,
+                "SELECT sources FROM turns WHERE session_key = ? AND status = 'answered' "
+                "ORDER BY answered_at DESC, id DESC LIMIT 1",
+                (key,),
             )
-            for row in rows
-        ]
+        return () if row is None else _sources(str(row["sources"]))
 
     async def reset(self, key: str) -> bool:
         """Delete the session ``key`` and all its turns.
@@ -439,6 +677,194 @@ class MemoryStore:
         Returns False when there was no such session. Raises MemoryStoreError.
         """
         async with self._transaction("reset", key, write=True) as conn:
-            # The turns go with it: ON DELETE CASCADE, with foreign_keys on.
+            # The turns go with it: ON DELETE CASCADE, with foreign_keys on. Their inbox
+            # rows stay (turn_id becomes NULL), so redeliveries are still recognised.
             deleted = await _write(conn, "DELETE FROM sessions WHERE key = ?", (key,))
         return deleted > 0
+
+    # ------------------------------------------------------------------ inbox
+
+    async def record_reply(self, platform: str, event_id: str, reply_id: str) -> None:
+        """Remember the platform's id of the reply posted for the event.
+
+        Does nothing when the event is unknown. Raises MemoryStoreError.
+        """
+        async with self._transaction("record_reply", None, write=True) as conn:
+            await _write(
+                conn,
+                "UPDATE inbox SET reply_id = ?, updated_at = ? WHERE platform = ? AND event_id = ?",
+                (reply_id, _now(), platform, event_id),
+            )
+
+    async def reply_id(self, platform: str, event_id: str) -> str | None:
+        """The id :meth:`record_reply` stored for the event; None if none or no such event.
+
+        Raises MemoryStoreError.
+        """
+        async with self._transaction("reply_id", None, write=False) as conn:
+            row = await _fetchone(
+                conn,
+                "SELECT reply_id FROM inbox WHERE platform = ? AND event_id = ?",
+                (platform, event_id),
+            )
+        return None if row is None or row["reply_id"] is None else str(row["reply_id"])
+
+    async def finish_event(self, platform: str, event_id: str, status: EventOutcome) -> None:
+        """Close the event: ``answered`` (the reply went out) or ``undelivered`` (it could
+        not be posted, and will not be retried).
+
+        Any earlier status is overwritten: an answer that arrives after :meth:`recover`
+        expired the event still went out. Does nothing when the event is unknown.
+
+        Raises:
+            ValueError: ``status`` is not one of the two outcomes.
+            MemoryStoreError: SQLite failed.
+        """
+        if status not in _EVENT_OUTCOMES:
+            raise ValueError(f"an event finishes as answered or undelivered, not {status!r}")
+        async with self._transaction("finish_event", None, write=True) as conn:
+            await _write(
+                conn,
+                "UPDATE inbox SET status = ?, updated_at = ? WHERE platform = ? AND event_id = ?",
+                (status, _now(), platform, event_id),
+            )
+
+    async def release(self, platform: str, event_id: str) -> None:
+        """Take back the attempt of an event whose turn a graceful shutdown cancelled.
+
+        That attempt did not crash the process, so it must not count towards quarantine:
+        ``attempts`` goes down by one (never below 0) and the event stays pending, for the
+        next start's :meth:`recover`. Does nothing unless the event is pending.
+        Raises MemoryStoreError.
+        """
+        async with self._transaction("release", None, write=True) as conn:
+            await _write(
+                conn,
+                "UPDATE inbox "
+                "SET attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, "
+                "    updated_at = ? "
+                "WHERE platform = ? AND event_id = ? AND status = 'pending'",
+                (_now(), platform, event_id),
+            )
+
+    async def recover(
+        self,
+        *,
+        platforms: Collection[str],
+        max_age_s: float,
+        max_attempts: int = 2,
+        now: datetime | None = None,
+    ) -> list[RecoveredEvent]:
+        """At start-up, take over the pending events no process is answering any more.
+
+        In one write transaction:
+
+        1. every pending event received more than ``max_age_s`` before ``now`` (of any
+           platform: an adapter that is not running now cannot answer it either) becomes
+           ``expired``;
+        2. pending events of ``platforms`` with ``attempts >= max_attempts`` become
+           ``quarantined``, each logged as a WARNING: they crashed the bot that many times;
+        3. the other pending events of ``platforms`` get one more attempt and are returned,
+           oldest first. One whose turn a reset deleted gets a new pending turn for its
+           question, in a session created again if needed.
+
+        ``now`` is only the moment ages are measured from (tests pass one); rows are stamped
+        with the real clock. Call it before the adapters start taking events: an event
+        claimed by a live turn of this process would be handed out a second time.
+
+        Raises:
+            ValueError: ``now`` is naive, or ``max_attempts`` < 1.
+            TypeError: ``platforms`` is a single string.
+            MemoryStoreError: SQLite failed.
+        """
+        if isinstance(platforms, str):
+            raise TypeError("platforms is a collection of platform names, not one string")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
+        moment = datetime.now(UTC) if now is None else now
+        if moment.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        cutoff = _stamp(moment - timedelta(seconds=max_age_s))
+        chosen = sorted(set(platforms))
+        stamp = _now()
+        async with self._transaction("recover", None, write=True) as conn:
+            expired = await _write(
+                conn,
+                "UPDATE inbox SET status = 'expired', updated_at = ? "
+                "WHERE status = 'pending' AND received_at < ?",
+                (stamp, cutoff),
+            )
+            if expired:
+                _log.info("memory inbox: %d pending event(s) expired unanswered", expired)
+            if not chosen:
+                return []
+            await self._quarantine(conn, chosen, max_attempts, stamp)
+            return await self._take_over(conn, chosen, stamp)
+
+    @staticmethod
+    async def _quarantine(
+        conn: aiosqlite.Connection, platforms: Sequence[str], max_attempts: int, stamp: str
+    ) -> None:
+        rows = await _fetchall(
+            conn,
+            "UPDATE inbox SET status = 'quarantined', updated_at = ? "
+            f"WHERE status = 'pending' AND platform IN ({_placeholders(len(platforms))}) "
+            "  AND attempts >= ? "
+            "RETURNING platform, event_id, conversation, attempts",
+            (stamp, *platforms, max_attempts),
+        )
+        for row in rows:
+            _log.warning(
+                "memory inbox: quarantined %s event %s in %s after %d attempts; each one "
+                "crashed the bot, so it is not tried again",
+                row["platform"],
+                row["event_id"],
+                row["conversation"],
+                row["attempts"],
+            )
+
+    async def _take_over(
+        self, conn: aiosqlite.Connection, platforms: Sequence[str], stamp: str
+    ) -> list[RecoveredEvent]:
+        marks = _placeholders(len(platforms))
+        await _write(
+            conn,
+            "UPDATE inbox SET attempts = attempts + 1, updated_at = ? "
+            f"WHERE status = 'pending' AND platform IN ({marks})",
+            (stamp, *platforms),
+        )
+        rows = await _fetchall(
+            conn,
+            f"SELECT {_INBOX_COLUMNS}, s.created_at AS session_started FROM inbox AS i "
+            "LEFT JOIN turns AS t ON t.id = i.turn_id "
+            "LEFT JOIN sessions AS s ON s.key = t.session_key "
+            f"WHERE i.status = 'pending' AND i.platform IN ({marks}) "
+            "ORDER BY i.received_at, i.platform, i.event_id",
+            platforms,
+        )
+        recovered = []
+        for row in rows:
+            if row["turn_id"] is None or row["session_started"] is None:
+                claim = await self._start_turn(
+                    conn, str(row["conversation"]), str(row["question"]), stamp
+                )
+                await _write(
+                    conn,
+                    "UPDATE inbox SET turn_id = ? WHERE platform = ? AND event_id = ?",
+                    (claim.turn_id, row["platform"], row["event_id"]),
+                )
+            else:
+                claim = Claim(int(row["turn_id"]), str(row["session_started"]))
+            recovered.append(
+                RecoveredEvent(
+                    platform=str(row["platform"]),
+                    event_id=str(row["event_id"]),
+                    conversation=str(row["conversation"]),
+                    message=str(row["message"]),
+                    reply_id=None if row["reply_id"] is None else str(row["reply_id"]),
+                    attempts=int(row["attempts"]),
+                    received_at=str(row["received_at"]),
+                    claim=claim,
+                )
+            )
+        return recovered
