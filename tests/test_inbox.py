@@ -428,3 +428,21 @@ async def test_transcript_marks_expired_and_quarantined_turns(store: MemoryStore
     ]
     # load() is what prompts are built from: answered turns only, as before.
     assert [t.id for t in (await store.load("discord:c1")).turns] == [answered.turn_id]
+
+
+async def test_recover_leaves_events_taken_after_the_process_started(
+    store: MemoryStore, path: Path
+) -> None:
+    await claim(store, "before")
+    started = datetime.now(UTC)
+    await claim(store, "after")  # a live turn of this process is answering it
+    recovered = await store.recover(
+        platforms={"discord"}, max_age_s=DAY_S, max_attempts=1, received_before=started
+    )
+    assert recovered == []  # "before" had used its one attempt
+    assert state(path, "discord", "before") == ("quarantined", 1)
+    assert state(path, "discord", "after") == ("pending", 1), "neither taken nor quarantined"
+    with pytest.raises(ValueError):
+        await store.recover(
+            platforms={"discord"}, max_age_s=DAY_S, received_before=started.replace(tzinfo=None)
+        )

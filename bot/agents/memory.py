@@ -754,6 +754,7 @@ class MemoryStore:
         max_age_s: float,
         max_attempts: int = 2,
         now: datetime | None = None,
+        received_before: datetime | None = None,
     ) -> list[RecoveredEvent]:
         """At start-up, take over the pending events no process is answering any more.
 
@@ -769,8 +770,9 @@ class MemoryStore:
            question, in a session created again if needed.
 
         ``now`` is only the moment ages are measured from (tests pass one); rows are stamped
-        with the real clock. Call it before the adapters start taking events: an event
-        claimed by a live turn of this process would be handed out a second time.
+        with the real clock. Steps 2 and 3 take only events received before
+        ``received_before`` when it is given: the process passes its own start time, so
+        events its adapters already took (their turns are live) are never handed out twice.
 
         Raises:
             ValueError: ``now`` is naive, or ``max_attempts`` < 1.
@@ -785,6 +787,10 @@ class MemoryStore:
         if moment.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         cutoff = _stamp(moment - timedelta(seconds=max_age_s))
+        if received_before is not None and received_before.tzinfo is None:
+            raise ValueError("received_before must be timezone-aware")
+        # ISO-8601 UTC stamps sort as text, so "no bound" is any stamp from this millennium.
+        before = "9999" if received_before is None else _stamp(received_before)
         chosen = sorted(set(platforms))
         stamp = _now()
         async with self._transaction("recover", None, write=True) as conn:
@@ -798,20 +804,24 @@ class MemoryStore:
                 _log.info("memory inbox: %d pending event(s) expired unanswered", expired)
             if not chosen:
                 return []
-            await self._quarantine(conn, chosen, max_attempts, stamp)
-            return await self._take_over(conn, chosen, stamp)
+            await self._quarantine(conn, chosen, max_attempts, stamp, before)
+            return await self._take_over(conn, chosen, stamp, before)
 
     @staticmethod
     async def _quarantine(
-        conn: aiosqlite.Connection, platforms: Sequence[str], max_attempts: int, stamp: str
+        conn: aiosqlite.Connection,
+        platforms: Sequence[str],
+        max_attempts: int,
+        stamp: str,
+        before: str,
     ) -> None:
         rows = await _fetchall(
             conn,
             "UPDATE inbox SET status = 'quarantined', updated_at = ? "
             f"WHERE status = 'pending' AND platform IN ({_placeholders(len(platforms))}) "
-            "  AND attempts >= ? "
+            "  AND attempts >= ? AND received_at < ? "
             "RETURNING platform, event_id, conversation, attempts",
-            (stamp, *platforms, max_attempts),
+            (stamp, *platforms, max_attempts, before),
         )
         for row in rows:
             _log.warning(
@@ -824,23 +834,23 @@ class MemoryStore:
             )
 
     async def _take_over(
-        self, conn: aiosqlite.Connection, platforms: Sequence[str], stamp: str
+        self, conn: aiosqlite.Connection, platforms: Sequence[str], stamp: str, before: str
     ) -> list[RecoveredEvent]:
         marks = _placeholders(len(platforms))
         await _write(
             conn,
             "UPDATE inbox SET attempts = attempts + 1, updated_at = ? "
-            f"WHERE status = 'pending' AND platform IN ({marks})",
-            (stamp, *platforms),
+            f"WHERE status = 'pending' AND platform IN ({marks}) AND received_at < ?",
+            (stamp, *platforms, before),
         )
         rows = await _fetchall(
             conn,
             f"SELECT {_INBOX_COLUMNS}, s.created_at AS session_started FROM inbox AS i "
             "LEFT JOIN turns AS t ON t.id = i.turn_id "
             "LEFT JOIN sessions AS s ON s.key = t.session_key "
-            f"WHERE i.status = 'pending' AND i.platform IN ({marks}) "
+            f"WHERE i.status = 'pending' AND i.platform IN ({marks}) AND i.received_at < ? "
             "ORDER BY i.received_at, i.platform, i.event_id",
-            platforms,
+            (*platforms, before),
         )
         recovered = []
         for row in rows:
