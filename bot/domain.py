@@ -1,4 +1,6 @@
-"""Plain data that crosses the seams between adapters, pipeline and agents.
+"""Plain data that crosses the seams between the pipeline and the agents.
+
+What crosses the adapter/pipeline seam lives in :mod:`bot.contract`.
 
 Everything here is a frozen dataclass or a pure function with no behaviour that touches I/O,
 so any module can import it without pulling in a platform SDK or an agent's dependencies.
@@ -7,11 +9,9 @@ so any module can import it without pulling in a platform SDK or an agent's depe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
-
-Platform = Literal["terminal", "discord", "slack", "memory"]
-Role = Literal["user", "assistant"]
 
 SOURCE_LABELS: Mapping[str, str] = {"wikipedia": "Wikipedia", "hackernews": "Hacker News"}
 """Each research source's kind (:attr:`Article.source`) and the name users read for it."""
@@ -24,33 +24,6 @@ def source_label(kind: str) -> str:
     ``"Arxiv Papers"``), so the labels above also come back unchanged.
     """
     return SOURCE_LABELS.get(kind, kind.replace("_", " ").title())
-
-
-def conversation_key(platform: str, *parts: str) -> str:
-    """Build the key that names one conversation, e.g. ``slack:T1:C2:1700000000.0001``.
-
-    Each Discord channel or thread, each Slack thread and each terminal session gets its own
-    key; the pipeline and the memory store treat it as an opaque string.
-    """
-    cleaned = [p.strip() for p in parts if p and p.strip()]
-    if not cleaned:
-        raise ValueError("a conversation key needs at least one non-empty part")
-    return ":".join([platform, *cleaned])
-
-
-@dataclass(frozen=True, slots=True)
-class InboundMessage:
-    """The one message type adapters hand to the pipeline.
-
-    ``raw`` keeps the platform's own object for the adapter that made it (to reply in
-    the right thread, say); the pipeline never looks inside it.
-    """
-
-    text: str
-    author: str
-    conversation: str
-    platform: Platform
-    raw: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +55,6 @@ class RankedArticle:
     """An article with its cosine similarity to the question."""
 
     article: Article
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """A numbered source given to the LLM; ``n`` is the number it cites as ``[n]``."""
-
-    n: int
-    title: str
-    url: str
-    source: str
     score: float
 
 
@@ -144,3 +106,12 @@ class SessionInfo:
     updated_at: str
     turn_count: int
     has_summary: bool
+
+
+def human_time(timestamp: str) -> str:
+    """``2026-11-23T23:06:48.507602+00:00`` -> ``2026-11-23 23:06 UTC``, for people."""
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return timestamp
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")

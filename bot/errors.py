@@ -16,7 +16,8 @@ SDK and library errors are translated into these at the boundary that called the
     └── EmbeddingError         the embedding workers could not produce vectors
 
 Every error carries a ``user_message``: a fixed, friendly line that is safe to show in a
-chat. ``str(exc)`` is for logs only and is never posted to users.
+public chat (no hosts, config keys or commands). ``str(exc)`` is for logs only and is never
+posted to users; an ``LLMError``'s ``hint`` is for operators (the log and the terminal).
 """
 
 from __future__ import annotations
@@ -48,15 +49,17 @@ class SourceUnavailable(ResearchAgentError):
 
 
 class LLMError(ResearchAgentError):
-    """The language model could not be used."""
+    """The language model could not be used.
+
+    ``hint`` tells the operator how to fix it (``ollama pull llama3.2``, a config key);
+    it goes to the log and the terminal, never into a chat, where ``user_message`` is shown.
+    """
+
+    user_message = "The language model is unavailable right now."
 
     def __init__(self, message: str, *, hint: str) -> None:
         super().__init__(message)
         self.hint = hint
-
-    @property
-    def user_message(self) -> str:  # type: ignore[override]
-        return self.hint
 
 
 class LLMUnavailable(LLMError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.domain import Source
+from bot.contract import Source
 
 SOURCES = [
     Source(

@@ -1,29 +1,12 @@
-"""Tests of the text the bot writes itself: the sources footer, the fallback answer."""
+"""Tests of the text the bot writes itself: the fallback answer, first sentences."""
 
 from __future__ import annotations
 
 import pytest
 
-from bot.domain import Source
-from bot.pipeline.wording import fallback_answer, first_sentence, sources_footer
+from bot.contract import Source
+from bot.pipeline.wording import FALLBACK_LEAD, fallback_answer, first_sentence
 from tests.samples import SOURCES
-
-
-def test_sources_footer_lists_cited_in_number_order() -> None:
-    assert sources_footer(SOURCES, [3, 1]) == (
-        "Sources:\n"
-        "[1] Python (programming language) — https://en.wikipedia.org/wiki/Python\n"
-        "[3] Guido van Rossum — https://en.wikipedia.org/wiki/Guido"
-    )
-
-
-def test_sources_footer_without_citations_lists_all_as_consulted() -> None:
-    footer = sources_footer(SOURCES, [])
-    first, *rest = footer.splitlines()
-    assert "consulted" in first.lower()
-    assert [line[:3] for line in rest] == ["[1]", "[2]", "[3]"]
-    assert sources_footer(SOURCES, [7]) == footer
-    assert sources_footer([], [1]) == ""
 
 
 def test_fallback_answer() -> None:
@@ -33,17 +16,15 @@ def test_fallback_answer() -> None:
         (SOURCES[2], "Guido van Rossum is a Dutch programmer"),
         (Source(4, "Extra", "https://x", "wikipedia", 0.1), "Not shown."),
     ]
-    answer = fallback_answer(items, reason="The language model is unavailable right now.")
+    answer = fallback_answer(items)
+    # The links are in the reply's Sources list, which the adapter renders.
     assert answer.splitlines() == [
-        "The language model is unavailable right now.",
-        "[1] Python (programming language) — https://en.wikipedia.org/wiki/Python: "
-        "Python is a programming language.",
-        "[2] Python 3.13 released — https://news.ycombinator.com/item?id=1",
-        "[3] Guido van Rossum — https://en.wikipedia.org/wiki/Guido: "
-        "Guido van Rossum is a Dutch programmer.",
+        FALLBACK_LEAD,
+        "[1] Python (programming language): Python is a programming language.",
+        "[2] Python 3.13 released",
+        "[3] Guido van Rossum: Guido van Rossum is a Dutch programmer.",
     ]
-    empty = fallback_answer([], reason="Down.")
-    assert empty.startswith("Down.\n") and "No sources" in empty
+    assert "ollama" not in answer.lower() and "http" not in answer
 
 
 @pytest.mark.parametrize(

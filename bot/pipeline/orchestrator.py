@@ -4,21 +4,28 @@
                 (LLM)     └─► restore conversation (SQLite) ──┘   embed + rank (pool) ─────┘  (LLM)
     then, in the background: save the answer ─► summarise older turns when the history is long
 
-:meth:`Pipeline.handle` is the error boundary for one inbound message: whatever goes wrong,
-the user gets a friendly line (never exception text) and the details go to the log.
-Expected failures degrade the turn instead: a source that is down is named in the answer,
-a failed analysis or memory is skipped, and an unreachable LLM turns the answer into a
-list of the best sources with a hint on how to fix it.
+:meth:`Pipeline.answer` is the error boundary for one turn: whatever goes wrong, it returns
+a :class:`~bot.contract.Reply` (status ``failed`` and a friendly line, never exception
+text) and the details go to the log. Expected failures degrade the turn instead: a source
+that is down becomes a notice, a failed analysis or memory is skipped, and an unreachable
+LLM turns the answer into the best sources' first sentences. Each failure gives a notice
+with a user line and, where there is a fix, an operator hint.
+
+The intake has already stored the question (its claim) before the turn starts. Fetched
+text and the model's output are untrusted: before any adapter sees them, links that are
+not among the turn's sources are made inert and mention tokens neutralised
+(:mod:`bot.pipeline.safety`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from langchain_core.language_models import BaseChatModel
@@ -28,36 +35,37 @@ from langchain_core.runnables import Runnable
 from bot.agents.analysis import AnalysisAgent
 from bot.agents.embeddings import EmbeddingAgent, top_k
 from bot.agents.fetch import FetchAgent
-from bot.agents.memory import MemoryStore
+from bot.agents.memory import Claim, MemoryStore
 from bot.config import Settings
+from bot.contract import InboundMessage, Neutralised, Notice, Reply, Source, Status, TurnListener
 from bot.domain import (
+    SOURCE_LABELS,
     AnalysisReport,
     Article,
     ConversationState,
     FetchResult,
-    InboundMessage,
     RankedArticle,
-    Source,
     source_label,
 )
-from bot.errors import (
-    AnalysisError,
-    EmbeddingError,
-    LLMError,
-    MemoryStoreError,
-)
+from bot.errors import AnalysisError, EmbeddingError, LLMError, MemoryStoreError
 from bot.pipeline import prompts
 from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.keywords import parse_keywords
 from bot.pipeline.llm import call_llm, stream_llm
+from bot.pipeline.safety import SafetyFilter, neutralise
 from bot.pipeline.sessions import ConversationLocks, RecentTurns, TaskTracker
 from bot.pipeline.wording import (
+    ANSWER_BROKEN,
+    ANSWER_CUT,
     EMPTY_HINT,
     FAILURE_LINE,
-    _nothing_found,
-    _unavailable,
+    LLM_DOWN,
+    NOT_RESTORED,
+    NOT_SAVED,
     fallback_answer,
-    sources_footer,
+    nothing_found,
+    question_cut_line,
+    unavailable_line,
 )
 
 _log = logging.getLogger(__name__)
@@ -67,60 +75,11 @@ _B = TypeVar("_B")
 
 # Exchanges shown to the keyword step, so "and its successor?" can be resolved.
 RECENT_TURNS = 2
-
-
-class TurnListener(Protocol):
-    """Receives a turn's progress and the answer's text as it is produced.
-
-    Everything in ``TurnResult.answer`` reaches :meth:`on_text`, in order, so an adapter
-    that streams can post exactly what it was given.
-    """
-
-    async def on_progress(self, step: str) -> None: ...
-
-    async def on_text(self, text: str) -> None: ...
-
-
-class SilentListener:
-    async def on_progress(self, step: str) -> None:
-        return None
-
-    async def on_text(self, text: str) -> None:
-        return None
-
-
-SILENT = SilentListener()
-
-
-@dataclass(frozen=True, slots=True)
-class TurnResult:
-    """What one turn produced; ``answer`` is the complete text to post."""
-
-    question: str
-    answer: str
-    session: str
-    topics: tuple[str, ...] = ()
-    sources: tuple[Source, ...] = ()
-    unavailable: tuple[str, ...] = ()
-    notices: tuple[str, ...] = ()
-    analysis: AnalysisReport | None = None
-    timings: Mapping[str, float] = field(default_factory=dict)
-    ok: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "question": self.question,
-            "answer": self.answer,
-            "topics": list(self.topics),
-            "sources": [
-                {"n": s.n, "title": s.title, "url": s.url, "source": s.source, "score": s.score}
-                for s in self.sources
-            ],
-            "unavailable": list(self.unavailable),
-            "notices": list(self.notices),
-            "timings": {k: round(v, 4) for k, v in self.timings.items()},
-            "session": self.session,
-        }
+LANGUAGE_MODEL = "language model"
+# A notice of one of these kinds means the reply is missing something: ``degraded``.
+_DEGRADING = frozenset(
+    {"source_unavailable", "memory_unavailable", "llm_unavailable", "answer_cut"}
+)
 
 
 class _Stopwatch:
@@ -139,20 +98,27 @@ class _Stopwatch:
 class _Turn:
     """Mutable scratchpad of one turn; only :class:`Pipeline` sees it."""
 
-    message: InboundMessage
+    message: InboundMessage[Any]
     question: str
     listener: TurnListener
-    notices: list[str] = field(default_factory=list)
+    claim: Claim | None
+    notices: list[Notice] = field(default_factory=list)
     llm_error: LLMError | None = None
-    turn_id: int | None = None
     state: ConversationState | None = None
     clock: _Stopwatch = field(default_factory=_Stopwatch)
+    # The body as streamed so far, so a turn that fails half-way keeps what was shown.
+    streamed: list[str] = field(default_factory=list)
+    neutralised: Neutralised = field(default_factory=Neutralised)
+
+    async def emit(self, text: str) -> None:
+        if text:
+            await self.listener.on_text(text)
+            self.streamed.append(text)
 
 
 class _Body(NamedTuple):
     text: str
     cited: list[int]
-    lists_sources: bool = False
 
 
 class Pipeline:
@@ -188,20 +154,36 @@ class Pipeline:
 
     # ----------------------------------------------------------------- entry points
 
-    async def handle(self, message: InboundMessage, listener: TurnListener = SILENT) -> TurnResult:
-        """Answer one inbound message. Never raises except ``CancelledError``."""
+    async def answer(
+        self, message: InboundMessage[Any], listener: TurnListener, *, claim: Claim | None
+    ) -> Reply:
+        """Answer one question; ``claim`` is the intake's record of it (None: not stored).
+
+        Progress and body text go to ``listener`` as they come; the final reply is
+        returned, not sent (delivering it is the intake's job). Never raises except
+        ``CancelledError``.
+        """
+        turn = _Turn(message, " ".join(message.text.split()), listener, claim)
         try:
-            return await self._handle(message, listener)
+            return await self._answer(turn)
         except Exception:
             _log.exception(
-                "turn failed: conversation=%s platform=%s author=%s",
+                "turn failed: conversation=%s platform=%s event=%s author=%s",
                 message.conversation,
                 message.platform,
-                message.author,
+                message.event_id,
+                message.author.id,
             )
-            await _emit_quietly(listener, FAILURE_LINE)
-            return TurnResult(
-                question=message.text, answer=FAILURE_LINE, session=message.conversation, ok=False
+            shown = "".join(turn.streamed).strip()
+            if shown:
+                # Never half an answer followed by an apology: keep what was shown.
+                turn.notices.append(Notice("answer_cut", ANSWER_BROKEN))
+            return Reply(
+                question=turn.question,
+                body=shown or FAILURE_LINE,
+                conversation=message.conversation,
+                status="failed",
+                notices=tuple(turn.notices),
             )
 
     async def reset(self, key: str) -> bool:
@@ -221,34 +203,29 @@ class Pipeline:
 
     # ----------------------------------------------------------------- the turn
 
-    async def _handle(self, message: InboundMessage, listener: TurnListener) -> TurnResult:
-        question = " ".join(message.text.split())
-        if not question:
-            await listener.on_text(EMPTY_HINT)
-            return TurnResult(question="", answer=EMPTY_HINT, session=message.conversation)
-        turn = _Turn(message, question, listener)
+    async def _answer(self, turn: _Turn) -> Reply:
+        key = turn.message.conversation
+        if not turn.question:
+            return Reply(question="", body=EMPTY_HINT, conversation=key, status="failed")
         limit = self._settings.chat.max_question_chars
-        if len(question) > limit:
-            turn.question = question[:limit].rstrip()
+        if len(turn.question) > limit:
             turn.notices.append(
-                f"Your message was {len(question):,} characters long; "
-                f"I used only its first {limit:,}."
+                Notice("question_cut", question_cut_line(len(turn.question), limit))
             )
-        async with self._locks.lock(message.conversation):
+            turn.question = turn.question[:limit].rstrip()
+        if turn.claim is None:
+            turn.notices.append(Notice("memory_unavailable", NOT_SAVED))
+        async with self._locks.lock(key):
             return await turn.clock.time("total_s", self._run(turn))
 
-    async def _run(self, turn: _Turn) -> TurnResult:
+    async def _run(self, turn: _Turn) -> Reply:
         key = turn.message.conversation
         await self._wait_pending_save(key)
         await turn.listener.on_progress("Choosing search keywords")
-        # The question is stored while the keywords are chosen: it only has to be safe
-        # before the answer is generated, and this takes the write off the critical path.
-        turn.turn_id, topics = await _both(
-            self._begin(turn), turn.clock.time("topics_s", self._topics(turn))
-        )
+        topics = await turn.clock.time("topics_s", self._topics(turn))
 
         await turn.listener.on_progress(
-            f"Searching Wikipedia and Hacker News for: {', '.join(topics)}"
+            f"Searching {' and '.join(SOURCE_LABELS.values())} for: {', '.join(topics)}"
         )
         if self._analysis is not None:
             self._analysis.prepare()  # its interpreter starts while we wait on the network
@@ -256,59 +233,66 @@ class Pipeline:
             "fetch_s", _both(self._fetcher.fetch(topics), self._restore(turn))
         )
         articles = list(fetched.articles)
+        for name in fetched.unavailable:
+            turn.notices.append(Notice("source_unavailable", unavailable_line(name)))
 
         await turn.listener.on_progress(f"Analysing and ranking {len(articles)} articles")
         report, ranked = await _both(
             turn.clock.time("analysis_s", self._analyze(articles, topics)),
             turn.clock.time("embed_s", self._rank(turn.question, articles)),
         )
-        sources = [
-            (
-                Source(i, r.article.title, r.article.url, _source_label(r.article), r.score),
-                _prompt_text(r.article),
-            )
-            for i, r in enumerate(ranked[: self._settings.chat.max_sources_in_prompt], start=1)
-        ]
+        sources = self._number(turn, ranked[: self._settings.chat.max_sources_in_prompt])
 
         await turn.listener.on_progress("Writing the answer")
         body = await turn.clock.time(
             "synthesis_s", self._compose(turn, state, sources, fetched, report)
         )
-        footer_sources = [] if body.lists_sources else [s for s, _ in sources]
-        tail = _tail(footer_sources, body.cited, fetched.unavailable, turn.notices)
-        await turn.listener.on_text(tail)
-        answer = body.text + tail
-        cited = body.cited
-
-        self._after_turn(turn, answer)
-        given = [s for s, _ in sources]
-        shown = [s for s in given if s.n in cited] if cited else given
-        return TurnResult(
+        cited = set(body.cited)
+        reply = Reply(
             question=turn.question,
-            answer=answer,
-            session=key,
-            topics=tuple(topics),
-            sources=tuple(shown),
-            unavailable=fetched.unavailable,
+            body=body.text,
+            conversation=key,
+            status=self._status(turn, sources, fetched),
+            sources=tuple(dataclasses.replace(s, cited=s.n in cited) for s, _ in sources),
             notices=tuple(turn.notices),
-            analysis=report,
+            topics=tuple(topics),
+            unavailable=fetched.unavailable + ((LANGUAGE_MODEL,) if turn.llm_error else ()),
+            neutralised=turn.neutralised,
             timings=turn.clock.laps,
         )
+        self._after_turn(turn, reply)
+        return reply
+
+    @staticmethod
+    def _status(turn: _Turn, sources: Sequence[tuple[Source, str]], fetched: FetchResult) -> Status:
+        if not sources and len(fetched.unavailable) == len(SOURCE_LABELS):
+            return "failed"  # nothing to answer from, and not because nothing exists
+        if any(n.kind in _DEGRADING for n in turn.notices):
+            return "degraded"
+        return "answered"
+
+    def _number(self, turn: _Turn, ranked: Sequence[RankedArticle]) -> list[tuple[Source, str]]:
+        """Number the sources for the prompt; their titles are fetched text, so untrusted."""
+        allowed = {r.article.url for r in ranked}
+        numbered = []
+        for n, r in enumerate(ranked, start=1):
+            title, found = neutralise(r.article.title, allowed)
+            turn.neutralised += found
+            label = source_label(r.article.source)
+            numbered.append(
+                (Source(n, title, r.article.url, label, r.score), _prompt_text(r.article))
+            )
+        return numbered
 
     # ----------------------------------------------------------------- steps
 
-    async def _begin(self, turn: _Turn) -> int | None:
-        """Store the question before anything else, so a crash cannot lose it."""
-        try:
-            return await self._memory.begin_turn(turn.message.conversation, turn.question)
-        except MemoryStoreError:
-            _log.exception("could not save the question of %s", turn.message.conversation)
-            turn.notices.append("I could not save this exchange; it will not be remembered.")
-            return None
-
     async def _topics(self, turn: _Turn) -> list[str]:
         """Keywords from the LLM; without it, from the question's own content words."""
-        recent = self._recent.get(turn.message.conversation)
+        key = turn.message.conversation
+        # A reset from another process (``sessions reset``) re-creates the session with a
+        # new start time: the cache must not keep feeding the forgotten exchange.
+        generation = turn.claim.session_started if turn.claim is not None else None
+        recent = self._recent.get(key, generation=generation)
         if not recent:
             # A cold cache (a new conversation, or a restart): ask the store, so a
             # follow-up in a resumed conversation still resolves. Phase 1 reuses the state.
@@ -334,7 +318,7 @@ class Pipeline:
             turn.state = await self._memory.load(key)
         except MemoryStoreError:
             _log.exception("could not restore conversation %s", key)
-            turn.notices.append("I could not restore our earlier conversation for this answer.")
+            turn.notices.append(Notice("memory_unavailable", NOT_RESTORED))
             turn.state = ConversationState(key=key)
         return turn.state
 
@@ -373,30 +357,29 @@ class Pipeline:
     ) -> _Body:
         """Stream the answer body; returns it and the citation numbers it used."""
         if not sources:
-            body = _nothing_found(fetched.unavailable)
-            await turn.listener.on_text(body)
+            body = nothing_found(fetched.unavailable)
+            await turn.emit(body)
             return _Body(body, [])
         if turn.llm_error is None:
-            streamed = await self._stream_answer(turn, state, sources, fetched, report)
+            streamed = await self._stream_answer(turn, state, sources, report)
             if streamed is not None:
                 return streamed
         assert turn.llm_error is not None
-        body = fallback_answer(sources, reason=turn.llm_error.user_message)
-        await turn.listener.on_text(body)
-        # The fallback is itself a list of the sources with their links.
-        return _Body(body, [s.n for s, _ in sources], lists_sources=True)
+        turn.notices.append(Notice("llm_unavailable", LLM_DOWN, operator=turn.llm_error.hint))
+        # First sentences of fetched text: as untrusted as anything the model writes.
+        body, found = neutralise(fallback_answer(sources), {s.url for s, _ in sources})
+        turn.neutralised += found
+        await turn.emit(body)
+        return _Body(body, [s.n for s, _ in sources[:3]])
 
     async def _stream_answer(
         self,
         turn: _Turn,
         state: ConversationState,
         sources: Sequence[tuple[Source, str]],
-        fetched: FetchResult,
         report: AnalysisReport | None,
     ) -> _Body | None:
         """Returns None when the LLM failed before saying anything (caller falls back)."""
-        notes = [_unavailable(name) for name in fetched.unavailable]
-        notes += turn.notices
         inputs = {
             "question": turn.question,
             "summary": state.summary or "(none)",
@@ -404,43 +387,41 @@ class Pipeline:
             or "(none)",
             "sources": prompts.format_sources(sources),
             "analysis": _describe_report(report),
-            "notes": "\n".join(notes) or "(none)",
+            "notes": "\n".join(n.user for n in turn.notices) or "(none)",
         }
         answer_filter = AnswerFilter([s.n for s, _ in sources])
-        parts: list[str] = []
-
-        async def emit(text: str) -> None:
-            if text:
-                parts.append(text)
-                await turn.listener.on_text(text)
-
+        safety = SafetyFilter([s.url for s, _ in sources])
         try:
             chunks = (chunk.text async for chunk in self._answer_chain.astream(inputs))
             async for text in stream_llm(chunks, self._settings.llm):
-                await emit(answer_filter.feed(text))
-            await emit(answer_filter.flush())
+                await turn.emit(safety.feed(answer_filter.feed(text)))
+            await turn.emit(safety.feed(answer_filter.flush()) + safety.flush())
         except LLMError as error:
             _log.warning("answer generation failed: %s", error)
             turn.llm_error = error
-            if not "".join(parts).strip():
+            if not "".join(turn.streamed).strip():
                 return None
-            await emit(answer_filter.flush())
-            await emit(f"\n\n(The answer was cut off: {error.user_message})")
-        body = "".join(parts).strip()
+            await turn.emit(safety.feed(answer_filter.flush()) + safety.flush())
+            turn.notices.append(Notice("answer_cut", ANSWER_CUT, operator=error.hint))
+        finally:
+            turn.neutralised += safety.neutralised
+        body = "".join(turn.streamed).strip()
         if not body:
             # A model that streams only whitespace or a think block said nothing usable.
             body = "I could not write an answer from these sources; here they are."
-            await turn.listener.on_text(body)
+            await turn.emit(body)
         return _Body(body, answer_filter.cited)
 
     # ----------------------------------------------------------------- background work
 
-    def _after_turn(self, turn: _Turn, answer: str) -> None:
+    def _after_turn(self, turn: _Turn, reply: Reply) -> None:
         key = turn.message.conversation
-        self._recent.add(key, turn.question, answer)
-        if turn.turn_id is None:
+        generation = turn.claim.session_started if turn.claim is not None else None
+        self._recent.add(key, turn.question, reply.body, generation=generation)
+        if turn.claim is None:
             return
-        task = self._tasks.spawn(self._save(key, turn.turn_id, answer), name=f"save:{key}")
+        save = self._save(key, turn.claim.turn_id, reply)
+        task = self._tasks.spawn(save, name=f"save:{key}")
         self._pending_saves[key] = task
         task.add_done_callback(lambda t: self._forget_save(key, t))
 
@@ -454,9 +435,9 @@ class Pipeline:
         if task is not None:
             await asyncio.wait([task])
 
-    async def _save(self, key: str, turn_id: int, answer: str) -> None:
+    async def _save(self, key: str, turn_id: int, reply: Reply) -> None:
         try:
-            stored = await self._memory.finish_turn(turn_id, answer)
+            stored = await self._memory.finish_turn(turn_id, reply.body, sources=reply.sources)
         except MemoryStoreError:
             _log.exception("could not save the answer of turn %s in %s", turn_id, key)
             return
@@ -494,23 +475,6 @@ class Pipeline:
             self._summarizing.discard(key)
 
 
-def _tail(
-    sources: Sequence[Source],
-    cited: Sequence[int],
-    unavailable: Sequence[str],
-    notices: Sequence[str],
-) -> str:
-    """The Sources list, then notices (sources down, question cut) in italics."""
-    blocks: list[str] = []
-    if sources:
-        blocks.append(sources_footer(sources, cited))
-    extra = [_unavailable(name) for name in unavailable]
-    extra += notices
-    if extra:
-        blocks.append("\n".join(f"_{line}_" for line in extra))
-    return "".join(f"\n\n{block}" for block in blocks)
-
-
 async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
     """Run two steps concurrently; if one fails, the other is cancelled, not orphaned."""
     async with asyncio.TaskGroup() as group:
@@ -535,10 +499,6 @@ def _prompt_text(article: Article) -> str:
     return f"({', '.join(facts)}) {article.text}" if facts else article.text
 
 
-def _source_label(article: Article) -> str:
-    return source_label(article.source)
-
-
 def _describe_report(report: AnalysisReport | None) -> str:
     if report is None:
         return "(not available)"
@@ -548,10 +508,3 @@ def _describe_report(report: AnalysisReport | None) -> str:
         f"{report.article_count} articles ({counts}); average keyword relevance "
         f"{report.average_relevance:.2f}; frequent terms: {words or 'none'}"
     )
-
-
-async def _emit_quietly(listener: TurnListener, text: str) -> None:
-    try:
-        await listener.on_text(text)
-    except Exception:
-        _log.exception("could not deliver the failure notice")

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 from langchain_core.prompts import ChatPromptTemplate
 
-from bot.domain import Source, source_label
+from bot.contract import Source
+from bot.domain import source_label
 from bot.pipeline.text import truncate_words
-from bot.pipeline.wording import CITED_HEADING, CONSULTED_HEADING
 
 __all__ = [
     "SUMMARY_MARKER",
@@ -119,16 +119,6 @@ SUMMARY_PROMPT = ChatPromptTemplate.from_messages(
 # Prompt variables
 # ---------------------------------------------------------------------------------------
 
-# Where the footer of :func:`~bot.pipeline.wording.sources_footer` starts in an answer.
-_FOOTER_START = re.compile(
-    r"\n+(?:" + re.escape(CITED_HEADING) + "|" + re.escape(CONSULTED_HEADING) + r")\n\[\d+\]"
-)
-
-
-def _strip_footer(answer: str) -> str:
-    match = _FOOTER_START.search(answer)
-    return answer[: match.start()] if match else answer
-
 
 def _render_turn(question: str, answer: str) -> str:
     return f"User: {question}\nAssistant: {answer}"
@@ -139,7 +129,7 @@ def format_history(turns: Sequence[tuple[str, str]], *, max_chars: int = 2000) -
 
     Keeps the newest turns that fit in ``max_chars`` (the result is never longer). If even
     the newest turn alone does not fit, it is shortened: the answer first, then the
-    question. The sources footer the bot appended to an answer is left out.
+    question. Answers are bodies only: the store never holds a rendered footer.
     """
     if max_chars <= 0:
         return ""
@@ -147,7 +137,7 @@ def format_history(turns: Sequence[tuple[str, str]], *, max_chars: int = 2000) -
     used = 0
     for question, answer in reversed(turns):
         q = question.strip()
-        a = _strip_footer(answer).strip()
+        a = answer.strip()
         block = _render_turn(q, a)
         cost = len(block) + (1 if kept else 0)
         if used + cost <= max_chars:

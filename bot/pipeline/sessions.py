@@ -97,22 +97,34 @@ class TaskTracker:
 
 
 class RecentTurns:
-    """The last few (question, answer) pairs of the most recently active conversations."""
+    """The last few (question, answer) pairs of the most recently active conversations.
+
+    Each conversation's pairs carry the generation they belong to (the session's start
+    time in the store). A conversation reset elsewhere, by another process, comes back
+    with a new generation, and its old pairs are then dropped instead of served.
+    """
 
     def __init__(self, *, per_conversation: int = 2, conversations: int = 1024) -> None:
         self._per = per_conversation
         self._max = conversations
-        self._turns: OrderedDict[str, deque[tuple[str, str]]] = OrderedDict()
+        self._turns: OrderedDict[str, tuple[str | None, deque[tuple[str, str]]]] = OrderedDict()
 
-    def add(self, key: str, question: str, answer: str) -> None:
-        turns = self._turns.pop(key, None) or deque(maxlen=self._per)
+    def add(self, key: str, question: str, answer: str, *, generation: str | None = None) -> None:
+        old = self._turns.pop(key, None)
+        turns = old[1] if old is not None and old[0] == generation else deque(maxlen=self._per)
         turns.append((question, answer))
-        self._turns[key] = turns
+        self._turns[key] = (generation, turns)
         while len(self._turns) > self._max:
             self._turns.popitem(last=False)
 
-    def get(self, key: str) -> list[tuple[str, str]]:
-        return list(self._turns.get(key, ()))
+    def get(self, key: str, *, generation: str | None = None) -> list[tuple[str, str]]:
+        entry = self._turns.get(key)
+        if entry is None:
+            return []
+        if entry[0] != generation:
+            del self._turns[key]
+            return []
+        return list(entry[1])
 
     def forget(self, key: str) -> None:
         self._turns.pop(key, None)

@@ -1,9 +1,10 @@
 """What users read that the bot writes itself, rather than the model.
 
-One job: the fixed lines (the hint for an empty question, the failure line, the notes for
-a source that is down or found nothing) and the text built from sources without the model
-(the ``Sources:`` footer, the answer when the model is unavailable, a source's first
-sentence).
+One job: the fixed lines (the hint for an empty question, the failure line, the user
+lines of notices) and the text built from sources without the model (the answer when the
+model is unavailable, a source's first sentence). Every line here is safe in a public
+channel: no hosts, config keys or commands; those go in a notice's operator hint. How the
+Sources list and notices look is each adapter's business (:mod:`bot.adapters.render`).
 """
 
 from __future__ import annotations
@@ -11,33 +12,46 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from bot.domain import SOURCE_LABELS, Source
+from bot.contract import Source
+from bot.domain import SOURCE_LABELS
 from bot.pipeline.text import truncate_words
 
 __all__ = [
-    "CITED_HEADING",
-    "CONSULTED_HEADING",
+    "ANSWER_BROKEN",
+    "ANSWER_CUT",
     "EMPTY_HINT",
     "FAILURE_LINE",
+    "FALLBACK_LEAD",
+    "LLM_DOWN",
+    "NOT_RESTORED",
+    "NOT_SAVED",
     "fallback_answer",
     "first_sentence",
-    "sources_footer",
+    "nothing_found",
+    "question_cut_line",
+    "unavailable_line",
 ]
 
 EMPTY_HINT = "Ask me a research question, for example: “How does attention work in transformers?”"
 FAILURE_LINE = "Sorry, something went wrong while researching that. Please try again."
-CITED_HEADING = "Sources:"
-"""Opens :func:`sources_footer` when the answer cited sources."""
-CONSULTED_HEADING = "Sources consulted (none cited directly):"
-"""Opens :func:`sources_footer` when the answer cited none of them."""
+FALLBACK_LEAD = (
+    "I could not write an answer just now because the language model is unavailable. "
+    "Here is what the most relevant sources say:"
+)
+# Notices: each a user line (safe in a public channel) for a bot.contract.Notice.
+LLM_DOWN = "The language model is unavailable right now, so this lists sources only."
+ANSWER_CUT = "The answer was cut off because the language model stopped responding."
+ANSWER_BROKEN = "Something went wrong while I was writing this answer; it may be incomplete."
+NOT_SAVED = "I could not save this exchange; it will not be remembered."
+NOT_RESTORED = "I could not restore our earlier conversation for this answer."
 
 
-def _unavailable(source: str) -> str:
+def unavailable_line(source: str) -> str:
     """The note for a source (by its label) that could not be reached this turn."""
     return f"{source} was unavailable for this question."
 
 
-def _nothing_found(unavailable: Sequence[str]) -> str:
+def nothing_found(unavailable: Sequence[str]) -> str:
     """The answer when no source gave anything; ``unavailable`` are the sources that failed."""
     if len(unavailable) == len(SOURCE_LABELS):
         return (
@@ -50,36 +64,20 @@ def _nothing_found(unavailable: Sequence[str]) -> str:
     )
 
 
-def sources_footer(sources: Sequence[Source], cited: Sequence[int]) -> str:
-    """The list appended to an answer: ``Sources:`` then ``[n] Title — url`` lines.
-
-    Lists the cited sources in number order. If none of ``cited`` is among ``sources``,
-    lists every source under a heading saying they were consulted but not cited. No
-    sources gives ``""``.
-    """
-    if not sources:
-        return ""
-    wanted = set(cited)
-    chosen = sorted((s for s in sources if s.n in wanted), key=lambda s: s.n)
-    heading = CITED_HEADING
-    if not chosen:
-        chosen, heading = sorted(sources, key=lambda s: s.n), CONSULTED_HEADING
-    lines = [heading, *(f"[{s.n}] {s.title} — {s.url}" for s in chosen)]
-    return "\n".join(lines)
+def question_cut_line(length: int, limit: int) -> str:
+    """The notice for a question cut to ``[chat].max_question_chars``."""
+    return f"Your message was {length:,} characters long; I used only its first {limit:,}."
 
 
-def fallback_answer(sources: Sequence[tuple[Source, str]], *, reason: str, limit: int = 3) -> str:
-    """The answer when the model is unavailable: the ``reason`` line, then the sources.
+def fallback_answer(sources: Sequence[tuple[Source, str]], *, limit: int = 3) -> str:
+    """The answer when the model is unavailable: :data:`FALLBACK_LEAD`, then the sources.
 
     Lists the first ``limit`` sources (they are expected best first) as
-    ``[n] Title — url: first sentence.`` lines.
+    ``[n] Title: first sentence.`` lines; their links are in the reply's Sources list.
     """
-    lines = [reason.strip()]
-    if not sources:
-        lines.append("No sources were found for this question.")
-        return "\n".join(lines)
+    lines = [FALLBACK_LEAD]
     for source, text in sources[: max(limit, 0)]:
-        line = f"[{source.n}] {source.title} — {source.url}"
+        line = f"[{source.n}] {source.title}"
         sentence = first_sentence(text)
         if sentence:
             if sentence[-1] not in ".!?…":
