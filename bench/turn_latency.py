@@ -33,9 +33,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fake_services import FakeServices
+from bot.adapters.inmemory import InMemoryAdapter
 from bot.agents.fetch import FetchAgent
 from bot.config import load_settings
-from bot.domain import Article, InboundMessage
+from bot.domain import Article
 from bot.runtime import Runtime
 from tests.conftest import config_text
 
@@ -103,16 +104,17 @@ class Samples:
 
 
 async def measure(runtime: Runtime, services: FakeServices, args: argparse.Namespace) -> None:
+    # Turns go through the intake, as a chat platform's would: the inbox claim counts.
+    bot = InMemoryAdapter(runtime.intake.submit)
+    await runtime.add_adapter(bot)
     # Warm-up turn (imports, first connections), not counted.
-    await runtime.pipeline.handle(
-        InboundMessage(QUESTIONS[0], "bench", "terminal:warm", "terminal")
-    )
+    await bot.ask(QUESTIONS[0], channel="warm")
     await runtime.pipeline.settle()
     samples = Samples()
     for i in range(args.turns):
         question = QUESTIONS[i % len(QUESTIONS)]
         await services.set_latency(source_s=args.source_latency, llm_s=args.llm_latency)
-        topics = await timed_turn(runtime, services, question, f"bench-{i}", samples)
+        topics = await timed_turn(runtime, bot, services, question, f"bench-{i}", samples)
         # The same parallel-phase work, measured alone, with no latency injected.
         await services.set_latency(source_s=0.0, llm_s=0.0)
         await compute_alone(runtime, question, topics, samples)
@@ -120,13 +122,16 @@ async def measure(runtime: Runtime, services: FakeServices, args: argparse.Names
 
 
 async def timed_turn(
-    runtime: Runtime, services: FakeServices, question: str, session: str, samples: Samples
+    runtime: Runtime,
+    bot: InMemoryAdapter,
+    services: FakeServices,
+    question: str,
+    session: str,
+    samples: Samples,
 ) -> list[str]:
     before = await services.counts()
     start = time.perf_counter()
-    result = await runtime.pipeline.handle(
-        InboundMessage(question, "bench", f"terminal:{session}", "terminal")
-    )
+    result = await bot.ask(question, channel=session)
     samples.turn.append(time.perf_counter() - start)
     after = await services.counts()
     for name, seconds in result.timings.items():

@@ -17,17 +17,17 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from bot.adapters.terminal import TerminalAdapter, TerminalListener, terminal_key
+from bot.adapters.render import render_reply
+from bot.adapters.terminal import TerminalAdapter, terminal_key
 from bot.agents.memory import MemoryStore
 from bot.config import LoggingSettings, Settings, load_settings
-from bot.domain import InboundMessage
+from bot.contract import Reply
+from bot.domain import human_time
 from bot.errors import ConfigError, EmbeddingError, ResearchAgentError
-from bot.pipeline.orchestrator import SILENT, TurnListener
 from bot.runtime import Runtime
 
 _log = logging.getLogger(__name__)
@@ -201,14 +201,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await _ask(runtime, session, args.questions, as_json=args.json)
         if command == "demo":
             return await _demo(runtime)
-        adapter = TerminalAdapter(
-            runtime.pipeline.handle, session=args.session, reset=runtime.pipeline.reset
-        )
-        await adapter.start()
-        try:
-            await adapter.run()
-        finally:
-            await adapter.close()
+        terminal = TerminalAdapter(runtime.intake.submit, session=args.session)
+        await runtime.add_adapter(terminal)
+        await runtime.recover()
+        await terminal.run()
         return 0
 
 
@@ -222,8 +218,9 @@ def _platform_notice(settings: Settings) -> str:
         if token is not None
     ]
     if configured:
+        verb = "are" if len(configured) > 1 else "is"
         return (
-            f"{' and '.join(configured)} is set, but this version has no chat-platform "
+            f"{' and '.join(configured)} {verb} set, but this version has no chat-platform "
             "adapters yet; opening the terminal chat."
         )
     return (
@@ -232,21 +229,49 @@ def _platform_notice(settings: Settings) -> str:
     )
 
 
+def reply_json(reply: Reply) -> dict[str, Any]:
+    """One ``ask --json`` line; ``answer`` is the complete text a terminal user reads."""
+    return {
+        "question": reply.question,
+        "answer": render_reply(reply, operator=True),
+        "body": reply.body,
+        "status": reply.status,
+        "topics": list(reply.topics),
+        "sources": [
+            {
+                "n": s.n,
+                "title": s.title,
+                "url": s.url,
+                "source": s.source,
+                "score": s.score,
+                "cited": s.cited,
+            }
+            for s in reply.sources
+        ],
+        "unavailable": list(reply.unavailable),
+        "notices": [n.user for n in reply.notices],
+        "notice_details": [
+            {"kind": n.kind, "user": n.user, "operator": n.operator} for n in reply.notices
+        ],
+        "neutralised": {"links": reply.neutralised.links, "mentions": reply.neutralised.mentions},
+        "timings": {k: round(v, 4) for k, v in reply.timings.items()},
+        "session": reply.conversation,
+    }
+
+
 async def _ask(runtime: Runtime, session: str, questions: Sequence[str], *, as_json: bool) -> int:
-    key = terminal_key(session)
+    terminal = TerminalAdapter(runtime.intake.submit, session=session, quiet=as_json)
+    await runtime.add_adapter(terminal)
     failures = 0
     for i, question in enumerate(questions):
-        listener: TurnListener = SILENT
-        if not as_json:
-            if len(questions) > 1:
-                print(f"{'' if i == 0 else chr(10)}Q: {question}\n")
-            listener = TerminalListener(sys.stdout, sys.stderr)
-        result = await runtime.pipeline.handle(
-            InboundMessage(question, "cli", key, "terminal"), listener
-        )
-        failures += not result.ok
+        if not as_json and len(questions) > 1:
+            print(f"{'' if i == 0 else chr(10)}Q: {question}\n")
+        reply = await terminal.ask(question)
+        if reply is None:
+            continue  # a command; its answer is already printed
+        failures += not reply.ok
         if as_json:
-            print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+            print(json.dumps(reply_json(reply), ensure_ascii=False), flush=True)
         else:
             print()
     return 1 if failures else 0
@@ -274,7 +299,9 @@ async def _sessions(action: str, key: str | None, settings: Settings, out: TextI
             for row in rows:
                 turns = f"{row.turn_count} turn{'' if row.turn_count == 1 else 's'}"
                 summary = ", summarised" if row.has_summary else ""
-                out.write(f"{row.key}\t{turns}{summary}\tlast active {_when(row.updated_at)}\n")
+                out.write(
+                    f"{row.key}\t{turns}{summary}\tlast active {human_time(row.updated_at)}\n"
+                )
             return 0
         assert key is not None
         # A full key (``slack:T:C:ts``) or a terminal session id (``default``); each action
@@ -299,17 +326,18 @@ async def _sessions(action: str, key: str | None, settings: Settings, out: TextI
         if state.summary:
             out.write(f"\nSummary (up to turn {state.summary_upto}):\n{state.summary}\n")
         for turn in state.turns:
-            out.write(f"\n[{turn.id}] {_when(turn.created_at)} you: {turn.question}\n")
-            out.write(f"bot: {turn.answer}\n" if turn.answer is not None else "(no answer saved)\n")
+            out.write(f"\n[{turn.id}] {human_time(turn.created_at)} you: {turn.question}\n")
+            out.write(_answer_line(turn.status, turn.answer))
         return 0
     finally:
         await store.close()
 
 
-def _when(timestamp: str) -> str:
-    """``2026-11-23T23:06:48.507602+00:00`` -> ``2026-11-23 23:06 UTC`` for people."""
-    try:
-        moment = datetime.fromisoformat(timestamp)
-    except ValueError:
-        return timestamp
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _answer_line(status: str, answer: str | None) -> str:
+    if answer is not None:
+        return f"bot: {answer}\n"
+    if status == "quarantined":
+        return "(quarantined: answering it crashed the bot twice, so it is not tried again)\n"
+    if status == "expired":
+        return "(expired: the bot was down until it was too old to answer)\n"
+    return "(no answer saved)\n"

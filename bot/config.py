@@ -134,6 +134,22 @@ class ChatSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class IntakeSettings:
+    # Other bots' messages are ignored unless this is on (two bots can loop forever).
+    respond_to_bots: bool = False
+    # Questions per user: a steady rate and a burst; a platform's own setting wins.
+    # 0 turns the limit off.
+    rate_limit_per_minute: float = field(default=6.0, metadata=_between(0, 10_000))
+    rate_limit_burst: int = field(default=3, metadata=_between(1, 1000))
+    # Questions a crash left unanswered are answered at the next start when younger.
+    inbox_max_age_s: float = field(default=3600.0, metadata=_between(0, 30 * 86_400))
+    # At shutdown, turns in flight get this long to finish (docker stop waits 10 s).
+    shutdown_grace_s: float = field(default=8.0, metadata=_between(0, 600))
+    delivery_retries: int = field(default=3, metadata=_between(0, 20))
+    delivery_backoff_s: float = field(default=0.5, metadata=_between(0, 60))
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     # The terminal is the user's chat window, so records go to this file; `-v` echoes
     # them to stderr as well.
@@ -149,6 +165,7 @@ class Settings:
     memory: MemorySettings = MemorySettings()
     analysis: AnalysisSettings = AnalysisSettings()
     chat: ChatSettings = ChatSettings()
+    intake: IntakeSettings = IntakeSettings()
     logging: LoggingSettings = LoggingSettings()
     # Filled from the environment, never from the file.
     discord_token: Secret | None = None

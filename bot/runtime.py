@@ -1,9 +1,15 @@
 """Builds every long-lived resource once, hands them to the pipeline, closes them in reverse.
 
 Start-up order: HTTP session → LLM client → memory store → embedding pool → analysis agent
-→ fetch agent → pipeline. Shutdown walks the same list backwards, draining the pipeline's
-background tasks first (they still need the store and the LLM). Each close step is isolated:
-a failure is logged and the remaining resources are still closed.
+→ fetch agent → pipeline → intake, then each adapter (:meth:`Runtime.add_adapter`), then
+the recovery of events a crash left unanswered (:meth:`Runtime.recover`).
+
+Shutdown (SIGTERM, Ctrl-C, the end of the command): the intake stops taking events; turns
+in flight get ``[intake].shutdown_grace_s`` to finish, and the rest stay pending in the
+inbox for the next start; then everything closes in reverse order: the adapters first,
+then the pipeline's background saves and summaries are drained (they still need the store
+and the LLM), then the agents and clients. Each step is isolated: a failure is logged and
+the remaining resources are still closed.
 """
 
 from __future__ import annotations
@@ -12,16 +18,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiohttp
 from langchain_ollama import ChatOllama
 
+from bot.adapters.base import Adapter
 from bot.agents.analysis import AnalysisAgent
 from bot.agents.embeddings import EmbeddingAgent
 from bot.agents.fetch import FetchAgent
 from bot.agents.memory import MemoryStore
 from bot.config import Settings
+from bot.intake import Intake
 from bot.pipeline.llm import build_chat_model, check_llm, close_chat_model
 from bot.pipeline.orchestrator import Pipeline
 from bot.pipeline.sessions import TaskTracker
@@ -42,6 +50,7 @@ class Runtime:
     memory: MemoryStore
     embeddings: EmbeddingAgent
     analysis: AnalysisAgent | None
+    intake: Intake
     llm_warning: str | None = None
     _closers: list[tuple[str, Callable[[], Awaitable[object]]]] = field(default_factory=list)
     _closed: bool = False
@@ -80,6 +89,7 @@ class Runtime:
                 tasks=tasks,
             )
             closers.append(("background tasks", lambda: pipeline.drain(DRAIN_GRACE_S)))
+            intake = Intake(pipeline=pipeline, store=memory, settings=settings.intake)
         except BaseException:
             await _close_all(closers)
             raise
@@ -91,15 +101,34 @@ class Runtime:
             memory=memory,
             embeddings=embeddings,
             analysis=analysis,
+            intake=intake,
             llm_warning=llm_warning,
             _closers=closers,
         )
 
+    async def add_adapter(self, adapter: Adapter[Any]) -> None:
+        """Register and start ``adapter``; it is closed before everything else.
+
+        Raises whatever the adapter's ``start`` raises (bad credentials, say); the
+        runtime stays usable and closes what it has.
+        """
+        self.intake.register(adapter)
+        await adapter.start()
+        self._closers.append((f"{adapter.platform} adapter", adapter.close))
+
+    async def recover(self) -> int:
+        """Answer the events a crash left unanswered, through the adapters added so far."""
+        return await self.intake.recover()
+
     async def close(self) -> None:
-        """Drain background work, then close resources in reverse order. Idempotent."""
+        """Finish or park turns in flight, then close resources in reverse order. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        try:
+            await self.intake.drain(self.settings.intake.shutdown_grace_s)
+        except Exception:
+            _log.exception("draining the turns in flight failed; closing the rest anyway")
         await _close_all(self._closers)
 
     async def __aenter__(self) -> Self:

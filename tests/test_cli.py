@@ -74,10 +74,19 @@ async def test_ask_json_with_the_real_embedding_model(
             "topics",
             "sources",
             "unavailable",
+            "notices",
             "timings",
             "session",
+            # Added with the structured reply:
+            "body",
+            "status",
+            "notice_details",
+            "neutralised",
         }
         assert result["session"] == "terminal:s1"
+        assert result["status"] == "answered"
+        assert result["answer"].startswith(result["body"])
+        assert result["neutralised"] == {"links": 0, "mentions": 0}
         assert set(result["timings"]) == {
             "total_s",
             "topics_s",
@@ -87,9 +96,10 @@ async def test_ask_json_with_the_real_embedding_model(
             "synthesis_s",
         }
         assert result["unavailable"] == []
+        assert any(source["cited"] for source in result["sources"])
         for source in result["sources"]:
-            assert f"[{source['n']}] {source['title']}" in result["answer"]
-            assert source["url"] in result["answer"]
+            listed = f"[{source['n']}] {source['title']} — {source['url']}" in result["answer"]
+            assert listed == source["cited"]
     # Real sentence embeddings put the matching article on top.
     assert "BERT" in first["sources"][0]["title"]
     assert (
@@ -138,8 +148,8 @@ async def test_chat_in_the_terminal_with_commands(write_config: Callable[..., Pa
     assert run.code == 0, run.err
     assert "Conversation: terminal:t" in run.out
     assert "bot> " in run.out and "Sources:" in run.out
-    assert "Commands: /reset" in run.out
-    assert "Conversation forgotten." in run.out
+    assert "/reset makes me forget this conversation" in run.out
+    assert "Done: I have forgotten this conversation." in run.out
     assert "… Choosing search keywords" in run.err  # progress goes to stderr
 
 
@@ -175,6 +185,36 @@ async def test_ctrl_c_exits_cleanly(write_config: Callable[..., Path]) -> None:
     assert proc.returncode == 130
     assert b"Interrupted" in err
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err
+
+
+async def test_a_reset_from_another_process_is_honoured_by_the_running_bot(
+    write_config: Callable[..., Path], ollama: FakeOllama
+) -> None:
+    config = str(write_config())
+    chat = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "chat", "--config", config, "--session", "r",
+        cwd=ROOT, env=child_env(), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert chat.stdin is not None and chat.stdout is not None
+
+    async def say(line: str) -> str:
+        assert chat.stdin is not None and chat.stdout is not None
+        chat.stdin.write(f"{line}\n".encode())
+        await chat.stdin.drain()
+        return (await asyncio.wait_for(chat.stdout.readuntil(b"you> "), 60)).decode()
+
+    await asyncio.wait_for(chat.stdout.readuntil(b"you> "), 60)
+    assert "Sources:" in await say("What is BERT?")
+    reset = await bot("sessions", "reset", "r", "--config", config)
+    assert reset.code == 0 and "Forgot terminal:r" in reset.out
+    ollama.requests.clear()
+    await say("Who created it?")
+    chat.stdin.write(b"/quit\n")
+    await asyncio.wait_for(chat.communicate(), timeout=60)
+    assert chat.returncode == 0
+    prompts = [body["messages"][-1]["content"] for body in ollama.chat_bodies()]
+    assert prompts and not [p for p in prompts if "What is BERT?" in p]
 
 
 async def test_handled_failures_go_to_the_log_file_not_the_terminal(
@@ -257,17 +297,16 @@ async def test_a_reset_that_fails_keeps_the_chat_going(make_settings: Any) -> No
         await runtime.memory.close()  # every store call now fails
         out = io.StringIO()
         adapter = TerminalAdapter(
-            runtime.pipeline.handle,
+            runtime.intake.submit,
             session="broken",
-            reset=runtime.pipeline.reset,
             stdin=io.StringIO("/reset\n/help\n"),
             stdout=out,
             stderr=io.StringIO(),
         )
-        await adapter.start()
+        await runtime.add_adapter(adapter)
         await adapter.run()
-    assert "could not forget this conversation" in out.getvalue()
-    assert "Commands: /reset" in out.getvalue()  # the next line was still handled
+    assert "could not reach my conversation memory" in out.getvalue()
+    assert "/reset makes me forget" in out.getvalue()  # the next line was still handled
     assert "MemoryStoreError" not in out.getvalue() and "closed" not in out.getvalue()
 
 
@@ -277,10 +316,10 @@ async def test_closing_the_terminal_adapter_ends_its_chat_loop(make_settings: An
         # fdopen on a pipe does not block (ASYNC230 is about files on disk).
         with os.fdopen(read_end) as never, os.fdopen(write_end, "w"):
             adapter = TerminalAdapter(
-                runtime.pipeline.handle, session="s", reset=runtime.pipeline.reset,
+                runtime.intake.submit, session="s",
                 stdin=never, stdout=io.StringIO(), stderr=io.StringIO(),
             )  # fmt: skip
-            await adapter.start()
+            await runtime.add_adapter(adapter)
             chat = asyncio.create_task(adapter.run())
             await adapter.close()
             await asyncio.wait_for(chat, timeout=5)

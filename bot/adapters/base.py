@@ -1,35 +1,110 @@
 """The contract every platform adapter keeps.
 
-An adapter is a small lifecycle object: :meth:`Adapter.start` connects and returns once it
-is ready, :meth:`Adapter.close` is safe to call twice, :meth:`Adapter.send` posts a message
-into a conversation, :attr:`Adapter.is_alive` reports health. Inbound messages become
-:class:`~bot.domain.InboundMessage` and go to the :data:`MessageSink` the application hands
-in (the pipeline's ``handle``); the adapter passes a listener that posts the streamed answer.
+An adapter is a small lifecycle object and a translator: platform events in, rendered
+replies out. :meth:`Adapter.start` connects and returns once it is ready,
+:meth:`Adapter.close` is safe to call twice, :attr:`Adapter.is_alive` reports health.
+Inbound messages become :class:`~bot.contract.InboundMessage` and go to the
+:data:`MessageSink` the application hands in (the intake's ``submit``); the intake then
+asks the adapter for a :class:`ReplyStream` to post the answer through.
+
+Dedupe, rate limits, commands and queueing are not the adapter's business: they live
+once, in :mod:`bot.intake`. Like :mod:`bot.contract`, this module imports nothing of the
+pipeline.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
 
-from bot.domain import InboundMessage
-from bot.pipeline.orchestrator import TurnListener, TurnResult
+from bot.contract import InboundMessage, Platform, Reply, TurnListener
 
-MessageSink = Callable[[InboundMessage, TurnListener], Awaitable[TurnResult]]
+TargetT = TypeVar("TargetT")
+
+Outcome = Literal[
+    "turn",  # a turn was started, or queued behind the conversation's running one
+    "command",  # a command was answered
+    "empty",  # nothing to answer; the author got a hint
+    "ignored",  # the bot's own or another bot's message
+    "duplicate",  # an event already taken (a redelivery)
+    "rate_limited",  # refused, with a reply saying when to try again
+    "closed",  # the bot is shutting down; the event was not taken
+]
 
 
-class Adapter(Protocol):
-    name: str
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """What the intake did with one inbound message.
+
+    ``done`` is set for a ``"turn"``: it finishes once the answer was delivered (or its
+    delivery given up), with the reply; an adapter need not wait for it.
+    """
+
+    outcome: Outcome
+    done: asyncio.Task[Reply] | None = None
+
+
+MessageSink = Callable[[InboundMessage[Any]], Awaitable[Submission]]
+
+
+class ReplyStream(TurnListener, Protocol):
+    """One reply to one inbound message, as the adapter posts it.
+
+    :meth:`~bot.contract.TurnListener.on_reply` must deliver the complete reply on its
+    own, whatever happened to earlier progress or text updates (they may have failed):
+    it edits the message already posted, or posts one. It may raise; the intake retries
+    it with backoff.
+    """
+
+    @property
+    def reply_id(self) -> str | None:
+        """The platform's id of the reply message, once one was posted."""
+
+
+class Adapter(Protocol[TargetT]):
+    """A chat platform (or the terminal) as the intake sees it."""
+
+    platform: Platform
+    # Who may reset a conversation here, for the polite refusal ("server admins").
+    admins: str
+    # How a user types a command here ("/" for "/reset"; "" when it is a plain word).
+    command_prefix: str
+    # Questions per minute per user; None means the intake's default, 0 no limit.
+    rate_limit_per_minute: float | None
+    # Whether questions that a crash left unanswered can still be answered here.
+    recovers: bool
 
     async def start(self) -> None:
         """Connect; return when messages can flow. Raises on bad credentials."""
 
     async def close(self) -> None:
-        """Stop intake and disconnect. Safe to call more than once."""
-
-    async def send(self, conversation: str, text: str) -> None:
-        """Post ``text`` into the conversation with that key."""
+        """Disconnect. Safe to call more than once."""
 
     @property
     def is_alive(self) -> bool:
         """True while connected and accepting messages."""
+
+    def open_reply(
+        self, message: InboundMessage[TargetT], *, reply_id: str | None = None
+    ) -> ReplyStream:
+        """A stream for the answer to ``message``.
+
+        ``reply_id`` names a reply posted before a crash: the stream edits it instead of
+        posting a second one.
+        """
+
+    async def notify(self, message: InboundMessage[TargetT], text: str, *, private: bool) -> None:
+        """Post a short line in answer to ``message`` (a command's output, a refusal, a
+        queue notice); ``private`` where the platform can show it to the author alone."""
+
+    def encode_target(self, target: TargetT) -> Mapping[str, Any]:
+        """The reply target as JSON-able data, kept in the inbox for crash recovery."""
+
+    def decode_target(self, data: Mapping[str, Any]) -> TargetT:
+        """The reply target back from :meth:`encode_target`'s data.
+
+        Raises:
+            ValueError: the data is not a target of this adapter.
+        """

@@ -2,46 +2,68 @@
 
 Lines are read by a daemon thread (a blocking ``readline`` must not sit on the event loop,
 and a daemon thread cannot keep the process alive after Ctrl-C) and handed to the loop
-through a queue. Answers stream to stdout as the LLM writes them; progress goes to stderr
-so ``ask --json`` output stays machine-readable.
+through a queue. Every line goes through the intake like a chat message: ``/reset``,
+``/sources``, ``/session`` and ``/help`` are the shared commands; only ``/quit`` is the
+terminal's own. Answers stream to stdout as the LLM writes them; progress goes to stderr,
+so ``ask --json`` output stays machine-readable. The terminal is the operator's window:
+notices show their operator hint (``ollama pull llama3.2``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import sys
 import threading
-from collections.abc import Awaitable, Callable
-from typing import TextIO
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
 from bot.adapters.base import MessageSink
-from bot.domain import InboundMessage, conversation_key
-from bot.errors import MemoryStoreError
+from bot.adapters.render import render_tail
+from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
 
 _log = logging.getLogger(__name__)
 
-HELP = "Commands: /reset forgets this conversation, /help shows this, /quit leaves (or Ctrl-D)."
+QUIT_HINT = "/quit leaves (or Ctrl-D)."
 
 
 def terminal_key(session: str) -> str:
     return conversation_key("terminal", session)
 
 
-class TerminalListener:
-    """Shows progress on ``err`` and streams the answer to ``out``."""
+@dataclass(frozen=True, slots=True)
+class TerminalTarget:
+    """Nothing to address in a terminal but the session the line was typed in."""
 
-    def __init__(self, out: TextIO, err: TextIO, *, prefix: str = "") -> None:
+    session: str
+
+
+class TerminalReply:
+    """Shows progress on ``err``, streams the body to ``out``, then the Sources and notices."""
+
+    def __init__(self, out: TextIO, err: TextIO, *, prefix: str = "", quiet: bool = False):
         self._out = out
         self._err = err
+        self._quiet = quiet
         self._live = err.isatty()
         self._status_shown = False
         # Written with the first text: written earlier, clearing the status line (which
         # shares the terminal line) would erase it.
         self._prefix = prefix
+        self._streamed = False
+
+    @property
+    def reply_id(self) -> str | None:
+        return None  # a terminal line cannot be edited later
 
     async def on_progress(self, step: str) -> None:
+        if self._quiet:
+            return
         if self._live:
             self._err.write(f"\r\033[K… {step}")
             self._status_shown = True
@@ -50,6 +72,20 @@ class TerminalListener:
         self._err.flush()
 
     async def on_text(self, text: str) -> None:
+        if self._quiet or not text:
+            return
+        self._write(text)
+        self._streamed = True
+
+    async def on_reply(self, reply: Reply) -> None:
+        if self._quiet:
+            return
+        # The body streamed already, unless the turn failed before it could.
+        self._write(("" if self._streamed else reply.body) + render_tail(reply, operator=True))
+        self._streamed = True
+        self.clear_status()
+
+    def _write(self, text: str) -> None:
         self.clear_status()
         self._out.write(self._prefix + text)
         self._prefix = ""
@@ -63,31 +99,42 @@ class TerminalListener:
 
 
 class TerminalAdapter:
-    """Interactive chat on stdin/stdout, in one conversation."""
+    """Questions typed (``run``) or given on the command line (``ask``), one conversation."""
 
-    name = "terminal"
+    platform: Platform = "terminal"
+    admins = "the operator"
+    command_prefix = "/"
+    # The operator at the keyboard is not rate limited.
+    rate_limit_per_minute: float | None = 0
+    # A question from an earlier run has nobody waiting for it at this terminal.
+    recovers = False
 
     def __init__(
         self,
         sink: MessageSink,
         *,
         session: str,
-        reset: Callable[[str], Awaitable[bool]],
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
         author: str = "you",
+        quiet: bool = False,
     ) -> None:
         self._sink = sink
-        self._reset = reset
+        self._session = session
         self._key = terminal_key(session)
         self._in = stdin or sys.stdin
         self._out = stdout or sys.stdout
         self._err = stderr or sys.stderr
-        self._author = author
+        self._author = Author(author, author, is_admin=True)
+        self._quiet = quiet
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._reader: threading.Thread | None = None
         self._alive = False
+        # Event ids need only be unique per process and run: the pid and a counter.
+        self._ids = (
+            f"{os.getpid()}-{datetime.now(UTC):%Y%m%d%H%M%S}-{n}" for n in itertools.count()
+        )
 
     @property
     def conversation(self) -> str:
@@ -98,26 +145,67 @@ class TerminalAdapter:
         return self._alive
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._reader = threading.Thread(
-            target=self._read_lines, args=(loop,), name="terminal-stdin", daemon=True
-        )
         self._alive = True
-        self._reader.start()
 
     async def close(self) -> None:
         if self._alive:
             self._alive = False
             self._lines.put_nowait(None)  # wakes run() if it is waiting for input
 
-    async def send(self, conversation: str, text: str) -> None:
-        self._out.write(f"{text}\n")
-        self._out.flush()
+    # ------------------------------------------------------------------ Adapter
+
+    def open_reply(
+        self, message: InboundMessage[TerminalTarget], *, reply_id: str | None = None
+    ) -> TerminalReply:
+        prefix = "" if self._quiet else "bot> "
+        return TerminalReply(self._out, self._err, prefix=prefix, quiet=self._quiet)
+
+    async def notify(
+        self, message: InboundMessage[TerminalTarget], text: str, *, private: bool
+    ) -> None:
+        # ``ask --json`` keeps stdout for JSON; a command's answer goes to stderr there.
+        (self._err if self._quiet else self._out).write(f"{text}\n")
+
+    def encode_target(self, target: TerminalTarget) -> Mapping[str, Any]:
+        return {"session": target.session}
+
+    def decode_target(self, data: Mapping[str, Any]) -> TerminalTarget:
+        if "session" not in data:
+            raise ValueError(f"not a terminal target: {data!r}")
+        return TerminalTarget(str(data["session"]))
+
+    # ------------------------------------------------------------------ input
+
+    async def ask(self, text: str) -> Reply | None:
+        """Submit one line and wait for its answer; None when no turn ran (a command)."""
+        submission = await self._sink(
+            InboundMessage(
+                text=text,
+                author=self._author,
+                conversation=self._key,
+                platform=self.platform,
+                event_id=next(self._ids),
+                sent_at=datetime.now(UTC),
+                target=TerminalTarget(self._session),
+            )
+        )
+        if submission.done is None:
+            return None
+        # Shielded: Ctrl-C or SIGTERM cancels this wait, not the turn, which shutdown then
+        # gives its grace period to finish.
+        return await asyncio.shield(submission.done)
 
     async def run(self) -> None:
         """Chat until end of input or ``/quit``."""
+        self._reader = threading.Thread(
+            target=self._read_lines,
+            args=(asyncio.get_running_loop(),),
+            name="terminal-stdin",
+            daemon=True,
+        )
+        self._reader.start()
         self._out.write(
-            f"research-agent: ask me anything. /help lists the commands.\n"
+            f"research-agent: ask me anything. /help lists the commands; {QUIT_HINT}\n"
             f"Conversation: {self._key}\n"
         )
         while self._alive:
@@ -127,36 +215,16 @@ class TerminalAdapter:
             if line is None:
                 self._out.write("\n")
                 break
-            if not await self._handle_line(line.strip()):
+            line = line.strip()
+            if line.lower() in {"/quit", "/exit"}:
                 break
-        await self.close()
-
-    async def _handle_line(self, line: str) -> bool:
-        """Returns False when the user asked to leave."""
-        command = line.lower()
-        if command in {"/quit", "/exit"}:
-            return False
-        if command == "/help":
-            await self.send(self._key, HELP)
-        elif command == "/reset":
-            await self.send(self._key, await self._forget())
-        elif line:
             self._out.write("\n")
-            listener = TerminalListener(self._out, self._err, prefix="bot> ")
-            message = InboundMessage(line, self._author, self._key, "terminal")
-            await self._sink(message, listener)
-            listener.clear_status()
+            await self.ask(line)
+            if line.lower() == "/help":
+                self._out.write(f"{QUIT_HINT}\n")
             self._out.write("\n")
             self._out.flush()
-        return True
-
-    async def _forget(self) -> str:
-        try:
-            forgotten = await self._reset(self._key)
-        except MemoryStoreError:
-            _log.exception("reset of %s failed", self._key)
-            return "I could not forget this conversation just now; please try again."
-        return "Conversation forgotten." if forgotten else "Nothing to forget yet."
+        await self.close()
 
     def _read_lines(self, loop: asyncio.AbstractEventLoop) -> None:
         try:

@@ -1,0 +1,349 @@
+"""The one door every inbound message goes through, as a chain of small steps.
+
+    submit(message)
+      │ 1. IgnoreBots      the bot's own messages, and other bots' unless configured
+      │    SkipEmpty       nothing left to answer: a hint, no turn
+      │ 2. HandleCommands  reset / sources / session / help, answered here
+      │ 3. RateLimit       per-user token bucket; over it, a reply saying when to retry
+      │ 4. Inbox           claim (platform, event id) with the pending question, in one
+      │                    transaction; a duplicate stops here
+      │ 5. Queue           a busy conversation: "yours is next" (and behind how many)
+      ▼ 6. StartTurn       the pipeline, then delivery, in a tracked in-flight task
+
+Each step is a callable ``step(context, next)`` that either answers and returns, or calls
+``next``: the shape of bolt-python's middleware, so each can be tested alone with a
+stand-in ``next``. Events recovered from the inbox after a crash skip steps 1-4: they were
+already accepted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bot.adapters.base import Adapter, Submission
+from bot.agents.memory import Claim, MemoryStore
+from bot.config import IntakeSettings
+from bot.contract import Author, InboundMessage, Reply
+from bot.errors import MemoryStoreError
+from bot.intake.commands import Commands, parse_command
+from bot.intake.delivery import GuardedReply
+from bot.intake.ratelimit import RateLimiter, describe_wait
+from bot.pipeline.orchestrator import Pipeline
+from bot.pipeline.sessions import TaskTracker
+from bot.pipeline.wording import EMPTY_HINT
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Context:
+    """One inbound message on its way through the chain."""
+
+    message: InboundMessage[Any]
+    adapter: Adapter[Any]
+    claim: Claim | None = None
+    # The reply a crashed earlier attempt had posted; the new attempt edits it.
+    reply_id: str | None = None
+
+
+Next = Callable[[Context], Awaitable[Submission]]
+Step = Callable[[Context, Next], Awaitable[Submission]]
+
+
+def compose(steps: Sequence[Step], last: Next) -> Next:
+    """``steps[0]`` runs first and hands on to ``steps[1]`` ... and finally to ``last``."""
+    handler = last
+    for step in reversed(steps):
+        handler = _link(step, handler)
+    return handler
+
+
+def _link(step: Step, after: Next) -> Next:
+    async def run(context: Context) -> Submission:
+        return await step(context, after)
+
+    return run
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+class IgnoreBots:
+    """Step 1: never answer ourselves; answer other bots only when configured to."""
+
+    def __init__(self, *, respond_to_bots: bool) -> None:
+        self._respond_to_bots = respond_to_bots
+
+    async def __call__(self, context: Context, after: Next) -> Submission:
+        author = context.message.author
+        if author.is_self or (author.is_bot and not self._respond_to_bots):
+            return Submission("ignored")
+        return await after(context)
+
+
+class SkipEmpty:
+    """A message with nothing left to answer (a bare mention) gets a hint, not a turn."""
+
+    async def __call__(self, context: Context, after: Next) -> Submission:
+        if context.message.text.strip():
+            return await after(context)
+        await context.adapter.notify(context.message, EMPTY_HINT, private=True)
+        return Submission("empty")
+
+
+class HandleCommands:
+    """Step 2: commands are answered here and never reach the pipeline."""
+
+    def __init__(self, commands: Commands) -> None:
+        self._commands = commands
+
+    async def __call__(self, context: Context, after: Next) -> Submission:
+        command = parse_command(context.message.text)
+        if command is None:
+            return await after(context)
+        reply = await self._commands.run(command, context.message, context.adapter)
+        await context.adapter.notify(context.message, reply.text, private=reply.private)
+        return Submission("command")
+
+
+class RateLimit:
+    """Step 3: a token bucket per user; over it, a friendly refusal with a time."""
+
+    def __init__(self, *, per_minute: float, burst: int, clock: Callable[[], float]) -> None:
+        self._default = per_minute
+        self._burst = burst
+        self._clock = clock
+        self._limiters: dict[str, RateLimiter | None] = {}
+
+    async def __call__(self, context: Context, after: Next) -> Submission:
+        limiter = self._limiter(context.adapter)
+        if limiter is None:
+            return await after(context)
+        message = context.message
+        verdict = limiter.check(f"{message.platform}:{message.author.id}")
+        if verdict.allowed:
+            return await after(context)
+        _log.info(
+            "rate limit: %s by %s refused for %.1f s",
+            message.event_id,
+            message.author.id,
+            verdict.retry_after_s,
+        )
+        await context.adapter.notify(
+            message,
+            "You are asking faster than I can research. I did not take that question; "
+            f"please ask it again {describe_wait(verdict.retry_after_s)}.",
+            private=True,
+        )
+        return Submission("rate_limited")
+
+    def _limiter(self, adapter: Adapter[Any]) -> RateLimiter | None:
+        if adapter.platform not in self._limiters:
+            rate = adapter.rate_limit_per_minute
+            rate = self._default if rate is None else rate
+            self._limiters[adapter.platform] = (
+                RateLimiter(per_minute=rate, burst=self._burst, clock=self._clock)
+                if rate > 0
+                else None
+            )
+        return self._limiters[adapter.platform]
+
+
+class Inbox:
+    """Step 4: claim the event with its pending question; a duplicate stops here.
+
+    When the store itself fails, the question is still answered (without the guarantee,
+    and the answer says it will not be remembered): refusing would lose it for sure.
+    """
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    async def __call__(self, context: Context, after: Next) -> Submission:
+        message = context.message
+        try:
+            claim = await self._store.claim(
+                message.platform,
+                message.event_id,
+                message.conversation,
+                message.text,
+                encode_message(message, context.adapter),
+            )
+        except MemoryStoreError:
+            _log.exception("could not record event %s; answering it anyway", message.event_id)
+            return await after(context)
+        if claim is None:
+            _log.info("duplicate event %s:%s ignored", message.platform, message.event_id)
+            return Submission("duplicate")
+        context.claim = claim
+        return await after(context)
+
+
+class Queue:
+    """Step 5: tell the author when their question waits behind others here.
+
+    The order itself is kept by the pipeline's per-conversation lock; this step counts
+    who is waiting, so different conversations never wait for each other.
+    """
+
+    def __init__(self, busy: Counter[str]) -> None:
+        self._busy = busy
+
+    async def __call__(self, context: Context, after: Next) -> Submission:
+        key = context.message.conversation
+        ahead = self._busy[key]
+        self._busy[key] += 1
+        try:
+            if ahead:
+                others = "yours is next" if ahead == 1 else f"yours is queued behind {ahead}"
+                await context.adapter.notify(
+                    context.message,
+                    f"I am still working on an earlier question here; {others}.",
+                    private=False,
+                )
+            return await after(context)
+        except BaseException:
+            _release(self._busy, key)
+            raise
+
+
+class StartTurn:
+    """Step 6: run the pipeline and deliver its reply, in a tracked in-flight task."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: Pipeline,
+        store: MemoryStore,
+        tasks: TaskTracker,
+        busy: Counter[str],
+        settings: IntakeSettings,
+    ) -> None:
+        self._pipeline = pipeline
+        self._store = store
+        self._tasks = tasks
+        self._busy = busy
+        self._settings = settings
+
+    async def __call__(self, context: Context) -> Submission:
+        message = context.message
+        name = f"turn:{message.platform}:{message.event_id}"
+        return Submission("turn", done=self._tasks.spawn(self._run(context), name=name))
+
+    async def _run(self, context: Context) -> Reply:
+        message, claim = context.message, context.claim
+        label = f"{message.platform} event {message.event_id} in {message.conversation}"
+        try:
+            stream = context.adapter.open_reply(message, reply_id=context.reply_id)
+
+            async def remember(reply_id: str) -> None:
+                await self._quietly(
+                    "record the reply of",
+                    message,
+                    self._store.record_reply(message.platform, message.event_id, reply_id),
+                )
+
+            guarded = GuardedReply(
+                stream,
+                label=label,
+                retries=self._settings.delivery_retries,
+                backoff_s=self._settings.delivery_backoff_s,
+                on_reply_id=remember if claim is not None else None,
+            )
+            reply = await self._pipeline.answer(message, guarded, claim=claim)
+            delivered = await guarded.deliver(reply)
+            if claim is not None:
+                await self._quietly(
+                    "close",
+                    message,
+                    self._store.finish_event(
+                        message.platform,
+                        message.event_id,
+                        "answered" if delivered else "undelivered",
+                    ),
+                )
+            return reply
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace: this attempt did not crash anything, so it must
+            # not count towards quarantine; the next start answers the event.
+            if claim is not None:
+                await self._quietly(
+                    "release", message, self._store.release(message.platform, message.event_id)
+                )
+            raise
+        finally:
+            _release(self._busy, message.conversation)
+
+    @staticmethod
+    async def _quietly(what: str, message: InboundMessage[Any], call: Awaitable[None]) -> None:
+        try:
+            await call
+        except MemoryStoreError:
+            _log.exception("could not %s event %s", what, message.event_id)
+
+
+def _release(busy: Counter[str], key: str) -> None:
+    busy[key] -= 1
+    if busy[key] <= 0:
+        del busy[key]
+
+
+# ----------------------------------------------------------------------------- the inbox codec
+
+
+def encode_message(message: InboundMessage[Any], adapter: Adapter[Any]) -> str:
+    """The message as the inbox keeps it, so a crash cannot lose how to answer it."""
+    author = message.author
+    return json.dumps(
+        {
+            "text": message.text,
+            "author": {
+                "id": author.id,
+                "name": author.name,
+                "is_bot": author.is_bot,
+                "is_admin": author.is_admin,
+            },
+            "conversation": message.conversation,
+            "platform": message.platform,
+            "event_id": message.event_id,
+            "sent_at": message.sent_at.isoformat(),
+            "target": dict(adapter.encode_target(message.target)),
+        },
+        ensure_ascii=False,
+    )
+
+
+def decode_message(data: str, adapter: Adapter[Any]) -> InboundMessage[Any]:
+    """The message back from :func:`encode_message`.
+
+    Raises:
+        ValueError: the stored data is not a message of this adapter.
+    """
+    try:
+        raw = json.loads(data)
+        author: Mapping[str, Any] = raw["author"]
+        if raw["platform"] != adapter.platform:
+            raise ValueError(f"a {raw['platform']} event, not {adapter.platform}")
+        return InboundMessage(
+            text=str(raw["text"]),
+            author=Author(
+                id=str(author["id"]),
+                name=str(author["name"]),
+                is_bot=bool(author["is_bot"]),
+                is_admin=bool(author["is_admin"]),
+            ),
+            conversation=str(raw["conversation"]),
+            platform=adapter.platform,
+            event_id=str(raw["event_id"]),
+            sent_at=datetime.fromisoformat(raw["sent_at"]),
+            target=adapter.decode_target(raw["target"]),
+        )
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"unreadable inbox message: {exc!r}") from exc

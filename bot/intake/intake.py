@@ -1,0 +1,161 @@
+"""The intake: one instance serves every adapter of the process.
+
+It owns the chain of :mod:`bot.intake.chain`, the in-flight turns (tracked, not only the
+pipeline's background tasks) and the recovery of events a crash left unanswered.
+
+Lifecycle: :meth:`Intake.register` each adapter, :meth:`Intake.recover` once they are
+started, then adapters call :meth:`Intake.submit`. At shutdown :meth:`Intake.close_door`
+stops taking events (a platform redelivers them, or they were never claimed), and
+:meth:`Intake.drain` lets in-flight turns finish within a grace period; the rest are
+cancelled and left pending in the inbox for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.adapters.base import Adapter, Submission
+from bot.agents.memory import MemoryStore
+from bot.config import IntakeSettings
+from bot.contract import InboundMessage
+from bot.errors import MemoryStoreError
+from bot.intake.chain import (
+    Context,
+    HandleCommands,
+    IgnoreBots,
+    Inbox,
+    Queue,
+    RateLimit,
+    SkipEmpty,
+    StartTurn,
+    compose,
+    decode_message,
+)
+from bot.intake.commands import Commands
+from bot.pipeline.orchestrator import Pipeline
+from bot.pipeline.sessions import TaskTracker
+
+_log = logging.getLogger(__name__)
+
+# A turn that crashed the process this many times is quarantined, not tried again.
+MAX_ATTEMPTS = 2
+
+
+class Intake:
+    """Takes inbound messages from every adapter; answers each platform event once."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: Pipeline,
+        store: MemoryStore,
+        settings: IntakeSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._adapters: dict[str, Adapter[Any]] = {}
+        self._turns = TaskTracker()
+        self._open = True
+        # Recovery takes only events received before this process could take any.
+        self._started = datetime.now(UTC)
+        busy: Counter[str] = Counter()
+        start = StartTurn(
+            pipeline=pipeline, store=store, tasks=self._turns, busy=busy, settings=settings
+        )
+        queued = [Queue(busy)]
+        self._recovered = compose(queued, start)
+        self._fresh = compose(
+            [
+                IgnoreBots(respond_to_bots=settings.respond_to_bots),
+                SkipEmpty(),
+                HandleCommands(Commands(store=store, reset=pipeline.reset)),
+                RateLimit(
+                    per_minute=settings.rate_limit_per_minute,
+                    burst=settings.rate_limit_burst,
+                    clock=clock,
+                ),
+                Inbox(store),
+                *queued,
+            ],
+            start,
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """Turns running or waiting for their conversation."""
+        return len(self._turns)
+
+    def register(self, adapter: Adapter[Any]) -> None:
+        """Make ``adapter`` the one that answers events of its platform."""
+        self._adapters[adapter.platform] = adapter
+
+    async def submit(self, message: InboundMessage[Any]) -> Submission:
+        """Take one inbound message through the chain.
+
+        Returns once the message was ignored, refused, answered (a command) or its turn
+        started; the turn itself runs in the background (``Submission.done``).
+        Raises ``KeyError`` for a platform with no registered adapter (a wiring bug).
+        """
+        adapter = self._adapters[message.platform]
+        if not self._open:
+            return Submission("closed")
+        return await self._fresh(Context(message, adapter))
+
+    async def recover(self) -> int:
+        """Answer, once, the events a crash left unanswered; returns how many were started.
+
+        Runs at start-up, after the adapters started. Events older than
+        ``[intake].inbox_max_age_s`` are marked expired, and events whose turn already
+        crashed the process twice are quarantined (the store logs each).
+        """
+        platforms = [name for name, adapter in self._adapters.items() if adapter.recovers]
+        try:
+            events = await self._store.recover(
+                platforms=platforms,
+                max_age_s=self._settings.inbox_max_age_s,
+                max_attempts=MAX_ATTEMPTS,
+                received_before=self._started,
+            )
+        except MemoryStoreError:
+            _log.exception("could not read the inbox; unanswered events wait for a restart")
+            return 0
+        started = 0
+        for event in events:
+            adapter = self._adapters[event.platform]
+            try:
+                message = decode_message(event.message, adapter)
+            except ValueError:
+                _log.exception("inbox event %s:%s is unreadable", event.platform, event.event_id)
+                continue
+            _log.info(
+                "answering %s event %s left unanswered (attempt %d, reply %s)",
+                event.platform,
+                event.event_id,
+                event.attempts,
+                event.reply_id or "not posted",
+            )
+            context = Context(message, adapter, claim=event.claim, reply_id=event.reply_id)
+            await self._recovered(context)
+            started += 1
+        return started
+
+    def close_door(self) -> None:
+        """Take no new events (shutdown); turns already taken go on."""
+        self._open = False
+
+    async def drain(self, grace_s: float) -> bool:
+        """Wait up to ``grace_s`` for in-flight turns; cancel the rest. True if all finished.
+
+        A cancelled turn's event stays pending in the inbox, without counting as a crash,
+        and is answered at the next start.
+        """
+        self.close_door()
+        if self._turns:
+            _log.info("waiting up to %.1f s for %d turn(s) in flight", grace_s, len(self._turns))
+        return await self._turns.drain(grace_s=grace_s, final=True)

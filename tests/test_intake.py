@@ -1,0 +1,302 @@
+"""The intake end to end: the real runtime against the fakes, through the in-memory adapter.
+
+Dedupe, rate limits, queueing, delivery failures, commands, untrusted text, shutdown and
+recovery, each as a chat platform would exercise them. Nothing of the project is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from bot.adapters.inmemory import InMemoryAdapter, MemoryPlatform
+from bot.agents.memory import MemoryStore
+from bot.config import Settings
+from bot.contract import conversation_key
+from bot.intake.chain import encode_message
+from bot.pipeline.prompts import SYNTHESIS_MARKER
+from bot.runtime import Runtime
+from tests.fakes.base import Fault
+from tests.fakes.ollama import FakeOllama, default_responder, split_tokens
+
+SettingsFactory = Callable[..., Settings]
+QUESTION = "What is the transformer architecture in deep learning?"
+GENERAL = conversation_key("memory", "general")
+
+
+@pytest.fixture
+async def runtime(make_settings: SettingsFactory) -> AsyncIterator[Runtime]:
+    async with await Runtime.start(make_settings(intake={"delivery_backoff_s": 0.0})) as rt:
+        yield rt
+
+
+async def chat(runtime: Runtime, **options: Any) -> InMemoryAdapter:
+    adapter = InMemoryAdapter(runtime.intake.submit, **options)
+    await runtime.add_adapter(adapter)
+    return adapter
+
+
+@pytest.fixture
+async def bot(runtime: Runtime) -> InMemoryAdapter:
+    return await chat(runtime)
+
+
+def answer_calls(ollama: FakeOllama) -> list[dict[str, Any]]:
+    return [b for b in ollama.chat_bodies() if SYNTHESIS_MARKER in str(b["messages"][0])]
+
+
+# ----------------------------------------------------------------------------- dedupe
+
+
+async def test_a_redelivered_event_is_answered_once(
+    bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    message = bot.message(QUESTION, event_id="Ev1")
+    first = await bot.submit(message)
+    assert first.outcome == "turn" and first.done is not None
+    await first.done
+    again = await bot.submit(message)  # Slack's retry after a slow ack
+    assert again.outcome == "duplicate" and again.done is None
+    assert len(answer_calls(ollama)) == 1
+    assert len(bot.service.in_channel("general")) == 1
+
+
+async def test_two_copies_arriving_at_the_same_moment_give_one_answer(
+    bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    message = bot.message(QUESTION, event_id="Ev2")
+    outcomes = await asyncio.gather(*(bot.submit(message) for _ in range(5)))
+    assert sorted(o.outcome for o in outcomes) == ["duplicate"] * 4 + ["turn"]
+    await asyncio.gather(*(o.done for o in outcomes if o.done is not None))
+    assert len(answer_calls(ollama)) == 1
+    assert len(bot.service.in_channel("general")) == 1
+
+
+async def test_a_redelivery_after_a_restart_is_not_answered_again(
+    make_settings: SettingsFactory, ollama: FakeOllama
+) -> None:
+    settings = make_settings()
+    platform = MemoryPlatform()
+    async with await Runtime.start(settings) as first:
+        bot = await chat(first, service=platform)
+        message = bot.message(QUESTION, event_id="Ev3")
+        await bot.ask(QUESTION, event_id="Ev3")
+    async with await Runtime.start(settings) as second:
+        bot = await chat(second, service=platform)
+        assert (await bot.submit(message)).outcome == "duplicate"
+    assert len(answer_calls(ollama)) == 1
+
+
+# ----------------------------------------------------------------------------- who and how often
+
+
+async def test_the_bots_own_messages_and_other_bots_are_ignored(
+    bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    assert (await bot.deliver(QUESTION, is_self=True)).outcome == "ignored"
+    assert (await bot.deliver(QUESTION, is_bot=True)).outcome == "ignored"
+    assert bot.service.posts == {} and ollama.chat_bodies() == []
+
+
+async def test_the_rate_limit_refuses_clearly_and_takes_nothing(
+    make_settings: SettingsFactory, ollama: FakeOllama
+) -> None:
+    settings = make_settings(intake={"rate_limit_per_minute": 6.0, "rate_limit_burst": 2})
+    async with await Runtime.start(settings) as rt:
+        bot = await chat(rt, rate_limit_per_minute=None)  # the intake's default applies
+        submissions = [await bot.deliver(f"What is topic {n}?", author="ann") for n in range(3)]
+        assert [s.outcome for s in submissions] == ["turn", "turn", "rate_limited"]
+        refusal = bot.service.in_channel("general")[-1]
+        assert refusal.private_to == "ann"
+        assert "did not take that question" in refusal.text and "second" in refusal.text
+        # Someone else is not held back by ann's bucket.
+        other = await bot.deliver("What is BERT?", author="bob")
+        assert other.outcome == "turn"
+        await asyncio.gather(*(s.done for s in [*submissions, other] if s.done is not None))
+        transcript = await rt.memory.transcript(GENERAL)
+    assert transcript is not None
+    questions = [t.question for t in transcript.turns]
+    assert "What is topic 2?" not in questions and len(questions) == 3
+
+
+# ----------------------------------------------------------------------------- queueing
+
+
+async def test_a_question_in_a_busy_conversation_is_queued_with_a_notice(
+    bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    ollama.latency_s = 0.1
+    submissions = [await bot.deliver(f"What is topic {n}?") for n in range(3)]
+    elsewhere = await bot.deliver("What is BERT?", channel="other")
+    notices = [p.text for p in bot.service.in_channel("general") if p.text.startswith("I am")]
+    assert notices == [
+        "I am still working on an earlier question here; yours is next.",
+        "I am still working on an earlier question here; yours is queued behind 2.",
+    ]
+    # Another conversation is not told to wait.
+    assert not [p for p in bot.service.in_channel("other") if p.text.startswith("I am")]
+    replies = await asyncio.gather(*(s.done for s in [*submissions, elsewhere] if s.done))
+    assert [r.question for r in replies[:3]] == [f"What is topic {n}?" for n in range(3)]
+    assert all(r.ok for r in replies)
+
+
+# ----------------------------------------------------------------------------- delivery
+
+
+async def test_a_flaky_platform_still_gets_the_whole_answer_in_one_post(
+    runtime: Runtime, bot: InMemoryAdapter
+) -> None:
+    bot.service.fail_next(2)  # the progress post and the next update fail
+    reply = await bot.ask(QUESTION)
+    posts = bot.service.in_channel("general")
+    assert len(posts) == 1
+    assert posts[0].text.startswith(reply.body)
+    assert "went wrong" not in posts[0].text
+
+
+async def test_a_failed_delivery_still_saves_the_answer(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(intake={"delivery_retries": 2, "delivery_backoff_s": 0.0})
+    async with await Runtime.start(settings) as rt:
+        bot = await chat(rt)
+        bot.service.fail_next(1000)  # the platform is down for this whole turn
+        with caplog.at_level(logging.WARNING):
+            reply = await bot.ask(QUESTION)
+        assert reply.ok
+        await rt.pipeline.settle()
+        state = await rt.memory.load(GENERAL)
+        assert state.turns[-1].answer == reply.body
+        assert "giving up delivering the reply" in caplog.text
+    # Given up on, not pending: the next start does not post it out of the blue.
+    async with await Runtime.start(settings) as again:
+        await chat(again)
+        assert await again.recover() == 0
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+async def test_commands_answer_here_and_reset_is_for_admins(
+    runtime: Runtime, bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    reply = await bot.ask(QUESTION)
+    calls = len(ollama.chat_bodies())
+
+    assert (await bot.deliver("/reset", author="mallory")).outcome == "command"
+    refusal = bot.service.in_channel("general")[-1]
+    assert refusal.private_to == "mallory" and "the channel's admins" in refusal.text
+    assert (await runtime.memory.load(GENERAL)).turns, "nothing was forgotten"
+
+    await bot.deliver("sources")
+    listing = bot.service.in_channel("general")[-1].text
+    for source in reply.sources:
+        assert f"[{source.n}] {source.title} — {source.url}" in listing
+    assert "score" in listing
+
+    await bot.deliver("/session")
+    assert "I remember 1 question here" in bot.service.in_channel("general")[-1].text
+
+    await bot.deliver("/help")
+    assert "/reset" in bot.service.in_channel("general")[-1].text
+
+    await bot.deliver("/reset", author="alice", is_admin=True)
+    assert "forgotten" in bot.service.in_channel("general")[-1].text
+    assert (await runtime.memory.load(GENERAL)).turns == ()
+    await bot.deliver("/sources")
+    assert "not answered anything" in bot.service.in_channel("general")[-1].text
+    assert len(ollama.chat_bodies()) == calls, "no command reached the language model"
+
+
+# ----------------------------------------------------------------------------- untrusted text
+
+
+async def test_links_and_mentions_from_the_model_are_made_inert(
+    bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    def injected(body: dict[str, Any]) -> list[str]:
+        if SYNTHESIS_MARKER in str(body["messages"][0]["content"]):
+            return split_tokens("Transformers use attention [1]. Note: @everyone check "
+                                "<https://evil.example/x> and ping <@123> <!channel>.")  # fmt: skip
+        return default_responder(body)
+
+    ollama.responder = injected
+    reply = await bot.ask(QUESTION)
+    shown = bot.service.in_channel("general")[-1].text
+    assert "@everyone" not in shown and "<@123>" not in shown and "<!channel>" not in shown
+    assert "https://evil.example" not in shown and "evil" in shown, "kept readable, inert"
+    assert reply.neutralised.links == 1 and reply.neutralised.mentions == 3
+    cited = reply.cited[0]
+    assert cited.url in shown, "the real source links stay"
+
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+async def test_shutdown_lets_a_turn_in_flight_finish(
+    make_settings: SettingsFactory, ollama: FakeOllama
+) -> None:
+    settings = make_settings()
+    ollama.latency_s = 0.2
+    async with await Runtime.start(settings) as rt:
+        bot = await chat(rt)
+        submission = await bot.deliver(QUESTION)
+        await ollama.wait_for_requests(1, "/api/chat")
+        # Leaving the block is the shutdown: intake closes, the turn gets its grace.
+    assert submission.done is not None and submission.done.done()
+    assert submission.done.result().ok
+    assert bot.service.in_channel("general")[0].text.startswith(submission.done.result().body)
+    assert (await rt.intake.submit(bot.message(QUESTION))).outcome == "closed"
+
+
+async def test_a_turn_cut_by_shutdown_is_answered_at_the_next_start_in_the_same_post(
+    make_settings: SettingsFactory, ollama: FakeOllama
+) -> None:
+    settings = make_settings(intake={"shutdown_grace_s": 0.05})
+    platform = MemoryPlatform()
+    async with await Runtime.start(settings) as rt:
+        bot = await chat(rt, service=platform)
+        ollama.faults.append(Fault.hang())  # the turn's keyword call never answers
+        submission = await bot.deliver(QUESTION, event_id="Ev9")
+        await ollama.wait_for_requests(1, "/api/chat")
+    assert submission.done is not None and submission.done.cancelled()
+    placeholder = platform.in_channel("general")
+    assert len(placeholder) == 1 and placeholder[0].text.startswith("…")
+
+    async with await Runtime.start(settings) as rt:
+        bot = await chat(rt, service=platform)
+        assert await rt.recover() == 1
+        await rt.intake.drain(grace_s=30)
+        assert await rt.recover() == 0, "answered once"
+    posts = platform.in_channel("general")
+    assert len(posts) == 1, "the recovered turn edited its reply instead of posting again"
+    assert "Sources:" in posts[0].text
+
+
+async def test_recovery_quarantines_an_event_that_crashed_twice(
+    make_settings: SettingsFactory, ollama: FakeOllama, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings()
+    store = await MemoryStore.open(settings.memory.database)
+    try:
+        async with await Runtime.start(settings) as rt:
+            bot = InMemoryAdapter(rt.intake.submit)
+            message = bot.message("poison", event_id="Ev-poison")
+        # What two crashed processes leave behind: claimed, then taken over once.
+        assert await store.claim("memory", "Ev-poison", GENERAL, "poison",
+                                 encode_message(message, bot)) is not None  # fmt: skip
+        assert len(await store.recover(platforms=["memory"], max_age_s=3600)) == 1
+    finally:
+        await store.close()
+    with caplog.at_level(logging.WARNING):
+        async with await Runtime.start(settings) as rt:
+            await chat(rt)
+            assert await rt.recover() == 0
+            transcript = await rt.memory.transcript(GENERAL)
+    assert "quarantined memory event Ev-poison" in caplog.text
+    assert transcript is not None and transcript.turns[0].status == "quarantined"
+    assert ollama.chat_bodies() == []
