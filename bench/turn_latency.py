@@ -114,7 +114,7 @@ async def measure(runtime: Runtime, services: FakeServices, args: argparse.Names
     for i in range(args.turns):
         question = QUESTIONS[i % len(QUESTIONS)]
         await services.set_latency(source_s=args.source_latency, llm_s=args.llm_latency)
-        topics = await timed_turn(runtime, bot, services, question, f"bench-{i}", samples)
+        topics = await timed_turn(runtime, bot, services, question, f"bench-{i}", samples=samples)
         # The same parallel-phase work, measured alone, with no latency injected.
         await services.set_latency(source_s=0.0, llm_s=0.0)
         await compute_alone(runtime, question, topics, samples)
@@ -127,6 +127,7 @@ async def timed_turn(
     services: FakeServices,
     question: str,
     session: str,
+    *,
     samples: Samples,
 ) -> list[str]:
     before = await services.counts()

@@ -5,8 +5,9 @@ through it exactly as a platform adapter would, and it is the reference for what
 adapter does. Like a chat platform it posts one reply per question (a progress line
 first), edits it as the answer streams in, and shows users only the public notice lines.
 
-The platform is a :class:`MemoryPlatform` (``service``) of its own, so it outlives the adapter: a bot
-restarted on the same platform finds the posts of the one before (and edits them).
+The platform is a :class:`MemoryPlatform` (``service``) of its own, so it outlives the
+adapter: a bot restarted on the same platform finds the posts of the one before (and edits
+them).
 ``fail_next(n)`` makes its next ``n`` posts or edits fail, as a flaky platform would.
 """
 
