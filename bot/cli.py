@@ -21,6 +21,8 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, TextIO
 
+from bot.adapters.base import Adapter
+from bot.adapters.platforms import chat_adapters
 from bot.adapters.render import render_reply
 from bot.adapters.terminal import TerminalAdapter, terminal_key
 from bot.agents.memory import MemoryStore
@@ -186,9 +188,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
     if command == "sessions":
         return await _sessions(args.action, getattr(args, "key", None), settings, sys.stdout)
-    if command is None:
-        print(_platform_notice(settings), file=sys.stderr)
-        command, args.session = "chat", "default"
+    serving = command is None
     if command == "demo":
         # A low threshold so the running summary appears within three questions.
         memory = dataclasses.replace(settings.memory, summarize_after=2, keep_recent=1)
@@ -201,11 +201,40 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await _ask(runtime, session, args.questions, as_json=args.json)
         if command == "demo":
             return await _demo(runtime)
+        if serving:
+            adapters = chat_adapters(settings, runtime.intake.submit)
+            if adapters:
+                return await _serve(runtime, adapters)
+            print(_platform_notice(settings), file=sys.stderr)
+            args.session = "default"
         terminal = TerminalAdapter(runtime.intake.submit, session=args.session)
         await runtime.add_adapter(terminal)
         await runtime.recover()
         await terminal.run()
         return 0
+
+
+async def _serve(runtime: Runtime, adapters: Sequence[Adapter[Any]]) -> int:
+    """Run the chat adapters until SIGTERM or Ctrl-C (or until one of them dies)."""
+    for adapter in adapters:
+        await runtime.add_adapter(adapter)
+    recovered = await runtime.recover()
+    names = " and ".join(adapter.platform.capitalize() for adapter in adapters)
+    print(f"research-agent is answering on {names}; Ctrl-C stops it.", file=sys.stderr)
+    if recovered:
+        print(f"Answering {recovered} question(s) left from before the restart.", file=sys.stderr)
+    # The SDKs reconnect on their own; an adapter that stops has given up.
+    waits = [asyncio.create_task(adapter.wait_stopped()) for adapter in adapters]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    dead = [adapter.platform for adapter in adapters if not adapter.is_alive]
+    _log.error("the %s adapter stopped; shutting down", ", ".join(dead))
+    print(f"The {', '.join(dead)} connection was lost for good; stopping.", file=sys.stderr)
+    return 1
 
 
 def _platform_notice(settings: Settings) -> str:

@@ -41,6 +41,8 @@ class Notes:
 
     async def close(self) -> None: ...
 
+    async def wait_stopped(self) -> None: ...
+
     @property
     def is_alive(self) -> bool:
         return True

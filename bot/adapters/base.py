@@ -86,6 +86,9 @@ class Adapter(Protocol[TargetT]):
     def is_alive(self) -> bool:
         """True while connected and accepting messages."""
 
+    async def wait_stopped(self) -> None:
+        """Return once the adapter has stopped: closed, or its connection lost for good."""
+
     def open_reply(
         self, message: InboundMessage[TargetT], *, reply_id: str | None = None
     ) -> ReplyStream:

@@ -13,6 +13,7 @@ them).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from collections.abc import Mapping
@@ -140,6 +141,7 @@ class InMemoryAdapter:
         self.service = service or MemoryPlatform()
         self.rate_limit_per_minute = rate_limit_per_minute
         self._alive = False
+        self._stopped = asyncio.Event()
         self.replies: list[MemoryReply] = []
 
     @property
@@ -151,6 +153,10 @@ class InMemoryAdapter:
 
     async def close(self) -> None:
         self._alive = False
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
 
     # ------------------------------------------------------------------ Adapter
 

@@ -131,6 +131,7 @@ class TerminalAdapter:
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._reader: threading.Thread | None = None
         self._alive = False
+        self._stopped = asyncio.Event()
         # Event ids need only be unique per process and run: the pid and a counter.
         self._ids = (
             f"{os.getpid()}-{datetime.now(UTC):%Y%m%d%H%M%S}-{n}" for n in itertools.count()
@@ -151,6 +152,10 @@ class TerminalAdapter:
         if self._alive:
             self._alive = False
             self._lines.put_nowait(None)  # wakes run() if it is waiting for input
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
 
     # ------------------------------------------------------------------ Adapter
 
