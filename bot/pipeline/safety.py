@@ -40,8 +40,11 @@ to whitespace or an angle construct). No link or mention contains whitespace (a 
 label may, which is why angle constructs are units of their own), so a unit ends where the
 text seen so far says it ends and the stream can emit every finished unit at once. A word
 longer than :data:`_CAP` characters is cut into pieces, at a point no short token
-(``https://``, ``www.``, ``@everyone``) straddles, so the pieces cannot join into a live
-token again; a link running into such a cut is never treated as a source URL.
+(``https://``, ``www.x``, ``@everyone``) straddles, so the pieces cannot join into a live
+token again (where no such point exists, a zero-width space goes in between); a link
+running into such a cut is never treated as a source URL. Where a rewritten angle
+construct meets a word (``http<https://x|s://y>``) a zero-width space keeps the two from
+forming a token together.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from bot.contract import Neutralised
 
 __all__ = ["SafetyFilter", "neutralise"]
 
-ZWSP = "\u200b"
+_ZWSP = "\u200b"
 
 # A word this long is rewritten in pieces, so a stream never holds more than about
 # _CAP + _LOOK + _ANGLE_MAX characters back.
@@ -90,18 +93,22 @@ _WORD_TOKEN = re.compile(
 # Inside a link being defanged: its scheme and host, and any link nested in it (a redirect
 # target in the query would otherwise be autolinked once the outer link is inert).
 _INNER_LINK = re.compile(
-    r"(?P<h>(?i:h))(?P<tt>(?i:tt))(?P<tail>(?i:ps?)://)(?P<host>[^/?#\s<>]*)"
-    r"|(?P<www>(?<![A-Za-z0-9])(?i:www)\.[^/?#\s<>]*)"
+    r"(?P<h>(?i:h))(?P<tt>(?i:tt))(?P<tail>(?i:ps?)://)(?P<host>(?:(?!(?i:https?)://)[^/?#\s<>])*)"
+    r"|(?P<www>(?<![A-Za-z0-9])(?i:www)\.(?:(?!(?i:https?)://)[^/?#\s<>])*)"
 )
 # Defanged text is plain text again, so "@here" in a path would notify: no e-mail excuse.
 _MENTION = re.compile(r"@((?i:everyone|here|channel))(?!\w)")
-_SHORT_TOKEN = re.compile(r"(?i:https?://|www\.|@(?:everyone|here|channel))")
+# What a cut must not split: the shortest text each kind of token needs to be seen.
+# Found with a lookahead, so overlapping ones ("www.https://") are all seen.
+_SHORT_TOKEN = re.compile(r"(?=((?i:https?://|www\.[A-Za-z0-9-]|@(?:everyone|here|channel))))")
 _EMAIL_DOMAIN = re.compile(r"\.[A-Za-z0-9]")
 _EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.:/@")
 _TRAILING = frozenset(".,:;!?*_~'\"`…")
 _CLOSERS = {")": "(", "]": "["}
 
-_UnitKind = Literal["space", "angle", "word", "cut"]
+# "forced": a cut that could not avoid a token ("www.www.www..." has no free position).
+_UnitKind = Literal["space", "angle", "word", "cut", "forced"]
 
 
 def neutralise(text: str, allowed_urls: Collection[str]) -> tuple[str, Neutralised]:
@@ -166,6 +173,9 @@ class _Rewriter:
         self._longest = max((len(url) + 1 for url in self._allowed), default=0)
         self.links = 0
         self.mentions = 0
+        self._tail = ""  # the last character written
+        self._last_kind: _UnitKind = "space"
+        self._resume = 0  # how far into the held-back text the word scan got
 
     @property
     def counts(self) -> Neutralised:
@@ -176,17 +186,30 @@ class _Rewriter:
         out: list[str] = []
         i = 0
         while i < len(text):
-            unit = _next_unit(text, i, final=final)
-            if unit is None:
+            kind, end = _next_unit(text, i, final=final, resume=i + self._resume)
+            self._resume = 0
+            if kind is None:
+                # Held back; the scan of a long word picks up here rather than at its start.
+                self._resume = end - i
                 break
-            kind, end = unit
             piece = text[i:end]
             if kind == "space":
-                out.append(piece)
+                rendered = piece
             elif kind == "angle":
-                out.append(self._angle(piece))
+                rendered = self._angle(piece)
             else:
-                out.append(self._word(piece, cut=kind == "cut"))
+                rendered = self._word(piece, cut=kind != "word")
+            # Each unit is safe alone, but a rewritten angle construct next to a word can
+            # complete a token: "http" + "<https://x|s://y>" would read "https://y ...".
+            # Every token is made of _TOKEN_CHARS, so one invisible space between them is
+            # enough. A cut needs one only if it could not be placed outside every token.
+            seam = "angle" in (kind, self._last_kind) or self._last_kind == "forced"
+            if seam and rendered[:1] in _TOKEN_CHARS and self._tail in _TOKEN_CHARS:
+                rendered = _ZWSP + rendered
+            if rendered:
+                self._tail = rendered[-1]
+            self._last_kind = kind
+            out.append(rendered)
             i = end
         return "".join(out), i
 
@@ -230,8 +253,8 @@ class _Rewriter:
         name = match.group("slack") or match.group("team")
         shown = label.strip().lstrip("@") if label and name else ""
         if shown:
-            return "@" + ZWSP + self._plain(shown)
-        return "@" + ZWSP + (name or match.group("discord") or match.group("special"))
+            return "@" + _ZWSP + self._plain(shown)
+        return "@" + _ZWSP + (name or match.group("discord") or match.group("special"))
 
     def _plain(self, text: str) -> str:
         """A label: plain text with no angle constructs, short enough to need no cuts."""
@@ -243,7 +266,7 @@ class _Rewriter:
 
     def _mention(self, token: str) -> str:
         self.mentions += 1
-        return "@" + ZWSP + token[1:]
+        return "@" + _ZWSP + token[1:]
 
     def _defang(self, link: str) -> str:
         def inert(match: re.Match[str]) -> str:
@@ -258,7 +281,7 @@ class _Rewriter:
                 + match.group("host").replace(".", "[.]")
             )
 
-        text, count = _MENTION.subn("@" + ZWSP + r"\1", _INNER_LINK.sub(inert, link))
+        text, count = _MENTION.subn("@" + _ZWSP + r"\1", _INNER_LINK.sub(inert, link))
         self.mentions += count
         return text
 
@@ -311,8 +334,9 @@ def _autolink_end(link: str) -> int:
     return end
 
 
-def _next_unit(text: str, i: int, *, final: bool) -> tuple[_UnitKind, int] | None:
-    """The unit starting at ``text[i]``: its kind and end, or None if more text could change it.
+def _next_unit(text: str, i: int, *, final: bool, resume: int = 0) -> tuple[_UnitKind | None, int]:
+    """The unit starting at ``text[i]``: ``(kind, end)``, or ``(None, resume)`` if more text
+    could change it (``resume``: where a later call may continue the word scan).
 
     Whenever this returns a unit for a prefix of a stream, it returns the same one for the
     whole stream: that is what makes :class:`SafetyFilter` independent of chunking.
@@ -324,10 +348,10 @@ def _next_unit(text: str, i: int, *, final: bool) -> tuple[_UnitKind, int] | Non
     if text[i] == "<":
         angle = _angle_end(text, i, final=final)
         if angle is None:
-            return None
+            return None, i
         if angle:
             return "angle", angle
-    return _word_end(text, i, final=final)
+    return _word_end(text, i, final=final, resume=resume)
 
 
 def _angle_end(text: str, i: int, *, final: bool) -> int | None:
@@ -340,16 +364,17 @@ def _angle_end(text: str, i: int, *, final: bool) -> int | None:
     return None if _ANGLE_PREFIX.fullmatch(text, i) else 0
 
 
-def _word_end(text: str, i: int, *, final: bool) -> tuple[_UnitKind, int] | None:
+def _word_end(text: str, i: int, *, final: bool, resume: int) -> tuple[_UnitKind | None, int]:
     limit = i + _CAP + _LOOK
-    j = i + 1
+    # A "<" found not to open an angle construct stays so, so a resumed scan skips it.
+    j = max(i + 1, resume)
     while True:
         stop = _WORD_STOP.search(text, j, limit)
         if stop is None:
             if len(text) >= limit:
-                return "cut", _cut_point(text, i, limit)
+                return _cut_point(text, i, limit)
             if not final:
-                return None
+                return None, len(text)
             end = len(text)
             break
         k = stop.start()
@@ -358,21 +383,21 @@ def _word_end(text: str, i: int, *, final: bool) -> tuple[_UnitKind, int] | None
             break
         angle = _angle_end(text, k, final=final)
         if angle is None:
-            return None
+            return None, k
         if angle:
             end = k
             break
         j = k + 1
     if end - i > _CAP:
-        return "cut", _cut_point(text, i, end)
+        return _cut_point(text, i, end)
     return "word", end
 
 
-def _cut_point(text: str, start: int, stop: int) -> int:
-    """Where a long word is cut: near ``start + _CAP``, never inside a short token."""
+def _cut_point(text: str, start: int, stop: int) -> tuple[_UnitKind, int]:
+    """Where a long word is cut: near ``start + _CAP``, outside any short token if it can."""
     low, high = start + _CAP - _LOOK, start + _CAP
     inside: set[int] = set()
     for token in _SHORT_TOKEN.finditer(text, low - _LOOK, stop):
-        inside.update(range(token.start() + 1, token.end()))
-    # The window is longer than any token, so some position in it is free.
-    return next(p for p in range(high, low - 1, -1) if p not in inside)
+        inside.update(range(token.start(1) + 1, token.end(1)))
+    free = next((p for p in range(high, low - 1, -1) if p not in inside), None)
+    return ("forced", high) if free is None else ("cut", free)
