@@ -14,11 +14,14 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bot.adapters.terminal import TerminalAdapter
+from bot.agents.memory import MemoryStore
 from bot.cli import build_parser
+from bot.config import load_settings
 from bot.runtime import Runtime
 from tests.fakes.base import Fault
 from tests.fakes.ollama import FakeOllama
@@ -121,6 +124,29 @@ async def test_sessions_list_show_and_reset(write_config: Callable[..., Path]) -
     assert "No sessions yet." in (await bot("sessions", "list", "--config", config)).out
 
 
+async def test_sessions_show_marks_expired_and_quarantined_questions(
+    write_config: Callable[..., Path],
+) -> None:
+    config = write_config()
+    store = await MemoryStore.open(load_settings(config, env={}).memory.database)
+    key = "memory:general"
+    try:
+        assert await store.claim("memory", "old", key, "A stale question?", "{}")
+        # A start an hour later: too old to answer.
+        later = datetime.now(UTC) + timedelta(hours=1)
+        await store.recover(platforms=["memory"], max_age_s=60, now=later)
+        assert await store.claim("memory", "bad", key, "A poison question?", "{}")
+        # Its one allowed attempt crashed the bot.
+        assert await store.recover(platforms=["memory"], max_age_s=3600, max_attempts=1) == []
+    finally:
+        await store.close()
+    shown = await bot("sessions", "show", key, "--config", str(config))
+    assert shown.code == 0, shown.err
+    stale, poison = shown.out.split("you: ")[1:]
+    assert stale.startswith("A stale question?") and "(expired:" in stale
+    assert poison.startswith("A poison question?") and "(quarantined:" in poison
+
+
 async def test_a_config_typo_fails_before_starting_and_names_the_key(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text("[llm]\nmodle = 'llama3.2'\n", encoding="utf-8")
@@ -185,6 +211,28 @@ async def test_ctrl_c_exits_cleanly(write_config: Callable[..., Path]) -> None:
     assert proc.returncode == 130
     assert b"Interrupted" in err
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err
+
+
+async def test_sigterm_mid_answer_finishes_that_answer_then_exits(
+    write_config: Callable[..., Path], ollama: FakeOllama
+) -> None:
+    ollama.chunk_delay_s = 0.05  # an answer takes a few seconds to stream
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "chat", "--config", str(write_config()),
+        cwd=ROOT, env=child_env(), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    await asyncio.wait_for(proc.stdout.readuntil(b"you> "), 60)
+    proc.stdin.write(b"What is BERT?\n")
+    await proc.stdin.drain()
+    await asyncio.wait_for(ollama.wait_for_requests(2, "/api/chat"), 60)  # the answer streams
+    proc.send_signal(signal.SIGTERM)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    answer = out.decode().split("bot> ")[1]
+    assert "Sources:" in answer, "the answer in flight was finished"
+    assert b"Stopped; bye." in err and b"Traceback" not in err
 
 
 async def test_a_reset_from_another_process_is_honoured_by_the_running_bot(

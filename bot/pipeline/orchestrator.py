@@ -152,6 +152,13 @@ class Pipeline:
         self._answer_chain = prompts.SYNTHESIS_PROMPT | llm
         self._summary_chain = prompts.SUMMARY_PROMPT | llm | text
 
+    @property
+    def _memory_hint(self) -> str:
+        return (
+            f"The memory database {self._settings.memory.database} failed (see the log); "
+            "check that it is writable, or point [memory].database elsewhere."
+        )
+
     # ----------------------------------------------------------------- entry points
 
     async def answer(
@@ -214,7 +221,7 @@ class Pipeline:
             )
             turn.question = turn.question[:limit].rstrip()
         if turn.claim is None:
-            turn.notices.append(Notice("memory_unavailable", NOT_SAVED))
+            turn.notices.append(Notice("memory_unavailable", NOT_SAVED, self._memory_hint))
         async with self._locks.lock(key):
             return await turn.clock.time("total_s", self._run(turn))
 
@@ -318,7 +325,7 @@ class Pipeline:
             turn.state = await self._memory.load(key)
         except MemoryStoreError:
             _log.exception("could not restore conversation %s", key)
-            turn.notices.append(Notice("memory_unavailable", NOT_RESTORED))
+            turn.notices.append(Notice("memory_unavailable", NOT_RESTORED, self._memory_hint))
             turn.state = ConversationState(key=key)
         return turn.state
 
