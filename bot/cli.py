@@ -266,17 +266,7 @@ def reply_json(reply: Reply) -> dict[str, Any]:
         "body": reply.body,
         "status": reply.status,
         "topics": list(reply.topics),
-        "sources": [
-            {
-                "n": s.n,
-                "title": s.title,
-                "url": s.url,
-                "source": s.source,
-                "score": s.score,
-                "cited": s.cited,
-            }
-            for s in reply.sources
-        ],
+        "sources": [dataclasses.asdict(s) for s in reply.sources],
         "unavailable": list(reply.unavailable),
         "notices": [n.user for n in reply.notices],
         "notice_details": [

@@ -91,6 +91,16 @@ async def test_a_redelivery_after_a_restart_is_not_answered_again(
     assert len(answer_calls(ollama)) == 1
 
 
+async def test_a_redelivered_command_or_refusal_is_not_answered_twice(
+    bot: InMemoryAdapter,
+) -> None:
+    for text in ("/help", "   "):
+        message = bot.message(text)
+        assert (await bot.submit(message)).outcome in {"command", "empty"}
+        assert (await bot.submit(message)).outcome == "duplicate"
+    assert len(bot.service.in_channel("general")) == 2
+
+
 # ----------------------------------------------------------------------------- who and how often
 
 

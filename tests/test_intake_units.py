@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -11,7 +12,15 @@ import pytest
 
 from bot.adapters.base import Submission
 from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
-from bot.intake.chain import Context, IgnoreBots, Queue, RateLimit, SkipEmpty, compose
+from bot.intake.chain import (
+    Context,
+    IgnoreBots,
+    Queue,
+    RateLimit,
+    SeenRecently,
+    SkipEmpty,
+    compose,
+)
 from bot.intake.commands import help_text, parse_command
 from bot.intake.delivery import GuardedReply
 from bot.intake.ratelimit import RateLimiter, describe_wait
@@ -79,6 +88,20 @@ async def passed(context: Context) -> Submission:
 
 
 # ----------------------------------------------------------------------------- steps
+
+
+async def test_an_event_seen_before_stops_at_the_door_and_memory_is_bounded() -> None:
+    step = SeenRecently(size=2)
+    adapter = Notes()
+
+    def event(event_id: str) -> Context:
+        return Context(dataclasses.replace(message(), event_id=event_id), adapter)
+
+    assert (await step(event("a"), passed)).outcome == "turn"
+    assert (await step(event("a"), passed)).outcome == "duplicate"
+    await step(event("b"), passed)
+    await step(event("c"), passed)  # "a" is the oldest and is forgotten
+    assert (await step(event("a"), passed)).outcome == "turn"
 
 
 async def test_the_bots_own_messages_and_other_bots_are_ignored() -> None:

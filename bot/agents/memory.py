@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -239,20 +240,7 @@ def _session_info(row: sqlite3.Row) -> SessionInfo:
 
 
 def _sources_json(sources: Iterable[Source]) -> str:
-    return json.dumps(
-        [
-            {
-                "n": s.n,
-                "title": s.title,
-                "url": s.url,
-                "source": s.source,
-                "score": s.score,
-                "cited": s.cited,
-            }
-            for s in sources
-        ],
-        ensure_ascii=False,
-    )
+    return json.dumps([dataclasses.asdict(s) for s in sources], ensure_ascii=False)
 
 
 def _sources(text: str) -> tuple[Source, ...]:

@@ -1,6 +1,7 @@
 """The one door every inbound message goes through, as a chain of small steps.
 
     submit(message)
+      │    SeenRecently    an event this process already handled (a platform's retry)
       │ 1. IgnoreBots      the bot's own messages, and other bots' unless configured
       │    SkipEmpty       nothing left to answer: a hint, no turn
       │ 2. HandleCommands  reset / sources / session / help, answered here
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,6 +74,29 @@ def _link(step: Step, after: Next) -> Next:
 
 
 # ----------------------------------------------------------------------------- steps
+
+
+class SeenRecently:
+    """Stops a redelivery of an event this process has already handled.
+
+    Commands, refusals and hints never reach the inbox, so without this a platform's retry
+    (Slack resends what it did not see acknowledged in 3 s) would answer them twice. It is
+    a bounded in-process memory; the durable guarantee for questions is :class:`Inbox`.
+    """
+
+    def __init__(self, *, size: int = 4096) -> None:
+        self._size = size
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    async def __call__(self, context: Context, after: Next) -> Submission:
+        key = (context.message.platform, context.message.event_id)
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return Submission("duplicate")
+        self._seen[key] = None
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+        return await after(context)
 
 
 class IgnoreBots:

@@ -31,6 +31,7 @@ from bot.intake.chain import (
     Inbox,
     Queue,
     RateLimit,
+    SeenRecently,
     SkipEmpty,
     StartTurn,
     compose,
@@ -72,6 +73,7 @@ class Intake:
         self._recovered = compose(queued, start)
         self._fresh = compose(
             [
+                SeenRecently(),
                 IgnoreBots(respond_to_bots=settings.respond_to_bots),
                 SkipEmpty(),
                 HandleCommands(Commands(store=store, reset=pipeline.reset)),
