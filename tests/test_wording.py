@@ -16,7 +16,7 @@ def test_fallback_answer() -> None:
         (SOURCES[2], "Guido van Rossum is a Dutch programmer"),
         (Source(4, "Extra", "https://x", "wikipedia", 0.1), "Not shown."),
     ]
-    answer = fallback_answer(items)
+    answer = fallback_answer(items[:3])
     # The links are in the reply's Sources list, which the adapter renders.
     assert answer.splitlines() == [
         FALLBACK_LEAD,

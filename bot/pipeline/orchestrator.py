@@ -76,6 +76,8 @@ _B = TypeVar("_B")
 # Exchanges shown to the keyword step, so "and its successor?" can be resolved.
 RECENT_TURNS = 2
 LANGUAGE_MODEL = "language model"
+# Without the model, the answer is the first sentences of this many best sources.
+FALLBACK_SOURCES = 3
 # A notice of one of these kinds means the reply is missing something: ``degraded``.
 _DEGRADING = frozenset(
     {"source_unavailable", "memory_unavailable", "llm_unavailable", "answer_cut"}
@@ -374,10 +376,11 @@ class Pipeline:
         assert turn.llm_error is not None
         turn.notices.append(Notice("llm_unavailable", LLM_DOWN, operator=turn.llm_error.hint))
         # First sentences of fetched text: as untrusted as anything the model writes.
-        body, found = neutralise(fallback_answer(sources), {s.url for s, _ in sources})
+        listed = sources[:FALLBACK_SOURCES]
+        body, found = neutralise(fallback_answer(listed), {s.url for s, _ in listed})
         turn.neutralised += found
         await turn.emit(body)
-        return _Body(body, [s.n for s, _ in sources[:3]])
+        return _Body(body, [s.n for s, _ in listed])
 
     async def _stream_answer(
         self,

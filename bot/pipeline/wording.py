@@ -69,14 +69,14 @@ def question_cut_line(length: int, limit: int) -> str:
     return f"Your message was {length:,} characters long; I used only its first {limit:,}."
 
 
-def fallback_answer(sources: Sequence[tuple[Source, str]], *, limit: int = 3) -> str:
+def fallback_answer(sources: Sequence[tuple[Source, str]]) -> str:
     """The answer when the model is unavailable: :data:`FALLBACK_LEAD`, then the sources.
 
-    Lists the first ``limit`` sources (they are expected best first) as
-    ``[n] Title: first sentence.`` lines; their links are in the reply's Sources list.
+    Lists ``sources`` (the caller picks the best few) as ``[n] Title: first sentence.``
+    lines; their links are in the reply's Sources list.
     """
     lines = [FALLBACK_LEAD]
-    for source, text in sources[: max(limit, 0)]:
+    for source, text in sources:
         line = f"[{source.n}] {source.title}"
         sentence = first_sentence(text)
         if sentence:
