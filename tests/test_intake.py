@@ -157,6 +157,17 @@ async def test_a_question_in_a_busy_conversation_is_queued_with_a_notice(
 # ----------------------------------------------------------------------------- delivery
 
 
+async def test_a_notice_the_platform_refuses_does_not_lose_the_question(
+    bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    ollama.latency_s = 0.05
+    first = await bot.deliver("What is BERT?")
+    bot.service.fail_next(1)  # the "yours is next" notice fails
+    second = await bot.deliver("What is GPT?")
+    assert second.outcome == "turn" and second.done is not None
+    assert (await second.done).ok and first.done is not None and (await first.done).ok
+
+
 async def test_a_flaky_platform_still_gets_the_whole_answer_in_one_post(
     runtime: Runtime, bot: InMemoryAdapter
 ) -> None:

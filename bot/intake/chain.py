@@ -118,7 +118,7 @@ class SkipEmpty:
     async def __call__(self, context: Context, after: Next) -> Submission:
         if context.message.text.strip():
             return await after(context)
-        await context.adapter.notify(context.message, EMPTY_HINT, private=True)
+        await _notify(context, EMPTY_HINT, private=True)
         return Submission("empty")
 
 
@@ -133,7 +133,7 @@ class HandleCommands:
         if command is None:
             return await after(context)
         reply = await self._commands.run(command, context.message, context.adapter)
-        await context.adapter.notify(context.message, reply.text, private=reply.private)
+        await _notify(context, reply.text, private=reply.private)
         return Submission("command")
 
 
@@ -160,8 +160,8 @@ class RateLimit:
             message.author.id,
             verdict.retry_after_s,
         )
-        await context.adapter.notify(
-            message,
+        await _notify(
+            context,
             "You are asking faster than I can research. I did not take that question; "
             f"please ask it again {describe_wait(verdict.retry_after_s)}.",
             private=True,
@@ -227,8 +227,8 @@ class Queue:
         try:
             if ahead:
                 others = "yours is next" if ahead == 1 else f"yours is queued behind {ahead}"
-                await context.adapter.notify(
-                    context.message,
+                await _notify(
+                    context,
                     f"I am still working on an earlier question here; {others}.",
                     private=False,
                 )
@@ -311,6 +311,19 @@ class StartTurn:
             await call
         except MemoryStoreError:
             _log.exception("could not %s event %s", what, message.event_id)
+
+
+async def _notify(context: Context, text: str, *, private: bool) -> None:
+    """Post a short line; a platform failing to take it must not stop the chain."""
+    try:
+        await context.adapter.notify(context.message, text, private=private)
+    except Exception:
+        _log.warning(
+            "could not post a notice for %s event %s",
+            context.message.platform,
+            context.message.event_id,
+            exc_info=True,
+        )
 
 
 def _release(busy: Counter[str], key: str) -> None:
