@@ -292,7 +292,11 @@ async def test_recover_counts_attempts_then_quarantines(
     assert event.attempts == 3
 
     with caplog.at_level(logging.WARNING, logger="bot.agents.memory"):
-        assert await store.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=3) == []
+        (given_up,) = await store.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=3)
+    # Handed back once, with no claim, so its author can be told; never again after that.
+    assert given_up.quarantined and given_up.claim is None
+    assert (given_up.event_id, given_up.reply_id, given_up.attempts) == ("m1", "reply-1", 3)
+    assert await store.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=3) == []
 
     assert state(path, "discord", "m1") == ("quarantined", 3)
     (record,) = [r for r in caplog.records if "quarantined" in r.getMessage()]
@@ -314,7 +318,10 @@ async def test_release_gives_back_the_attempt(store: MemoryStore, path: Path) ->
     recovered = await store.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=2)
     assert [(e.event_id, e.attempts) for e in recovered] == [("m1", 1), ("m2", 2)]
     recovered = await store.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=2)
-    assert [(e.event_id, e.attempts) for e in recovered] == [("m1", 2)]
+    assert [(e.event_id, e.attempts, e.quarantined) for e in recovered] == [
+        ("m2", 2, True),
+        ("m1", 2, False),
+    ]
     assert state(path, "discord", "m2")[0] == "quarantined"
 
     await store.finish_event("discord", "m1", "answered")
@@ -333,6 +340,7 @@ async def test_an_event_of_a_reset_conversation_is_recovered_with_a_fresh_turn(
 
     (event,) = await store.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=5)
 
+    assert event.claim is not None
     assert event.claim.turn_id > old.turn_id
     info = await store.session("discord:c1")
     assert info is not None
@@ -415,7 +423,7 @@ async def test_transcript_marks_expired_and_quarantined_turns(store: MemoryStore
     await store.release("discord", "m2")
 
     recovered = await store.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=1)
-    assert [e.event_id for e in recovered] == ["m2"]
+    assert [(e.event_id, e.quarantined) for e in recovered] == [("m3", True), ("m2", False)]
     assert await store.recover(platforms={"discord"}, max_age_s=60, now=later(1)) == []
 
     transcript = await store.transcript("discord:c1")
@@ -439,7 +447,8 @@ async def test_recover_leaves_events_taken_after_the_process_started(
     recovered = await store.recover(
         platforms={"discord"}, max_age_s=DAY_S, max_attempts=1, received_before=started
     )
-    assert recovered == []  # "before" had used its one attempt
+    # "before" had used its one attempt: given up, and handed back once to say so.
+    assert [(e.event_id, e.quarantined) for e in recovered] == [("before", True)]
     assert state(path, "discord", "before") == ("quarantined", 1)
     assert state(path, "discord", "after") == ("pending", 1), "neither taken nor quarantined"
     with pytest.raises(ValueError):

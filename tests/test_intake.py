@@ -315,9 +315,13 @@ async def test_recovery_quarantines_an_event_that_crashed_twice(
         await store.close()
     with caplog.at_level(logging.WARNING):
         async with await Runtime.start(settings) as rt:
-            await chat(rt)
+            bot = await chat(rt)
             assert await rt.recover() == 0
             transcript = await rt.memory.transcript(GENERAL)
+            assert await rt.recover() == 0
     assert "quarantined memory event Ev-poison" in caplog.text
+    # Its author is told, once, instead of being left with a half-done reply.
+    (told,) = bot.service.in_channel("general")
+    assert "could not answer this question" in told.text
     assert transcript is not None and transcript.turns[0].status == "quarantined"
     assert ollama.chat_bodies() == []

@@ -247,6 +247,9 @@ async def test_a_question_that_crashed_the_bot_twice_is_quarantined_and_shown_so
     assert len([b for b in calls_before if synthesis_of(b, POISON)]) == 2
     # The second attempt edited the first one's reply; the healthy question got its own.
     assert [p["in_reply_to"] for p in chat.posts()] == ["Ev-poison", "Ev-next"]
+    # The half-done reply was not left hanging: its author was told it was given up.
+    poison_reply = next(m for m in chat.messages.values() if m.in_reply_to == "Ev-poison")
+    assert "could not answer this question" in poison_reply.text
     log = (config.parent / "bot.log").read_text(encoding="utf-8")
     assert f"quarantined slack event Ev-poison in {KEY} after 2 attempts" in log
 

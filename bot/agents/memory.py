@@ -196,7 +196,8 @@ class RecoveredEvent:
     ``message`` is the intake's own JSON, as given to :meth:`~MemoryStore.claim`.
     ``reply_id`` is set when a reply was already posted (the crash came after it), so the
     intake edits that message instead of posting a second one. ``attempts`` includes this
-    one.
+    one. ``claim`` is None for an event this very call quarantined: it is handed back once,
+    so the intake can tell its author it was given up, and is never answered.
     """
 
     platform: str
@@ -206,7 +207,11 @@ class RecoveredEvent:
     reply_id: str | None
     attempts: int
     received_at: str
-    claim: Claim
+    claim: Claim | None
+
+    @property
+    def quarantined(self) -> bool:
+        return self.claim is None
 
 
 def _now() -> str:
@@ -752,7 +757,8 @@ class MemoryStore:
            platform: an adapter that is not running now cannot answer it either) becomes
            ``expired``;
         2. pending events of ``platforms`` with ``attempts >= max_attempts`` become
-           ``quarantined``, each logged as a WARNING: they crashed the bot that many times;
+           ``quarantined``, each logged as a WARNING: they crashed the bot that many times.
+           They are returned first, once, with no claim (``RecoveredEvent.quarantined``);
         3. the other pending events of ``platforms`` get one more attempt and are returned,
            oldest first. One whose turn a reset deleted gets a new pending turn for its
            question, in a session created again if needed.
@@ -792,8 +798,8 @@ class MemoryStore:
                 _log.info("memory inbox: %d pending event(s) expired unanswered", expired)
             if not chosen:
                 return []
-            await self._quarantine(conn, chosen, max_attempts, stamp, before)
-            return await self._take_over(conn, chosen, stamp, before)
+            given_up = await self._quarantine(conn, chosen, max_attempts, stamp, before)
+            return given_up + await self._take_over(conn, chosen, stamp, before)
 
     @staticmethod
     async def _quarantine(
@@ -802,15 +808,17 @@ class MemoryStore:
         max_attempts: int,
         stamp: str,
         before: str,
-    ) -> None:
+    ) -> list[RecoveredEvent]:
         rows = await _fetchall(
             conn,
             "UPDATE inbox SET status = 'quarantined', updated_at = ? "
             f"WHERE status = 'pending' AND platform IN ({_placeholders(len(platforms))}) "
             "  AND attempts >= ? AND received_at < ? "
-            "RETURNING platform, event_id, conversation, attempts",
+            "RETURNING platform, event_id, conversation, message, reply_id, attempts, "
+            "          received_at",
             (stamp, *platforms, max_attempts, before),
         )
+        quarantined = []
         for row in rows:
             _log.warning(
                 "memory inbox: quarantined %s event %s in %s after %d attempts; each one "
@@ -820,6 +828,19 @@ class MemoryStore:
                 row["conversation"],
                 row["attempts"],
             )
+            quarantined.append(
+                RecoveredEvent(
+                    platform=str(row["platform"]),
+                    event_id=str(row["event_id"]),
+                    conversation=str(row["conversation"]),
+                    message=str(row["message"]),
+                    reply_id=None if row["reply_id"] is None else str(row["reply_id"]),
+                    attempts=int(row["attempts"]),
+                    received_at=str(row["received_at"]),
+                    claim=None,
+                )
+            )
+        return sorted(quarantined, key=lambda e: (e.received_at, e.platform, e.event_id))
 
     async def _take_over(
         self, conn: aiosqlite.Connection, platforms: Sequence[str], stamp: str, before: str

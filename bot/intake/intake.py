@@ -22,7 +22,7 @@ from typing import Any
 from bot.adapters.base import Adapter, Submission
 from bot.agents.memory import MemoryStore
 from bot.config import IntakeSettings
-from bot.contract import InboundMessage
+from bot.contract import InboundMessage, Reply
 from bot.errors import MemoryStoreError
 from bot.intake.chain import (
     Context,
@@ -38,8 +38,10 @@ from bot.intake.chain import (
     decode_message,
 )
 from bot.intake.commands import Commands
+from bot.intake.delivery import GuardedReply
 from bot.pipeline.orchestrator import Pipeline
 from bot.pipeline.sessions import TaskTracker
+from bot.pipeline.wording import GIVEN_UP
 
 _log = logging.getLogger(__name__)
 
@@ -114,7 +116,8 @@ class Intake:
 
         Runs at start-up, after the adapters started. Events older than
         ``[intake].inbox_max_age_s`` are marked expired, and events whose turn already
-        crashed the process twice are quarantined (the store logs each).
+        crashed the process twice are quarantined (the store logs each) and their authors
+        told, once, in the reply the crash left half-done.
         """
         platforms = [name for name, adapter in self._adapters.items() if adapter.recovers]
         try:
@@ -135,6 +138,9 @@ class Intake:
             except ValueError:
                 _log.exception("inbox event %s:%s is unreadable", event.platform, event.event_id)
                 continue
+            if event.claim is None:
+                await self._give_up(message, adapter, event.reply_id)
+                continue
             _log.info(
                 "answering %s event %s left unanswered (attempt %d, reply %s)",
                 event.platform,
@@ -146,6 +152,22 @@ class Intake:
             await self._recovered(context)
             started += 1
         return started
+
+    async def _give_up(
+        self, message: InboundMessage[Any], adapter: Adapter[Any], reply_id: str | None
+    ) -> None:
+        """Tell the author of a quarantined question, in the reply a crash left half-done."""
+        reply = Reply(
+            question=message.text, body=GIVEN_UP, conversation=message.conversation, status="failed"
+        )
+        stream = adapter.open_reply(message, reply_id=reply_id)
+        label = f"quarantined {message.platform} event {message.event_id}"
+        await GuardedReply(
+            stream,
+            label=label,
+            retries=self._settings.delivery_retries,
+            backoff_s=self._settings.delivery_backoff_s,
+        ).deliver(reply)
 
     def close_door(self) -> None:
         """Take no new events (shutdown); turns already taken go on."""

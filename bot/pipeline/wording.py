@@ -22,6 +22,7 @@ __all__ = [
     "EMPTY_HINT",
     "FAILURE_LINE",
     "FALLBACK_LEAD",
+    "GIVEN_UP",
     "LLM_DOWN",
     "NOT_RESTORED",
     "NOT_SAVED",
@@ -42,6 +43,10 @@ FALLBACK_LEAD = (
 LLM_DOWN = "The language model is unavailable right now, so this lists sources only."
 ANSWER_CUT = "The answer was cut off because the language model stopped responding."
 ANSWER_BROKEN = "Something went wrong while I was writing this answer; it may be incomplete."
+GIVEN_UP = (
+    "Sorry, I could not answer this question: trying to answer it made me fail twice, so I have set "
+    "it aside. Asking it in other words may work."
+)
 NOT_SAVED = "I could not save this exchange; it will not be remembered."
 NOT_RESTORED = "I could not restore our earlier conversation for this answer."
 
