@@ -44,8 +44,8 @@ LLM_DOWN = "The language model is unavailable right now, so this lists sources o
 ANSWER_CUT = "The answer was cut off because the language model stopped responding."
 ANSWER_BROKEN = "Something went wrong while I was writing this answer; it may be incomplete."
 GIVEN_UP = (
-    "Sorry, I could not answer this question: trying to answer it made me fail twice, so I have set "
-    "it aside. Asking it in other words may work."
+    "Sorry, I could not answer this question: trying to answer it made me fail twice, so I "
+    "have set it aside. Asking it in other words may work."
 )
 NOT_SAVED = "I could not save this exchange; it will not be remembered."
 NOT_RESTORED = "I could not restore our earlier conversation for this answer."
