@@ -251,8 +251,9 @@ def _platform_notice(settings: Settings) -> str:
     if configured:
         verb = "are" if len(configured) > 1 else "is"
         return (
-            f"{' and '.join(configured)} {verb} set, but this version has no chat-platform "
-            "adapters yet; opening the terminal chat."
+            f"{' and '.join(configured)} {verb} set, but no chat-platform adapter for "
+            f"{'them' if len(configured) > 1 else 'it'} is enabled ([slack].enabled, or not "
+            "in this version yet); opening the terminal chat."
         )
     return (
         "No chat platform configured (set DISCORD_TOKEN, or SLACK_BOT_TOKEN and "
