@@ -12,10 +12,13 @@ import asyncio
 import dataclasses
 import io
 import os
+import re
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -25,9 +28,9 @@ from bot.adapters.platforms import chat_adapters
 from bot.adapters.slack import RESET_SHORTCUT, SlackAdapter
 from bot.adapters.slack_render import MESSAGE_CHARS, split_message, to_mrkdwn
 from bot.cli import _serve, _sessions
-from bot.config import Secret, Settings
+from bot.config import Secret, Settings, load_settings
 from bot.contract import conversation_key
-from bot.errors import PlatformSetupError
+from bot.errors import ConfigError, PlatformSetupError
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.runtime import Runtime
 from tests.fakes.ollama import FakeOllama, default_responder, split_tokens
@@ -37,6 +40,7 @@ SettingsFactory = Callable[..., Settings]
 Mode = Literal["socket", "http"]
 QUESTION = "What is the transformer architecture in deep learning?"
 CHANNEL = "C0GENERAL"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -510,3 +514,58 @@ async def test_slack_and_another_adapter_serve_together_and_sigterm_stops_both(
     assert slack.calls[-1].method != "apps.connections.open", "no reconnect after close"
     assert BOT_USER  # the fake's bot identity is the adapter's
     assert bot.bot_user_id == BOT_USER
+
+
+async def test_python_m_bot_serves_slack_when_its_tokens_are_set_and_sigterm_stops_it(
+    write_config: Callable[..., Path], slack: FakeSlack
+) -> None:
+    config = write_config()
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        f'{text}\n[slack]\nmode = "socket"\napi_url = "{slack.api_url}"\n', encoding="utf-8"
+    )
+    env = dict(os.environ, SLACK_BOT_TOKEN="xoxb-fake", SLACK_APP_TOKEN="xapp-fake")
+    env.pop("DISCORD_TOKEN", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "--config", str(config),
+        cwd=REPO, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(slack.until(lambda: slack.connected == 1), 60)
+        event = slack.user_says(QUESTION)
+        await slack.wait_ack(await slack.push(slack.callback(event, event_id="Ev-proc")))
+        await slack.until(
+            lambda: any(not m.streaming for m in slack.in_thread(CHANNEL, event["ts"]))
+        )
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "answering on Slack" in err.decode() and "Stopped; bye." in err.decode()
+    await slack.until(lambda: slack.connected == 0)
+
+
+def test_the_slack_section_is_typed_and_checked(tmp_path: Path) -> None:
+    def load(section: str) -> Settings:
+        path = tmp_path / "config.toml"
+        path.write_text(f"[slack]\n{section}\n", encoding="utf-8")
+        return load_settings(path, env={"SLACK_SIGNING_SECRET": "s"})
+
+    settings = load('mode = "http"\nadmin_user_ids = ["U1", "U2"]\nrate_limit_per_minute = 2')
+    assert settings.slack.mode == "http" and settings.slack.admin_user_ids == ("U1", "U2")
+    assert settings.slack.rate_limit_per_minute == 2.0
+    assert repr(settings.slack_signing_secret) == "Secret('***')"
+    assert load("").slack.rate_limit_per_minute is None, "unset: the intake's default"
+    for bad, words in (
+        ("mode = 'websocket'", "[slack].mode must be one of"),
+        ("admin_user_ids = 'U1'", "[slack].admin_user_ids must be a list"),
+        ("http_path = 'events'", "[slack].http_path must start with /"),
+        ("signing_secret = 'x'", "unknown key 'signing_secret' in [slack]"),
+        ("slack_bot_token = 'x'", "unknown key"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            load(bad)
