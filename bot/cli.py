@@ -202,7 +202,9 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if command == "demo":
             return await _demo(runtime)
         if serving:
-            adapters = chat_adapters(settings, runtime.intake.submit)
+            adapters = chat_adapters(
+                settings, runtime.intake.submit, feedback=runtime.intake.feedback
+            )
             if adapters:
                 return await _serve(runtime, adapters)
             print(_platform_notice(settings), file=sys.stderr)
@@ -249,8 +251,9 @@ def _platform_notice(settings: Settings) -> str:
     if configured:
         verb = "are" if len(configured) > 1 else "is"
         return (
-            f"{' and '.join(configured)} {verb} set, but this version has no chat-platform "
-            "adapters yet; opening the terminal chat."
+            f"{' and '.join(configured)} {verb} set, but no chat-platform adapter for "
+            f"{'them' if len(configured) > 1 else 'it'} is enabled ([slack].enabled, or not "
+            "in this version yet); opening the terminal chat."
         )
     return (
         "No chat platform configured (set DISCORD_TOKEN, or SLACK_BOT_TOKEN and "
@@ -347,6 +350,8 @@ async def _sessions(action: str, key: str | None, settings: Settings, out: TextI
         for turn in state.turns:
             out.write(f"\n[{turn.id}] {human_time(turn.created_at)} you: {turn.question}\n")
             out.write(_answer_line(turn.status, turn.answer))
+            if turn.feedback_up or turn.feedback_down:
+                out.write(f"feedback: {turn.feedback_up} up, {turn.feedback_down} down\n")
         return 0
     finally:
         await store.close()

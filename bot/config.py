@@ -34,6 +34,7 @@ def _between(low: float, high: float | None = None) -> dict[str, float | None]:
 
 URL: dict[str, bool] = {"url": True}  # must be http(s)://host...
 NONEMPTY: dict[str, bool] = {"nonempty": True}
+PATH: dict[str, bool] = {"path": True}  # must start with "/"
 OLLAMA_PORT = 11434
 
 
@@ -150,6 +151,28 @@ class IntakeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SlackSettings:
+    # On when SLACK_BOT_TOKEN is set; false keeps Slack off even then.
+    enabled: bool = True
+    # "socket": Socket Mode over SLACK_APP_TOKEN, no public URL. "http": the Events API and
+    # interactivity on one endpoint, verified with SLACK_SIGNING_SECRET.
+    mode: Literal["socket", "http"] = "socket"
+    http_host: str = field(default="0.0.0.0", metadata=NONEMPTY)
+    # 0 picks a free port (tests); Slack needs a fixed one behind the load balancer.
+    http_port: int = field(default=3000, metadata=_between(0, 65_535))
+    http_path: str = field(default="/slack/events", metadata=PATH)
+    # Answer later messages in a thread the bot answered in, without a new mention.
+    follow_up_in_threads: bool = True
+    respond_to_dms: bool = True
+    # Slack user ids that may reset conversations, besides workspace admins and owners.
+    admin_user_ids: tuple[str, ...] = ()
+    # Questions per minute per user here; unset means [intake].rate_limit_per_minute.
+    rate_limit_per_minute: float | None = field(default=None, metadata=_between(0, 10_000))
+    # Keep the trailing slash: the SDK joins method names onto it.
+    api_url: str = field(default="https://slack.com/api/", metadata=URL)
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     # The terminal is the user's chat window, so records go to this file; `-v` echoes
     # them to stderr as well.
@@ -166,14 +189,16 @@ class Settings:
     analysis: AnalysisSettings = AnalysisSettings()
     chat: ChatSettings = ChatSettings()
     intake: IntakeSettings = IntakeSettings()
+    slack: SlackSettings = SlackSettings()
     logging: LoggingSettings = LoggingSettings()
     # Filled from the environment, never from the file.
     discord_token: Secret | None = None
     slack_bot_token: Secret | None = None
     slack_app_token: Secret | None = None
+    slack_signing_secret: Secret | None = None
 
 
-_ENV_ONLY = {"discord_token", "slack_bot_token", "slack_app_token"}
+_ENV_ONLY = {"discord_token", "slack_bot_token", "slack_app_token", "slack_signing_secret"}
 _T = TypeVar("_T")
 
 
@@ -181,7 +206,8 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
     """Read ``path`` (default ``./config.toml``; a missing default file means defaults).
 
     ``env`` defaults to ``os.environ``: ``OLLAMA_HOST`` overrides ``[llm].base_url``,
-    ``DISCORD_TOKEN``, ``SLACK_BOT_TOKEN`` and ``SLACK_APP_TOKEN`` fill the secrets.
+    ``DISCORD_TOKEN``, ``SLACK_BOT_TOKEN``, ``SLACK_APP_TOKEN`` and ``SLACK_SIGNING_SECRET``
+    fill the secrets.
     Relative paths in the file are resolved against the file's directory.
 
     Raises:
@@ -249,6 +275,7 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
         discord_token=secret("DISCORD_TOKEN"),
         slack_bot_token=secret("SLACK_BOT_TOKEN"),
         slack_app_token=secret("SLACK_APP_TOKEN"),
+        slack_signing_secret=secret("SLACK_SIGNING_SECRET"),
     )
 
 
@@ -297,7 +324,15 @@ def _check(hint: Any, value: Any, name: str, meta: Mapping[str, Any]) -> Any:
             )
         return value
     if origin in (types.UnionType, typing.Union):
-        raise ConfigError(f"{shown} cannot be set in the file")
+        # ``X | None``: TOML has no null, so None is only ever the default.
+        present = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(present) != 1 or dataclasses.is_dataclass(present[0]):
+            raise ConfigError(f"{shown} cannot be set in the file")
+        hint = present[0]
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{shown} must be a list of non-empty strings, not {value!r}")
+        return tuple(value)
     # bool is an int in Python; a TOML ``true`` must not pass as a number.
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         value = float(value)
@@ -311,6 +346,8 @@ def _check(hint: Any, value: Any, name: str, meta: Mapping[str, Any]) -> Any:
         raise ConfigError(f"{shown} must be a number, not {value!r}")
     if meta.get("nonempty") and not value.strip():
         raise ConfigError(f"{shown} must not be empty")
+    if meta.get("path") and not value.startswith("/"):
+        raise ConfigError(f"{shown} must start with /, not {value!r}")
     if meta.get("url"):
         parts = urlsplit(value)
         if parts.scheme not in {"http", "https"} or not parts.netloc:

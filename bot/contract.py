@@ -89,6 +89,10 @@ class InboundMessage(Generic[TargetT]):
     ``event_id`` is the platform's id for the event or message (a redelivery carries the
     same one), ``sent_at`` is when the platform says it was sent (timezone-aware), and
     ``target`` is where the answer goes, in the adapter's own type.
+
+    ``follow_up`` marks a message that was not addressed to the bot (no mention), seen
+    only because it was written in a thread: the intake answers it only in a conversation
+    the bot already has, and otherwise ignores it.
     """
 
     text: str
@@ -98,6 +102,7 @@ class InboundMessage(Generic[TargetT]):
     event_id: str
     sent_at: datetime
     target: TargetT = field(compare=False, repr=False)
+    follow_up: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,9 @@ class StoredTurn:
     # (too old to answer, or it crashed the bot too often); only transcripts show these.
     status: Literal["pending", "answered", "expired", "quarantined"]
     created_at: str
+    # Readers' votes on the answer (a chat platform's feedback buttons); transcripts only.
+    feedback_up: int = 0
+    feedback_down: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,9 @@ class SessionInfo:
     updated_at: str
     turn_count: int
     has_summary: bool
+    # Readers' votes on the answers of this conversation.
+    feedback_up: int = 0
+    feedback_down: int = 0
 
 
 def human_time(timestamp: str) -> str:

@@ -13,7 +13,8 @@ SDK and library errors are translated into these at the boundary that called the
     ├── MemoryStoreError       the SQLite store failed
     ├── AnalysisError          the analysis subprocess failed or printed garbage
     │   └── AnalysisTimeout    ... or ran past its hard timeout and was killed
-    └── EmbeddingError         the embedding workers could not produce vectors
+    ├── EmbeddingError         the embedding workers could not produce vectors
+    └── PlatformSetupError     a chat platform refused to start: bad token, missing scope
 
 Every error carries a ``user_message``: a fixed, friendly line that is safe to show in a
 public chat (no hosts, config keys or commands). ``str(exc)`` is for logs only and is never
@@ -86,3 +87,13 @@ class AnalysisTimeout(AnalysisError):
 
 class EmbeddingError(ResearchAgentError):
     """Embeddings could not be computed (model failed to load, workers kept dying)."""
+
+
+class PlatformSetupError(ResearchAgentError):
+    """A chat platform cannot be served; the message is one line naming the fix.
+
+    Raised by an adapter's ``start`` (a revoked token, an uninstalled app, a missing
+    scope), so the process stops before it claims to be answering.
+    """
+
+    user_message = "I am not set up correctly on this platform; an admin has been told."

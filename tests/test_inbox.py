@@ -130,7 +130,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_data(path: Path) -> No
         await memory.close()
 
     with raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
         assert conn.execute("SELECT sources FROM turns ORDER BY id").fetchall() == [
             ("[]",),
             ("[]",),
@@ -455,3 +455,24 @@ async def test_recover_leaves_events_taken_after_the_process_started(
         await store.recover(
             platforms={"discord"}, max_age_s=DAY_S, received_before=started.replace(tzinfo=None)
         )
+
+
+# ----------------------------------------------------------------------------- feedback (v3)
+
+
+async def test_feedback_is_one_vote_per_reader_and_goes_with_its_turn(store: MemoryStore) -> None:
+    got = await claim(store, "Ev-fb", "slack:T:C:1.0")
+    await store.finish_turn(got.turn_id, "an answer")
+    assert await store.record_feedback("discord", "Ev-fb", "U1", "up")
+    assert await store.record_feedback("discord", "Ev-fb", "U2", "down")
+    assert await store.record_feedback("discord", "Ev-fb", "U2", "up"), "a second click replaces"
+    assert not await store.record_feedback("discord", "Ev-unknown", "U1", "up")
+    transcript = await store.transcript("slack:T:C:1.0")
+    assert transcript is not None
+    assert (transcript.turns[0].feedback_up, transcript.turns[0].feedback_down) == (2, 0)
+    info = await store.session("slack:T:C:1.0")
+    assert info is not None and (info.feedback_up, info.feedback_down) == (2, 0)
+    with pytest.raises(ValueError, match="up or down"):
+        await store.record_feedback("discord", "Ev-fb", "U1", "meh")  # type: ignore[arg-type]
+    await store.reset("slack:T:C:1.0")
+    assert not await store.record_feedback("discord", "Ev-fb", "U1", "up"), "the turn is gone"

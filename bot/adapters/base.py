@@ -27,7 +27,8 @@ Outcome = Literal[
     "turn",  # a turn was started, or queued behind the conversation's running one
     "command",  # a command was answered
     "empty",  # nothing to answer; the author got a hint
-    "ignored",  # the bot's own or another bot's message
+    # the bot's own or another bot's message, or a follow-up where the bot has no part
+    "ignored",
     "duplicate",  # an event already taken (a redelivery)
     "rate_limited",  # refused, with a reply saying when to try again
     "closed",  # the bot is shutting down; the event was not taken
@@ -47,6 +48,11 @@ class Submission:
 
 
 MessageSink = Callable[[InboundMessage[Any]], Awaitable[Submission]]
+
+Rating = Literal["up", "down"]
+FeedbackSink = Callable[[Platform, str, str, Rating], Awaitable[bool]]
+"""``feedback(platform, event_id, user_id, rating)``: a reader's verdict on the answer to
+an event, stored with its turn; False when that turn is unknown or gone (reset)."""
 
 
 class ReplyStream(TurnListener, Protocol):

@@ -23,7 +23,7 @@ recovery adds one, and :meth:`~MemoryStore.release` takes back an attempt that a
 shutdown cancelled. An event still pending at start-up with ``max_attempts`` attempts
 therefore crashed the bot that many times and is quarantined rather than tried again.
 
-Schema (version 2; ``PRAGMA user_version`` holds the version)::
+Schema (version 3; ``PRAGMA user_version`` holds the version)::
 
     sessions                                 turns
     ┌────────────────────────────────┐       ┌──────────────────────────────────────────┐
@@ -51,6 +51,8 @@ Schema (version 2; ``PRAGMA user_version`` holds the version)::
     │ received_at   TEXT  ISO-8601                                               │
     │ updated_at    TEXT  ISO-8601                                               │
     └────────────────────────────────────────────────────────────────────────────┘
+    feedback (v3)  turn_id INTEGER FK turns ON DELETE CASCADE ┐ PK, user_id TEXT ┘,
+                   rating 'up' | 'down', created_at TEXT: one vote per reader and turn
     index turns_by_session (session_key, id)
     index inbox_by_status  (status, received_at)   serves recover()
     index inbox_by_turn    (turn_id) unique        serves ON DELETE SET NULL and transcript()
@@ -153,6 +155,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Unique, so transcript()'s LEFT JOIN can never repeat a turn; NULLs do not collide.
         "CREATE UNIQUE INDEX inbox_by_turn ON inbox (turn_id)",
     ),
+    (
+        # One vote per reader and turn; a second click replaces the first. The votes go
+        # with their turn when a reset deletes it.
+        """
+        CREATE TABLE feedback (
+            turn_id    INTEGER NOT NULL REFERENCES turns (id) ON DELETE CASCADE,
+            user_id    TEXT    NOT NULL CHECK (typeof(user_id) = 'text'),
+            rating     TEXT    NOT NULL CHECK (rating IN ('up', 'down')),
+            created_at TEXT    NOT NULL,
+            PRIMARY KEY (turn_id, user_id)
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -161,7 +176,11 @@ _TURN_COLUMNS = "id, question, answer, status, created_at"
 
 _SESSION_SELECT = (
     "SELECT s.key, s.created_at, s.updated_at, s.summary != '' AS has_summary, "
-    "       COUNT(t.id) AS turn_count, COALESCE(MAX(t.id), 0) AS last_turn "
+    "       COUNT(t.id) AS turn_count, COALESCE(MAX(t.id), 0) AS last_turn, "
+    "       (SELECT COUNT(*) FROM feedback AS f JOIN turns AS ft ON ft.id = f.turn_id "
+    "        WHERE ft.session_key = s.key AND f.rating = 'up') AS feedback_up, "
+    "       (SELECT COUNT(*) FROM feedback AS f JOIN turns AS ft ON ft.id = f.turn_id "
+    "        WHERE ft.session_key = s.key AND f.rating = 'down') AS feedback_down "
     "FROM sessions AS s LEFT JOIN turns AS t ON t.session_key = s.key "
 )
 
@@ -172,6 +191,8 @@ _INBOX_COLUMNS = (
 
 TurnStatus = Literal["pending", "answered", "expired", "quarantined"]
 _TURN_STATUSES: frozenset[str] = frozenset(get_args(TurnStatus))
+Rating = Literal["up", "down"]
+_RATINGS: frozenset[str] = frozenset(get_args(Rating))
 EventOutcome = Literal["answered", "undelivered"]
 _EVENT_OUTCOMES: frozenset[str] = frozenset(get_args(EventOutcome))
 
@@ -231,7 +252,14 @@ def _turn(row: sqlite3.Row) -> StoredTurn:
         answer=None if row["answer"] is None else str(row["answer"]),
         status=status,
         created_at=str(row["created_at"]),
+        feedback_up=_column(row, "feedback_up"),
+        feedback_down=_column(row, "feedback_down"),
     )
+
+
+def _column(row: sqlite3.Row, name: str) -> int:
+    # ``name in row`` would search the values: a Row is a sequence, not a mapping.
+    return int(row[name]) if name in row.keys() else 0  # noqa: SIM118
 
 
 def _session_info(row: sqlite3.Row) -> SessionInfo:
@@ -241,6 +269,8 @@ def _session_info(row: sqlite3.Row) -> SessionInfo:
         updated_at=str(row["updated_at"]),
         turn_count=int(row["turn_count"]),
         has_summary=bool(row["has_summary"]),
+        feedback_up=int(row["feedback_up"]),
+        feedback_down=int(row["feedback_down"]),
     )
 
 
@@ -589,6 +619,10 @@ class MemoryStore:
             rows = await _fetchall(
                 conn,
                 "SELECT t.id, t.question, t.answer, t.created_at, "
+                "       (SELECT COUNT(*) FROM feedback AS f "
+                "        WHERE f.turn_id = t.id AND f.rating = 'up') AS feedback_up, "
+                "       (SELECT COUNT(*) FROM feedback AS f "
+                "        WHERE f.turn_id = t.id AND f.rating = 'down') AS feedback_down, "
                 "       CASE WHEN t.status = 'pending' "
                 "                 AND i.status IN ('expired', 'quarantined') "
                 "            THEN i.status ELSE t.status END AS status "
@@ -674,6 +708,32 @@ class MemoryStore:
             # rows stay (turn_id becomes NULL), so redeliveries are still recognised.
             deleted = await _write(conn, "DELETE FROM sessions WHERE key = ?", (key,))
         return deleted > 0
+
+    async def record_feedback(
+        self, platform: str, event_id: str, user_id: str, rating: Rating
+    ) -> bool:
+        """Store ``user_id``'s verdict on the answer to event ``(platform, event_id)``.
+
+        A reader has one vote per turn: a later click replaces an earlier one. Returns
+        False, storing nothing, when the event is unknown or its turn is gone (reset).
+
+        Raises:
+            ValueError: ``rating`` is not ``"up"`` or ``"down"``.
+            MemoryStoreError: SQLite failed.
+        """
+        if rating not in _RATINGS:
+            raise ValueError(f"a rating is up or down, not {rating!r}")
+        async with self._transaction("record_feedback", None, write=True) as conn:
+            changed = await _write(
+                conn,
+                "INSERT INTO feedback (turn_id, user_id, rating, created_at) "
+                "SELECT turn_id, ?, ?, ? FROM inbox "
+                "WHERE platform = ? AND event_id = ? AND turn_id IS NOT NULL "
+                "ON CONFLICT (turn_id, user_id) DO UPDATE "
+                "SET rating = excluded.rating, created_at = excluded.created_at",
+                (user_id, rating, _now(), platform, event_id),
+            )
+        return changed > 0
 
     # ------------------------------------------------------------------ inbox
 

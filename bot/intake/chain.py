@@ -3,6 +3,8 @@
     submit(message)
       │    SeenRecently    an event this process already handled (a platform's retry)
       │ 1. IgnoreBots      the bot's own messages, and other bots' unless configured
+      │    FollowUps       a message not addressed to the bot, in a conversation it has
+      │                    no part in: ignored
       │    SkipEmpty       nothing left to answer: a hint, no turn
       │ 2. HandleCommands  reset / sources / session / help, answered here
       │ 3. RateLimit       per-user token bucket; over it, a reply saying when to retry
@@ -108,6 +110,31 @@ class IgnoreBots:
     async def __call__(self, context: Context, after: Next) -> Submission:
         author = context.message.author
         if author.is_self or (author.is_bot and not self._respond_to_bots):
+            return Submission("ignored")
+        return await after(context)
+
+
+class FollowUps:
+    """A follow-up (``InboundMessage.follow_up``) is answered only where the bot has spoken.
+
+    "Has spoken" is read from the store, so it survives restarts: the conversation has at
+    least one turn. When the store fails the follow-up is ignored (it was not addressed
+    to the bot, so staying quiet is the safe side).
+    """
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    async def __call__(self, context: Context, after: Next) -> Submission:
+        message = context.message
+        if not message.follow_up:
+            return await after(context)
+        try:
+            session = await self._store.session(message.conversation)
+        except MemoryStoreError:
+            _log.exception("could not tell whether %s is a conversation of mine", message.event_id)
+            return Submission("ignored")
+        if session is None or session.turn_count == 0:
             return Submission("ignored")
         return await after(context)
 

@@ -109,9 +109,15 @@ class Commands:
         summary = (
             ", with a running summary of the older ones" if info.has_summary else ", all verbatim"
         )
+        votes = ""
+        if info.feedback_up or info.feedback_down:
+            votes = (
+                f" Readers rated my answers here {info.feedback_up} up and "
+                f"{info.feedback_down} down."
+            )
         return (
             f"I remember {count} here{summary}, since {human_time(info.created_at)} "
-            f"(last active {human_time(info.updated_at)})."
+            f"(last active {human_time(info.updated_at)}).{votes}"
         )
 
 

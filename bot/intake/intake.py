@@ -19,13 +19,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.adapters.base import Adapter, Submission
+from bot.adapters.base import Adapter, Rating, Submission
 from bot.agents.memory import MemoryStore
 from bot.config import IntakeSettings
-from bot.contract import InboundMessage, Reply
+from bot.contract import InboundMessage, Platform, Reply
 from bot.errors import MemoryStoreError
 from bot.intake.chain import (
     Context,
+    FollowUps,
     HandleCommands,
     IgnoreBots,
     Inbox,
@@ -77,6 +78,7 @@ class Intake:
             [
                 SeenRecently(),
                 IgnoreBots(respond_to_bots=settings.respond_to_bots),
+                FollowUps(store),
                 SkipEmpty(),
                 HandleCommands(Commands(store=store, reset=pipeline.reset)),
                 RateLimit(
@@ -110,6 +112,24 @@ class Intake:
         if not self._open:
             return Submission("closed")
         return await self._fresh(Context(message, adapter))
+
+    async def feedback(
+        self, platform: Platform, event_id: str, user_id: str, rating: Rating
+    ) -> bool:
+        """Store a reader's vote on the answer to ``(platform, event_id)`` with its turn.
+
+        A :data:`~bot.adapters.base.FeedbackSink`. Returns False when the turn is unknown
+        or was reset, or when the store failed (logged); never raises except
+        ``CancelledError``.
+        """
+        try:
+            stored = await self._store.record_feedback(platform, event_id, user_id, rating)
+        except MemoryStoreError:
+            _log.exception("could not store feedback on %s event %s", platform, event_id)
+            return False
+        if not stored:
+            _log.info("feedback on %s event %s has no turn to go with", platform, event_id)
+        return stored
 
     async def recover(self) -> int:
         """Answer, once, the events a crash left unanswered; returns how many were started.
