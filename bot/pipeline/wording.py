@@ -23,6 +23,7 @@ __all__ = [
     "FAILURE_LINE",
     "FALLBACK_LEAD",
     "LLM_DOWN",
+    "NOT_RANKED",
     "NOT_RESTORED",
     "NOT_SAVED",
     "fallback_answer",
@@ -43,6 +44,7 @@ LLM_DOWN = "The language model is unavailable right now, so this lists sources o
 ANSWER_CUT = "The answer was cut off because the language model stopped responding."
 ANSWER_BROKEN = "Something went wrong while I was writing this answer; it may be incomplete."
 NOT_SAVED = "I could not save this exchange; it will not be remembered."
+NOT_RANKED = "I could not rank the sources by relevance this time; they are in search order."
 NOT_RESTORED = "I could not restore our earlier conversation for this answer."
 
 
