@@ -49,6 +49,7 @@ a list, a negative ``k``) raises ``TypeError``/``ValueError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -379,6 +380,14 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    # Python 3.14 has ProcessPoolExecutor.kill_workers(); before it, only the private map.
+    processes: dict[int, Any] = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        with contextlib.suppress(OSError, ValueError):
+            process.kill()
 
 
 def _in_hub_cache(repo: str) -> bool:
@@ -713,6 +722,10 @@ class EmbeddingAgent:
             warm = [loop.run_in_executor(pool, _warm_worker) for _ in range(workers)]
             replies = await asyncio.gather(*warm)
         except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                # Closed while loading (an `ask` that never needed the model): the workers
+                # hold nothing yet, and a clean shutdown would wait out the whole load.
+                _kill_workers(pool)
             await asyncio.shield(asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True))
             if isinstance(exc, Exception):
                 raise EmbeddingError(
