@@ -619,3 +619,28 @@ async def test_the_line_editor_keeps_history_and_edits(make_settings: Any) -> No
             keys.send_text("x /quit\x01\x1b[3~\x1b[3~\r")  # Ctrl-A (home), Delete twice
             await asyncio.wait_for(chat, timeout=30)
     assert out.getvalue().count("/reset makes me forget") == 2
+
+
+async def test_pull_model_pulls_the_configured_model_once(
+    write_config: Callable[..., Path], ollama: FakeOllama
+) -> None:
+    config = str(write_config())
+    ollama.models = []
+
+    async def pull() -> Run:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.pull_model", "--config", config,
+            cwd=ROOT, env=child_env(), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode is not None
+        return Run(proc.returncode, out.decode(), err.decode())
+
+    first = await pull()
+    assert first.code == 0, first.err
+    assert "Pulling llama3.2" in first.out and "success" in first.out
+    assert ollama.is_pulled("llama3.2")
+    again = await pull()
+    assert again.code == 0 and "already pulled" in again.out
+    assert len(ollama.requests_to("/api/pull")) == 1
