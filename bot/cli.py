@@ -21,7 +21,7 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.adapters.base import Adapter
+from bot.adapters.base import Adapter, FeedbackSink, MessageSink
 from bot.adapters.platforms import chat_adapters
 from bot.adapters.render import render_reply
 from bot.adapters.terminal import TerminalAdapter, terminal_key
@@ -29,8 +29,8 @@ from bot.agents.memory import MemoryStore
 from bot.config import LoggingSettings, Settings, load_settings
 from bot.contract import Reply
 from bot.domain import human_time
-from bot.errors import ConfigError, EmbeddingError, ResearchAgentError
-from bot.runtime import Runtime
+from bot.errors import ConfigError, ResearchAgentError, StartupError
+from bot.runtime import AdapterFactory, Runtime
 
 _log = logging.getLogger(__name__)
 
@@ -111,15 +111,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # interpreter's final flush from raising again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except ResearchAgentError as exc:
-        _log.debug("start-up failed", exc_info=True)
-        hint = (
-            ' (to run without a model, set [embeddings].backend = "hashing")'
-            if isinstance(exc, EmbeddingError)
-            else ""
-        )
-        print(f"Cannot start: {exc}{hint}", file=sys.stderr)
+    except StartupError as exc:
+        print(_startup_report(exc), file=sys.stderr)  # the runtime logged each line
         return 1
+    except ResearchAgentError as exc:
+        _log.error("cannot start: %s", exc, exc_info=_log.isEnabledFor(logging.DEBUG))
+        print(f"Cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def _startup_report(exc: StartupError) -> str:
+    """Every problem the start-up checks found, each with its fix, in one report."""
+    if len(exc.lines) == 1:
+        return f"Cannot start: {exc.lines[0]}"
+    numbered = "\n".join(f"  {n}. {line}" for n, line in enumerate(exc.lines, start=1))
+    return f"Cannot start; {len(exc.lines)} problems to fix:\n{numbered}"
 
 
 def _configure_logging(settings: LoggingSettings, *, verbose: int) -> None:
@@ -193,20 +199,26 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         # A low threshold so the running summary appears within three questions.
         memory = dataclasses.replace(settings.memory, summarize_after=2, keep_recent=1)
         settings = dataclasses.replace(settings, memory=memory)
-    async with await Runtime.start(settings) as runtime:
-        if runtime.llm_warning:
-            print(runtime.llm_warning, file=sys.stderr)
+    if serving and _nobody_to_serve(settings):
+        print(NOBODY_TO_SERVE, file=sys.stderr)
+        return 2
+    factory: AdapterFactory | None = None
+    if serving:
+
+        def factory(sink: MessageSink, feedback: FeedbackSink) -> list[Adapter[Any]]:
+            return chat_adapters(settings, sink, feedback=feedback)
+
+    async with await Runtime.start(settings, adapters=factory) as runtime:
+        for notice in runtime.notices:
+            print(notice, file=sys.stderr)
         if command == "ask":
             session = args.session or _new_session("ask")
             return await _ask(runtime, session, args.questions, as_json=args.json)
         if command == "demo":
             return await _demo(runtime)
         if serving:
-            adapters = chat_adapters(
-                settings, runtime.intake.submit, feedback=runtime.intake.feedback
-            )
-            if adapters:
-                return await _serve(runtime, adapters)
+            if runtime.adapters:
+                return await _serve(runtime, runtime.adapters)
             print(_platform_notice(settings), file=sys.stderr)
             args.session = "default"
         terminal = TerminalAdapter(runtime.intake.submit, session=args.session)
@@ -237,6 +249,19 @@ async def _serve(runtime: Runtime, adapters: Sequence[Adapter[Any]]) -> int:
     _log.error("the %s adapter stopped; shutting down", ", ".join(dead))
     print(f"The {', '.join(dead)} connection was lost for good; stopping.", file=sys.stderr)
     return 1
+
+
+NOBODY_TO_SERVE = (
+    "Nothing to serve: no chat platform token is set and no terminal is attached; set "
+    "DISCORD_TOKEN, or SLACK_BOT_TOKEN and SLACK_APP_TOKEN (or run `python -m bot chat` "
+    "in a terminal)."
+)
+
+
+def _nobody_to_serve(settings: Settings) -> bool:
+    """No token and no terminal (a container without ``-it``): a chat nobody could use."""
+    tokens = (settings.discord_token, settings.slack_bot_token, settings.slack_app_token)
+    return all(token is None for token in tokens) and not sys.stdin.isatty()
 
 
 def _platform_notice(settings: Settings) -> str:
@@ -284,19 +309,31 @@ def reply_json(reply: Reply) -> dict[str, Any]:
 async def _ask(runtime: Runtime, session: str, questions: Sequence[str], *, as_json: bool) -> int:
     terminal = TerminalAdapter(runtime.intake.submit, session=session, quiet=as_json)
     await runtime.add_adapter(terminal)
-    failures = 0
+    statuses: list[str] = []
     for i, question in enumerate(questions):
         if not as_json and len(questions) > 1:
             print(f"{'' if i == 0 else chr(10)}Q: {question}\n")
         reply = await terminal.ask(question)
         if reply is None:
-            continue  # a command; its answer is already printed
-        failures += not reply.ok
+            # A command (its answer is already printed), or nothing to ask (the hint is).
+            if not question.strip():
+                statuses.append("failed")
+            continue
+        statuses.append(reply.status)
         if as_json:
             print(json.dumps(reply_json(reply), ensure_ascii=False), flush=True)
         else:
             print()
-    return 1 if failures else 0
+    return exit_status(statuses)
+
+
+# ``ask`` exits with this when no question could be answered at all.
+NOTHING_ANSWERED = 3
+
+
+def exit_status(statuses: Sequence[str]) -> int:
+    """3 when every turn failed (nothing answered at all), else 0: degraded is answered."""
+    return NOTHING_ANSWERED if statuses and all(s == "failed" for s in statuses) else 0
 
 
 async def _demo(runtime: Runtime) -> int:

@@ -102,7 +102,8 @@ class SourcesSettings:
 @dataclass(frozen=True, slots=True)
 class EmbeddingSettings:
     backend: Literal["sentence-transformers", "hashing"] = "sentence-transformers"
-    model: str = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata=NONEMPTY)
+    # "packaged": all-MiniLM-L6-v2 as installed with the bot (no download); else a hub name.
+    model: str = field(default="packaged", metadata=NONEMPTY)
     # A local directory with the model's files; when set it wins over ``model``.
     model_path: str = ""
     workers: int = field(default=1, metadata=_between(1, 64))
@@ -199,6 +200,8 @@ class Settings:
 
 
 _ENV_ONLY = {"discord_token", "slack_bot_token", "slack_app_token", "slack_signing_secret"}
+# Where each secret comes from, for the refusal of a token written into the file.
+ENV_VARIABLES = {name: name.upper() for name in _ENV_ONLY}
 _T = TypeVar("_T")
 
 
@@ -226,13 +229,27 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
             raise ConfigError(f"config file {file} cannot be read: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file} is not valid TOML: {exc}") from exc
-    for key in _ENV_ONLY & raw.keys():
-        raise ConfigError(f"{key} must come from the environment, not from {file}")
+    _refuse_tokens(raw, file)
 
     settings = _build(Settings, raw, "")
     _check_together(settings)
     settings = _apply_env(settings, env)
     return _resolve_paths(settings, file.resolve().parent)
+
+
+def _refuse_tokens(raw: Mapping[str, Any], file: Path) -> None:
+    """A token in the file is refused, naming the environment variable it belongs in.
+
+    Both spellings count (``discord_token`` and ``DISCORD_TOKEN``): whoever pastes a token
+    into the file should learn where it goes, not that the key is unknown.
+    """
+    for key in raw:
+        name = ENV_VARIABLES.get(key.lower())
+        if name is not None:
+            raise ConfigError(
+                f"{key} does not belong in {file.name}: tokens come from the environment; "
+                f"remove it there and set the {name} environment variable instead"
+            )
 
 
 def _check_together(settings: Settings) -> None:

@@ -29,6 +29,7 @@ NoticeKind = Literal[
     "memory_unavailable",
     "llm_unavailable",
     "answer_cut",
+    "ranking_unavailable",
 ]
 
 TargetT = TypeVar("TargetT")

@@ -6,6 +6,7 @@ SDK and library errors are translated into these at the boundary that called the
 
     ResearchAgentError
     ├── ConfigError            config.toml or the environment is wrong; names the key
+    ├── StartupError           start-up checks failed; every problem found, one line each
     ├── SourceUnavailable      one source failed this turn (timeout, HTTP error, garbage)
     ├── LLMError
     │   ├── LLMUnavailable     Ollama cannot be reached
@@ -34,6 +35,23 @@ class ConfigError(ResearchAgentError):
     """The configuration is invalid; the message names the offending key."""
 
     user_message = "The bot's configuration is invalid; check the logs."
+
+
+class StartupError(ResearchAgentError):
+    """The start-up checks found problems; ``problems`` lists them all, each with its fix.
+
+    ``warnings`` are problems that alone would not stop the bot (Ollama down: answers list
+    sources only), reported with the rest so that one run names everything to fix.
+    """
+
+    def __init__(self, problems: list[str], *, warnings: list[str] | None = None) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = tuple(problems)
+        self.warnings = tuple(warnings or ())
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        return self.problems + self.warnings
 
 
 class SourceUnavailable(ResearchAgentError):

@@ -1,8 +1,15 @@
 """Builds every long-lived resource once, hands them to the pipeline, closes them in reverse.
 
-Start-up order: HTTP session → LLM client → memory store → embedding pool → analysis agent
-→ fetch agent → pipeline → intake, then each adapter (:meth:`Runtime.add_adapter`), then
-the recovery of events a crash left unanswered (:meth:`Runtime.recover`).
+Start-up, cheap checks first: the HTTP session and LLM client are built, then at once, and
+concurrently: Ollama is asked for its models, the memory store is opened (is the database
+writable?), the embedding model is looked for (no process started yet), and every chat
+adapter checks its token (its optional ``check``). Every problem found is reported together
+(:class:`~bot.errors.StartupError`), so one run names them all. Only then the slow step
+begins: the embedding pool loads the model in the background while the analysis agent,
+fetch agent, pipeline and intake are built, and the first turn runs its keyword and fetch
+steps meanwhile (the pipeline waits for the model at its embed step). Then each adapter is
+started (:meth:`Runtime.add_adapter`), then the events a crash left unanswered are
+recovered (:meth:`Runtime.recover`).
 
 Shutdown (SIGTERM, Ctrl-C, the end of the command): the intake stops taking events; turns
 in flight get ``[intake].shutdown_grace_s`` to finish, and the rest stay pending in the
@@ -14,8 +21,9 @@ the remaining resources are still closed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -23,12 +31,14 @@ from typing import Any, Self
 import aiohttp
 from langchain_ollama import ChatOllama
 
-from bot.adapters.base import Adapter
+from bot.adapters.base import Adapter, FeedbackSink, MessageSink, Rating, Submission
 from bot.agents.analysis import AnalysisAgent
 from bot.agents.embeddings import EmbeddingAgent
 from bot.agents.fetch import FetchAgent
 from bot.agents.memory import MemoryStore
 from bot.config import Settings
+from bot.contract import InboundMessage, Platform
+from bot.errors import MemoryStoreError, StartupError
 from bot.intake import Intake
 from bot.pipeline.llm import build_chat_model, check_llm, close_chat_model
 from bot.pipeline.orchestrator import Pipeline
@@ -37,6 +47,31 @@ from bot.pipeline.sessions import TaskTracker
 _log = logging.getLogger(__name__)
 
 DRAIN_GRACE_S = 30.0
+
+# Builds the chat adapters from the sinks their messages and readers' votes go to (the
+# intake's ``submit`` and ``feedback``).
+AdapterFactory = Callable[[MessageSink, FeedbackSink], Sequence[Adapter[Any]]]
+
+
+class _LateSink:
+    """The intake's ``submit`` and ``feedback``, for adapters built (and checked) before
+    the intake exists."""
+
+    def __init__(self) -> None:
+        self.intake: Intake | None = None
+
+    async def __call__(self, message: InboundMessage[Any]) -> Submission:
+        return await self._started().submit(message)
+
+    async def feedback(
+        self, platform: Platform, event_id: str, user_id: str, rating: Rating
+    ) -> bool:
+        return await self._started().feedback(platform, event_id, user_id, rating)
+
+    def _started(self) -> Intake:
+        if self.intake is None:
+            raise RuntimeError("a message arrived before the runtime was started")
+        return self.intake
 
 
 @dataclass(slots=True)
@@ -52,16 +87,23 @@ class Runtime:
     analysis: AnalysisAgent | None
     intake: Intake
     llm_warning: str | None = None
+    # The chat adapters built by ``start(adapters=...)``, checked but not started yet.
+    adapters: list[Adapter[Any]] = field(default_factory=list)
+    # Lines for the operator's terminal: warnings, and what is loading in the background.
+    notices: list[str] = field(default_factory=list)
     _closers: list[tuple[str, Callable[[], Awaitable[object]]]] = field(default_factory=list)
     _closed: bool = False
 
     @classmethod
-    async def start(cls, settings: Settings) -> Runtime:
-        """Create everything; if one step fails, what was already created is closed.
+    async def start(cls, settings: Settings, *, adapters: AdapterFactory | None = None) -> Runtime:
+        """Check everything cheap, then create everything; on failure, close what was made.
+
+        ``adapters`` builds the chat adapters; each is checked (bad token) with the rest,
+        then left for :meth:`add_adapter` to start. The embedding model is still loading
+        when this returns (see :attr:`notices`).
 
         Raises:
-            EmbeddingError: the embedding model could not be loaded.
-            MemoryStoreError: the database could not be opened.
+            StartupError: every problem the checks found, one line each.
         """
         closers: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         try:
@@ -69,12 +111,40 @@ class Runtime:
             closers.append(("http session", http.close))
             llm = build_chat_model(settings.llm)
             closers.append(("llm client", lambda: close_chat_model(llm)))
-            llm_warning = await check_llm(http, settings.llm)
-            memory = await MemoryStore.open(settings.memory.database)
-            closers.append(("memory store", memory.close))
-            embeddings = EmbeddingAgent(settings.embeddings)
+            embeddings = EmbeddingAgent(settings.embeddings, log_file=settings.logging.file)
             closers.append(("embedding pool", embeddings.close))
-            await embeddings.start()
+            sink = _LateSink()
+            chat = list(adapters(sink, sink.feedback)) if adapters is not None else []
+            core = asyncio.gather(
+                check_llm(http, settings.llm), _open_store(settings), embeddings.check()
+            )
+            per_adapter = asyncio.gather(*(_check_adapter(adapter) for adapter in chat))
+            (llm_warning, opened, embedding_problem), adapter_problems = await asyncio.gather(
+                core, per_adapter
+            )
+            if isinstance(opened, MemoryStore):
+                # Before the embedding pool: closers run in reverse, and the pool goes first.
+                closers.insert(-1, ("memory store", opened.close))
+            problems = [
+                p
+                for p in (
+                    None if isinstance(opened, MemoryStore) else opened,
+                    embedding_problem,
+                    *adapter_problems,
+                )
+                if p is not None
+            ]
+            if problems:
+                raise StartupError(problems, warnings=[llm_warning] if llm_warning else [])
+            assert isinstance(opened, MemoryStore)
+            memory = opened
+            embeddings.begin()
+            notices = [llm_warning] if llm_warning else []
+            if settings.embeddings.backend != "hashing":
+                notices.append(
+                    f"Loading the embedding {embeddings.label} in the background "
+                    "(a few seconds; the first answer waits for it if needed)."
+                )
             analysis = AnalysisAgent(settings.analysis) if settings.analysis.enabled else None
             if analysis is not None:
                 closers.append(("analysis agent", analysis.close))
@@ -90,7 +160,13 @@ class Runtime:
             )
             closers.append(("background tasks", lambda: pipeline.drain(DRAIN_GRACE_S)))
             intake = Intake(pipeline=pipeline, store=memory, settings=settings.intake)
-        except BaseException:
+            sink.intake = intake
+        except BaseException as exc:
+            if isinstance(exc, StartupError):
+                for line in exc.lines:
+                    _log.error("cannot start: %s", line)
+            else:
+                _log.exception("start-up failed")
             await _close_all(closers)
             raise
         return cls(
@@ -103,6 +179,8 @@ class Runtime:
             analysis=analysis,
             intake=intake,
             llm_warning=llm_warning,
+            adapters=chat,
+            notices=notices,
             _closers=closers,
         )
 
@@ -141,6 +219,34 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+async def _open_store(settings: Settings) -> MemoryStore | str:
+    """The store, or why the database cannot be used, as one line with the fix."""
+    database = settings.memory.database
+    try:
+        return await MemoryStore.open(database)
+    except MemoryStoreError as exc:
+        return (
+            f"the memory database {database} cannot be opened for writing ({exc}): make its "
+            "directory writable, or set [memory].database to a writable path"
+        )
+
+
+async def _check_adapter(adapter: Adapter[Any]) -> str | None:
+    """The adapter's own cheap check (is the token accepted?), when it has one.
+
+    ``check`` is optional so that an adapter without credentials need not write one; an
+    adapter whose check itself crashes is reported, not allowed to stop the other checks.
+    """
+    check: Callable[[], Awaitable[str | None]] | None = getattr(adapter, "check", None)
+    if check is None:
+        return None
+    try:
+        return await check()
+    except Exception as exc:
+        _log.exception("the %s adapter's start-up check failed", adapter.platform)
+        return f"the {adapter.platform} adapter could not check its settings ({type(exc).__name__})"
 
 
 async def _close_all(closers: list[tuple[str, Callable[[], Awaitable[object]]]]) -> None:

@@ -10,21 +10,34 @@ import asyncio
 import io
 import json
 import os
+import pty
 import signal
+import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from bot.adapters.base import Adapter, FeedbackSink, MessageSink, Submission
+from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.terminal import TerminalAdapter
 from bot.agents.memory import MemoryStore
 from bot.cli import build_parser
-from bot.config import load_settings
+from bot.config import Settings, load_settings
+from bot.contract import InboundMessage
+from bot.errors import StartupError
 from bot.runtime import Runtime
 from tests.fakes.base import Fault
+from tests.fakes.hackernews import FakeHackerNews
 from tests.fakes.ollama import FakeOllama
+from tests.fakes.wikipedia import FakeWikipedia
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,14 +170,83 @@ async def test_a_config_typo_fails_before_starting_and_names_the_key(tmp_path: P
     assert "Traceback" not in run.err
 
 
-async def test_a_missing_embedding_model_says_how_to_run_without_one(tmp_path: Path) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text('[embeddings]\nmodel_path = "no/such/model"\n', encoding="utf-8")
+async def test_a_missing_embedding_model_names_every_fix(
+    write_config: Callable[..., Path],
+) -> None:
+    config = write_config()
+    text = config.read_text(encoding="utf-8").replace('backend = "hashing"', "")
+    config.write_text(text.replace('model_path = ""', 'model_path = "no/such/model"'), "utf-8")
     run = await bot("ask", "--config", str(config), "hello")
     assert run.code == 1
-    assert "Cannot start: cannot load embedding model" in run.err
-    assert 'backend = "hashing"' in run.err
+    assert run.err.startswith("Cannot start: cannot load embedding model at ")
+    for fix in ("[embeddings].model_path", 'model = "packaged"', 'backend = "hashing"'):
+        assert fix in run.err
     assert "Traceback" not in run.err
+    assert "[embeddings].model_path is not a directory" in (config.parent / "bot.log").read_text()
+
+
+async def test_every_start_up_problem_is_reported_at_once(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory", encoding="utf-8")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[llm]
+base_url = "http://127.0.0.1:{closed_port()}"
+[embeddings]
+model_path = "no/such/model"
+[memory]
+database = "a-file/bot.db"
+[logging]
+file = "bot.log"
+""",
+        encoding="utf-8",
+    )
+    run = await bot("ask", "--config", str(config), "hello")
+    assert run.code == 1, run.err
+    assert run.err.startswith("Cannot start; 3 problems to fix:")
+    assert "cannot load embedding model at" in run.err
+    assert "the memory database" in run.err and "set [memory].database" in run.err
+    assert "Ollama is not reachable" in run.err and "ollama serve" in run.err
+    assert "Traceback" not in run.err
+    log = (tmp_path / "bot.log").read_text(encoding="utf-8")
+    assert log.count("ERROR bot.runtime: cannot start: ") == 3
+
+
+async def test_a_hub_model_with_the_hub_unreachable_fails_within_seconds(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = write_config()
+    text = config.read_text(encoding="utf-8").replace('backend = "hashing"', "")
+    config.write_text(
+        text.replace('model_path = ""', 'model = "acme/not-cached-anywhere"'), encoding="utf-8"
+    )
+    empty_cache = tmp_path / "hf-home"
+    # Not HF_HUB_OFFLINE: a hub that does not answer, as on a machine without network.
+    env = child_env(HF_HOME=str(empty_cache), HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
+    del env["HF_HUB_OFFLINE"], env["TRANSFORMERS_OFFLINE"]
+    started = time.monotonic()
+    run = await bot("ask", "--config", str(config), "hello", env=env)
+    took = time.monotonic() - started
+    assert run.code == 1, run.err
+    assert took < 15, f"took {took:.1f} s"
+    (line,) = run.err.splitlines()  # one line, no retry noise
+    assert "'acme/not-cached-anywhere' is not in the local model cache" in line
+    assert "cannot be reached" in line
+    for fix in ("[embeddings].model_path", 'model = "packaged"', 'backend = "hashing"'):
+        assert fix in line
+    assert "cannot be reached" in (config.parent / "bot.log").read_text(encoding="utf-8")
+
+    offline = await bot(
+        "ask", "--config", str(config), "hello", env=child_env(HF_HOME=str(empty_cache))
+    )
+    assert offline.code == 1 and "HF_HUB_OFFLINE forbids downloading it" in offline.err
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: connecting is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def test_chat_in_the_terminal_with_commands(write_config: Callable[..., Path]) -> None:
@@ -180,13 +262,14 @@ async def test_chat_in_the_terminal_with_commands(write_config: Callable[..., Pa
     assert "… Choosing search keywords" in run.err  # progress goes to stderr
 
 
-async def test_no_command_and_no_tokens_opens_the_terminal_chat(
+async def test_no_command_no_token_and_no_terminal_exits_at_once(
     write_config: Callable[..., Path],
 ) -> None:
     run = await bot("--config", str(write_config()), stdin="")
-    assert run.code == 0, run.err
-    assert "No chat platform configured" in run.err
-    assert "research-agent: ask me anything" in run.out
+    assert run.code == 2, run.err
+    (line,) = run.err.splitlines()
+    assert "DISCORD_TOKEN" in line and "SLACK_BOT_TOKEN and SLACK_APP_TOKEN" in line
+    assert run.out == ""
 
 
 async def test_the_demo_shows_a_running_summary(write_config: Callable[..., Path]) -> None:
@@ -372,3 +455,193 @@ async def test_closing_the_terminal_adapter_ends_its_chat_loop(make_settings: An
             chat = asyncio.create_task(adapter.run())
             await adapter.close()
             await asyncio.wait_for(chat, timeout=5)
+
+
+async def test_ask_exits_3_only_when_nothing_could_be_answered(
+    write_config: Callable[..., Path],
+    ollama: FakeOllama,
+    wikipedia: FakeWikipedia,
+    hackernews: FakeHackerNews,
+) -> None:
+    config = str(write_config())
+    ollama.always_fail = Fault.status(500)
+    # The language model is down: the sources alone are an answer, degraded, not failed.
+    degraded = await bot("ask", "--json", "--config", config, "What is BERT?")
+    assert degraded.code == 0, degraded.err
+    (result,) = (json.loads(line) for line in degraded.out.splitlines())
+    assert result["status"] == "degraded" and "language model" in result["unavailable"]
+
+    wikipedia.always_fail = hackernews.always_fail = Fault.status(503)
+    failed = await bot("ask", "--json", "--config", config, "What is BERT?", "And GPT?")
+    assert failed.code == 3, failed.err
+    assert {json.loads(line)["status"] for line in failed.out.splitlines()} == {"failed"}
+    assert (await bot("ask", "--config", config, "   ")).code == 3  # the hint, nothing asked
+
+    wikipedia.always_fail = hackernews.always_fail = None
+    mixed = await bot("ask", "--json", "--config", config, "What is BERT?", "")
+    assert mixed.code == 0, mixed.err
+
+
+async def test_ask_shows_progress_at_once_while_the_packaged_model_loads(
+    write_config: Callable[..., Path],
+) -> None:
+    config = write_config()
+    text = config.read_text(encoding="utf-8").replace('backend = "hashing"', "")
+    config.write_text(text.replace('model_path = ""', 'model = "packaged"'), encoding="utf-8")
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "ask", "--config", str(config),
+        "What is BERT (language model)?",
+        cwd=ROOT, env=child_env(), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    first = await asyncio.wait_for(proc.stderr.readuntil(b"Choosing search keywords"), 60)
+    first_progress_s = time.monotonic() - started
+    out, rest = await asyncio.wait_for(proc.communicate(), timeout=120)
+    err = (first + rest).decode()
+    assert proc.returncode == 0, err
+    assert "Loading the embedding packaged model all-MiniLM-L6-v2" in err
+    # The model takes seconds to load; the turn starts before it is ready. The bound is
+    # loose for a busy 2-core CI machine; it is typically about 1.5 s here.
+    assert first_progress_s < 6, f"first progress line after {first_progress_s:.1f} s"
+    assert "[1] BERT (language model) — " in out.decode()
+    assert "still loading" in err  # what the turn waited for, if it did
+
+
+async def test_start_up_checks_include_each_adapters_own_check(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    settings = make_settings(memory={"database": str(tmp_path / "a-file" / "bot.db")})
+    reject = True
+
+    def adapters(sink: MessageSink, feedback: FeedbackSink) -> list[Adapter[Any]]:
+        rejecting, fine = InMemoryAdapter(sink), InMemoryAdapter(sink)
+        rejecting.service.rejects_credentials = reject
+        return [rejecting, TerminalAdapter(sink, session="s"), fine]
+
+    with pytest.raises(StartupError) as caught:
+        await Runtime.start(settings, adapters=adapters)
+    problems = caught.value.problems
+    assert len(problems) == 2, problems
+    assert "the memory database" in problems[0]
+    assert "rejected its token: set MEMORY_TOKEN" in problems[1]
+
+    # Without the problems, the adapters are built, checked, and left to add_adapter.
+    reject = False
+    async with await Runtime.start(make_settings(), adapters=adapters) as runtime:
+        assert [a.platform for a in runtime.adapters] == ["memory", "terminal", "memory"]
+        assert not any(a.is_alive for a in runtime.adapters)
+
+
+def pty_env() -> dict[str, str]:
+    # This pty does not answer cursor-position requests, as a real terminal would.
+    return child_env(TERM="xterm", COLUMNS="120", LINES="40", PROMPT_TOOLKIT_NO_CPR="1")
+
+
+async def read_until(fd: int, pattern: bytes, seen: bytearray) -> None:
+    """Read the pty's output into ``seen`` until ``pattern`` appears in it (60 s at most)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(60):
+        while pattern not in seen:
+            readable: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _set_once, readable)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(fd)
+            try:
+                seen += os.read(fd, 1 << 16)
+            except OSError:  # EIO: the child closed the terminal
+                break
+    assert pattern in seen, bytes(seen[-2000:])
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def test_no_command_at_a_terminal_chats_and_a_long_paste_arrives_whole(
+    write_config: Callable[..., Path],
+) -> None:
+    primary, secondary = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "--config", str(write_config()),
+            cwd=ROOT, env=pty_env(), stdin=secondary, stdout=secondary,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        os.close(secondary)
+        seen = bytearray()
+        await read_until(primary, b"you>", seen)  # the editor draws the space as a move
+        # Longer than the 4095 characters a terminal in cooked mode keeps of one line;
+        # sent as a terminal sends a paste (bracketed paste).
+        question = "What is BERT? " + "x" * 6000
+        paste = b"\x1b[200~" + question.encode() + b"\x1b[201~\r"
+        await asyncio.to_thread(os.write, primary, paste)
+        await read_until(primary, b"Sources:", seen)
+        del seen[: seen.index(b"Sources:")]
+        await read_until(primary, b"you>", seen)
+        await asyncio.to_thread(os.write, primary, b"\x04")  # Ctrl-D leaves
+        _out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    finally:
+        os.close(primary)
+    shown = seen.decode(errors="replace")
+    assert proc.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode()
+    assert "No chat platform configured" in err.decode()
+    assert f"Your message was {len(question):,} characters long" in shown
+
+
+async def test_the_line_editor_keeps_history_and_edits(make_settings: Any) -> None:
+    async with await Runtime.start(make_settings()) as runtime:
+        asked: asyncio.Queue[str] = asyncio.Queue()
+
+        async def sink(message: InboundMessage[Any]) -> Submission:
+            asked.put_nowait(message.text)
+            return await runtime.intake.submit(message)
+
+        out = io.StringIO()
+        with create_pipe_input() as keys:
+            adapter = TerminalAdapter(
+                sink, session="editor", stdout=out, stderr=io.StringIO(),
+                editor=(keys, DummyOutput()),
+            )  # fmt: skip
+            await runtime.add_adapter(adapter)
+            chat = asyncio.create_task(adapter.run())
+            keys.send_text("/helq\x7fp\r")  # a typo, Backspace, the right letter
+            assert await asyncio.wait_for(asked.get(), 30) == "/help"
+            keys.send_text("\x1b[A\r")  # Up: the previous line again
+            assert await asyncio.wait_for(asked.get(), 30) == "/help"
+            keys.send_text("sesion\x1b[D\x1b[D\x1b[Ds\r")  # Left three times, insert
+            assert await asyncio.wait_for(asked.get(), 30) == "session"
+            keys.send_text("x /quit\x01\x1b[3~\x1b[3~\r")  # Ctrl-A (home), Delete twice
+            await asyncio.wait_for(chat, timeout=30)
+    assert out.getvalue().count("/reset makes me forget") == 2
+
+
+async def test_pull_model_pulls_the_configured_model_once(
+    write_config: Callable[..., Path], ollama: FakeOllama
+) -> None:
+    config = str(write_config())
+    ollama.models = []
+
+    async def pull() -> Run:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.pull_model", "--config", config,
+            cwd=ROOT, env=child_env(), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode is not None
+        return Run(proc.returncode, out.decode(), err.decode())
+
+    first = await pull()
+    assert first.code == 0, first.err
+    assert "Pulling llama3.2" in first.out and "success" in first.out
+    assert ollama.is_pulled("llama3.2")
+    again = await pull()
+    assert again.code == 0 and "already pulled" in again.out
+    assert len(ollama.requests_to("/api/pull")) == 1

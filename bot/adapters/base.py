@@ -7,6 +7,11 @@ Inbound messages become :class:`~bot.contract.InboundMessage` and go to the
 :data:`MessageSink` the application hands in (the intake's ``submit``); the intake then
 asks the adapter for a :class:`ReplyStream` to post the answer through.
 
+An adapter may also have ``async def check(self) -> str | None``: a cheap look at its
+settings before anything slow starts (is the token accepted?), returning the problem as
+one line with its fix, or None. The runtime runs every adapter's check together with its
+own and reports all problems at once. It is optional, so it is not part of the protocol.
+
 Dedupe, rate limits, commands and queueing are not the adapter's business: they live
 once, in :mod:`bot.intake`. Like :mod:`bot.contract`, this module imports nothing of the
 pipeline.

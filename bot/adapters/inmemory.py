@@ -59,6 +59,8 @@ class MemoryPlatform:
         self._ids = itertools.count(1)
         self._failures = 0
         self.posts: dict[str, Post] = {}
+        # Set by tests: the platform refuses the adapter's credentials, as a bad token would.
+        self.rejects_credentials = False
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids)}-{self._run}"
@@ -147,6 +149,12 @@ class InMemoryAdapter:
     @property
     def is_alive(self) -> bool:
         return self._alive
+
+    async def check(self) -> str | None:
+        """What a real adapter's token check reports, when the service rejects it."""
+        if self.service.rejects_credentials:
+            return "the memory platform rejected its token: set MEMORY_TOKEN to a valid one"
+        return None
 
     async def start(self) -> None:
         self._alive = True

