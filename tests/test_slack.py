@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import pytest
 
+from bot.adapters.base import Adapter, FeedbackSink, MessageSink
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.platforms import chat_adapters
 from bot.adapters.slack import RESET_SHORTCUT, SlackAdapter
@@ -30,7 +31,7 @@ from bot.adapters.slack_render import MESSAGE_CHARS, split_message, to_mrkdwn
 from bot.cli import _serve, _sessions
 from bot.config import Secret, Settings, load_settings
 from bot.contract import conversation_key
-from bot.errors import ConfigError, PlatformSetupError
+from bot.errors import ConfigError, PlatformSetupError, StartupError
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.runtime import Runtime
 from tests.fakes.ollama import FakeOllama, default_responder, split_tokens
@@ -485,6 +486,29 @@ async def test_a_missing_scope_or_an_uninstalled_app_fails_start_up_in_one_line(
         async with serving(settings):
             pass
     assert "not installed in this workspace" in str(revoked.value)
+
+
+async def test_a_rejected_slack_token_is_reported_with_every_other_start_up_problem(
+    make_settings: SettingsFactory, slack: FakeSlack, tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    settings = dataclasses.replace(
+        slack_settings(make_settings, slack, "http"),
+        memory=dataclasses.replace(
+            make_settings().memory, database=str(tmp_path / "a-file" / "bot.db")
+        ),
+    )
+    slack.revoked = True
+
+    def adapters(sink: MessageSink, feedback: FeedbackSink) -> list[Adapter[Any]]:
+        return chat_adapters(settings, sink, feedback=feedback)
+
+    with pytest.raises(StartupError) as caught:
+        await Runtime.start(settings, adapters=adapters)
+    problems = caught.value.problems
+    assert len(problems) == 2, problems
+    assert "memory database" in problems[0]
+    assert problems[1].startswith("Slack: ") and "not installed" in problems[1]
 
 
 async def test_slack_and_another_adapter_serve_together_and_sigterm_stops_both(

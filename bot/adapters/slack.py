@@ -238,6 +238,24 @@ class SlackAdapter:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
+    async def check(self) -> str | None:
+        """A rejected token, an uninstalled app or a missing scope, as one line, or None.
+
+        Runs with the other start-up checks, before :meth:`start`, on a client of its own
+        that it closes, so a start-up that fails leaves nothing open.
+        """
+        async with aiohttp.ClientSession() as session:
+            self._client = AsyncWebClient(
+                token=self._bot_token, base_url=self.settings.api_url, session=session
+            )
+            try:
+                await self._check_identity()
+            except PlatformSetupError as exc:
+                return f"Slack: {exc}"
+            finally:
+                self._client = None
+        return None
+
     async def start(self) -> None:
         """Check the token and scopes, then listen (Socket Mode or HTTP); ready on return.
 
