@@ -11,6 +11,7 @@ SDK and library errors are translated into these at the boundary that called the
     │   ├── LLMUnavailable     Ollama cannot be reached
     │   └── ModelNotFound      Ollama answers but the model is not pulled
     ├── MemoryStoreError       the SQLite store failed
+    ├── PlatformStartError     a chat platform refused to start (bad token, missing intent)
     ├── AnalysisError          the analysis subprocess failed or printed garbage
     │   └── AnalysisTimeout    ... or ran past its hard timeout and was killed
     └── EmbeddingError         the embedding workers could not produce vectors
@@ -74,6 +75,12 @@ class MemoryStoreError(ResearchAgentError):
     """Reading or writing the conversation store failed."""
 
     user_message = "I could not reach my conversation memory; this answer may lack context."
+
+
+class PlatformStartError(ResearchAgentError):
+    """A chat platform would not let the bot in; the message says what to change, where."""
+
+    user_message = "The bot could not connect to the chat platform; check the logs."
 
 
 class AnalysisError(ResearchAgentError):
