@@ -47,6 +47,8 @@ class Submission:
 
 
 MessageSink = Callable[[InboundMessage[Any]], Awaitable[Submission]]
+# Whether the bot has answered in a conversation (by key): the intake's ``has_answered``.
+AnsweredCheck = Callable[[str], Awaitable[bool]]
 
 
 class ReplyStream(TurnListener, Protocol):

@@ -107,6 +107,19 @@ class Intake:
             return Submission("closed")
         return await self._fresh(Context(message, adapter))
 
+    async def has_answered(self, conversation: str) -> bool:
+        """Whether the bot has taken a question in ``conversation`` (and not forgotten it).
+
+        For adapters whose triggers depend on it, such as Discord's follow-ups in a thread
+        the bot answered in, with no mention. A store that fails answers False: the
+        message then needs a mention, which is the safe side.
+        """
+        try:
+            return await self._store.session(conversation) is not None
+        except MemoryStoreError:
+            _log.exception("could not look up conversation %s", conversation)
+            return False
+
     async def recover(self) -> int:
         """Answer, once, the events a crash left unanswered; returns how many were started.
 
