@@ -202,7 +202,9 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if command == "demo":
             return await _demo(runtime)
         if serving:
-            adapters = chat_adapters(settings, runtime.intake.submit)
+            adapters = chat_adapters(
+                settings, runtime.intake.submit, answered=runtime.intake.has_answered
+            )
             if adapters:
                 return await _serve(runtime, adapters)
             print(_platform_notice(settings), file=sys.stderr)
