@@ -59,6 +59,8 @@ NO_MENTIONS = discord.AllowedMentions.none()
 CATCH_UP_MESSAGES = 500
 # A typing indicator shows for about 10 s; refresh it before it lapses.
 TYPING_EVERY_S = 8.0
+# Of the requests a second, typing indicators never take the last ones.
+TYPING_SPARE = 15
 THREAD_NAME_CHARS = 90
 ALREADY_THREADED = 160004
 CLOSED_LINE = "I am restarting; please ask again in a minute."
@@ -310,13 +312,18 @@ class DiscordReply:
 
     async def _type(self) -> None:
         with contextlib.suppress(discord.HTTPException, aiohttp.ClientError, OSError):
-            await self._surface.typing()
+            await self._typing()
             # Posting the reply clears the indicator: show it again right after.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._posted.wait(), TYPING_EVERY_S)
             while not self._done:
-                await self._surface.typing()
+                await self._typing()
                 await asyncio.sleep(TYPING_EVERY_S)
+
+    async def _typing(self) -> None:
+        # Cosmetic: skipped when the second's budget is needed for posts and edits.
+        if self._adapter.budget.take_global(spare=TYPING_SPARE):
+            await self._surface.typing()
 
     async def _stop_background(self) -> None:
         for task in (self._flusher, self._typer):
@@ -795,6 +802,8 @@ class DiscordAdapter:
 
     async def _read_back(self, place: discord.TextChannel | discord.Thread, since: datetime) -> int:
         me = self.user_id
+        # One page per channel, paced like everything else (a restart reads many at once).
+        await self.budget.acquire_global()
         messages = [
             m async for m in place.history(limit=CATCH_UP_MESSAGES, after=since, oldest_first=True)
         ]

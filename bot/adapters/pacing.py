@@ -69,6 +69,23 @@ class SendBudget:
         self._all.append(now)
         return True
 
+    def take_global(self, *, spare: int) -> bool:
+        """A slot of the per-second budget only, for requests that can be skipped (typing
+        indicators), leaving ``spare`` slots for posts and edits."""
+        now = self._clock()
+        while self._all and now - self._all[0] >= self._second_s:
+            self._all.popleft()
+        if len(self._all) >= self._per_second - spare:
+            return False
+        self._all.append(now)
+        return True
+
+    async def acquire_global(self) -> None:
+        """Wait for a slot of the per-second budget (reads such as channel history)."""
+        while not self.take_global(spare=0):
+            self.waits += 1
+            await asyncio.sleep(max(0.01, self._all[0] + self._second_s - self._clock()))
+
     async def acquire(self, channel: int, kind: Kind, *, spare: int = 0) -> None:
         """Wait for a slot and take it."""
         while not self.take(channel, kind, spare=spare):

@@ -99,6 +99,9 @@ class FakeDiscord(FakeServer):
         self.cannot_send: set[int] = set()
         self.cannot_create_threads: set[int] = set()
         self.rate_limited: list[tuple[str, str, float]] = []
+        # time.monotonic() of each bot message's creation and of each of its edits.
+        self.posted_at: dict[int, float] = {}
+        self.edited_at: dict[int, list[float]] = defaultdict(list)
         # (when it arrived, method, path, status) of every REST request.
         self.timeline: list[tuple[float, str, str, int]] = []
         self._limits: deque[Limit] = deque()
@@ -587,6 +590,7 @@ class FakeDiscord(FakeServer):
         message["flags"] = body.get("flags", 0)
         message["allowed_mentions"] = body.get("allowed_mentions")
         self.messages[channel_id][int(message["id"])] = message
+        self.posted_at[int(message["id"])] = time.monotonic()
         return message
 
     async def _edit_message(self, request: web.Request) -> web.Response:
@@ -597,6 +601,7 @@ class FakeDiscord(FakeServer):
         return _json(self._apply_edit(message, await request.json()))
 
     def _apply_edit(self, message: Json, body: Json) -> Json:
+        self.edited_at[int(message["id"])].append(time.monotonic())
         if "content" in body:
             self.edits[int(message["id"])].append(message["content"])
             message["content"] = body["content"] or ""
