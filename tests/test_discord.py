@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,9 +23,9 @@ from bot import cli
 from bot.adapters.base import Submission
 from bot.adapters.discord import DiscordAdapter
 from bot.adapters.discord_text import LIMIT, split_message
-from bot.config import Secret, Settings
+from bot.config import Secret, Settings, load_settings
 from bot.contract import InboundMessage, conversation_key
-from bot.errors import PlatformStartError
+from bot.errors import ConfigError, PlatformStartError
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.runtime import Runtime
 from tests.fakes.discord import MANAGE_GUILD, TOKEN, FakeDiscord, Json, user
@@ -512,3 +513,18 @@ async def test_a_channel_the_bot_cannot_post_in_is_logged_once_and_skipped(
     warnings = [r for r in caplog.records if "missing permission" in r.getMessage()]
     assert len(warnings) == 1 and str(world.research) in warnings[0].getMessage()
     assert len(answer_calls(ollama)) == 1, "the second question there was not taken"
+
+
+def test_the_discord_section_reads_ids_and_rejects_typos(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[discord]\nresearch_channels = [1, "22"]\nrate_limit_per_minute = 3\n')
+    settings = load_settings(path, env={"DISCORD_TOKEN": "t"})
+    assert settings.discord.research_channels == (1, 22)
+    assert settings.discord.rate_limit_per_minute == 3.0 and settings.discord_token is not None
+    assert load_settings(path, env={}).discord_token is None
+    for bad, key in (('research_channel = [1]', "research_channel"),
+                     ('gateway_url = "https://x"', "gateway_url"),
+                     ("admin_role_ids = [true]", "admin_role_ids")):  # fmt: skip
+        path.write_text(f"[discord]\n{bad}\n")
+        with pytest.raises(ConfigError, match=key):
+            load_settings(path, env={})
