@@ -21,7 +21,7 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.adapters.base import Adapter, FeedbackSink, MessageSink
+from bot.adapters.base import Adapter, IntakePort
 from bot.adapters.platforms import chat_adapters
 from bot.adapters.render import render_reply
 from bot.adapters.terminal import TerminalAdapter, terminal_key
@@ -205,8 +205,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     factory: AdapterFactory | None = None
     if serving:
 
-        def factory(sink: MessageSink, feedback: FeedbackSink) -> list[Adapter[Any]]:
-            return chat_adapters(settings, sink, feedback=feedback)
+        def factory(intake: IntakePort) -> list[Adapter[Any]]:
+            return chat_adapters(settings, intake)
 
     async with await Runtime.start(settings, adapters=factory) as runtime:
         for notice in runtime.notices:

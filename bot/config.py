@@ -33,6 +33,7 @@ def _between(low: float, high: float | None = None) -> dict[str, float | None]:
 
 
 URL: dict[str, bool] = {"url": True}  # must be http(s)://host...
+WS_URL: dict[str, bool] = {"ws_url": True}  # must be ws(s)://host...
 NONEMPTY: dict[str, bool] = {"nonempty": True}
 PATH: dict[str, bool] = {"path": True}  # must start with "/"
 OLLAMA_PORT = 11434
@@ -152,6 +153,35 @@ class IntakeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscordSettings:
+    """``[discord]``: used when ``DISCORD_TOKEN`` is set and ``enabled`` is on.
+
+    Ids are Discord snowflakes, written as numbers or strings of digits.
+    """
+
+    enabled: bool = True
+    # Every message in these channels is a question (no mention needed).
+    research_channels: tuple[int, ...] = ()
+    respond_to_dms: bool = True
+    # Messages in a thread where the bot has answered are follow-ups, no mention needed.
+    follow_up_in_threads: bool = True
+    # A top-level question in a research channel gets a thread of its own for the answer.
+    auto_thread: bool = False
+    # Besides members with Manage Server, these may /reset.
+    admin_role_ids: tuple[int, ...] = ()
+    admin_user_ids: tuple[int, ...] = ()
+    # Slash commands are synced to these guilds (instantly there); empty: globally.
+    command_guild_ids: tuple[int, ...] = ()
+    # None: the [intake] default; 0: no limit.
+    rate_limit_per_minute: float | None = field(default=None, metadata=_between(0, 10_000))
+    # Least time between two edits of one streaming reply (Discord allows ~5 per 5 s).
+    edit_interval_s: float = field(default=1.2, metadata=_between(0.05, 60))
+    # A REST or gateway proxy (large deployments), or a local fake (tests).
+    api_url: str = field(default="https://discord.com/api/v10", metadata=URL)
+    gateway_url: str = field(default="wss://gateway.discord.gg/", metadata=WS_URL)
+
+
+@dataclass(frozen=True, slots=True)
 class SlackSettings:
     # On when SLACK_BOT_TOKEN is set; false keeps Slack off even then.
     enabled: bool = True
@@ -190,6 +220,7 @@ class Settings:
     analysis: AnalysisSettings = AnalysisSettings()
     chat: ChatSettings = ChatSettings()
     intake: IntakeSettings = IntakeSettings()
+    discord: DiscordSettings = DiscordSettings()
     slack: SlackSettings = SlackSettings()
     logging: LoggingSettings = LoggingSettings()
     # Filled from the environment, never from the file.
@@ -343,10 +374,12 @@ def _check(hint: Any, value: Any, name: str, meta: Mapping[str, Any]) -> Any:
     if origin in (types.UnionType, typing.Union):
         # ``X | None``: TOML has no null, so None is only ever the default.
         present = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        if len(present) != 1 or dataclasses.is_dataclass(present[0]):
+        if len(present) != 1 or present[0] not in (str, int, float, bool):
             raise ConfigError(f"{shown} cannot be set in the file")
         hint = present[0]
     if origin is tuple:
+        if typing.get_args(hint)[0] is int:
+            return _ids(value, shown)
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"{shown} must be a list of non-empty strings, not {value!r}")
         return tuple(value)
@@ -371,8 +404,25 @@ def _check(hint: Any, value: Any, name: str, meta: Mapping[str, Any]) -> Any:
             raise ConfigError(
                 f"{shown} must be an http(s) URL such as https://host/path, not {value!r}"
             )
+    if meta.get("ws_url"):
+        parts = urlsplit(value)
+        if parts.scheme not in {"ws", "wss"} or not parts.netloc:
+            raise ConfigError(f"{shown} must be a ws(s) URL such as wss://host/, not {value!r}")
     low, high = meta.get("min"), meta.get("max")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
         raise ConfigError(f"{shown} must be {bounds}, not {value!r}")
     return value
+
+
+def _ids(value: Any, shown: str) -> tuple[int, ...]:
+    """A list of snowflakes; strings of digits too, since ids are often pasted quoted."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{shown} must be a list of ids, not {value!r}")
+    ids: list[int] = []
+    for item in value:
+        number = int(item.strip()) if isinstance(item, str) and item.strip().isdigit() else item
+        if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
+            raise ConfigError(f"{shown} must hold ids (whole numbers), not {item!r}")
+        ids.append(number)
+    return tuple(ids)

@@ -16,6 +16,7 @@ SDK and library errors are translated into these at the boundary that called the
     │   └── AnalysisTimeout    ... or ran past its hard timeout and was killed
     ├── EmbeddingError         the embedding workers could not produce vectors
     └── PlatformSetupError     a chat platform refused to start: bad token, missing scope
+                               or intent, uninstalled app
 
 Every error carries a ``user_message``: a fixed, friendly line that is safe to show in a
 public chat (no hosts, config keys or commands). ``str(exc)`` is for logs only and is never
@@ -111,7 +112,7 @@ class PlatformSetupError(ResearchAgentError):
     """A chat platform cannot be served; the message is one line naming the fix.
 
     Raised by an adapter's ``start`` (a revoked token, an uninstalled app, a missing
-    scope), so the process stops before it claims to be answering.
+    scope or intent), so the process stops before it claims to be answering.
     """
 
     user_message = "I am not set up correctly on this platform; an admin has been told."

@@ -31,7 +31,7 @@ from typing import Any, Self
 import aiohttp
 from langchain_ollama import ChatOllama
 
-from bot.adapters.base import Adapter, FeedbackSink, MessageSink, Rating, Submission
+from bot.adapters.base import Adapter, IntakePort, Rating, Submission
 from bot.agents.analysis import AnalysisAgent
 from bot.agents.embeddings import EmbeddingAgent
 from bot.agents.fetch import FetchAgent
@@ -48,20 +48,21 @@ _log = logging.getLogger(__name__)
 
 DRAIN_GRACE_S = 30.0
 
-# Builds the chat adapters from the sinks their messages and readers' votes go to (the
-# intake's ``submit`` and ``feedback``).
-AdapterFactory = Callable[[MessageSink, FeedbackSink], Sequence[Adapter[Any]]]
+# Builds the chat adapters from the intake they will talk to.
+AdapterFactory = Callable[[IntakePort], Sequence[Adapter[Any]]]
 
 
-class _LateSink:
-    """The intake's ``submit`` and ``feedback``, for adapters built (and checked) before
-    the intake exists."""
+class _LateIntake:
+    """The intake, for adapters built (and checked) before it exists."""
 
     def __init__(self) -> None:
         self.intake: Intake | None = None
 
-    async def __call__(self, message: InboundMessage[Any]) -> Submission:
+    async def submit(self, message: InboundMessage[Any]) -> Submission:
         return await self._started().submit(message)
+
+    async def has_answered(self, conversation: str) -> bool:
+        return await self._started().has_answered(conversation)
 
     async def feedback(
         self, platform: Platform, event_id: str, user_id: str, rating: Rating
@@ -113,8 +114,8 @@ class Runtime:
             closers.append(("llm client", lambda: close_chat_model(llm)))
             embeddings = EmbeddingAgent(settings.embeddings, log_file=settings.logging.file)
             closers.append(("embedding pool", embeddings.close))
-            sink = _LateSink()
-            chat = list(adapters(sink, sink.feedback)) if adapters is not None else []
+            sink = _LateIntake()
+            chat = list(adapters(sink)) if adapters is not None else []
             core = asyncio.gather(
                 check_llm(http, settings.llm), _open_store(settings), embeddings.check()
             )

@@ -25,7 +25,7 @@ import pytest
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from bot.adapters.base import Adapter, FeedbackSink, MessageSink, Submission
+from bot.adapters.base import Adapter, IntakePort, Submission
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.terminal import TerminalAdapter
 from bot.agents.memory import MemoryStore
@@ -516,7 +516,8 @@ async def test_start_up_checks_include_each_adapters_own_check(
     settings = make_settings(memory={"database": str(tmp_path / "a-file" / "bot.db")})
     reject = True
 
-    def adapters(sink: MessageSink, feedback: FeedbackSink) -> list[Adapter[Any]]:
+    def adapters(intake: IntakePort) -> list[Adapter[Any]]:
+        sink = intake.submit
         rejecting, fine = InMemoryAdapter(sink), InMemoryAdapter(sink)
         rejecting.service.rejects_credentials = reject
         return [rejecting, TerminalAdapter(sink, session="s"), fine]

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import pytest
 
-from bot.adapters.base import Adapter, FeedbackSink, MessageSink
+from bot.adapters.base import Adapter, IntakePort
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.platforms import chat_adapters
 from bot.adapters.slack import RESET_SHORTCUT, SlackAdapter
@@ -70,7 +70,7 @@ def slack_settings(
 async def serving(settings: Settings) -> AsyncIterator[tuple[Runtime, SlackAdapter]]:
     """The runtime with the Slack adapter ``python -m bot`` would build from ``settings``."""
     async with await Runtime.start(settings) as runtime:
-        [adapter] = chat_adapters(settings, runtime.intake.submit, feedback=runtime.intake.feedback)
+        [adapter] = chat_adapters(settings, runtime.intake)
         assert isinstance(adapter, SlackAdapter)
         await runtime.add_adapter(adapter)
         yield runtime, adapter
@@ -500,8 +500,8 @@ async def test_a_rejected_slack_token_is_reported_with_every_other_start_up_prob
     )
     slack.revoked = True
 
-    def adapters(sink: MessageSink, feedback: FeedbackSink) -> list[Adapter[Any]]:
-        return chat_adapters(settings, sink, feedback=feedback)
+    def adapters(intake: IntakePort) -> list[Adapter[Any]]:
+        return chat_adapters(settings, intake)
 
     with pytest.raises(StartupError) as caught:
         await Runtime.start(settings, adapters=adapters)
@@ -517,7 +517,7 @@ async def test_slack_and_another_adapter_serve_together_and_sigterm_stops_both(
     # The Discord adapter is built elsewhere; the in-memory adapter stands in for it here.
     settings = slack_settings(make_settings, slack)
     async with await Runtime.start(settings) as rt:
-        [bot] = chat_adapters(settings, rt.intake.submit, feedback=rt.intake.feedback)
+        [bot] = chat_adapters(settings, rt.intake)
         other = InMemoryAdapter(rt.intake.submit)
         assert isinstance(bot, SlackAdapter)
         serve = asyncio.create_task(_serve(rt, [bot, other]))

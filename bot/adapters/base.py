@@ -53,11 +53,27 @@ class Submission:
 
 
 MessageSink = Callable[[InboundMessage[Any]], Awaitable[Submission]]
+# Whether the bot has answered in a conversation (by key): the intake's ``has_answered``.
+AnsweredCheck = Callable[[str], Awaitable[bool]]
+"""``has_answered(conversation)``: whether the bot has a conversation there (so a
+follow-up with no mention is for it)."""
 
 Rating = Literal["up", "down"]
 FeedbackSink = Callable[[Platform, str, str, Rating], Awaitable[bool]]
 """``feedback(platform, event_id, user_id, rating)``: a reader's verdict on the answer to
 an event, stored with its turn; False when that turn is unknown or gone (reset)."""
+
+
+class IntakePort(Protocol):
+    """What an adapter may ask of the intake: the one door, and two questions beside it."""
+
+    async def submit(self, message: InboundMessage[Any]) -> Submission: ...
+
+    async def feedback(
+        self, platform: Platform, event_id: str, user_id: str, rating: Rating
+    ) -> bool: ...
+
+    async def has_answered(self, conversation: str) -> bool: ...
 
 
 class ReplyStream(TurnListener, Protocol):

@@ -8,25 +8,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.adapters.base import Adapter, FeedbackSink, MessageSink
+from bot.adapters.base import Adapter, IntakePort
 from bot.config import Settings
 
 
-def chat_adapters(
-    settings: Settings, sink: MessageSink, *, feedback: FeedbackSink | None = None
-) -> list[Adapter[Any]]:
+def chat_adapters(settings: Settings, intake: IntakePort) -> list[Adapter[Any]]:
     """The configured chat adapters, not yet started (the runtime starts them).
 
-    ``feedback`` stores readers' votes (the intake's ``feedback``); without it, platforms
-    that offer feedback buttons do not show them.
+    Each gets what it needs of ``intake``: its ``submit``; Slack its ``feedback`` (readers'
+    votes); Discord its ``has_answered`` (follow-ups in a thread need no mention there).
 
     Raises:
         ConfigError: a platform is half configured (Slack's Socket Mode without
             ``SLACK_APP_TOKEN``, HTTP mode without ``SLACK_SIGNING_SECRET``).
     """
     adapters: list[Adapter[Any]] = []
+    if settings.discord_token is not None and settings.discord.enabled:
+        from bot.adapters.discord import DiscordAdapter  # noqa: PLC0415 - only when configured
+
+        adapters.append(
+            DiscordAdapter(
+                settings.discord,
+                settings.discord_token,
+                intake.submit,
+                answered=intake.has_answered,
+                inbox_max_age_s=settings.intake.inbox_max_age_s,
+            )
+        )
     if settings.slack.enabled and settings.slack_bot_token is not None:
         from bot.adapters.slack import SlackAdapter  # noqa: PLC0415 - only when configured
 
-        adapters.append(SlackAdapter.from_settings(settings, sink, feedback=feedback))
+        adapters.append(
+            SlackAdapter.from_settings(settings, intake.submit, feedback=intake.feedback)
+        )
     return adapters

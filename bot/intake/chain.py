@@ -127,16 +127,19 @@ class FollowUps:
 
     async def __call__(self, context: Context, after: Next) -> Submission:
         message = context.message
-        if not message.follow_up:
-            return await after(context)
-        try:
-            session = await self._store.session(message.conversation)
-        except MemoryStoreError:
-            _log.exception("could not tell whether %s is a conversation of mine", message.event_id)
-            return Submission("ignored")
-        if session is None or session.turn_count == 0:
+        if message.follow_up and not await has_spoken(self._store, message.conversation):
             return Submission("ignored")
         return await after(context)
+
+
+async def has_spoken(store: MemoryStore, conversation: str) -> bool:
+    """Whether the bot has turns in ``conversation``; False when the store fails (logged)."""
+    try:
+        session = await store.session(conversation)
+    except MemoryStoreError:
+        _log.exception("could not tell whether %s is a conversation of mine", conversation)
+        return False
+    return session is not None and session.turn_count > 0
 
 
 class SkipEmpty:

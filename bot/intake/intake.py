@@ -37,6 +37,7 @@ from bot.intake.chain import (
     StartTurn,
     compose,
     decode_message,
+    has_spoken,
 )
 from bot.intake.commands import Commands
 from bot.intake.delivery import GuardedReply
@@ -130,6 +131,15 @@ class Intake:
         if not stored:
             _log.info("feedback on %s event %s has no turn to go with", platform, event_id)
         return stored
+
+    async def has_answered(self, conversation: str) -> bool:
+        """Whether the bot has a conversation in ``conversation`` (and has not forgotten it).
+
+        For adapters whose triggers depend on it, such as Discord's follow-ups in a thread
+        the bot answered in, with no mention. A store that fails answers False: the
+        message then needs a mention, which is the safe side.
+        """
+        return await has_spoken(self._store, conversation)
 
     async def recover(self) -> int:
         """Answer, once, the events a crash left unanswered; returns how many were started.

@@ -1,0 +1,993 @@
+"""The Discord adapter: discord.py events in, rendered replies out.
+
+    gateway ──► _Client.on_message ──► DiscordAdapter._consider ── trigger? ──► sink (intake)
+            └─► app command tree (/ask /reset /sources /session /help) ──────► sink
+    intake ──► open_reply ──► DiscordReply: one reply, edited in place, paced by SendBudget
+           └─► notify     ──► a short reply (or an ephemeral interaction follow-up)
+
+Triggers: a mention of the bot; any message in a research channel (or a thread under one);
+a follow-up in a thread where the bot has answered; a direct message (``respond_to_dms``).
+System messages are dropped here; the bot's own and other bots' messages go to the intake,
+which ignores them, like dedupe, rate limits, commands and queueing: they live there once.
+
+Every channel, thread and DM is its own conversation:
+``conversation_key("discord", guild, channel[, thread])`` (``@me`` for a DM's guild). With
+``auto_thread`` a top-level question in a research channel gets a thread started from it
+(a thread's id is its starter message's, so the key is known before the thread exists).
+
+Every send and edit carries ``allowed_mentions`` none and suppressed link previews; a reply
+carries a nonce derived from the question's id, so a post retried within Discord's window
+returns the first message. After a restart, :meth:`DiscordAdapter._catch_up` reads the
+history of research channels and of the threads the bot answered in (back to the inbox's
+maximum age) and hands each message in once more: the inbox drops those already taken.
+
+Start-up fails with one :class:`~bot.errors.PlatformSetupError` line for a bad token or a
+Message Content intent that is not switched on. discord.py's ``Route.BASE`` and gateway URL
+are class attributes, so one process runs one Discord adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import aiohttp
+import discord
+import discord.gateway
+import discord.http
+import yarl
+from discord import app_commands
+
+from bot.adapters.base import AnsweredCheck, MessageSink, Submission
+from bot.adapters.discord_text import LIMIT, progress_line, render_reply, split_message
+from bot.adapters.pacing import SendBudget
+from bot.config import DiscordSettings, Secret
+from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
+from bot.errors import PlatformSetupError
+
+_log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+# How far back the catch-up reads one channel at most.
+CATCH_UP_MESSAGES = 500
+# A typing indicator shows for about 10 s; refresh it before it lapses.
+TYPING_EVERY_S = 8.0
+# Of the requests a second, typing indicators never take the last ones.
+TYPING_SPARE = 15
+THREAD_NAME_CHARS = 90
+ALREADY_THREADED = 160004
+CLOSED_LINE = "I am restarting; please ask again in a minute."
+INTENT_HELP = (
+    "Discord refused the Message Content intent: open https://discord.com/developers/"
+    "applications, pick this application, go to Bot > Privileged Gateway Intents and switch "
+    "on MESSAGE CONTENT INTENT, then start the bot again"
+)
+TOKEN_HELP = (
+    "Discord rejected DISCORD_TOKEN: copy the bot token again from "
+    "https://discord.com/developers/applications (Bot > Reset Token) into DISCORD_TOKEN"
+)
+SYSTEM_FREE = {discord.MessageType.default, discord.MessageType.reply}
+
+
+@dataclass(slots=True)
+class SlashState:
+    """A slash command's interaction: answered through its deferred response."""
+
+    interaction: discord.Interaction[Any]
+    ephemeral: bool
+    original_used: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DiscordTarget:
+    """Where an answer goes.
+
+    ``channel_id`` is the channel, thread or DM the question was asked in; ``message_id``
+    the question (None for a slash command); ``start_thread``: answer in a new thread
+    started from the question. ``slash`` lives only in this process (an interaction
+    token expires); a recovered slash question is answered in the channel instead.
+    """
+
+    channel_id: int
+    guild_id: int | None
+    message_id: int | None = None
+    start_thread: bool = False
+    thread_name: str = ""
+    slash: SlashState | None = field(default=None, compare=False)
+
+
+# ----------------------------------------------------------------------------- where text goes
+
+
+class _Surface(Protocol):
+    """The messages of one reply: the first one (index 0), then follow-ups."""
+
+    @property
+    def channel(self) -> int: ...
+
+    async def post(self, index: int, text: str) -> int: ...
+
+    async def edit(self, index: int, message_id: int, text: str) -> None: ...
+
+    async def delete(self, message_id: int) -> None: ...
+
+    async def typing(self) -> None: ...
+
+
+class _ChannelSurface:
+    """Plain messages: the first replies to the question (``message_reference``)."""
+
+    def __init__(self, adapter: DiscordAdapter, target: DiscordTarget) -> None:
+        self._adapter = adapter
+        self._target = target
+        self._destination: discord.PartialMessageable | None = None
+        self._threaded = False
+
+    @property
+    def channel(self) -> int:
+        return self._destination.id if self._destination is not None else self._target.channel_id
+
+    async def _where(self) -> discord.PartialMessageable:
+        if self._destination is None:
+            target = self._target
+            self._destination = self._adapter.partial(target.channel_id, target.guild_id)
+            if target.start_thread and target.message_id is not None:
+                thread = await self._adapter.start_thread(target)
+                if thread is not None:
+                    self._destination, self._threaded = thread, True
+        return self._destination
+
+    async def post(self, index: int, text: str) -> int:
+        where = await self._where()
+        target = self._target
+        options: dict[str, Any] = {}
+        if target.message_id is not None:
+            options["nonce"] = f"r{target.message_id}.{index}"
+            if index == 0 and not self._threaded:
+                options["reference"] = discord.MessageReference(
+                    message_id=target.message_id,
+                    channel_id=target.channel_id,
+                    guild_id=target.guild_id,
+                    fail_if_not_exists=False,
+                )
+        message = await where.send(
+            text, allowed_mentions=NO_MENTIONS, suppress_embeds=True, mention_author=False,
+            **options,
+        )  # fmt: skip
+        return message.id
+
+    async def edit(self, index: int, message_id: int, text: str) -> None:
+        where = await self._where()
+        await where.get_partial_message(message_id).edit(content=text, allowed_mentions=NO_MENTIONS)
+
+    async def delete(self, message_id: int) -> None:
+        where = await self._where()
+        await where.get_partial_message(message_id).delete()
+
+    async def typing(self) -> None:
+        where = await self._where()
+        await where.typing()
+
+
+class _SlashSurface:
+    """A slash command's deferred response (index 0), then webhook follow-ups."""
+
+    def __init__(self, state: SlashState, channel: int) -> None:
+        self._state = state
+        self._channel = channel
+        self._followups: dict[int, discord.WebhookMessage] = {}
+
+    @property
+    def channel(self) -> int:
+        return self._channel
+
+    async def post(self, index: int, text: str) -> int:
+        if index == 0:
+            await self.edit(0, 0, text)
+            return 0
+        message = await self._state.interaction.followup.send(
+            text, wait=True, allowed_mentions=NO_MENTIONS, suppress_embeds=True,
+            ephemeral=self._state.ephemeral,
+        )  # fmt: skip
+        self._followups[message.id] = message
+        return message.id
+
+    async def edit(self, index: int, message_id: int, text: str) -> None:
+        if index == 0:
+            self._state.original_used = True
+            await self._state.interaction.edit_original_response(
+                content=text, allowed_mentions=NO_MENTIONS
+            )
+        else:
+            await self._followups[message_id].edit(content=text, allowed_mentions=NO_MENTIONS)
+
+    async def delete(self, message_id: int) -> None:
+        await self._followups.pop(message_id).delete()
+
+    async def typing(self) -> None:
+        return None  # the deferred response shows "thinking" already
+
+
+# ----------------------------------------------------------------------------- one reply
+
+
+class DiscordReply:
+    """One answer: posted at the first progress step, edited as the turn goes on.
+
+    Progress and text only change what the reply should show; a flusher task sends the
+    latest state at most every ``interval_s`` and within the shared :class:`SendBudget`,
+    so a slow Discord never holds up the pipeline and a fast model never floods Discord.
+    :meth:`on_reply` stops the flusher and writes the final text, waiting for its slots.
+    """
+
+    def __init__(
+        self,
+        adapter: DiscordAdapter,
+        surface: _Surface,
+        *,
+        reply_id: int | None,
+        interval_s: float,
+        label: str,
+    ) -> None:
+        self._adapter = adapter
+        self._surface = surface
+        self._interval_s = interval_s
+        self._label = label
+        self._slash = isinstance(surface, _SlashSurface)
+        # The slash response exists from the defer on; a recovered reply exists already.
+        self._ids: list[int] = [0] if self._slash else ([reply_id] if reply_id else [])
+        self._shown: list[str | None] = [None] * len(self._ids)
+        self._wanted: list[str] = []
+        self._body: list[str] = []
+        self._last_write = -float("inf")
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._posted = asyncio.Event()
+        self._done = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._typer: asyncio.Task[None] | None = None
+        self.writes = 0
+
+    @property
+    def reply_id(self) -> str | None:
+        if self._slash or not self._ids:
+            return None
+        return str(self._ids[0])
+
+    async def on_progress(self, step: str) -> None:
+        if not self._body:
+            self._want([progress_line(step)])
+
+    async def on_text(self, text: str) -> None:
+        self._body.append(text)
+        self._want(split_message("".join(self._body) + " …"))
+
+    async def on_reply(self, reply: Reply) -> None:
+        self._done = True
+        await self._stop_background()
+        parts = split_message(render_reply(reply))
+        async with self._lock:
+            try:
+                await self._sync(parts, final=True)
+            except discord.Forbidden as exc:
+                # Not retried: the permission will not come back by itself.
+                self._adapter.missing_permission(self._surface.channel, "send", exc)
+
+    def _want(self, parts: list[str]) -> None:
+        if self._done:
+            return
+        self._wanted = parts
+        self._wake.set()
+        if self._flusher is None:
+            self._flusher = self._adapter.spawn(self._flush(), f"discord-flush:{self._label}")
+            self._typer = self._adapter.spawn(self._type(), f"discord-typing:{self._label}")
+
+    async def _flush(self) -> None:
+        while not self._done:
+            await self._wake.wait()
+            self._wake.clear()
+            pause = self._last_write + self._interval_s - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            try:
+                async with self._lock:
+                    await self._sync(self._wanted, final=False)
+            except discord.RateLimited as exc:
+                self._adapter.budget.hold(self._surface.channel, exc.retry_after)
+            except discord.Forbidden as exc:
+                self._adapter.missing_permission(self._surface.channel, "send", exc)
+                return
+            except (discord.HTTPException, aiohttp.ClientError, OSError):
+                # The final edit carries everything; an update that failed is only late.
+                _log.warning("an update of %s failed; going on", self._label, exc_info=True)
+            except Exception:
+                _log.exception("updating the reply of %s failed; going on", self._label)
+
+    async def _type(self) -> None:
+        with contextlib.suppress(discord.HTTPException, aiohttp.ClientError, OSError):
+            await self._typing()
+            # Posting the reply clears the indicator: show it again right after.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._posted.wait(), TYPING_EVERY_S)
+            while not self._done:
+                await self._typing()
+                await asyncio.sleep(TYPING_EVERY_S)
+
+    async def _typing(self) -> None:
+        # Cosmetic: skipped when the second's budget is needed for posts and edits.
+        if self._adapter.budget.take_global(spare=TYPING_SPARE):
+            await self._surface.typing()
+
+    async def _stop_background(self) -> None:
+        for task in (self._flusher, self._typer):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _sync(self, parts: list[str], *, final: bool) -> None:
+        """Make the reply's messages show ``parts``: edit what changed, post what is new."""
+        budget, channel = self._adapter.budget, self._surface.channel
+        spare = 0 if final else 1
+        for index, text in enumerate(parts):
+            if index < len(self._ids):
+                if self._shown[index] == text:
+                    continue
+                await budget.acquire(channel, "edit", spare=spare)
+                try:
+                    await self._surface.edit(index, self._ids[index], text)
+                except discord.NotFound:
+                    if index or self._slash:
+                        raise
+                    # The reply recorded before a crash was deleted: post a new one.
+                    self._ids, self._shown = [], []
+                    await self._sync(parts, final=final)
+                    return
+                self._shown[index] = text
+            else:
+                await budget.acquire(channel, "create")
+                self._ids.append(await self._surface.post(index, text))
+                self._shown.append(text)
+                if index == 0:
+                    self._adapter.answered_in(self._label)
+                    self._posted.set()
+            self.writes += 1
+            self._last_write = time.monotonic()
+        if final:
+            for extra in self._ids[len(parts) :]:
+                await self._surface.delete(extra)
+            del self._ids[len(parts) :], self._shown[len(parts) :]
+
+
+# ----------------------------------------------------------------------------- the client
+
+
+class _Client(discord.Client):
+    """discord.py's client, handing everything to the adapter."""
+
+    def __init__(self, adapter: DiscordAdapter, *, guild_ready_timeout: float) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_messages = True
+        intents.dm_messages = True
+        # Privileged: switched on in the Developer Portal (INTENT_HELP says where).
+        intents.message_content = True
+        super().__init__(
+            intents=intents,
+            allowed_mentions=NO_MENTIONS,
+            max_ratelimit_timeout=30.0,
+            guild_ready_timeout=guild_ready_timeout,
+            chunk_guilds_at_startup=False,
+        )
+        self.adapter = adapter
+        self.tree: app_commands.CommandTree[_Client] = app_commands.CommandTree(self)
+
+    async def setup_hook(self) -> None:
+        await self.adapter.set_up_commands(self.tree)
+
+    async def on_ready(self) -> None:
+        self.adapter.ready()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.adapter.consider(message)
+
+    async def on_guild_channel_update(self, before: Any, after: Any) -> None:
+        self.adapter.permissions_changed()
+
+    async def on_guild_role_update(self, before: Any, after: Any) -> None:
+        self.adapter.permissions_changed()
+
+    async def on_thread_create(self, thread: discord.Thread) -> None:
+        if thread.owner_id == self.adapter.user_id:
+            self.adapter.answered_in(self.adapter.thread_key(thread))
+
+
+# ----------------------------------------------------------------------------- the adapter
+
+
+class DiscordAdapter:
+    """Discord as the intake sees it (see the module docstring)."""
+
+    platform: Platform = "discord"
+    admins = "members with Manage Server (or an admin role)"
+    command_prefix = "/"
+    recovers = True
+
+    def __init__(
+        self,
+        settings: DiscordSettings,
+        token: Secret,
+        sink: MessageSink,
+        *,
+        answered: AnsweredCheck | None = None,
+        inbox_max_age_s: float = 3600.0,
+        guild_ready_timeout_s: float = 2.0,
+    ) -> None:
+        self._settings = settings
+        self._token = token
+        self._sink = sink
+        self._answered_check = answered
+        self._max_age_s = inbox_max_age_s
+        self._guild_ready_timeout_s = guild_ready_timeout_s
+        self.rate_limit_per_minute = settings.rate_limit_per_minute
+        self.budget = SendBudget()
+        self._research = frozenset(settings.research_channels)
+        self._admin_roles = frozenset(settings.admin_role_ids)
+        self._admin_users = frozenset(settings.admin_user_ids)
+        self._client: _Client | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._alive = False
+        self._closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._answered: set[str] = set()
+        self._unanswered: set[str] = set()
+        self._warned: set[tuple[int, str]] = set()
+        # Channels where Discord refused a post: skipped until permissions change.
+        self._refused: set[int] = set()
+        self.replies: list[DiscordReply] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def is_alive(self) -> bool:
+        return self._alive
+
+    @property
+    def user_id(self) -> int | None:
+        user = self._client.user if self._client is not None else None
+        return user.id if user is not None else None
+
+    async def start(self) -> None:
+        """Log in, sync the slash commands, connect; return once the gateway is ready.
+
+        Raises:
+            PlatformSetupError: a bad token, the Message Content intent off, Discord
+                unreachable.
+        """
+        if self._client is not None:
+            raise RuntimeError("the Discord adapter was started already")
+        discord.http.Route.BASE = self._settings.api_url.rstrip("/")
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._settings.gateway_url)
+        self._client = client = _Client(self, guild_ready_timeout=self._guild_ready_timeout_s)
+        try:
+            await client.login(self._token.reveal())
+            self._runner = asyncio.create_task(client.connect(reconnect=True), name="discord")
+            ready = asyncio.create_task(self._ready.wait())
+            await asyncio.wait({ready, self._runner}, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if not self._ready.is_set():
+                await self._runner  # it ended: raises why
+                raise PlatformSetupError("Discord closed the connection before it was ready")
+        except BaseException as exc:
+            await self._shut(client)
+            raise _start_error(exc, self._settings.api_url) from exc
+        self._alive = True
+        self.spawn(self._watch(self._runner), "discord-watch")
+        _log.info("Discord: connected as %s to %d server(s)", client.user, len(client.guilds))
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._alive = False
+        if self._client is not None:
+            await self._shut(self._client)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def _shut(self, client: _Client) -> None:
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await client.close()
+        except Exception:
+            _log.exception("closing the Discord client failed")
+        if self._runner is not None:
+            with contextlib.suppress(BaseException):
+                await self._runner
+
+    async def _watch(self, runner: asyncio.Task[None]) -> None:
+        try:
+            await runner
+            _log.error("Discord: the gateway connection ended")
+        except discord.PrivilegedIntentsRequired:
+            _log.error("Discord: %s", INTENT_HELP)
+        except Exception:
+            _log.exception("Discord: the gateway connection was lost for good")
+        self._alive = False
+        self._stopped.set()
+
+    def spawn(self, work: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        """A background task the adapter owns (cancelled at close)."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def ready(self) -> None:
+        """The gateway is ready (at start-up, and again after a reconnect that re-identified)."""
+        self._ready.set()
+        self.spawn(self._catch_up(), "discord-catch-up")
+
+    # ------------------------------------------------------------------ commands
+
+    async def set_up_commands(self, tree: app_commands.CommandTree[_Client]) -> None:
+        """Register /ask /reset /sources /session /help and sync them (setup_hook)."""
+
+        async def ask(interaction: discord.Interaction[Any], question: str) -> None:
+            await self._slash(interaction, "ask", question)
+
+        tree.add_command(
+            app_commands.Command(
+                name="ask",
+                description="Research a question and answer with numbered sources",
+                callback=app_commands.describe(question="What do you want to know?")(ask),
+            )
+        )
+        for name, description in (
+            ("reset", "Forget this conversation (Manage Server or an admin role)"),
+            ("sources", "List the sources of my last answer here"),
+            ("session", "Show what I remember of this conversation"),
+            ("help", "What I do and how to ask"),
+        ):
+            command: app_commands.Command[Any, ..., None] = app_commands.Command(
+                name=name, description=description, callback=self._command(name)
+            )
+            if name == "reset":
+                # Only a hint to Discord's UI; the check that counts is in _is_admin.
+                command.default_permissions = discord.Permissions(manage_guild=True)
+            tree.add_command(command)
+        try:
+            if self._settings.command_guild_ids:
+                for guild_id in self._settings.command_guild_ids:
+                    guild = discord.Object(guild_id)
+                    tree.copy_global_to(guild=guild)
+                    await tree.sync(guild=guild)
+            else:
+                await tree.sync()
+        except discord.HTTPException as exc:
+            _log.warning(
+                "Discord: could not sync the slash commands (%s); invite the bot with the "
+                "applications.commands scope, or check [discord].command_guild_ids",
+                exc,
+            )
+
+    def _command(
+        self, name: str
+    ) -> Callable[[discord.Interaction[Any]], Coroutine[Any, Any, None]]:
+        async def run(interaction: discord.Interaction[Any]) -> None:
+            await self._slash(interaction, name, "")
+
+        return run
+
+    async def _slash(self, interaction: discord.Interaction[Any], name: str, question: str) -> None:
+        """A slash command: deferred at once (Discord wants an answer within 3 s)."""
+        is_admin = self._is_admin(interaction.user, interaction.permissions)
+        ephemeral = name == "reset" and not is_admin
+        try:
+            await interaction.response.defer(ephemeral=ephemeral, thinking=True)
+        except discord.HTTPException:
+            _log.warning(
+                "Discord: could not acknowledge /%s %s", name, interaction.id, exc_info=True
+            )
+            return
+        channel = interaction.channel
+        channel_id = interaction.channel_id or 0
+        state = SlashState(interaction, ephemeral)
+        message = InboundMessage(
+            text=question if name == "ask" else f"/{name}",
+            author=Author(
+                str(interaction.user.id),
+                interaction.user.display_name,
+                is_bot=interaction.user.bot,
+                is_admin=is_admin,
+            ),
+            conversation=self._key(interaction.guild_id, channel_id, _parent_of(channel)),
+            platform=self.platform,
+            event_id=str(interaction.id),
+            sent_at=interaction.created_at,
+            target=DiscordTarget(channel_id, interaction.guild_id, slash=state),
+        )
+        submission = await self._submit(message)
+        if submission.outcome in {"closed", "ignored", "duplicate"} and not state.original_used:
+            line = CLOSED_LINE if submission.outcome == "closed" else "Nothing to do."
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(content=line)
+
+    # ------------------------------------------------------------------ inbound
+
+    async def consider(self, message: discord.Message) -> None:
+        """One MESSAGE_CREATE (or a message read back by the catch-up): a trigger?"""
+        try:
+            inbound = await self._inbound(message)
+            if inbound is not None:
+                await self._submit(inbound)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception(
+                "Discord: could not take message %s in channel %s", message.id, message.channel.id
+            )
+
+    async def _inbound(self, message: discord.Message) -> InboundMessage[DiscordTarget] | None:
+        me = self.user_id
+        if me is None or message.type not in SYSTEM_FREE:
+            return None
+        channel = message.channel
+        guild_id = message.guild.id if message.guild is not None else None
+        parent = _parent_of(channel)
+        key = self._key(guild_id, channel.id, parent)
+        mentioned = me in message.raw_mentions
+        start_thread = False
+        if guild_id is None:
+            if not self._settings.respond_to_dms:
+                return None
+        elif parent is not None:
+            follow_up = self._settings.follow_up_in_threads and await self._has_answered(key)
+            if not (mentioned or parent in self._research or follow_up):
+                return None
+        elif channel.id in self._research:
+            start_thread = self._settings.auto_thread
+        elif not mentioned:
+            return None
+        if message.author.id != me and not self._can_answer(channel, start_thread):
+            return None
+        text = clean_text(message, me)
+        if start_thread:
+            # The thread will take the question's id: the conversation is known already.
+            key = self._key(guild_id, message.id, channel.id)
+        return InboundMessage(
+            text=text,
+            author=Author(
+                str(message.author.id),
+                message.author.display_name,
+                is_bot=message.author.bot,
+                is_self=message.author.id == me,
+                is_admin=self._is_admin(message.author, None),
+            ),
+            conversation=key,
+            platform=self.platform,
+            event_id=str(message.id),
+            sent_at=message.created_at,
+            target=DiscordTarget(
+                channel.id,
+                guild_id,
+                message.id,
+                start_thread=start_thread,
+                thread_name=_thread_name(text),
+            ),
+        )
+
+    async def _submit(self, message: InboundMessage[DiscordTarget]) -> Submission:
+        return await self._sink(message)
+
+    def _key(self, guild_id: int | None, channel_id: int, parent: int | None) -> str:
+        guild = str(guild_id) if guild_id is not None else "@me"
+        if parent is None:
+            return conversation_key("discord", guild, str(channel_id))
+        return conversation_key("discord", guild, str(parent), str(channel_id))
+
+    async def _has_answered(self, key: str) -> bool:
+        if key in self._answered:
+            return True
+        if key in self._unanswered or self._answered_check is None:
+            return False
+        if await self._answered_check(key):
+            self._answered.add(key)
+            return True
+        self._unanswered.add(key)
+        return False
+
+    def answered_in(self, key: str) -> None:
+        """The bot has posted an answer in conversation ``key`` (its follow-ups need no mention)."""
+        self._answered.add(key)
+        self._unanswered.discard(key)
+
+    def _is_admin(self, user: discord.abc.User, permissions: discord.Permissions | None) -> bool:
+        if user.id in self._admin_users:
+            return True
+        if not isinstance(user, discord.Member):
+            return False
+        if any(role.id in self._admin_roles for role in user.roles):
+            return True
+        granted = permissions if permissions is not None else user.guild_permissions
+        return granted.manage_guild or granted.administrator
+
+    def _can_answer(self, channel: Any, start_thread: bool) -> bool:
+        """Whether the bot may post here; a missing permission is logged once per channel."""
+        if channel.id in self._refused:
+            return False
+        guild = getattr(channel, "guild", None)
+        if guild is None or not hasattr(channel, "permissions_for"):
+            return True
+        granted = channel.permissions_for(guild.me)
+        in_thread = isinstance(channel, discord.Thread)
+        needed = ["view_channel", "read_message_history"]
+        needed.append("send_messages_in_threads" if in_thread else "send_messages")
+        if start_thread:
+            needed.append("create_public_threads")
+        missing = [name for name in needed if not getattr(granted, name)]
+        for name in missing:
+            self._warn_missing(channel.id, name)
+        # Without the thread permission the answer goes in the channel instead.
+        return not [name for name in missing if name != "create_public_threads"]
+
+    def missing_permission(self, channel_id: int, action: str, exc: discord.HTTPException) -> None:
+        """Discord refused a post or edit (403): logged once per channel, not retried."""
+        if action == "send":
+            self._refused.add(channel_id)
+        self._warn_missing(channel_id, f"{action} ({exc.text or exc.status})")
+
+    def permissions_changed(self) -> None:
+        """Roles or overwrites changed: channels refused before may work now."""
+        self._refused.clear()
+        self._warned.clear()
+
+    def thread_key(self, thread: discord.Thread) -> str:
+        return self._key(thread.guild.id, thread.id, thread.parent_id)
+
+    def _warn_missing(self, channel_id: int, permission: str) -> None:
+        if (channel_id, permission) in self._warned:
+            return
+        self._warned.add((channel_id, permission))
+        _log.warning(
+            "Discord: missing permission %s in channel %s; questions there are not answered "
+            "(or not threaded) until it is granted",
+            permission,
+            channel_id,
+        )
+
+    # ------------------------------------------------------------------ catch-up
+
+    async def _catch_up(self) -> None:
+        """Questions asked while the bot was away, from channel history, each handed in once."""
+        client = self._client
+        if client is None or not self._max_age_s:
+            return
+        since = datetime.now(UTC) - timedelta(seconds=self._max_age_s)
+        places: list[discord.TextChannel | discord.Thread] = []
+        for channel_id in self._research:
+            channel = client.get_channel(channel_id)
+            if isinstance(channel, discord.TextChannel):
+                places.append(channel)
+        for guild in client.guilds:
+            for thread in guild.threads:
+                key = self.thread_key(thread)
+                if thread.parent_id in self._research or (
+                    self._settings.follow_up_in_threads and await self._has_answered(key)
+                ):
+                    places.append(thread)
+        handed = 0
+        for place in places:
+            try:
+                handed += await self._read_back(place, since)
+            except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+                _log.warning("Discord: could not read the history of %s: %s", place.id, exc)
+        if handed:
+            _log.info("Discord: handed in %d message(s) from history after (re)connecting", handed)
+
+    async def _read_back(self, place: discord.TextChannel | discord.Thread, since: datetime) -> int:
+        me = self.user_id
+        # One page per channel, paced like everything else (a restart reads many at once).
+        await self.budget.acquire_global()
+        messages = [
+            m async for m in place.history(limit=CATCH_UP_MESSAGES, after=since, oldest_first=True)
+        ]
+        # Answered before the inbox knew them (a command's reply, say): leave them be.
+        replied = {
+            m.reference.message_id
+            for m in messages
+            if m.author.id == me and m.reference is not None
+        }
+        handed = 0
+        for message in messages:
+            if message.author.id == me or message.id in replied:
+                continue
+            await self.consider(message)
+            handed += 1
+        return handed
+
+    # ------------------------------------------------------------------ outbound
+
+    def partial(self, channel_id: int, guild_id: int | None) -> discord.PartialMessageable:
+        assert self._client is not None
+        kind = discord.ChannelType.private if guild_id is None else None
+        return self._client.get_partial_messageable(channel_id, guild_id=guild_id, type=kind)
+
+    async def start_thread(self, target: DiscordTarget) -> discord.PartialMessageable | None:
+        """The thread started from the question (``auto_thread``); None: answer in place."""
+        assert target.message_id is not None
+        channel = self.partial(target.channel_id, target.guild_id)
+        question = channel.get_partial_message(target.message_id)
+        try:
+            await self.budget.acquire(target.channel_id, "create")
+            thread = await question.create_thread(name=target.thread_name)
+            return self.partial(thread.id, target.guild_id)
+        except discord.Forbidden as exc:
+            self.missing_permission(target.channel_id, "create_public_threads", exc)
+            return None
+        except discord.HTTPException as exc:
+            if exc.code == ALREADY_THREADED:
+                return self.partial(target.message_id, target.guild_id)
+            raise
+
+    def open_reply(
+        self, message: InboundMessage[DiscordTarget], *, reply_id: str | None = None
+    ) -> DiscordReply:
+        target = message.target
+        surface: _Surface
+        if target.slash is not None:
+            surface = _SlashSurface(target.slash, target.channel_id)
+        else:
+            surface = _ChannelSurface(self, target)
+        reply = DiscordReply(
+            self,
+            surface,
+            reply_id=int(reply_id) if reply_id and reply_id.isdigit() else None,
+            interval_s=self._settings.edit_interval_s,
+            label=message.conversation,
+        )
+        self.replies.append(reply)
+        del self.replies[:-1000]
+        return reply
+
+    async def notify(
+        self, message: InboundMessage[DiscordTarget], text: str, *, private: bool
+    ) -> None:
+        target = message.target
+        text = text[:LIMIT]
+        if target.slash is not None:
+            await self._notify_slash(target.slash, text, private=private)
+            return
+        channel = self.partial(target.channel_id, target.guild_id)
+        options: dict[str, Any] = {}
+        if target.message_id is not None:
+            options["nonce"] = f"n{target.message_id}"
+            options["reference"] = discord.MessageReference(
+                message_id=target.message_id,
+                channel_id=target.channel_id,
+                guild_id=target.guild_id,
+                fail_if_not_exists=False,
+            )
+        await self.budget.acquire(target.channel_id, "create")
+        try:
+            await channel.send(
+                text, allowed_mentions=NO_MENTIONS, suppress_embeds=True, mention_author=False,
+                **options,
+            )  # fmt: skip
+        except discord.Forbidden as exc:
+            self.missing_permission(target.channel_id, "send", exc)
+
+    async def _notify_slash(self, state: SlashState, text: str, *, private: bool) -> None:
+        interaction = state.interaction
+        if not state.original_used:
+            if private and not state.ephemeral:
+                # Everyone sees the "thinking" response: swap it for a message only the
+                # author sees.
+                state.original_used = True
+                await interaction.delete_original_response()
+            else:
+                state.original_used = True
+                await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+                return
+        await interaction.followup.send(
+            text, ephemeral=private, allowed_mentions=NO_MENTIONS, suppress_embeds=True
+        )
+
+    def encode_target(self, target: DiscordTarget) -> Mapping[str, Any]:
+        return {
+            "channel_id": str(target.channel_id),
+            "guild_id": None if target.guild_id is None else str(target.guild_id),
+            "message_id": None if target.message_id is None else str(target.message_id),
+            "start_thread": target.start_thread,
+            "thread_name": target.thread_name,
+        }
+
+    def decode_target(self, data: Mapping[str, Any]) -> DiscordTarget:
+        try:
+            guild, message = data["guild_id"], data["message_id"]
+            return DiscordTarget(
+                int(data["channel_id"]),
+                None if guild is None else int(guild),
+                None if message is None else int(message),
+                start_thread=bool(data.get("start_thread", False)),
+                thread_name=str(data.get("thread_name", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a Discord target: {data!r}") from exc
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _parent_of(channel: Any) -> int | None:
+    """The parent channel of a thread; None for anything else."""
+    if isinstance(channel, discord.Thread):
+        return channel.parent_id
+    return None
+
+
+def _thread_name(text: str) -> str:
+    name = " ".join(text.split()) or "Question"
+    return name if len(name) <= THREAD_NAME_CHARS else name[: THREAD_NAME_CHARS - 1] + "…"
+
+
+_USER = re.compile(r"<@!?(\d+)>")
+_ROLE = re.compile(r"<@&(\d+)>")
+_CHANNEL = re.compile(r"<#(\d+)>")
+
+
+def clean_text(message: discord.Message, me: int) -> str:
+    """The question: the bot's mentions removed, other mentions as readable inert names.
+
+    Like discord.py's ``clean_content``, but the bot's own mention goes entirely (it is
+    how the question was addressed, not part of it).
+    """
+    text = re.sub(rf"<@!?{me}>", " ", message.content)
+    names = {user.id: user.display_name for user in message.mentions}
+    guild = message.guild
+
+    def user(match: re.Match[str]) -> str:
+        return "@" + names.get(int(match.group(1)), "unknown-user")
+
+    def role(match: re.Match[str]) -> str:
+        found = guild.get_role(int(match.group(1))) if guild is not None else None
+        return "@" + (found.name if found is not None else "deleted-role")
+
+    def channel(match: re.Match[str]) -> str:
+        found = guild.get_channel_or_thread(int(match.group(1))) if guild is not None else None
+        return "#" + (found.name if found is not None else "unknown-channel")
+
+    text = _CHANNEL.sub(channel, _ROLE.sub(role, _USER.sub(user, text)))
+    text = text.replace("@everyone", "@\u200beveryone").replace("@here", "@\u200bhere")
+    # Collapse the gap a removed mention leaves, keeping line breaks (code in questions).
+    return "\n".join(" ".join(line.split()) for line in text.strip().splitlines()).strip()
+
+
+def _start_error(exc: BaseException, api_url: str) -> BaseException:
+    """What a failed start-up raises: one clear line, or ``exc`` itself."""
+    if isinstance(exc, PlatformSetupError | asyncio.CancelledError):
+        return exc
+    if isinstance(exc, discord.LoginFailure) or (
+        isinstance(exc, discord.ConnectionClosed) and exc.code == 4004
+    ):
+        return PlatformSetupError(TOKEN_HELP)
+    if isinstance(exc, discord.PrivilegedIntentsRequired):
+        return PlatformSetupError(INTENT_HELP)
+    if isinstance(exc, discord.HTTPException | aiohttp.ClientError | OSError | TimeoutError):
+        return PlatformSetupError(f"cannot reach Discord at {api_url}: {exc}")
+    return exc

@@ -1,0 +1,98 @@
+"""One budget for every post and edit the bot makes, shared by all conversations.
+
+Discord allows about 5 message creates and 5 edits per 5 s in one channel (a thread is a
+channel of its own) and 50 requests a second per bot. :class:`SendBudget` keeps the bot
+under both with a margin: a sliding window per channel and kind, and one per second for
+everything. A request waits for its slot (:meth:`SendBudget.acquire`) instead of being
+sent and refused; a 429 that arrives anyway closes the channel for its ``retry_after``
+(:meth:`SendBudget.hold`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Literal
+
+Kind = Literal["create", "edit"]
+
+
+class SendBudget:
+    def __init__(
+        self,
+        *,
+        per_channel: int = 5,
+        window_s: float = 5.0,
+        per_second: int = 40,
+        # Requests arrive later than they leave: a margin so arrivals stay in the window.
+        margin_s: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._per_channel = per_channel
+        self._window_s = window_s + margin_s
+        self._per_second = per_second
+        self._second_s = 1.0 + margin_s / 5
+        self._clock = clock
+        self._windows: dict[tuple[int, Kind], deque[float]] = defaultdict(deque)
+        self._all: deque[float] = deque()
+        self._held: dict[int, float] = {}
+        self.waits = 0
+
+    def delay(self, channel: int, kind: Kind, *, spare: int = 0) -> float:
+        """Seconds until a request of ``kind`` in ``channel`` may go (0: now).
+
+        ``spare`` slots of the channel's window are left for others: progress updates
+        leave one, so the final edit of an answer need not wait for the window.
+        """
+        now = self._clock()
+        window = self._windows[(channel, kind)]
+        while window and now - window[0] >= self._window_s:
+            window.popleft()
+        while self._all and now - self._all[0] >= self._second_s:
+            self._all.popleft()
+        wait = max(0.0, self._held.get(channel, 0.0) - now)
+        over = len(window) - (self._per_channel - spare)
+        if over >= 0:
+            wait = max(wait, window[over] + self._window_s - now)
+        if len(self._all) >= self._per_second:
+            wait = max(wait, self._all[0] + self._second_s - now)
+        return wait
+
+    def take(self, channel: int, kind: Kind, *, spare: int = 0) -> bool:
+        """Take a slot now if there is one."""
+        if self.delay(channel, kind, spare=spare) > 0:
+            return False
+        now = self._clock()
+        self._windows[(channel, kind)].append(now)
+        self._all.append(now)
+        return True
+
+    def take_global(self, *, spare: int) -> bool:
+        """A slot of the per-second budget only, for requests that can be skipped (typing
+        indicators), leaving ``spare`` slots for posts and edits."""
+        now = self._clock()
+        while self._all and now - self._all[0] >= self._second_s:
+            self._all.popleft()
+        if len(self._all) >= self._per_second - spare:
+            return False
+        self._all.append(now)
+        return True
+
+    async def acquire_global(self) -> None:
+        """Wait for a slot of the per-second budget (reads such as channel history)."""
+        while not self.take_global(spare=0):
+            self.waits += 1
+            await asyncio.sleep(max(0.01, self._all[0] + self._second_s - self._clock()))
+
+    async def acquire(self, channel: int, kind: Kind, *, spare: int = 0) -> None:
+        """Wait for a slot and take it."""
+        while not self.take(channel, kind, spare=spare):
+            self.waits += 1
+            await asyncio.sleep(self.delay(channel, kind, spare=spare))
+
+    def hold(self, channel: int, retry_after_s: float) -> None:
+        """Discord said 429: nothing goes to ``channel`` for ``retry_after_s``."""
+        until = self._clock() + retry_after_s
+        self._held[channel] = max(self._held.get(channel, 0.0), until)
