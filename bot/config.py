@@ -111,6 +111,22 @@ class EmbeddingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RankingSettings:
+    # How the dense, lexical and source-order scores are combined (bench/retrieval.py).
+    fusion: Literal["rrf", "weighted"] = "weighted"
+    # Hacker News stories may fill at most this share of any prefix of the ranking.
+    hackernews_share: float = field(default=0.4, metadata=_between(0, 1))
+
+
+@dataclass(frozen=True, slots=True)
+class CitationSettings:
+    # Compare each cited sentence with its source and mark weak citations ``[n?]``.
+    check: bool = True
+    # Below this similarity of a sentence to its source's best passage, a citation is weak.
+    threshold: float = field(default=0.35, metadata=_between(-1, 1))
+
+
+@dataclass(frozen=True, slots=True)
 class MemorySettings:
     database: str = field(default="data/research-agent.db", metadata=NONEMPTY)
     # Summarise once a conversation holds more than this many unsummarised messages.
@@ -162,6 +178,8 @@ class Settings:
     llm: LLMSettings = LLMSettings()
     sources: SourcesSettings = SourcesSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
+    ranking: RankingSettings = RankingSettings()
+    citations: CitationSettings = CitationSettings()
     memory: MemorySettings = MemorySettings()
     analysis: AnalysisSettings = AnalysisSettings()
     chat: ChatSettings = ChatSettings()

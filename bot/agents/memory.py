@@ -88,7 +88,7 @@ from typing import Any, Literal, cast, get_args
 
 import aiosqlite
 
-from bot.contract import Source
+from bot.contract import ScoreParts, Source
 from bot.domain import ConversationState, SessionInfo, StoredTurn
 from bot.errors import MemoryStoreError
 
@@ -255,11 +255,26 @@ def _sources(text: str) -> tuple[Source, ...]:
                 source=str(item["source"]),
                 score=float(item["score"]),
                 cited=bool(item.get("cited", False)),
+                parts=_parts(item.get("parts")),
+                revision=str(item.get("revision", "")),
+                permalink=str(item.get("permalink", "")),
             )
             for item in items
         )
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise MemoryStoreError(f"the stored sources are not valid: {exc}") from exc
+
+
+def _parts(value: object) -> ScoreParts | None:
+    """Score parts as stored; turns saved before they existed have none."""
+    if not isinstance(value, dict):
+        return None
+    return ScoreParts(
+        dense=float(value["dense"]),
+        bm25=float(value["bm25"]),
+        prior=float(value["prior"]),
+        source_rank=int(value["source_rank"]),
+    )
 
 
 def _placeholders(count: int) -> str:

@@ -33,7 +33,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable
 
 from bot.agents.analysis import AnalysisAgent
-from bot.agents.embeddings import EmbeddingAgent, top_k
+from bot.agents.embeddings import EmbeddingAgent, FloatArray
 from bot.agents.fetch import FetchAgent
 from bot.agents.memory import Claim, MemoryStore
 from bot.config import Settings
@@ -48,7 +48,7 @@ from bot.domain import (
     source_label,
 )
 from bot.errors import AnalysisError, EmbeddingError, LLMError, MemoryStoreError
-from bot.pipeline import prompts
+from bot.pipeline import prompts, ranking
 from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.keywords import parse_keywords
 from bot.pipeline.llm import call_llm, stream_llm
@@ -228,8 +228,17 @@ class Pipeline:
             return await turn.clock.time("total_s", self._run(turn))
 
     async def _run(self, turn: _Turn) -> Reply:
+        await self._wait_pending_save(turn.message.conversation)
+        # The question's vector does not depend on the keywords: it is computed while the
+        # keyword call is out, so only the articles' embedding is left on the critical path.
+        question_vector = asyncio.create_task(self._embed_question(turn.question))
+        try:
+            return await self._phases(turn, question_vector)
+        finally:
+            question_vector.cancel()  # a no-op once it is done
+
+    async def _phases(self, turn: _Turn, question_vector: asyncio.Task[FloatArray | None]) -> Reply:
         key = turn.message.conversation
-        await self._wait_pending_save(key)
         await turn.listener.on_progress("Choosing search keywords")
         topics = await turn.clock.time("topics_s", self._topics(turn))
 
@@ -248,7 +257,9 @@ class Pipeline:
         await turn.listener.on_progress(f"Analysing and ranking {len(articles)} articles")
         report, ranked = await _both(
             turn.clock.time("analysis_s", self._analyze(articles, topics)),
-            turn.clock.time("embed_s", self._rank(turn.question, articles)),
+            turn.clock.time(
+                "embed_s", self._rank(turn.question, topics, articles, question_vector)
+            ),
         )
         sources = self._number(turn, ranked[: self._settings.chat.max_sources_in_prompt])
 
@@ -288,9 +299,8 @@ class Pipeline:
             title, found = neutralise(r.article.title, allowed)
             turn.neutralised += found
             label = source_label(r.article.source)
-            numbered.append(
-                (Source(n, title, r.article.url, label, r.score), _prompt_text(r.article))
-            )
+            source = Source(n, title, r.article.url, label, r.score, parts=r.parts)
+            numbered.append((source, _prompt_text(r.article)))
         return numbered
 
     # ----------------------------------------------------------------- steps
@@ -342,19 +352,45 @@ class Pipeline:
             _log.warning("analysis skipped for this turn", exc_info=True)
             return None
 
-    async def _rank(self, question: str, articles: Sequence[Article]) -> list[RankedArticle]:
-        """Embed the question with the articles in one batch, then rank by cosine."""
+    async def _embed_question(self, question: str) -> FloatArray | None:
+        try:
+            vectors = await self._embeddings.embed([question])
+            return np.asarray(vectors[0], dtype=np.float32)
+        except EmbeddingError:
+            _log.exception("embedding the question failed; ranking without dense scores")
+            return None
+
+    async def _rank(
+        self,
+        question: str,
+        topics: Sequence[str],
+        articles: Sequence[Article],
+        question_vector: Awaitable[FloatArray | None],
+    ) -> list[RankedArticle]:
+        """Embed the articles, then fuse dense, lexical and source-order scores.
+
+        Without vectors (the pool failed) the dense scores are all zero and the ranking
+        rests on BM25 and the sources' own order.
+        """
         if not articles:
             return []
-        texts = [question, *(f"{a.title}. {a.text}" for a in articles)]
+        dense = np.zeros(len(articles), dtype=np.float32)
         try:
-            vectors = await self._embeddings.embed(texts)
+            vectors = await self._embeddings.embed([article_text(a) for a in articles])
         except EmbeddingError:
-            _log.exception("embedding failed; keeping the sources' own order")
-            order = sorted(range(len(articles)), key=lambda i: articles[i].rank)
-            return [RankedArticle(articles[i], 0.0) for i in order]
-        hits = top_k(vectors[0], np.asarray(vectors[1:]), len(articles))
-        return [RankedArticle(articles[i], round(score, 4)) for i, score in hits]
+            _log.exception("embedding the articles failed; ranking without dense scores")
+            vectors = None
+        query = await question_vector
+        if vectors is not None and query is not None:
+            dense = vectors @ query
+        config = self._settings.ranking
+        return ranking.rank(
+            articles,
+            [float(d) for d in dense],
+            ranking.query_terms(question, topics),
+            fusion=config.fusion,
+            hn_share=config.hackernews_share,
+        )
 
     async def _compose(
         self,
@@ -495,6 +531,11 @@ async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
 
 async def _await(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
+
+
+def article_text(article: Article) -> str:
+    """What is embedded of an article (and what the vector cache keys it by)."""
+    return f"{article.title}. {article.text}"
 
 
 def _prompt_text(article: Article) -> str:
