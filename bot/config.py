@@ -108,6 +108,12 @@ class EmbeddingSettings:
     top_k: int = field(default=5, metadata=_between(1, 50))
     batch_size: int = field(default=32, metadata=_between(1, 1024))
     hashing_dim: int = field(default=1024, metadata=_between(16, 1 << 20))
+    # Vectors kept by (model, text hash): in memory, and in the memory database across
+    # restarts (0 turns either off).
+    cache_entries: int = field(default=4096, metadata=_between(0, 1_000_000))
+    stored_cache_entries: int = field(default=50_000, metadata=_between(0, 10_000_000))
+    # Tokens the model reads of each text; 0 keeps the model's own limit.
+    max_seq_length: int = field(default=0, metadata=_between(0, 8192))
 
 
 @dataclass(frozen=True, slots=True)

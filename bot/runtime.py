@@ -72,7 +72,7 @@ class Runtime:
             llm_warning = await check_llm(http, settings.llm)
             memory = await MemoryStore.open(settings.memory.database)
             closers.append(("memory store", memory.close))
-            embeddings = EmbeddingAgent(settings.embeddings)
+            embeddings = EmbeddingAgent(settings.embeddings, store=memory)
             closers.append(("embedding pool", embeddings.close))
             await embeddings.start()
             analysis = AnalysisAgent(settings.analysis) if settings.analysis.enabled else None
