@@ -37,7 +37,16 @@ from bot.agents.embeddings import EmbeddingAgent, FloatArray
 from bot.agents.fetch import FetchAgent
 from bot.agents.memory import Claim, MemoryStore
 from bot.config import Settings
-from bot.contract import InboundMessage, Neutralised, Notice, Reply, Source, Status, TurnListener
+from bot.contract import (
+    InboundMessage,
+    Neutralised,
+    Notice,
+    Reply,
+    Source,
+    Status,
+    TurnListener,
+    WeakCitation,
+)
 from bot.domain import (
     SOURCE_LABELS,
     AnalysisReport,
@@ -48,7 +57,7 @@ from bot.domain import (
     source_label,
 )
 from bot.errors import AnalysisError, EmbeddingError, LLMError, MemoryStoreError
-from bot.pipeline import prompts, ranking
+from bot.pipeline import citations, prompts, ranking
 from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.keywords import parse_keywords
 from bot.pipeline.llm import call_llm, stream_llm
@@ -264,9 +273,21 @@ class Pipeline:
         sources = self._number(turn, ranked[: self._settings.chat.max_sources_in_prompt])
 
         await turn.listener.on_progress("Writing the answer")
-        body = await turn.clock.time(
-            "synthesis_s", self._compose(turn, state, sources, fetched, report)
-        )
+        # The passages are known now: they are embedded while the answer is written.
+        check = self._settings.citations.check and bool(sources)
+        passages = asyncio.create_task(self._embed_passages(sources)) if check else None
+        try:
+            body = await turn.clock.time(
+                "synthesis_s", self._compose(turn, state, sources, fetched, report)
+            )
+            weak = (
+                await turn.clock.time("citations_s", self._check_citations(body.text, passages))
+                if passages is not None
+                else []
+            )
+        finally:
+            if passages is not None:
+                passages.cancel()
         cited = set(body.cited)
         reply = Reply(
             question=turn.question,
@@ -279,6 +300,7 @@ class Pipeline:
             unavailable=fetched.unavailable + ((LANGUAGE_MODEL,) if turn.llm_error else ()),
             neutralised=turn.neutralised,
             timings=turn.clock.laps,
+            weak_citations=tuple(weak),
         )
         self._after_turn(turn, reply)
         return reply
@@ -351,6 +373,43 @@ class Pipeline:
         except AnalysisError:
             _log.warning("analysis skipped for this turn", exc_info=True)
             return None
+
+    async def _embed_passages(
+        self, sources: Sequence[tuple[Source, str]]
+    ) -> dict[int, FloatArray] | None:
+        """Each numbered source's passage vectors; None when the pool failed."""
+        split = [(s.n, citations.passages(text)) for s, text in sources]
+        texts = [p for _, parts in split for p in parts]
+        if not texts:
+            return {}
+        try:
+            vectors = await self._embeddings.embed(texts)
+        except EmbeddingError:
+            _log.warning("citations not checked: embedding the passages failed", exc_info=True)
+            return None
+        out, start = {}, 0
+        for n, parts in split:
+            out[n] = vectors[start : start + len(parts)]
+            start += len(parts)
+        return out
+
+    async def _check_citations(
+        self, body: str, passages: Awaitable[dict[int, FloatArray] | None]
+    ) -> list[WeakCitation]:
+        """The body's citations that their sources barely support (see bot.pipeline.citations)."""
+        cited = citations.cited_sentences(body)
+        vectors = await passages
+        if not cited or vectors is None:
+            return []
+        try:
+            sentence_vectors = await self._embeddings.embed([c.text for c in cited])
+        except EmbeddingError:
+            _log.warning("citations not checked: embedding the sentences failed", exc_info=True)
+            return []
+        weak = citations.weak(cited, sentence_vectors, vectors, self._settings.citations.threshold)
+        if weak:
+            _log.info("weak citations: %s", [(w.n, w.support) for w in weak])
+        return weak
 
     async def _embed_question(self, question: str) -> FloatArray | None:
         try:
