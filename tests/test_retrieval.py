@@ -12,6 +12,7 @@ import pytest
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.cli import reply_json
 from bot.config import Settings
+from bot.contract import conversation_key
 from bot.pipeline import ranking
 from bot.runtime import Runtime
 from tests.fakes import confusable
@@ -33,15 +34,20 @@ async def hackernews() -> AsyncIterator[FakeHackerNews]:
 
 
 @pytest.fixture
-async def bot(
+async def runtime(
     make_settings: Callable[..., Settings], ollama: FakeOllama
-) -> AsyncIterator[InMemoryAdapter]:
+) -> AsyncIterator[Runtime]:
     ollama.responder = confusable.keyword_responder
     settings = make_settings(chat={"max_sources_in_prompt": 20}, analysis={"enabled": False})
-    async with await Runtime.start(settings) as runtime:
-        adapter = InMemoryAdapter(runtime.intake.submit)
-        await runtime.add_adapter(adapter)
-        yield adapter
+    async with await Runtime.start(settings) as rt:
+        yield rt
+
+
+@pytest.fixture
+async def bot(runtime: Runtime) -> InMemoryAdapter:
+    adapter = InMemoryAdapter(runtime.intake.submit)
+    await runtime.add_adapter(adapter)
+    return adapter
 
 
 def test_the_labelled_set_is_as_large_as_promised() -> None:
@@ -82,3 +88,27 @@ async def test_a_follow_up_is_ranked_with_the_conversation_behind_it(
 
     assert reply.sources[0].title.startswith("Show HN: A Mars rover simulator")
     assert reply.sources[0].source == "Hacker News"
+
+
+async def test_sources_remember_the_version_they_were_read_at(
+    runtime: Runtime, bot: InMemoryAdapter, wikipedia: FakeWikipedia
+) -> None:
+    reply = await bot.ask("is rust actually in the linux kernel now?", channel="rev")
+    await runtime.pipeline.settle()
+
+    by_title = {s.title: s for s in reply.sources}
+    article = by_title["Rust (programming language)"]
+    page = next(p for p in confusable.pages() if p.title == article.title)
+    # The fake's revision ids are derived from the page id, as its prop=info says.
+    assert article.revision == str(page.pageid * 7 + 3)
+    assert article.permalink == (
+        "https://en.wikipedia.org/w/index.php?title=Rust_(programming_language)"
+        f"&oldid={article.revision}"
+    )
+    story = by_title["Rust in the Linux kernel: two years in"]
+    assert story.revision == "item 39100003 (640 points)"
+    assert story.permalink == "https://news.ycombinator.com/item?id=39100003"
+    # Kept with the turn, so the sources command links to exactly what was read.
+    stored = await runtime.memory.last_sources(conversation_key("memory", "rev"))
+    assert {s.permalink for s in stored} == {s.permalink for s in reply.sources}
+    assert stored[0].parts == reply.sources[0].parts

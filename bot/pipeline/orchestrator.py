@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from langchain_core.language_models import BaseChatModel
@@ -34,7 +35,7 @@ from langchain_core.runnables import Runnable
 
 from bot.agents.analysis import AnalysisAgent
 from bot.agents.embeddings import EmbeddingAgent, FloatArray
-from bot.agents.fetch import FetchAgent
+from bot.agents.fetch import HN_ITEM_URL, FetchAgent
 from bot.agents.memory import Claim, MemoryStore
 from bot.config import Settings
 from bot.contract import (
@@ -321,7 +322,17 @@ class Pipeline:
             title, found = neutralise(r.article.title, allowed)
             turn.neutralised += found
             label = source_label(r.article.source)
-            source = Source(n, title, r.article.url, label, r.score, parts=r.parts)
+            revision, permalink = _version(r.article)
+            source = Source(
+                n,
+                title,
+                r.article.url,
+                label,
+                r.score,
+                parts=r.parts,
+                revision=revision,
+                permalink=permalink,
+            )
             numbered.append((source, _prompt_text(r.article)))
         return numbered
 
@@ -590,6 +601,23 @@ async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
 
 async def _await(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
+
+
+def _version(article: Article) -> tuple[str, str]:
+    """``(revision, permalink)``: exactly what was read, and a link to that version.
+
+    A Wikipedia revision id gives an ``oldid`` link; a Hacker News story is its item (its
+    text does not change) with the points it had when read.
+    """
+    if article.revision is None:
+        return "", ""
+    if article.source == "wikipedia":
+        parts = urlsplit(article.url)
+        title = parts.path.rsplit("/wiki/", 1)[-1]
+        query = f"title={title}&oldid={article.revision}"
+        return article.revision, urlunsplit((parts.scheme, parts.netloc, "/w/index.php", query, ""))
+    points = f" ({article.points} points)" if article.points is not None else ""
+    return f"item {article.revision}{points}", HN_ITEM_URL.format(article.revision)
 
 
 def article_text(article: Article) -> str:
