@@ -80,7 +80,9 @@ async def _time_turns(turns: int, turn: Callable[[], Awaitable[None]]) -> list[f
 
 
 async def run(args: argparse.Namespace) -> None:
-    settings = EmbeddingSettings(model_path=args.model_path, workers=args.workers)
+    settings = EmbeddingSettings(
+        model_path=args.model_path, workers=args.workers, max_seq_length=args.max_seq_length
+    )
     texts = make_texts(args.articles)
     print(
         f"model: {args.model_path}\n"
@@ -209,6 +211,7 @@ def main() -> None:
         "--shared", type=int, default=15, help="articles a follow-up shares (default 15)"
     )
     parser.add_argument("--per-call", action="store_true", help="also time a pool per call")
+    parser.add_argument("--max-seq-length", type=int, default=0, help="0: the model's own")
     parser.add_argument(
         "--model-path",
         default="",

@@ -118,7 +118,9 @@ def metrics(cases: Sequence[Case], ranker: Ranker) -> tuple[float, float, float]
     return hit1 / n, hit3 / n, rr / n
 
 
-def bench_settings(tmp: Path, backend: str, urls: tuple[str, str, str]) -> Settings:
+def bench_settings(
+    tmp: Path, backend: str, urls: tuple[str, str, str], max_seq_length: int = 0
+) -> Settings:
     path = tmp / "config.toml"
     path.write_text(
         config_text(
@@ -144,10 +146,11 @@ def bench_settings(tmp: Path, backend: str, urls: tuple[str, str, str]) -> Setti
         chat=dataclasses.replace(settings.chat, max_sources_in_prompt=20),
         analysis=dataclasses.replace(settings.analysis, enabled=False),
         citations=dataclasses.replace(settings.citations, check=False),
+        embeddings=dataclasses.replace(settings.embeddings, max_seq_length=max_seq_length),
     )
 
 
-async def collect(backend: str) -> list[Case]:
+async def collect(backend: str, max_seq_length: int = 0) -> list[Case]:
     texts = {p.title: p for p in confusable.pages()}
     cases: list[Case] = []
     async with (
@@ -157,7 +160,8 @@ async def collect(backend: str) -> list[Case]:
     ):
         ollama.responder = confusable.keyword_responder
         with tempfile.TemporaryDirectory() as tmp:
-            settings = bench_settings(Path(tmp), backend, (ollama.url, wiki.url, hn.url))
+            urls = (ollama.url, wiki.url, hn.url)
+            settings = bench_settings(Path(tmp), backend, urls, max_seq_length)
             async with await Runtime.start(settings) as runtime:
                 bot = InMemoryAdapter(runtime.intake.submit)
                 await runtime.add_adapter(bot)
@@ -271,7 +275,7 @@ def misses(cases: Sequence[Case], ranker: Ranker) -> None:
 async def run(args: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
-    cases = await collect(args.backend)
+    cases = await collect(args.backend, args.max_seq_length)
     print(f"backend: {args.backend}; {time.perf_counter() - started:.0f} s through the pipeline")
     rankers: dict[str, Ranker] = {
         "source order": source_order,
@@ -293,6 +297,7 @@ def main() -> None:
         "--backend", choices=("sentence-transformers", "hashing"), default="sentence-transformers"
     )
     parser.add_argument("--no-grid", dest="grid", action="store_false")
+    parser.add_argument("--max-seq-length", type=int, default=0, help="0: the model's own")
     parser.add_argument("--misses", action="store_true", help="print the hybrid's misses")
     asyncio.run(run(parser.parse_args()))
 
