@@ -6,7 +6,8 @@ the embedding pool) against the fakes with injected latencies, and prints:
 * the measured p50 turn time;
 * the critical path: the injected latencies along the longest chain of dependent steps
   (keywords LLM call → one source round trip → answer LLM call) plus the compute of the
-  parallel phase measured alone (embedding, or analysis if that is slower);
+  parallel phase measured alone (embedding the articles that were not in the vector cache
+  yet, or analysis if that is slower; the question is embedded during the keyword call);
 * the same work done sequentially: every LLM call and every source request one after the
   other, plus the embedding and analysis compute;
 * the ratios. Target: turn time within 10% of the critical path.
@@ -37,6 +38,7 @@ from bot.adapters.inmemory import InMemoryAdapter
 from bot.agents.fetch import FetchAgent
 from bot.config import load_settings
 from bot.domain import Article
+from bot.pipeline.orchestrator import article_text
 from bot.runtime import Runtime
 from tests.conftest import config_text
 
@@ -101,6 +103,9 @@ class Samples:
     analysis_alone: list[float] = field(default_factory=list)
     llm_calls: list[float] = field(default_factory=list)
     source_requests: list[float] = field(default_factory=list)
+    # Article texts embedded by an earlier turn: the vector cache has them.
+    seen: set[str] = field(default_factory=set)
+    uncached: list[float] = field(default_factory=list)
 
 
 async def measure(runtime: Runtime, services: FakeServices, args: argparse.Namespace) -> None:
@@ -108,9 +113,10 @@ async def measure(runtime: Runtime, services: FakeServices, args: argparse.Names
     bot = InMemoryAdapter(runtime.intake.submit)
     await runtime.add_adapter(bot)
     # Warm-up turn (imports, first connections), not counted.
-    await bot.ask(QUESTIONS[0], channel="warm")
+    warm = await bot.ask(QUESTIONS[0], channel="warm")
     await runtime.pipeline.settle()
     samples = Samples()
+    await compute_alone(runtime, QUESTIONS[0], list(warm.topics), Samples(seen=samples.seen))
     for i in range(args.turns):
         question = QUESTIONS[i % len(QUESTIONS)]
         await services.set_latency(source_s=args.source_latency, llm_s=args.llm_latency)
@@ -118,7 +124,8 @@ async def measure(runtime: Runtime, services: FakeServices, args: argparse.Names
         # The same parallel-phase work, measured alone, with no latency injected.
         await services.set_latency(source_s=0.0, llm_s=0.0)
         await compute_alone(runtime, question, topics, samples)
-    report(samples, args)
+    stats = runtime.embeddings.cache_stats
+    report(samples, args, f"vector cache hit rate over the run {stats.hit_rate:.0%}")
 
 
 async def timed_turn(
@@ -150,9 +157,13 @@ async def compute_alone(
     articles: list[Article] = list(
         (await FetchAgent(runtime.http, runtime.settings.sources).fetch(topics)).articles
     )
-    texts = [question, *(f"{a.title}. {a.text}" for a in articles)]
+    texts = [article_text(a) for a in articles]
+    uncached = sorted(set(texts) - samples.seen)
+    samples.seen.update(texts)
+    samples.uncached.append(len(uncached))
     start = time.perf_counter()
-    await runtime.embeddings.embed(texts)
+    if uncached:
+        await runtime.embeddings.embed(uncached, use_cache=False)
     samples.embed_alone.append(time.perf_counter() - start)
     if runtime.analysis is not None and articles:
         start = time.perf_counter()
@@ -160,7 +171,7 @@ async def compute_alone(
         samples.analysis_alone.append(time.perf_counter() - start)
 
 
-def report(samples: Samples, args: argparse.Namespace) -> None:
+def report(samples: Samples, args: argparse.Namespace, cache: str) -> None:
     p50 = median(samples.turn)
     embed = median(samples.embed_alone)
     analysis = median(samples.analysis_alone)
@@ -176,6 +187,10 @@ def report(samples: Samples, args: argparse.Namespace) -> None:
         f"{args.llm_latency * 1000:.0f} ms per LLM call"
     )
     print(f"per turn: {calls:.0f} LLM calls, {requests:.0f} source requests (median)")
+    print(
+        f"articles not yet in the vector cache per turn: median "
+        f"{median([float(n) for n in samples.uncached]):.0f}; {cache}"
+    )
     print()
     rows = [("measured p50 turn time", p50)]
     rows += [

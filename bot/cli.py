@@ -302,6 +302,7 @@ def reply_json(reply: Reply) -> dict[str, Any]:
         ],
         "neutralised": {"links": reply.neutralised.links, "mentions": reply.neutralised.mentions},
         "timings": {k: round(v, 4) for k, v in reply.timings.items()},
+        "weak_citations": [dataclasses.asdict(w) for w in reply.weak_citations],
         "session": reply.conversation,
     }
 

@@ -111,6 +111,29 @@ class EmbeddingSettings:
     top_k: int = field(default=5, metadata=_between(1, 50))
     batch_size: int = field(default=32, metadata=_between(1, 1024))
     hashing_dim: int = field(default=1024, metadata=_between(16, 1 << 20))
+    # Vectors kept by (model, text hash): in memory, and in the memory database across
+    # restarts (0 turns either off).
+    cache_entries: int = field(default=4096, metadata=_between(0, 1_000_000))
+    stored_cache_entries: int = field(default=50_000, metadata=_between(0, 10_000_000))
+    # Tokens the model reads of each text; 0 keeps the model's own limit.
+    max_seq_length: int = field(default=0, metadata=_between(0, 8192))
+
+
+@dataclass(frozen=True, slots=True)
+class RankingSettings:
+    # How the dense, lexical and source-order scores are combined (bench/retrieval.py).
+    fusion: Literal["rrf", "weighted"] = "weighted"
+    # Hacker News stories may fill at most this share of any prefix of the ranking.
+    hackernews_share: float = field(default=0.4, metadata=_between(0, 1))
+
+
+@dataclass(frozen=True, slots=True)
+class CitationSettings:
+    # Compare each cited sentence with its source and mark weak citations ``[n?]``.
+    check: bool = True
+    # Below this similarity of a sentence to its source's best passage, a citation is weak
+    # (bench/citations.py: 0.40 flags 59% of unsupported citations, 4.8% of supported ones).
+    threshold: float = field(default=0.40, metadata=_between(-1, 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +239,8 @@ class Settings:
     llm: LLMSettings = LLMSettings()
     sources: SourcesSettings = SourcesSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
+    ranking: RankingSettings = RankingSettings()
+    citations: CitationSettings = CitationSettings()
     memory: MemorySettings = MemorySettings()
     analysis: AnalysisSettings = AnalysisSettings()
     chat: ChatSettings = ChatSettings()

@@ -107,8 +107,28 @@ class InboundMessage(Generic[TargetT]):
 
 
 @dataclass(frozen=True, slots=True)
+class ScoreParts:
+    """What a source's fused ``score`` was made from, for the curious and for benches.
+
+    ``dense`` is the cosine of the question and the source, ``bm25`` the lexical score
+    (BM25 with the title and the intro as fields, among the turn's candidates), ``prior``
+    the weak prior from ``source_rank``, the position in the source's own result list.
+    """
+
+    dense: float = 0.0
+    bm25: float = 0.0
+    prior: float = 0.0
+    source_rank: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Source:
-    """A numbered source of an answer; ``n`` is the number the answer cites as ``[n]``."""
+    """A numbered source of an answer; ``n`` is the number the answer cites as ``[n]``.
+
+    ``revision`` names exactly what was read (a Wikipedia revision id, or a Hacker News
+    item id with its points at read time) and ``permalink`` links to that version; both
+    are empty when the source did not say.
+    """
 
     n: int
     title: str
@@ -116,6 +136,22 @@ class Source:
     source: str
     score: float
     cited: bool = False
+    parts: ScoreParts | None = None
+    revision: str = ""
+    permalink: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WeakCitation:
+    """A ``[n]`` in the body whose sentence source ``n`` barely supports.
+
+    ``support`` is the best similarity of the sentence to one of the source's passages,
+    below the configured threshold.
+    """
+
+    n: int
+    sentence: str
+    support: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +197,8 @@ class Reply:
     unavailable: tuple[str, ...] = ()
     neutralised: Neutralised = Neutralised()
     timings: Mapping[str, float] = field(default_factory=dict)
+    # Citations checked against their sources and found weak (empty when not checked).
+    weak_citations: tuple[WeakCitation, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -9,9 +9,11 @@ so any module can import it without pulling in a platform SDK or an agent's depe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
+
+from bot.contract import ScoreParts
 
 SOURCE_LABELS: Mapping[str, str] = {"wikipedia": "Wikipedia", "hackernews": "Hacker News"}
 """Each research source's kind (:attr:`Article.source`) and the name users read for it."""
@@ -40,6 +42,8 @@ class Article:
     points: int | None = None
     comments: int | None = None
     author: str | None = None
+    # The version that was read: Wikipedia's revision id, or the Hacker News item id.
+    revision: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +56,11 @@ class FetchResult:
 
 @dataclass(frozen=True, slots=True)
 class RankedArticle:
-    """An article with its cosine similarity to the question."""
+    """An article with its fused ranking score and the parts the score came from."""
 
     article: Article
     score: float
+    parts: ScoreParts = field(default_factory=ScoreParts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,6 +139,7 @@ class Runtime:
                 raise StartupError(problems, warnings=[llm_warning] if llm_warning else [])
             assert isinstance(opened, MemoryStore)
             memory = opened
+            embeddings.attach_store(memory)  # vectors cached across restarts
             embeddings.begin()
             notices = [llm_warning] if llm_warning else []
             if settings.embeddings.backend != "hashing":

@@ -98,6 +98,8 @@ async def test_ask_json_with_the_real_embedding_model(
             "status",
             "notice_details",
             "neutralised",
+            # Added with hybrid ranking and checked citations:
+            "weak_citations",
         }
         assert result["session"] == "terminal:s1"
         assert result["status"] == "answered"
@@ -110,8 +112,11 @@ async def test_ask_json_with_the_real_embedding_model(
             "analysis_s",
             "embed_s",
             "synthesis_s",
+            "citations_s",
         }
         assert result["unavailable"] == []
+        assert result["weak_citations"] == [], "the fake model quotes its sources"
+        assert all(set(source["parts"]) >= {"dense", "bm25"} for source in result["sources"])
         assert any(source["cited"] for source in result["sources"])
         for source in result["sources"]:
             listed = f"[{source['n']}] {source['title']} — {source['url']}" in result["answer"]

@@ -459,6 +459,7 @@ async def test_malformed_hacker_news_hits_are_skipped(
         url="https://news.ycombinator.com/item?id=42",
         text="Numeric id",
         rank=3,
+        revision="42",
     )
     assert escaped.text == "Escaped\n\nTom & Jerry's fine"
     assert stories and all(a.title and a.url.startswith("http") for a in stories)

@@ -73,6 +73,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bot.agents.vector_cache import CacheStats, VectorCache, VectorStore
 from bot.config import EmbeddingSettings
 from bot.errors import EmbeddingError
 
@@ -196,6 +197,7 @@ class _WorkerConfig:
     batch_size: int
     hashing_dim: int
     threads: int
+    max_seq_length: int = 0
     env: dict[str, str] = field(default_factory=dict)
     # Set for the packaged model: the weights must hash to this before they are loaded.
     weights_sha256: str = ""
@@ -260,6 +262,8 @@ def _init_worker(config: _WorkerConfig, barrier: Any) -> None:
                 state.error = mismatch
                 return
         model = SentenceTransformer(config.model, device="cpu")
+        if config.max_seq_length:
+            model.max_seq_length = config.max_seq_length
         dimension = model.get_embedding_dimension()
     except Exception as exc:  # reported to the parent by _warm_worker
         state.error = f"{type(exc).__name__}: {exc}"
@@ -346,7 +350,11 @@ def _warm_worker() -> tuple[int, int]:
     failure = state.error
     if failure is None:
         try:
-            _encode(state, ["warm-up: load the weights and tokenizer into memory"])
+            # Shaped like a turn: the question alone, then a full batch of article-sized
+            # texts. The first calls at a new shape pay for allocations and kernel choices;
+            # paid here, the first turn after start-up runs as fast as later ones.
+            _encode(state, ["warm-up: what is the question about?"])
+            _encode(state, warm_up_texts(min(state.config.batch_size, 16)))
         except Exception as exc:  # reported after the barrier
             failure = f"warm-up embedding failed: {type(exc).__name__}: {exc}"
     # Wait even after a failure so healthy siblings are not left waiting for the timeout.
@@ -359,6 +367,20 @@ def _warm_worker() -> tuple[int, int]:
     if state.dimension is None:
         raise WorkerLoadError("the model does not report an embedding dimension")
     return os.getpid(), state.dimension
+
+
+def warm_up_texts(count: int, chars: int = 3000) -> list[str]:
+    """``count`` article-sized texts of varied words (the real ones are cut to ~3000 chars)."""
+    words = (
+        "the model reads each article and its title before the turn ranks them by meaning "
+        "history science river planet language engine company island music war energy city"
+    ).split()
+    texts = []
+    for i in range(count):
+        rotated = words[i % len(words) :] + words[: i % len(words)]
+        text = " ".join(rotated)
+        texts.append((text + " ") * (chars // (len(text) + 1) + 1))
+    return [t[:chars] for t in texts]
 
 
 def _embed_batch(texts: list[str]) -> FloatArray:
@@ -430,7 +452,15 @@ class EmbeddingAgent:
     ``log_file`` receives the workers' own output (library warnings, hub retries).
     """
 
-    def __init__(self, settings: EmbeddingSettings, *, log_file: str = "") -> None:
+    def __init__(
+        self,
+        settings: EmbeddingSettings,
+        *,
+        log_file: str = "",
+        store: VectorStore | None = None,
+    ) -> None:
+        """``store`` keeps vectors across restarts (see :mod:`bot.agents.vector_cache`);
+        it can also be attached later, once open (:meth:`attach_store`)."""
         self._settings = settings
         self._log_file = log_file
         # Filled by check(): what the workers load, the weights' expected hash, extra env.
@@ -439,6 +469,12 @@ class EmbeddingAgent:
         self._weights_sha256 = ""
         self._extra_env: dict[str, str] = {}
         self._loading: asyncio.Task[None] | None = None
+        self._cache = VectorCache(
+            self._cache_label(),
+            entries=settings.cache_entries,
+            store=store,
+            stored_entries=settings.stored_cache_entries,
+        )
         self._threads = max(1, _cpu_count() // settings.workers)
         self._pool: ProcessPoolExecutor | None = None
         self._generation = 0
@@ -481,6 +517,15 @@ class EmbeddingAgent:
     def label(self) -> str:
         """What is loaded, for the operator: ``packaged model all-MiniLM-L6-v2 (...)``."""
         return self._model_label()
+
+    @property
+    def cache_stats(self) -> CacheStats:
+        """Vector cache lookups since start-up (hits in memory, in the store, misses)."""
+        return self._cache.stats
+
+    def attach_store(self, store: VectorStore) -> None:
+        """Keep vectors in ``store`` from now on (it opens after this agent is built)."""
+        self._cache.attach_store(store)
 
     @property
     def threads_per_worker(self) -> int:
@@ -539,12 +584,13 @@ class EmbeddingAgent:
         self.begin()
         await self.wait_ready()
 
-    async def embed(self, texts: Sequence[str]) -> FloatArray:
+    async def embed(self, texts: Sequence[str], *, use_cache: bool = True) -> FloatArray:
         """Embed ``texts``; shape ``(len(texts), dimension)``, float32, rows L2-normalised.
 
-        Texts longer than :data:`MAX_TEXT_CHARS` are cut first. Batches of
-        ``[embeddings].batch_size`` texts may run on different workers at once. If a worker
-        died, the pool is replaced and the call retried once.
+        Texts longer than :data:`MAX_TEXT_CHARS` are cut first. Vectors already in the
+        cache are not computed again (``use_cache=False`` computes every one, for
+        benchmarks). Batches of ``[embeddings].batch_size`` texts may run on different
+        workers at once. If a worker died, the pool is replaced and the call retried once.
 
         Raises:
             EmbeddingError: not started, closed, or the workers failed twice in a row.
@@ -558,6 +604,18 @@ class EmbeddingAgent:
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
         clipped = [text[:MAX_TEXT_CHARS] for text in texts]
+        if not use_cache:
+            return await self._compute(clipped)
+        found = await self._cache.lookup(clipped)
+        todo = sorted({clipped[i] for i, v in enumerate(found) if v is None})
+        if todo:
+            fresh = await self._compute(todo)
+            self._cache.add(todo, fresh)
+            computed = dict(zip(todo, fresh, strict=True))
+            found = [computed[clipped[i]] if v is None else v for i, v in enumerate(found)]
+        return np.stack([np.asarray(v, dtype=np.float32) for v in found])
+
+    async def _compute(self, clipped: list[str]) -> FloatArray:
         for attempt in (1, 2):
             pool, generation = self._pool, self._generation
             if pool is None:
@@ -597,6 +655,7 @@ class EmbeddingAgent:
         if loading is not None and not loading.done():
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
+        await self._cache.flush()
         async with self._lock:
             pool, self._pool = self._pool, None
             self._pids = frozenset()
@@ -629,6 +688,13 @@ class EmbeddingAgent:
         if s.model == PACKAGED_MODEL:
             return f"packaged model all-MiniLM-L6-v2 ({PACKAGED_DIST} {PACKAGED_VERSION})"
         return f"model {s.model!r}"
+
+    def _cache_label(self) -> str:
+        """What a vector depends on besides its text: the model and how it reads."""
+        s = self._settings
+        if s.backend == "hashing":
+            return f"hashing:{s.hashing_dim}"
+        return f"st:{s.model_path or s.model}:seq{s.max_seq_length}"
 
     async def _find_model(self) -> str | None:
         settled, problem = await asyncio.to_thread(self._find_locally)
@@ -698,6 +764,7 @@ class EmbeddingAgent:
             batch_size=s.batch_size,
             hashing_dim=s.hashing_dim,
             threads=self._threads,
+            max_seq_length=s.max_seq_length,
             env=env,
             weights_sha256=self._weights_sha256,
             log_file=self._log_file,

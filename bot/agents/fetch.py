@@ -50,7 +50,7 @@ _log = logging.getLogger(__name__)
 WIKIPEDIA = SOURCE_LABELS["wikipedia"]
 HACKER_NEWS = SOURCE_LABELS["hackernews"]
 
-_HN_ITEM_URL = "https://news.ycombinator.com/item?id={}"
+HN_ITEM_URL = "https://news.ycombinator.com/item?id={}"
 # A server asking for a long pause would stall the whole turn; past this we retry sooner.
 _MAX_RETRY_AFTER_S = 5.0
 _CHUNK_BYTES = 64 * 1024
@@ -443,12 +443,14 @@ def _wikipedia_article(page: dict[str, Any], max_chars: int) -> Article | None:
         return None
     extract = page.get("extract")
     text = extract.strip() if isinstance(extract, str) else ""
+    revision = page.get("lastrevid")
     return Article(
         source="wikipedia",
         title=title,
         url=url,
         text=_cap(text or title, max_chars),
         rank=max(_search_index(page) - 1, 0),
+        revision=str(revision) if _int_or_none(revision) else None,
     )
 
 
@@ -483,7 +485,7 @@ def _hackernews_article(hit: object, rank: int, max_chars: int) -> tuple[str, Ar
         return None
     url = hit.get("url")
     if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-        url = _HN_ITEM_URL.format(object_id)
+        url = HN_ITEM_URL.format(object_id)
     story = _plain_text(hit.get("story_text"))
     article = Article(
         source="hackernews",
@@ -495,6 +497,7 @@ def _hackernews_article(hit: object, rank: int, max_chars: int) -> tuple[str, Ar
         points=_int_or_none(hit.get("points")),
         comments=_int_or_none(hit.get("num_comments")),
         author=_str_or_none(hit.get("author")),
+        revision=object_id,
     )
     return object_id, article
 

@@ -23,7 +23,7 @@ recovery adds one, and :meth:`~MemoryStore.release` takes back an attempt that a
 shutdown cancelled. An event still pending at start-up with ``max_attempts`` attempts
 therefore crashed the bot that many times and is quarantined rather than tried again.
 
-Schema (version 3; ``PRAGMA user_version`` holds the version)::
+Schema (version 4; ``PRAGMA user_version`` holds the version)::
 
     sessions                                 turns
     ┌────────────────────────────────┐       ┌──────────────────────────────────────────┐
@@ -56,6 +56,9 @@ Schema (version 3; ``PRAGMA user_version`` holds the version)::
     index turns_by_session (session_key, id)
     index inbox_by_status  (status, received_at)   serves recover()
     index inbox_by_turn    (turn_id) unique        serves ON DELETE SET NULL and transcript()
+
+    embedding_cache (v4): model TEXT, text_hash TEXT (PK together), vector BLOB (float32),
+    stored_at INTEGER (a counter, for evicting the oldest), index embedding_cache_by_age
 
 Timestamps are ISO-8601 in UTC with microseconds (``2024-05-01T12:00:00.123456+00:00``),
 so they sort as text. ``AUTOINCREMENT`` makes turn ids grow forever and never be reused,
@@ -90,7 +93,7 @@ from typing import Any, Literal, cast, get_args
 
 import aiosqlite
 
-from bot.contract import Source
+from bot.contract import ScoreParts, Source
 from bot.domain import ConversationState, SessionInfo, StoredTurn
 from bot.errors import MemoryStoreError
 
@@ -167,6 +170,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (turn_id, user_id)
         )
         """,
+    ),
+    (
+        # Vectors by (model, text hash), so a restart does not embed the same articles again.
+        # Its own table, dropped and rebuilt freely: nothing else refers to it.
+        """
+        CREATE TABLE embedding_cache (
+            model      TEXT    NOT NULL CHECK (typeof(model) = 'text'),
+            text_hash  TEXT    NOT NULL CHECK (typeof(text_hash) = 'text'),
+            vector     BLOB    NOT NULL CHECK (typeof(vector) = 'blob'),
+            stored_at  INTEGER NOT NULL,
+            PRIMARY KEY (model, text_hash)
+        )
+        """,
+        # Serves the eviction of the oldest rows once the table is over its bound.
+        "CREATE INDEX embedding_cache_by_age ON embedding_cache (stored_at)",
     ),
 )
 
@@ -290,11 +308,26 @@ def _sources(text: str) -> tuple[Source, ...]:
                 source=str(item["source"]),
                 score=float(item["score"]),
                 cited=bool(item.get("cited", False)),
+                parts=_parts(item.get("parts")),
+                revision=str(item.get("revision", "")),
+                permalink=str(item.get("permalink", "")),
             )
             for item in items
         )
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise MemoryStoreError(f"the stored sources are not valid: {exc}") from exc
+
+
+def _parts(value: object) -> ScoreParts | None:
+    """Score parts as stored; turns saved before they existed have none."""
+    if not isinstance(value, dict):
+        return None
+    return ScoreParts(
+        dense=float(value["dense"]),
+        bm25=float(value["bm25"]),
+        prior=float(value["prior"]),
+        source_rank=int(value["source_rank"]),
+    )
 
 
 def _placeholders(count: int) -> str:
@@ -576,6 +609,50 @@ class MemoryStore:
                     (now, turn_id),
                 )
         return changed > 0
+
+    async def vectors(self, model: str, hashes: Sequence[str]) -> dict[str, bytes]:
+        """Stored vectors of ``model`` for those of ``hashes`` that have one.
+
+        Raises MemoryStoreError.
+        """
+        found: dict[str, bytes] = {}
+        async with self._transaction("vectors", None, write=False) as conn:
+            # SQLite allows 999 parameters in older builds; a turn has a few dozen texts.
+            for start in range(0, len(hashes), 500):
+                chunk = list(hashes[start : start + 500])
+                rows = await _fetchall(
+                    conn,
+                    "SELECT text_hash, vector FROM embedding_cache WHERE model = ? AND "
+                    f"text_hash IN ({_placeholders(len(chunk))})",
+                    (model, *chunk),
+                )
+                found.update((str(r["text_hash"]), bytes(r["vector"])) for r in rows)
+        return found
+
+    async def save_vectors(
+        self, model: str, vectors: Sequence[tuple[str, bytes]], *, max_entries: int
+    ) -> None:
+        """Store ``(text hash, vector)`` pairs of ``model``, then evict beyond ``max_entries``.
+
+        Raises MemoryStoreError.
+        """
+        if not vectors:
+            return
+        async with self._transaction("save_vectors", None, write=True) as conn:
+            row = await _fetchone(conn, "SELECT COALESCE(MAX(stored_at), 0) FROM embedding_cache")
+            counter = int(row[0]) if row is not None else 0
+            await conn.executemany(
+                "INSERT INTO embedding_cache (model, text_hash, vector, stored_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (model, text_hash) "
+                "DO UPDATE SET vector = excluded.vector, stored_at = excluded.stored_at",
+                [(model, h, v, counter + i) for i, (h, v) in enumerate(vectors, start=1)],
+            )
+            await _write(
+                conn,
+                "DELETE FROM embedding_cache WHERE stored_at <= "
+                "(SELECT COALESCE(MAX(stored_at), 0) FROM embedding_cache) - ?",
+                (max_entries,),
+            )
 
     async def load(self, key: str) -> ConversationState:
         """What the next prompt needs: the summary and the answered turns after it.

@@ -98,7 +98,10 @@ class Commands:
         lines = ["Sources of my last answer here:"]
         for s in sources:
             mark = "" if s.cited else " (consulted, not cited)"
-            lines.append(f"[{s.n}] {s.title} — {s.url} ({s.source}, score {s.score:.2f}){mark}")
+            read = f"; as read: {s.permalink}" if s.permalink and s.permalink != s.url else ""
+            lines.append(
+                f"[{s.n}] {s.title} — {s.url} ({s.source}, score {s.score:.2f}{read}){mark}"
+            )
         return "\n".join(lines)
 
     async def _session(self, key: str) -> str:

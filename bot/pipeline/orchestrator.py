@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from langchain_core.language_models import BaseChatModel
@@ -33,11 +34,20 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable
 
 from bot.agents.analysis import AnalysisAgent
-from bot.agents.embeddings import EmbeddingAgent, top_k
-from bot.agents.fetch import FetchAgent
+from bot.agents.embeddings import EmbeddingAgent, FloatArray
+from bot.agents.fetch import HN_ITEM_URL, FetchAgent
 from bot.agents.memory import Claim, MemoryStore
 from bot.config import Settings
-from bot.contract import InboundMessage, Neutralised, Notice, Reply, Source, Status, TurnListener
+from bot.contract import (
+    InboundMessage,
+    Neutralised,
+    Notice,
+    Reply,
+    Source,
+    Status,
+    TurnListener,
+    WeakCitation,
+)
 from bot.domain import (
     SOURCE_LABELS,
     AnalysisReport,
@@ -48,7 +58,7 @@ from bot.domain import (
     source_label,
 )
 from bot.errors import AnalysisError, EmbeddingError, LLMError, MemoryStoreError
-from bot.pipeline import prompts
+from bot.pipeline import citations, prompts, ranking
 from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.keywords import parse_keywords
 from bot.pipeline.llm import call_llm, stream_llm
@@ -235,8 +245,17 @@ class Pipeline:
             return await turn.clock.time("total_s", self._run(turn))
 
     async def _run(self, turn: _Turn) -> Reply:
+        await self._wait_pending_save(turn.message.conversation)
+        # The question's vector does not depend on the keywords: it is computed while the
+        # keyword call is out, so only the articles' embedding is left on the critical path.
+        question_vector = asyncio.create_task(self._embed_question(turn.question))
+        try:
+            return await self._phases(turn, question_vector)
+        finally:
+            question_vector.cancel()  # a no-op once it is done
+
+    async def _phases(self, turn: _Turn, question_vector: asyncio.Task[FloatArray | None]) -> Reply:
         key = turn.message.conversation
-        await self._wait_pending_save(key)
         await turn.listener.on_progress("Choosing search keywords")
         topics = await turn.clock.time("topics_s", self._topics(turn))
 
@@ -256,14 +275,26 @@ class Pipeline:
         await turn.listener.on_progress(f"Analysing and ranking {len(articles)} articles{loading}")
         report, ranked = await _both(
             turn.clock.time("analysis_s", self._analyze(articles, topics)),
-            turn.clock.time("embed_s", self._rank(turn, articles)),
+            turn.clock.time("embed_s", self._rank(turn, topics, articles, question_vector)),
         )
         sources = self._number(turn, ranked[: self._settings.chat.max_sources_in_prompt])
 
         await turn.listener.on_progress("Writing the answer")
-        body = await turn.clock.time(
-            "synthesis_s", self._compose(turn, state, sources, fetched, report)
-        )
+        # The passages are known now: they are embedded while the answer is written.
+        check = self._settings.citations.check and bool(sources)
+        passages = asyncio.create_task(self._embed_passages(sources)) if check else None
+        try:
+            body = await turn.clock.time(
+                "synthesis_s", self._compose(turn, state, sources, fetched, report)
+            )
+            weak = (
+                await turn.clock.time("citations_s", self._check_citations(body.text, passages))
+                if passages is not None
+                else []
+            )
+        finally:
+            if passages is not None:
+                passages.cancel()
         cited = set(body.cited)
         reply = Reply(
             question=turn.question,
@@ -276,6 +307,7 @@ class Pipeline:
             unavailable=fetched.unavailable + ((LANGUAGE_MODEL,) if turn.llm_error else ()),
             neutralised=turn.neutralised,
             timings=turn.clock.laps,
+            weak_citations=tuple(weak),
         )
         self._after_turn(turn, reply)
         return reply
@@ -296,9 +328,18 @@ class Pipeline:
             title, found = neutralise(r.article.title, allowed)
             turn.neutralised += found
             label = source_label(r.article.source)
-            numbered.append(
-                (Source(n, title, r.article.url, label, r.score), _prompt_text(r.article))
+            revision, permalink = _version(r.article)
+            source = Source(
+                n,
+                title,
+                r.article.url,
+                label,
+                r.score,
+                parts=r.parts,
+                revision=revision,
+                permalink=permalink,
             )
+            numbered.append((source, _prompt_text(r.article)))
         return numbered
 
     # ----------------------------------------------------------------- steps
@@ -350,24 +391,85 @@ class Pipeline:
             _log.warning("analysis skipped for this turn", exc_info=True)
             return None
 
-    async def _rank(self, turn: _Turn, articles: Sequence[Article]) -> list[RankedArticle]:
-        """Embed the question with the articles in one batch, then rank by cosine.
+    async def _embed_passages(
+        self, sources: Sequence[tuple[Source, str]]
+    ) -> dict[int, FloatArray] | None:
+        """Each numbered source's passage vectors; None when the pool failed."""
+        split = [(s.n, citations.passages(text)) for s, text in sources]
+        texts = [p for _, parts in split for p in parts]
+        if not texts:
+            return {}
+        try:
+            vectors = await self._embeddings.embed(texts)
+        except EmbeddingError:
+            _log.warning("citations not checked: embedding the passages failed", exc_info=True)
+            return None
+        out, start = {}, 0
+        for n, parts in split:
+            out[n] = vectors[start : start + len(parts)]
+            start += len(parts)
+        return out
 
-        This is the only step that needs the embedding model, so it is where a turn waits
-        for the model still loading in the background.
+    async def _check_citations(
+        self, body: str, passages: Awaitable[dict[int, FloatArray] | None]
+    ) -> list[WeakCitation]:
+        """The body's citations that their sources barely support (see bot.pipeline.citations)."""
+        cited = citations.cited_sentences(body)
+        vectors = await passages
+        if not cited or vectors is None:
+            return []
+        try:
+            sentence_vectors = await self._embeddings.embed([c.text for c in cited])
+        except EmbeddingError:
+            _log.warning("citations not checked: embedding the sentences failed", exc_info=True)
+            return []
+        weak = citations.weak(cited, sentence_vectors, vectors, self._settings.citations.threshold)
+        if weak:
+            _log.info("weak citations: %s", [(w.n, w.support) for w in weak])
+        return weak
+
+    async def _embed_question(self, question: str) -> FloatArray | None:
+        try:
+            vectors = await self._embeddings.embed([question])
+            return np.asarray(vectors[0], dtype=np.float32)
+        except EmbeddingError:
+            _log.exception("embedding the question failed; ranking without dense scores")
+            return None
+
+    async def _rank(
+        self,
+        turn: _Turn,
+        topics: Sequence[str],
+        articles: Sequence[Article],
+        question_vector: Awaitable[FloatArray | None],
+    ) -> list[RankedArticle]:
+        """Embed the articles, then fuse dense, lexical and source-order scores.
+
+        This is the step that needs the embedding model, so it is where a turn waits for
+        the model still loading in the background. Without vectors (the model or the pool
+        failed) the dense scores are all zero, the ranking rests on BM25 and the sources'
+        own order, and the reply says so.
         """
         if not articles:
             return []
-        texts = [turn.question, *(f"{a.title}. {a.text}" for a in articles)]
+        dense = np.zeros(len(articles), dtype=np.float32)
         try:
-            vectors = await self._embeddings.embed(texts)
+            vectors = await self._embeddings.embed([article_text(a) for a in articles])
         except EmbeddingError as error:
-            _log.exception("embedding failed; keeping the sources' own order")
+            _log.exception("embedding the articles failed; ranking without dense scores")
             turn.notices.append(Notice("ranking_unavailable", NOT_RANKED, operator=str(error)))
-            order = sorted(range(len(articles)), key=lambda i: articles[i].rank)
-            return [RankedArticle(articles[i], 0.0) for i in order]
-        hits = top_k(vectors[0], np.asarray(vectors[1:]), len(articles))
-        return [RankedArticle(articles[i], round(score, 4)) for i, score in hits]
+            vectors = None
+        query = await question_vector
+        if vectors is not None and query is not None:
+            dense = vectors @ query
+        config = self._settings.ranking
+        return ranking.rank(
+            articles,
+            [float(d) for d in dense],
+            ranking.query_terms(turn.question, topics),
+            fusion=config.fusion,
+            hn_share=config.hackernews_share,
+        )
 
     async def _compose(
         self,
@@ -508,6 +610,28 @@ async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
 
 async def _await(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
+
+
+def _version(article: Article) -> tuple[str, str]:
+    """``(revision, permalink)``: exactly what was read, and a link to that version.
+
+    A Wikipedia revision id gives an ``oldid`` link; a Hacker News story is its item (its
+    text does not change) with the points it had when read.
+    """
+    if article.revision is None:
+        return "", ""
+    if article.source == "wikipedia":
+        parts = urlsplit(article.url)
+        title = parts.path.rsplit("/wiki/", 1)[-1]
+        query = f"title={title}&oldid={article.revision}"
+        return article.revision, urlunsplit((parts.scheme, parts.netloc, "/w/index.php", query, ""))
+    points = f" ({article.points} points)" if article.points is not None else ""
+    return f"item {article.revision}{points}", HN_ITEM_URL.format(article.revision)
+
+
+def article_text(article: Article) -> str:
+    """What is embedded of an article (and what the vector cache keys it by)."""
+    return f"{article.title}. {article.text}"
 
 
 def _prompt_text(article: Article) -> str:

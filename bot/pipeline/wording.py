@@ -49,7 +49,9 @@ GIVEN_UP = (
     "have set it aside. Asking it in other words may work."
 )
 NOT_SAVED = "I could not save this exchange; it will not be remembered."
-NOT_RANKED = "I could not rank the sources by relevance this time; they are in search order."
+NOT_RANKED = (
+    "I could not rank the sources by meaning this time, only by their words and the search order."
+)
 NOT_RESTORED = "I could not restore our earlier conversation for this answer."
 
 

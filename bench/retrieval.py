@@ -1,0 +1,306 @@
+"""Benchmark: which ranker puts the right source first, on confusable topics?
+
+Runs every conversation of the labelled set (tests/fakes/confusable.py: 15 clusters of
+confusable topics, chat-style questions with follow-ups, each with its gold source) through
+the real pipeline (the runtime, the intake, the fetch agent, the embedding pool with the real
+model) against the fakes serving that set's articles and stories. Every candidate of a turn
+comes back as a numbered source with its score parts, so each ranker is scored on exactly the
+same candidates:
+
+* source order: the sources' own ranks (Wikipedia's search, then Algolia's);
+* BM25 alone, dense alone;
+* the hybrid, by reciprocal-rank fusion and by a weighted sum (with the pipeline's rules:
+  disambiguation pages last, Hacker News capped);
+
+and prints hit@1, hit@3 and MRR, overall and per kind of question, then a small grid over
+the fusion constants with two-fold cross-validation by cluster (fit on half the clusters,
+score on the others), so the defaults in bot/pipeline/ranking.py are not just fitted to the
+figures they are judged by.
+
+    python bench/retrieval.py [--backend sentence-transformers|hashing] [--no-grid]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import functools
+import itertools
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot.adapters.inmemory import InMemoryAdapter
+from bot.config import Settings, load_settings
+from bot.contract import ScoreParts, Source
+from bot.pipeline import ranking
+from bot.runtime import Runtime
+from tests.conftest import config_text
+from tests.fakes import confusable
+from tests.fakes.hackernews import FakeHackerNews
+from tests.fakes.ollama import FakeOllama
+from tests.fakes.wikipedia import FakeWikipedia
+
+Ranker = Callable[["Case"], list[int]]
+
+
+@dataclass(frozen=True)
+class Case:
+    cluster: str
+    kind: str
+    question: str
+    gold: tuple[str, ...]
+    sources: tuple[Source, ...]
+    disambiguation: tuple[bool, ...]
+
+    @property
+    def parts(self) -> list[ScoreParts]:
+        return [s.parts or ScoreParts() for s in self.sources]
+
+    @property
+    def stories(self) -> list[bool]:
+        return [s.source == "Hacker News" for s in self.sources]
+
+    def gold_at(self, order: Sequence[int]) -> int | None:
+        """1-based position of the first gold source in ``order``."""
+        for position, i in enumerate(order, start=1):
+            if self.sources[i].title in self.gold:
+                return position
+        return None
+
+
+def source_order(case: Case) -> list[int]:
+    return sorted(
+        range(len(case.sources)), key=lambda i: (case.parts[i].source_rank, case.stories[i], i)
+    )
+
+
+def by_part(name: str) -> Ranker:
+    def ranker(case: Case) -> list[int]:
+        parts = case.parts
+        tiebreak = source_order(case)
+        return sorted(tiebreak, key=lambda i: -float(getattr(parts[i], name)))
+
+    return ranker
+
+
+def fused(fuse: Callable[[Sequence[ScoreParts]], list[float]]) -> Ranker:
+    def ranker(case: Case) -> list[int]:
+        return ranking.order(
+            fuse(case.parts),
+            stories=case.stories,
+            demoted=case.disambiguation,
+            ranks=[p.source_rank for p in case.parts],
+        )
+
+    return ranker
+
+
+def metrics(cases: Sequence[Case], ranker: Ranker) -> tuple[float, float, float]:
+    if not cases:
+        return 0.0, 0.0, 0.0
+    hit1 = hit3 = rr = 0.0
+    for case in cases:
+        position = case.gold_at(ranker(case))
+        if position is not None:
+            hit1 += position == 1
+            hit3 += position <= 3
+            rr += 1.0 / position
+    n = len(cases)
+    return hit1 / n, hit3 / n, rr / n
+
+
+def bench_settings(
+    tmp: Path, backend: str, urls: tuple[str, str, str], max_seq_length: int = 0
+) -> Settings:
+    path = tmp / "config.toml"
+    path.write_text(
+        config_text(
+            ollama_url=urls[0],
+            wikipedia_url=urls[1],
+            hackernews_url=urls[2],
+            database=tmp / "bench.db",
+            backend=backend,
+        ),
+        encoding="utf-8",
+    )
+    settings = load_settings(path, env={})
+    sources = settings.sources
+    sources = dataclasses.replace(
+        sources,
+        wikipedia=dataclasses.replace(sources.wikipedia, results_per_keyword=5),
+        hackernews=dataclasses.replace(sources.hackernews, results_per_keyword=3),
+    )
+    return dataclasses.replace(
+        settings,
+        sources=sources,
+        # Every candidate comes back as a numbered source, with its score parts.
+        chat=dataclasses.replace(settings.chat, max_sources_in_prompt=20),
+        analysis=dataclasses.replace(settings.analysis, enabled=False),
+        citations=dataclasses.replace(settings.citations, check=False),
+        embeddings=dataclasses.replace(settings.embeddings, max_seq_length=max_seq_length),
+    )
+
+
+async def collect(backend: str, max_seq_length: int = 0) -> list[Case]:
+    texts = {p.title: p for p in confusable.pages()}
+    cases: list[Case] = []
+    async with (
+        FakeOllama() as ollama,
+        FakeWikipedia(confusable.pages()) as wiki,
+        FakeHackerNews(confusable.stories()) as hn,
+    ):
+        ollama.responder = confusable.keyword_responder
+        with tempfile.TemporaryDirectory() as tmp:
+            urls = (ollama.url, wiki.url, hn.url)
+            settings = bench_settings(Path(tmp), backend, urls, max_seq_length)
+            async with await Runtime.start(settings) as runtime:
+                bot = InMemoryAdapter(runtime.intake.submit)
+                await runtime.add_adapter(bot)
+                for n, conversation in enumerate(confusable.conversations()):
+                    for turn in conversation.turns:
+                        reply = await bot.ask(turn.question, channel=f"c{n}")
+                        flags = tuple(
+                            s.source == "Wikipedia"
+                            and s.title in texts
+                            and ranking.is_disambiguation_text(s.title, texts[s.title].text)
+                            for s in reply.sources
+                        )
+                        cases.append(
+                            Case(
+                                conversation.cluster,
+                                turn.kind,
+                                turn.question,
+                                turn.gold,
+                                tuple(reply.sources),
+                                flags,
+                            )
+                        )
+                    await runtime.pipeline.settle()
+    return cases
+
+
+def report(cases: Sequence[Case], rankers: dict[str, Ranker]) -> None:
+    found = sum(1 for c in cases if c.gold_at(range(len(c.sources))) is not None)
+    sizes = sorted(len(c.sources) for c in cases)
+    print(
+        f"{len(cases)} questions, {len({c.cluster for c in cases})} clusters; gold among the "
+        f"candidates in {found}; candidates per turn {sizes[0]}-{sizes[-1]} "
+        f"(median {sizes[len(sizes) // 2]})"
+    )
+    kinds = sorted({c.kind for c in cases})
+    print()
+    print(f"{'ranker':<22}{'hit@1':>7}{'hit@3':>7}{'MRR':>7}   hit@1 by kind")
+    print("-" * 80)
+    for name, ranker in rankers.items():
+        h1, h3, mrr = metrics(cases, ranker)
+        by_kind = "  ".join(
+            f"{k} {metrics([c for c in cases if c.kind == k], ranker)[0]:.2f}" for k in kinds
+        )
+        print(f"{name:<22}{h1:>7.3f}{h3:>7.3f}{mrr:>7.3f}   {by_kind}")
+    counts: defaultdict[str, int] = defaultdict(int)
+    for c in cases:
+        counts[c.kind] += 1
+    print("-" * 80)
+    print("questions per kind: " + ", ".join(f"{k} {counts[k]}" for k in kinds))
+
+
+def grid(cases: Sequence[Case]) -> None:
+    """Two-fold cross-validation by cluster over the fusion constants."""
+    clusters = sorted({c.cluster for c in cases})
+    folds = [set(clusters[0::2]), set(clusters[1::2])]
+    candidates: dict[str, dict[str, Ranker]] = {"rrf": {}, "weighted": {}}
+    for k, wb, wp in itertools.product(
+        (5.0, 10.0, 20.0, 60.0), (0.5, 0.75, 1.0, 1.5), (0.0, 0.15, 0.3, 0.5)
+    ):
+        weights = {"dense": 1.0, "bm25": wb, "prior": wp}
+        candidates["rrf"][f"k={k:g} bm25={wb:g} prior={wp:g}"] = fused(
+            functools.partial(ranking.rrf, k=k, weights=weights)
+        )
+    for wb, wp in itertools.product((0.2, 0.4, 0.6, 0.8, 1.0, 1.5), (0.0, 0.05, 0.1, 0.2)):
+        weights = {"dense": 1.0, "bm25": wb, "prior": wp}
+        candidates["weighted"][f"bm25={wb:g} prior={wp:g}"] = fused(
+            functools.partial(ranking.weighted, weights=weights)
+        )
+    print()
+    print("fusion constants, 2-fold cross-validation by cluster (fit on one half, score the other)")
+    for fusion, options in candidates.items():
+
+        def score(subset: Sequence[Case], ranker: Ranker) -> tuple[float, float, float]:
+            h1, h3, mrr = metrics(subset, ranker)
+            return (h1 + h3 / 2 + mrr / 4, h3, mrr)
+
+        held = []
+        for train_fold, test_fold in ((folds[0], folds[1]), (folds[1], folds[0])):
+            train = [c for c in cases if c.cluster in train_fold]
+            test = [c for c in cases if c.cluster in test_fold]
+            best = max(options, key=lambda name: score(train, options[name]))
+            held.append((best, test, options[best]))
+        hits = [
+            sum(metrics(test, r)[i] * len(test) for _, test, r in held) / len(cases)
+            for i in range(3)
+        ]
+        best_all = max(options, key=lambda name: score(cases, options[name]))
+        print(
+            f"  {fusion:<9} held-out hit@1 {hits[0]:.3f} hit@3 {hits[1]:.3f} MRR {hits[2]:.3f}"
+            f"   (chosen per fold: {held[0][0]} | {held[1][0]}; best on all: {best_all})"
+        )
+
+
+def misses(cases: Sequence[Case], ranker: Ranker) -> None:
+    """The questions the hybrid does not answer with a gold source first, with the parts."""
+    print()
+    for case in cases:
+        order = ranker(case)
+        if case.gold_at(order) == 1:
+            continue
+        print(f"[{case.kind}] {case.question}  (gold at {case.gold_at(order)})")
+        for i in order[:4]:
+            s, p = case.sources[i], case.parts[i]
+            mark = "*" if s.title in case.gold else " "
+            print(
+                f"   {mark} {s.title[:48]:<48} dense {p.dense:.3f} bm25 {p.bm25:.3f} "
+                f"rank {p.source_rank}"
+            )
+
+
+async def run(args: argparse.Namespace) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    cases = await collect(args.backend, args.max_seq_length)
+    print(f"backend: {args.backend}; {time.perf_counter() - started:.0f} s through the pipeline")
+    rankers: dict[str, Ranker] = {
+        "source order": source_order,
+        "BM25 alone": by_part("bm25"),
+        "dense alone": by_part("dense"),
+        "hybrid: RRF": fused(ranking.rrf),
+        "hybrid: weighted sum": fused(ranking.weighted),
+    }
+    report(cases, rankers)
+    if args.misses:
+        misses(cases, rankers["hybrid: RRF"])
+    if args.grid:
+        grid(cases)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--backend", choices=("sentence-transformers", "hashing"), default="sentence-transformers"
+    )
+    parser.add_argument("--no-grid", dest="grid", action="store_false")
+    parser.add_argument("--max-seq-length", type=int, default=0, help="0: the model's own")
+    parser.add_argument("--misses", action="store_true", help="print the hybrid's misses")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
