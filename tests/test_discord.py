@@ -496,6 +496,20 @@ async def test_a_missing_message_content_intent_is_explained(world: World) -> No
         await world.start()
 
 
+async def test_start_up_checks_name_a_bad_token_or_a_missing_intent_before_connecting(
+    world: World,
+) -> None:
+    adapter = DiscordAdapter(world.settings.discord, Secret(TOKEN), world.outcomes)
+    assert await adapter.check() is None
+    world.fake.message_content_enabled = False
+    problem = await adapter.check()
+    assert problem is not None and "MESSAGE CONTENT INTENT" in problem
+    world.fake.token = "another-token"
+    problem = await adapter.check()
+    assert problem is not None and "DISCORD_TOKEN" in problem and "\n" not in problem
+    assert world.fake.gateway_connections == 0, "all of it before any gateway connection"
+
+
 async def test_a_channel_the_bot_cannot_post_in_is_logged_once_and_skipped(
     world: World, ollama: FakeOllama, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -74,6 +74,9 @@ TOKEN_HELP = (
     "https://discord.com/developers/applications (Bot > Reset Token) into DISCORD_TOKEN"
 )
 SYSTEM_FREE = {discord.MessageType.default, discord.MessageType.reply}
+# Application flags GATEWAY_MESSAGE_CONTENT and GATEWAY_MESSAGE_CONTENT_LIMITED: the intent
+# is switched on (the second for bots in fewer than 100 servers).
+MESSAGE_CONTENT_FLAGS = (1 << 19) | (1 << 18)
 
 
 @dataclass(slots=True)
@@ -465,6 +468,31 @@ class DiscordAdapter:
     def user_id(self) -> int | None:
         user = self._client.user if self._client is not None else None
         return user.id if user is not None else None
+
+    async def check(self) -> str | None:
+        """A rejected token or the Message Content intent off, as one line, or None.
+
+        Runs with the other start-up checks, before :meth:`start`: two REST calls on a
+        session of its own, so a failing start-up leaves nothing open. The intent is read
+        from the application's flags, so it is explained before the gateway refuses it.
+        """
+        api = self._settings.api_url.rstrip("/")
+        headers = {"Authorization": f"Bot {self._token.reveal()}"}
+        timeout = aiohttp.ClientTimeout(total=10)
+        try:
+            async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+                async with session.get(f"{api}/users/@me") as me:
+                    if me.status == 401:
+                        return f"Discord: {TOKEN_HELP}"
+                    me.raise_for_status()
+                async with session.get(f"{api}/oauth2/applications/@me") as app:
+                    app.raise_for_status()
+                    flags = int((await app.json()).get("flags") or 0)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return f"Discord: cannot reach Discord at {api}: {exc}"
+        if not flags & MESSAGE_CONTENT_FLAGS:
+            return f"Discord: {INTENT_HELP}"
+        return None
 
     async def start(self) -> None:
         """Log in, sync the slash commands, connect; return once the gateway is ready.

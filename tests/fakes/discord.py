@@ -109,6 +109,7 @@ class FakeDiscord(FakeServer):
         self._second: deque[float] = deque()
         self._nonces: dict[tuple[int, str], Json] = {}
         self._sockets: set[web.WebSocketResponse] = set()
+        self.gateway_connections = 0
         self._seq = 0
         self._session = 0
         self._changed = asyncio.Condition()
@@ -395,6 +396,7 @@ class FakeDiscord(FakeServer):
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
+        self.gateway_connections += 1
         self._sockets.add(socket)
         try:
             await socket.send_json({"op": 10, "d": {"heartbeat_interval": 41250}})
