@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from bot.adapters.render import listed_sources
 from bot.contract import Notice, Reply, Source
 
 LIMIT = 2000
@@ -56,10 +57,8 @@ def escape(text: str) -> str:
 def sources_block(sources: Sequence[Source]) -> str:
     if not sources:
         return ""
-    chosen = sorted((s for s in sources if s.cited), key=lambda s: s.n)
-    heading = CITED_HEADING
-    if not chosen:
-        chosen, heading = sorted(sources, key=lambda s: s.n), CONSULTED_HEADING
+    cited, chosen = listed_sources(sources)
+    heading = CITED_HEADING if cited else CONSULTED_HEADING
     lines = [f"[{s.n}] [{escape(s.title)}](<{s.url}>) · {s.source}" for s in chosen]
     return "\n".join([heading, *lines])
 

@@ -48,18 +48,20 @@ def weak_line(weak: Sequence[WeakCitation]) -> str:
     return f"_Marked {marks}: the cited source barely supports that sentence._"
 
 
-def sources_footer(sources: Sequence[Source]) -> str:
-    """``Sources:`` and a ``[n] Title — url`` line per cited source, in number order.
+def listed_sources(sources: Sequence[Source]) -> tuple[bool, list[Source]]:
+    """What every platform's Sources list shows: the cited sources in number order, and
+    True; or, when the answer cites none, every source (consulted, not cited), and False."""
+    cited = sorted((s for s in sources if s.cited), key=lambda s: s.n)
+    return (True, cited) if cited else (False, sorted(sources, key=lambda s: s.n))
 
-    When no source is cited, every source is listed under a heading that says so; no
-    sources gives ``""``.
-    """
+
+def sources_footer(sources: Sequence[Source]) -> str:
+    """``Sources:`` and a ``[n] Title — url`` line per listed source (see
+    :func:`listed_sources`); no sources gives ``""``."""
     if not sources:
         return ""
-    chosen = sorted((s for s in sources if s.cited), key=lambda s: s.n)
-    heading = CITED_HEADING
-    if not chosen:
-        chosen, heading = sorted(sources, key=lambda s: s.n), CONSULTED_HEADING
+    cited, chosen = listed_sources(sources)
+    heading = CITED_HEADING if cited else CONSULTED_HEADING
     return "\n".join([heading, *(f"[{s.n}] {s.title} — {s.url}" for s in chosen)])
 
 

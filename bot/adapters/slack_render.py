@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from bot.adapters.render import listed_sources
 from bot.contract import Notice, Reply, Source
 
 # A section block's text holds at most 3,000 characters: one part per message.
@@ -96,10 +97,8 @@ def to_mrkdwn(markdown: str) -> str:
 
 
 def _source_lines(sources: Sequence[Source], *, markdown: bool) -> list[str]:
-    chosen = sorted((s for s in sources if s.cited), key=lambda s: s.n)
-    heading = "Sources:"
-    if not chosen:
-        chosen, heading = sorted(sources, key=lambda s: s.n), "Sources consulted (none cited):"
+    cited, chosen = listed_sources(sources)
+    heading = "Sources:" if cited else "Sources consulted (none cited):"
     if markdown:
         rows = [f"[{s.n}] [{escape(s.title)}]({escape(s.url)})" for s in chosen]
         return [f"**{heading}**", *rows]

@@ -253,6 +253,19 @@ class RecoveredEvent:
         return self.claim is None
 
 
+def _recovered_event(row: sqlite3.Row, claim: Claim | None) -> RecoveredEvent:
+    return RecoveredEvent(
+        platform=str(row["platform"]),
+        event_id=str(row["event_id"]),
+        conversation=str(row["conversation"]),
+        message=str(row["message"]),
+        reply_id=None if row["reply_id"] is None else str(row["reply_id"]),
+        attempts=int(row["attempts"]),
+        received_at=str(row["received_at"]),
+        claim=claim,
+    )
+
+
 def _now() -> str:
     return _stamp(datetime.now(UTC))
 
@@ -965,18 +978,7 @@ class MemoryStore:
                 row["conversation"],
                 row["attempts"],
             )
-            quarantined.append(
-                RecoveredEvent(
-                    platform=str(row["platform"]),
-                    event_id=str(row["event_id"]),
-                    conversation=str(row["conversation"]),
-                    message=str(row["message"]),
-                    reply_id=None if row["reply_id"] is None else str(row["reply_id"]),
-                    attempts=int(row["attempts"]),
-                    received_at=str(row["received_at"]),
-                    claim=None,
-                )
-            )
+            quarantined.append(_recovered_event(row, None))
         return sorted(quarantined, key=lambda e: (e.received_at, e.platform, e.event_id))
 
     async def _take_over(
@@ -1011,16 +1013,5 @@ class MemoryStore:
                 )
             else:
                 claim = Claim(int(row["turn_id"]), str(row["session_started"]))
-            recovered.append(
-                RecoveredEvent(
-                    platform=str(row["platform"]),
-                    event_id=str(row["event_id"]),
-                    conversation=str(row["conversation"]),
-                    message=str(row["message"]),
-                    reply_id=None if row["reply_id"] is None else str(row["reply_id"]),
-                    attempts=int(row["attempts"]),
-                    received_at=str(row["received_at"]),
-                    claim=claim,
-                )
-            )
+            recovered.append(_recovered_event(row, claim))
         return recovered
