@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fake_services import FakeServices
+from bench.fake_services import QUESTIONS, FakeServices
 from bot.adapters.discord import DiscordAdapter
 from bot.agents.fetch import FetchAgent
 from bot.config import Secret, load_settings
@@ -44,17 +44,6 @@ from bot.runtime import Runtime
 from tests.conftest import config_text
 from tests.fakes.discord import TOKEN, FakeDiscord, user
 from tests.fakes.ollama import derive_keywords
-
-QUESTIONS = (
-    "What is the transformer architecture in deep learning?",
-    "How does attention work in machine learning?",
-    "What is BERT?",
-    "How do recurrent neural networks process sequences?",
-    "What is a generative pre-trained transformer?",
-    "What is long short-term memory?",
-    "Why is Python popular for machine learning?",
-    "How do GPT and BERT differ?",
-)
 
 
 def parse_args() -> argparse.Namespace:

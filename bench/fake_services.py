@@ -18,6 +18,18 @@ from tests.fakes.hackernews import FakeHackerNews
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.wikipedia import FakeWikipedia
 
+# Questions the fakes' corpora answer, for the benches' turns.
+QUESTIONS = (
+    "What is the transformer architecture in deep learning?",
+    "How does attention work in machine learning?",
+    "What is BERT?",
+    "How do recurrent neural networks process sequences?",
+    "What is a generative pre-trained transformer?",
+    "What is long short-term memory?",
+    "Why is Python popular for machine learning?",
+    "How do GPT and BERT differ?",
+)
+
 
 @dataclass(frozen=True)
 class Urls:

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fake_services import FakeServices
+from bench.fake_services import QUESTIONS, FakeServices
 from bot.adapters.platforms import chat_adapters
 from bot.adapters.slack import SlackAdapter
 from bot.config import Secret, Settings, load_settings
@@ -45,16 +45,6 @@ from tests.conftest import config_text
 from tests.fakes.slack import SIGNING_SECRET, FakeSlack
 
 _T = TypeVar("_T")
-QUESTIONS = (
-    "What is the transformer architecture in deep learning?",
-    "How does attention work in machine learning?",
-    "What is BERT?",
-    "How do recurrent neural networks process sequences?",
-    "What is a generative pre-trained transformer?",
-    "What is long short-term memory?",
-    "Why is Python popular for machine learning?",
-    "How do GPT and BERT differ?",
-)
 # Slack redelivers an event it did not see acked within 3 s.
 SLACK_RETRY_AFTER_S = 3.0
 

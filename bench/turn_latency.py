@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fake_services import FakeServices
+from bench.fake_services import QUESTIONS, FakeServices
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.agents.fetch import FetchAgent
 from bot.config import load_settings
@@ -41,17 +41,6 @@ from bot.domain import Article
 from bot.pipeline.orchestrator import article_text
 from bot.runtime import Runtime
 from tests.conftest import config_text
-
-QUESTIONS = (
-    "What is the transformer architecture in deep learning?",
-    "How does attention work in machine learning?",
-    "What is BERT?",
-    "How do recurrent neural networks process sequences?",
-    "What is a generative pre-trained transformer?",
-    "What is long short-term memory?",
-    "Why is Python popular for machine learning?",
-    "How do GPT and BERT differ?",
-)
 
 
 def parse_args() -> argparse.Namespace:
