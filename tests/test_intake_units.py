@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -140,6 +140,17 @@ async def test_the_rate_limit_allows_a_burst_then_refuses_saying_when() -> None:
     clock.now += 10  # one token back at 6 per minute
     assert (await step(Context(message(), adapter), passed)).outcome == "turn"
     assert (await step(Context(message(), adapter), passed)).outcome == "rate_limited"
+
+
+async def test_questions_sent_before_the_bot_started_are_not_rate_limited() -> None:
+    started = datetime.now(UTC)
+    step = RateLimit(per_minute=1, burst=1, clock=Clock(), started=started)
+    adapter = Notes()
+    backlog = dataclasses.replace(message(), sent_at=started - timedelta(minutes=5))
+    for _ in range(4):  # asked while the bot was down, caught up now
+        assert (await step(Context(backlog, adapter), passed)).outcome == "turn"
+    outcomes = [(await step(Context(message(), adapter), passed)).outcome for _ in range(2)]
+    assert outcomes == ["turn", "rate_limited"]
 
 
 async def test_an_adapter_can_turn_the_rate_limit_off_or_set_its_own() -> None:

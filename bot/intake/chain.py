@@ -168,19 +168,32 @@ class HandleCommands:
 
 
 class RateLimit:
-    """Step 3: a token bucket per user; over it, a friendly refusal with a time."""
+    """Step 3: a token bucket per user; over it, a friendly refusal with a time.
 
-    def __init__(self, *, per_minute: float, burst: int, clock: Callable[[], float]) -> None:
+    It limits how fast people ask, so questions sent before this process started (read
+    back from a channel's history after downtime, or redelivered late) do not count:
+    whoever asked several while the bot was down is not asking too fast now.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_minute: float,
+        burst: int,
+        clock: Callable[[], float],
+        started: datetime | None = None,
+    ) -> None:
         self._default = per_minute
         self._burst = burst
         self._clock = clock
+        self._started = started
         self._limiters: dict[str, RateLimiter | None] = {}
 
     async def __call__(self, context: Context, after: Next) -> Submission:
         limiter = self._limiter(context.adapter)
-        if limiter is None:
-            return await after(context)
         message = context.message
+        if limiter is None or (self._started is not None and message.sent_at < self._started):
+            return await after(context)
         verdict = limiter.check(f"{message.platform}:{message.author.id}")
         if verdict.allowed:
             return await after(context)

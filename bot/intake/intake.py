@@ -86,6 +86,7 @@ class Intake:
                     per_minute=settings.rate_limit_per_minute,
                     burst=settings.rate_limit_burst,
                     clock=clock,
+                    started=self._started,
                 ),
                 Inbox(store),
                 *queued,
