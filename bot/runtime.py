@@ -144,7 +144,7 @@ class Runtime:
             notices = [llm_warning] if llm_warning else []
             if settings.embeddings.backend != "hashing":
                 notices.append(
-                    f"Loading the embedding {embeddings.label} in the background "
+                    f"Loading the embedding model ({embeddings.label}) in the background "
                     "(a few seconds; the first answer waits for it if needed)."
                 )
             analysis = AnalysisAgent(settings.analysis) if settings.analysis.enabled else None

@@ -506,7 +506,7 @@ async def test_ask_shows_progress_at_once_while_the_packaged_model_loads(
     out, rest = await asyncio.wait_for(proc.communicate(), timeout=120)
     err = (first + rest).decode()
     assert proc.returncode == 0, err
-    assert "Loading the embedding packaged model all-MiniLM-L6-v2" in err
+    assert "Loading the embedding model (packaged model all-MiniLM-L6-v2" in err
     # The model takes seconds to load; the turn starts before it is ready. The bound is
     # loose for a busy 2-core CI machine; it is typically about 1.5 s here.
     assert first_progress_s < 6, f"first progress line after {first_progress_s:.1f} s"
