@@ -25,9 +25,10 @@ Backends (``[embeddings].backend``):
   loop's GIL; running it in the pool also gives both backends one lifecycle, one error path
   and one crash-recovery path, which the tests then exercise cheaply.
 
-Threads: each worker gets ``max(1, cpus // workers)`` torch threads (and one inter-op
-thread), so the pool as a whole never asks for more threads than the cores it may use; the
-event loop's process is idle while it waits. Measured on the 2-core development machine with
+Threads: each worker gets ``max(1, cpus // workers)`` torch threads (ONNX Runtime
+intra-op threads for the onnx backend) and one inter-op thread, so the pool as a whole
+never asks for more threads than the cores it may use; the event loop's process is idle
+while it waits. Measured on the 2-core development machine with
 all-MiniLM-L6-v2 and a turn of 21 article-sized texts: 1 worker x 2 threads took 1.3-1.9 s,
 1 worker x 1 thread 2.0-2.6 s, and 2 workers x 1 thread 2.3 s (a 21-text turn is a single
 batch of 32, so only one worker runs it). Hence the default of one worker using every core;
