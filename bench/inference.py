@@ -3,7 +3,7 @@
 Three ways to run all-MiniLM-L6-v2 (the packaged copy, or ``--model-path``) on the CPU:
 
 * torch: ``SentenceTransformer(...).encode``, as the embedding workers run it today;
-* ONNX fp32: the same transformer exported to ONNX here (``torch.onnx.export``, from the
+* ONNX fp32: the same transformer exported to ONNX (``torch.onnx.export``, from the
   local files: nothing is downloaded) and run by ONNX Runtime, with the same tokenizer,
   mean pooling and L2 normalisation;
 * ONNX int8: that export with its weights dynamically quantised to int8
@@ -12,7 +12,8 @@ Three ways to run all-MiniLM-L6-v2 (the packaged copy, or ``--model-path``) on t
 sentence-transformers' own ``backend="onnx"`` and ``export_dynamic_quantized_onnx_model``
 would do the same through ``optimum-onnx``, but the only releases of it need
 ``transformers<4.58`` while sentence-transformers 6 needs ``transformers>=5`` (and with
-``--no-deps`` it fails to import), so the export and the session are made here directly.
+``--no-deps`` it fails to import), so the export and the session are made directly, by the
+bot's opt-in ``[embeddings].backend = "onnx"`` (bot/agents/onnx_model.py), which this imports.
 
 For each backend and thread count (``--threads``, default 1 and 2), the median time of a
 turn: the question alone, then ``--articles`` article-sized texts (as bench/embeddings.py
@@ -37,13 +38,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,17 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.embeddings import make_texts
 from bot.agents.embeddings import FloatArray, top_k
+from bot.agents.onnx_model import OnnxEncoder, export_fp32, quantize_int8
 from bot.contract import Source
 from bot.domain import Article, source_label
 
 Embed = Callable[[list[str]], FloatArray]
 
 INSTALL = "pip install onnx onnxruntime (into the bot's venv, or a throwaway one on top of it)"
-
-
-def _normalise(vectors: FloatArray) -> FloatArray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 class TorchBackend:
@@ -91,94 +86,22 @@ class TorchBackend:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-class OnnxBackend:
-    """An ONNX export of the transformer in ONNX Runtime; tokenizer and pooling as ST's."""
-
-    def __init__(self, path: Path, tokenizer: Any, max_length: int, batch_size: int) -> None:
-        self.path = path
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.session: Any = None
-        self.threads(1)
+class OnnxBackend(OnnxEncoder):
+    """The onnx backend's path (bot.agents.onnx_model); ``threads`` remakes the session."""
 
     def threads(self, n: int) -> None:
-        import onnxruntime as ort  # noqa: PLC0415
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = n
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            str(self.path), options, providers=["CPUExecutionProvider"]
-        )
-        self.inputs = {i.name for i in self.session.get_inputs()}
-
-    def embed(self, texts: list[str]) -> FloatArray:
-        out = []
-        # Like SentenceTransformer.encode: longest first, so a batch pads to similar lengths.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        for start in range(0, len(texts), self.batch_size):
-            batch = [texts[i] for i in order[start : start + self.batch_size]]
-            encoded = self.tokenizer(
-                batch,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="np",
-            )
-            feed = {k: v.astype(np.int64) for k, v in encoded.items() if k in self.inputs}
-            (tokens,) = self.session.run(["last_hidden_state"], feed)
-            mask = encoded["attention_mask"][..., None].astype(np.float32)
-            pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-            out.append(pooled.astype(np.float32))
-        vectors = np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
-        result = np.empty_like(vectors)
-        result[order] = vectors
-        return _normalise(result)
+        self.set_threads(n)
 
 
 def export(model: Any, directory: Path) -> tuple[Path, Path]:
-    """The transformer as ONNX fp32 and as int8 (dynamic quantisation); their paths."""
-    import torch  # noqa: PLC0415
-    from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
+    """The transformer as ONNX fp32 and as int8 (dynamic quantisation); their paths.
 
-    transformer = model[0].auto_model.eval()
-    sample = model.tokenizer(["an example", "another example"], padding=True, return_tensors="pt")
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+    The same export and quantisation as the onnx backend's (bot.agents.onnx_model).
+    """
     fp32 = directory / "model.onnx"
     int8 = directory / "model_qint8.onnx"
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = transformer
-
-        def forward(self, *args: Any) -> Any:
-            return self.inner(**dict(zip(names, args, strict=True))).last_hidden_state
-
-    # The legacy (TorchScript) exporter: the torch.export-based default needs onnxscript. Its
-    # deprecation and tracer warnings are expected here (the agreement figures check it).
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Wrapped(),
-            tuple(sample[n] for n in names),
-            str(fp32),
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
-    root = logging.getLogger()
-    level, root.level = root.level, logging.ERROR  # "consider pre-processing" on every run
-    try:
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
-    finally:
-        root.setLevel(level)
+    export_fp32(model, fp32)
+    quantize_int8(fp32, int8)
     return fp32, int8
 
 

@@ -102,7 +102,8 @@ class SourcesSettings:
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingSettings:
-    backend: Literal["sentence-transformers", "hashing"] = "sentence-transformers"
+    # "onnx": the same model exported to ONNX Runtime (pip install onnx onnxruntime).
+    backend: Literal["sentence-transformers", "onnx", "hashing"] = "sentence-transformers"
     # "packaged": all-MiniLM-L6-v2 as installed with the bot (no download); else a hub name.
     model: str = field(default="packaged", metadata=NONEMPTY)
     # A local directory with the model's files; when set it wins over ``model``.
@@ -117,6 +118,8 @@ class EmbeddingSettings:
     stored_cache_entries: int = field(default=50_000, metadata=_between(0, 10_000_000))
     # Tokens the model reads of each text; 0 keeps the model's own limit.
     max_seq_length: int = field(default=0, metadata=_between(0, 8192))
+    # The onnx backend: int8 weights (dynamic quantisation), or false for fp32.
+    onnx_quantize: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -112,7 +113,9 @@ class Runtime:
             closers.append(("http session", http.close))
             llm = build_chat_model(settings.llm)
             closers.append(("llm client", lambda: close_chat_model(llm)))
-            embeddings = EmbeddingAgent(settings.embeddings, log_file=settings.logging.file)
+            embeddings = EmbeddingAgent(
+                settings.embeddings, log_file=settings.logging.file, onnx_dir=_onnx_dir(settings)
+            )
             closers.append(("embedding pool", embeddings.close))
             sink = _LateIntake()
             chat = list(adapters(sink)) if adapters is not None else []
@@ -221,6 +224,12 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _onnx_dir(settings: Settings) -> str:
+    """The onnx backend's exports: ``onnx/`` beside the database ("": the user's cache)."""
+    database = settings.memory.database
+    return "" if database == ":memory:" else str(Path(database).parent / "onnx")
 
 
 async def _open_store(settings: Settings) -> MemoryStore | str:

@@ -34,6 +34,13 @@ def test_values_are_typed_and_relative_paths_resolve_against_the_file(tmp_path: 
     assert settings.sources.wikipedia.endpoint == "https://de.wikipedia.org/w/api.php"
 
 
+def test_the_onnx_backend_is_opt_in_and_int8_by_default(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, ""), env={}).embeddings.onnx_quantize is True
+    text = '[embeddings]\nbackend = "onnx"\nonnx_quantize = false\n'
+    emb = load_settings(write(tmp_path, text), env={}).embeddings
+    assert emb.backend == "onnx" and emb.onnx_quantize is False
+
+
 @pytest.mark.parametrize(
     ("text", "named"),
     [
@@ -47,6 +54,7 @@ def test_values_are_typed_and_relative_paths_resolve_against_the_file(tmp_path: 
         ),
         ('[embeddings]\nbackend = "word2vec"', "[embeddings].backend must be one of"),
         ("[embeddings]\nworkers = 2.5", "[embeddings].workers must be a whole number"),
+        ("[embeddings]\nonnx_quantize = 1", "[embeddings].onnx_quantize must be true or false"),
         ("[memory]\nsummarize_after = 1", "[memory].summarize_after must be between"),
         ('[analysis]\nenabled = "yes"', "[analysis].enabled must be true or false"),
         ("[bogus]\nx = 1", "unknown key 'bogus' in the top level"),

