@@ -19,13 +19,18 @@ from typing import Literal
 Kind = Literal["create", "edit"]
 
 
+# Requests per second for the whole bot: under Discord's 50, leaving room for what
+# discord.py sends on its own (gateway-driven REST calls, retries).
+GLOBAL_BUDGET = 40
+
+
 class SendBudget:
     def __init__(
         self,
         *,
         per_channel: int = 5,
         window_s: float = 5.0,
-        per_second: int = 40,
+        per_second: int = GLOBAL_BUDGET,
         # Requests arrive later than they leave: a margin so arrivals stay in the window.
         margin_s: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
