@@ -391,3 +391,19 @@ async def test_event_loop_stays_responsive_during_a_large_write(store: MemorySto
     transcript = await store.transcript("k")
     assert transcript is not None
     assert [(t.id, len(t.question)) for t in transcript.turns] == [(turn, len(big))]
+
+
+async def test_opening_a_new_file_waits_for_another_process_creating_it(tmp_path: Path) -> None:
+    # Two `ask`s started together both create the database: one is still in its first
+    # transaction (rollback journal) when the other switches to WAL, which SQLite refuses
+    # at once with "database is locked" instead of waiting on busy_timeout.
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("CREATE TABLE scratch (x)")
+        other.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.2, other.execute, "COMMIT")
+        store = await MemoryStore.open(path)
+        await store.close()
+    finally:
+        other.close()

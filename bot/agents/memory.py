@@ -455,22 +455,40 @@ class MemoryStore:
             except OSError as exc:
                 _log.error("cannot create the directory for %s: %s", location, exc)
                 raise MemoryStoreError(f"cannot create the directory for {location}") from exc
-        try:
-            # isolation_level=None: the sqlite3 module must not open transactions on its
-            # own; every transaction here is an explicit BEGIN ... COMMIT.
-            conn = await aiosqlite.connect(location, isolation_level=None)
-        except sqlite3.Error as exc:
-            _log.error("cannot open memory database %s: %s", location, exc)
-            raise MemoryStoreError(f"cannot open memory database {location}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _BUSY_TIMEOUT_MS / 1000
+        delay = 0.01
+        while True:
+            try:
+                return cls(await cls._connect(location), location)
+            except sqlite3.OperationalError as exc:
+                # Two processes creating the same new file (two `ask`s at once): the switch
+                # to WAL can report "locked" without waiting on busy_timeout. A moment
+                # later the other one is done.
+                if "locked" not in str(exc) or loop.time() + delay > deadline:
+                    _log.error("cannot prepare memory database %s: %s", location, exc)
+                    raise MemoryStoreError(
+                        f"cannot prepare memory database {location}: {exc}"
+                    ) from exc
+                _log.debug("memory database %s busy while opening; retrying", location)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except sqlite3.Error as exc:
+                _log.error("cannot open memory database %s: %s", location, exc)
+                raise MemoryStoreError(f"cannot open memory database {location}: {exc}") from exc
+
+    @classmethod
+    async def _connect(cls, location: str) -> aiosqlite.Connection:
+        """One connection, configured and migrated; closed again if that fails."""
+        # isolation_level=None: the sqlite3 module must not open transactions on its own;
+        # every transaction here is an explicit BEGIN ... COMMIT.
+        conn = await aiosqlite.connect(location, isolation_level=None)
         try:
             await cls._configure(conn, location)
-        except BaseException as exc:
+        except BaseException:
             await conn.close()
-            if isinstance(exc, sqlite3.Error):
-                _log.error("cannot prepare memory database %s: %s", location, exc)
-                raise MemoryStoreError(f"cannot prepare memory database {location}: {exc}") from exc
             raise
-        return cls(conn, location)
+        return conn
 
     @staticmethod
     async def _configure(conn: aiosqlite.Connection, location: str) -> None:
