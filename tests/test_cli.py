@@ -407,10 +407,12 @@ async def test_each_ask_without_a_session_is_a_new_conversation(
     write_config: Callable[..., Path],
 ) -> None:
     config = str(write_config())
-    await asyncio.gather(
+    runs = await asyncio.gather(
         bot("ask", "--config", config, "What is BERT?"),
         bot("ask", "--config", config, "What is GPT?"),
     )
+    # Both start together on a database neither has created yet.
+    assert [r.code for r in runs] == [0, 0], [r.err for r in runs]
     listed = (await bot("sessions", "list", "--config", config)).out.splitlines()
     assert len(listed) == 2 and all("\t1 turn\t" in line for line in listed)
 
