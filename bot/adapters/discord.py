@@ -227,7 +227,8 @@ class DiscordReply:
     Progress and text only change what the reply should show; a flusher task sends the
     latest state at most every ``interval_s`` and within the shared :class:`SendBudget`,
     so a slow Discord never holds up the pipeline and a fast model never floods Discord.
-    :meth:`on_reply` stops the flusher and writes the final text, waiting for its slots.
+    :meth:`on_reply` lets an update in flight finish, stops the flusher and writes the
+    final text, waiting for its slots.
     """
 
     def __init__(
@@ -274,9 +275,13 @@ class DiscordReply:
 
     async def on_reply(self, reply: Reply) -> None:
         self._done = True
-        await self._stop_background()
         parts = split_message(render_reply(reply))
         async with self._lock:
+            # The lock first: an update in flight (perhaps waiting out a 429, or half-way
+            # through posting its parts) finishes, so the final edit neither jumps the
+            # rate limit nor starts from a half-recorded set of messages. Only then are
+            # the flusher and the typing indicator stopped; neither can hold the lock now.
+            await self._stop_background()
             try:
                 await self._sync(parts, final=True)
             except discord.Forbidden as exc:
