@@ -195,8 +195,6 @@ async def measure(
     adapter = DiscordAdapter(
         runtime.settings.discord,
         Secret(TOKEN),
-        runtime.intake.submit,
-        answered=runtime.intake.has_answered,
         inbox_max_age_s=runtime.settings.intake.inbox_max_age_s,
         guild_ready_timeout_s=0.1,
     )
@@ -204,11 +202,11 @@ async def measure(
     channels = discord.channels
     # Warm-up (imports, first connections, the model's first batch), not counted.
     await ask(discord, [(channels[-1], QUESTIONS[0])])
-    await runtime.pipeline.settle()
+    await runtime.pipeline.memory.settle()
     await services.set_latency(source_s=args.source_latency, llm_s=args.llm_latency)
 
     single, before, requests_before = await ask(discord, [(channels[-2], QUESTIONS[1])])
-    await runtime.pipeline.settle()
+    await runtime.pipeline.memory.settle()
     start = time.monotonic()
     burst_questions = [(channels[n], QUESTIONS[n % len(QUESTIONS)]) for n in range(args.burst)]
     burst, limited, requests = await ask(discord, burst_questions)
@@ -216,7 +214,7 @@ async def measure(
     elapsed = time.monotonic() - start
     # Every REST call the burst made (posts, edits, typing), against the bot's own budget.
     rate = (requests - requests_before) / elapsed
-    await runtime.pipeline.settle()
+    await runtime.pipeline.memory.settle()
 
     await services.set_latency(source_s=0.0, llm_s=0.0)
     capacity = await embedding_capacity(runtime)

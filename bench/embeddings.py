@@ -43,8 +43,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.agents.embeddings import EmbeddingAgent
-from bot.agents.memory import MemoryStore
 from bot.config import EmbeddingSettings
+from bot.store.sqlite import SqliteStore
 
 _VOCABULARY = (
     "attention transformer layer token embedding vector model training data network "
@@ -176,11 +176,11 @@ async def _five_turns(agent: EmbeddingAgent, turns: list[list[str]]) -> list[flo
 async def conversation(settings: EmbeddingSettings, args: argparse.Namespace) -> None:
     turns = conversation_texts(args)
     with tempfile.TemporaryDirectory() as tmp:
-        store = await MemoryStore.open(Path(tmp) / "cache.db")
+        store = await SqliteStore.open(Path(tmp) / "cache.db")
         try:
             rows = []
             for label in ("fresh start", "after a restart (store)"):
-                agent = EmbeddingAgent(settings, store=store)
+                agent = EmbeddingAgent(settings, store=store.vectors)
                 await agent.start()
                 try:
                     times = await _five_turns(agent, turns)

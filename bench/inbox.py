@@ -1,4 +1,4 @@
-"""Benchmark: the latency of :meth:`MemoryStore.claim`, the intake's dedupe step.
+"""Benchmark: the latency of :meth:`SqliteStore.claim`, the intake's dedupe step.
 
 Every inbound event waits for one claim before anything else happens, so its p99 is added
 to the worst reply time. On a fresh database file in a temporary directory (WAL, as the bot
@@ -41,7 +41,7 @@ from pathlib import Path
 # Run as ``python bench/inbox.py``: make ``bot`` importable from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.agents.memory import MemoryStore
+from bot.store.sqlite import SqliteStore
 
 P99_TARGET_MS = 5.0
 QUESTION = "How does attention work in transformer language models, and who came up with it?"
@@ -66,14 +66,14 @@ Event = tuple[str, str]  # (event id, conversation)
 
 
 async def time_claims(
-    store: MemoryStore, events: Sequence[Event], *, expect_new: bool
+    store: SqliteStore, events: Sequence[Event], *, expect_new: bool
 ) -> list[float]:
     """Claim each event in turn; return the latencies in milliseconds."""
     times = []
     for event_id, conversation in events:
         message = message_json(event_id, conversation)
         started = time.perf_counter()
-        got = await store.claim("discord", event_id, conversation, QUESTION, message)
+        got = await store.inbox.claim("discord", event_id, conversation, QUESTION, message)
         times.append((time.perf_counter() - started) * 1000)
         if (got is not None) != expect_new:
             raise RuntimeError(f"claim of {event_id} gave {got!r}; the benchmark is broken")
@@ -96,7 +96,7 @@ async def run(args: argparse.Namespace) -> None:
     redelivered = [event for pair in zip(own, shared, strict=True) for event in pair]
     redelivered = redelivered[: args.claims]
     with tempfile.TemporaryDirectory(prefix="bench-inbox-") as directory:
-        store = await MemoryStore.open(Path(directory) / "memory.db")
+        store = await SqliteStore.open(Path(directory) / "memory.db")
         try:
             # Warm the connection and the page cache, as a running bot has them.
             await time_claims(store, [("warm-up", "discord:g:warm-up")], expect_new=True)

@@ -158,7 +158,7 @@ def rerank(turns: Sequence[Turn], vectors: dict[str, FloatArray]) -> list[Any]:
     """bench/retrieval.py's cases, with the dense scores from ``vectors`` (text -> vector)."""
     from bench.retrieval import Case  # noqa: PLC0415
     from bot.pipeline import ranking  # noqa: PLC0415
-    from bot.pipeline.orchestrator import article_text  # noqa: PLC0415
+    from bot.pipeline.ranking import article_text  # noqa: PLC0415
 
     cases = []
     for turn in turns:
@@ -184,7 +184,7 @@ def rerank(turns: Sequence[Turn], vectors: dict[str, FloatArray]) -> list[Any]:
 
 
 def labelled_texts(turns: Sequence[Turn]) -> list[str]:
-    from bot.pipeline.orchestrator import article_text  # noqa: PLC0415
+    from bot.pipeline.ranking import article_text  # noqa: PLC0415
 
     texts = {t.question: None for t in turns}
     for t in turns:
@@ -312,7 +312,7 @@ def _as_ranked(case: Any) -> list[int]:
 def _same_top(
     turns: Sequence[Turn], vectors: dict[str, FloatArray], reference: dict[str, FloatArray]
 ) -> float:
-    from bot.pipeline.orchestrator import article_text  # noqa: PLC0415
+    from bot.pipeline.ranking import article_text  # noqa: PLC0415
 
     same = 0
     for t in turns:

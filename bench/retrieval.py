@@ -163,7 +163,7 @@ async def collect(backend: str, max_seq_length: int = 0) -> list[Case]:
             urls = (ollama.url, wiki.url, hn.url)
             settings = bench_settings(Path(tmp), backend, urls, max_seq_length)
             async with await Runtime.start(settings) as runtime:
-                bot = InMemoryAdapter(runtime.intake.submit)
+                bot = InMemoryAdapter()
                 await runtime.add_adapter(bot)
                 for n, conversation in enumerate(confusable.conversations()):
                     for turn in conversation.turns:
@@ -184,7 +184,7 @@ async def collect(backend: str, max_seq_length: int = 0) -> list[Case]:
                                 flags,
                             )
                         )
-                    await runtime.pipeline.settle()
+                    await runtime.pipeline.memory.settle()
     return cases
 
 

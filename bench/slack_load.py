@@ -180,7 +180,7 @@ async def run(args: argparse.Namespace) -> None:
             settings = settings_for(Path(tmp), services, slack, args.backend)
             await services.set_latency(source_s=args.source_latency, llm_s=args.llm_latency)
             async with await Runtime.start(settings) as runtime:
-                [bot] = chat_adapters(settings, runtime.intake)
+                [bot] = chat_adapters(settings)
                 assert isinstance(bot, SlackAdapter)
                 await runtime.add_adapter(bot)
                 result = await asyncio.wrap_future(

@@ -38,7 +38,7 @@ from bot.adapters.inmemory import InMemoryAdapter
 from bot.agents.fetch import FetchAgent
 from bot.config import load_settings
 from bot.domain import Article
-from bot.pipeline.orchestrator import article_text
+from bot.pipeline.ranking import article_text
 from bot.runtime import Runtime
 from tests.conftest import config_text
 
@@ -99,11 +99,11 @@ class Samples:
 
 async def measure(runtime: Runtime, services: FakeServices, args: argparse.Namespace) -> None:
     # Turns go through the intake, as a chat platform's would: the inbox claim counts.
-    bot = InMemoryAdapter(runtime.intake.submit)
+    bot = InMemoryAdapter()
     await runtime.add_adapter(bot)
     # Warm-up turn (imports, first connections), not counted.
     warm = await bot.ask(QUESTIONS[0], channel="warm")
-    await runtime.pipeline.settle()
+    await runtime.pipeline.memory.settle()
     samples = Samples()
     await compute_alone(runtime, QUESTIONS[0], list(warm.topics), Samples(seen=samples.seen))
     for i in range(args.turns):
@@ -136,7 +136,7 @@ async def timed_turn(
     samples.llm_calls.append(after.llm_calls - before.llm_calls)
     samples.source_requests.append(after.source_requests - before.source_requests)
     # The background save must not overlap the next measurement.
-    await runtime.pipeline.settle()
+    await runtime.pipeline.memory.settle()
     return list(result.topics)
 
 

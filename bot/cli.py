@@ -21,16 +21,16 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.adapters.base import Adapter, IntakePort
+from bot.adapters.base import Adapter
 from bot.adapters.platforms import chat_adapters
 from bot.adapters.render import render_reply
 from bot.adapters.terminal import TerminalAdapter, terminal_key
-from bot.agents.memory import MemoryStore
 from bot.config import LoggingSettings, Settings, load_settings
 from bot.contract import Reply
 from bot.domain import human_time
 from bot.errors import ConfigError, ResearchAgentError, StartupError
-from bot.runtime import AdapterFactory, Runtime
+from bot.runtime import Runtime
+from bot.store import open_store
 
 _log = logging.getLogger(__name__)
 
@@ -202,13 +202,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if serving and _nobody_to_serve(settings):
         print(NOBODY_TO_SERVE, file=sys.stderr)
         return 2
-    factory: AdapterFactory | None = None
-    if serving:
-
-        def factory(intake: IntakePort) -> list[Adapter[Any]]:
-            return chat_adapters(settings, intake)
-
-    async with await Runtime.start(settings, adapters=factory) as runtime:
+    adapters = chat_adapters(settings) if serving else []
+    async with await Runtime.start(settings, adapters=adapters) as runtime:
         for notice in runtime.notices:
             print(notice, file=sys.stderr)
         if command == "ask":
@@ -221,7 +216,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 return await _serve(runtime, runtime.adapters)
             print(_platform_notice(settings), file=sys.stderr)
             args.session = "default"
-        terminal = TerminalAdapter(runtime.intake.submit, session=args.session)
+        terminal = TerminalAdapter(session=args.session)
         await runtime.add_adapter(terminal)
         await runtime.recover()
         await terminal.run()
@@ -308,7 +303,7 @@ def reply_json(reply: Reply) -> dict[str, Any]:
 
 
 async def _ask(runtime: Runtime, session: str, questions: Sequence[str], *, as_json: bool) -> int:
-    terminal = TerminalAdapter(runtime.intake.submit, session=session, quiet=as_json)
+    terminal = TerminalAdapter(session=session, quiet=as_json)
     await runtime.add_adapter(terminal)
     statuses: list[str] = []
     for i, question in enumerate(questions):
@@ -342,25 +337,27 @@ async def _demo(runtime: Runtime) -> int:
     print(f"Demo: three questions in one conversation ({terminal_key(session)}).")
     status = await _ask(runtime, session, DEMO_QUESTIONS, as_json=False)
     # Summaries run in the background; wait for them so the result can be shown.
-    await runtime.pipeline.settle()
-    state = await runtime.memory.load(terminal_key(session))
+    await runtime.pipeline.memory.settle()
+    state = await runtime.store.conversations.load(terminal_key(session))
     print("\nRunning summary of the conversation:")
     print(state.summary or "(no summary yet: the language model was not reachable)")
     return status
 
 
 async def _sessions(action: str, key: str | None, settings: Settings, out: TextIO) -> int:
-    store = await MemoryStore.open(settings.memory.database)
+    store = await open_store(settings.memory.database)
+    conversations = store.conversations
     try:
         if action == "list":
-            rows = await store.list_sessions()
+            rows = await conversations.list_all()
             if not rows:
                 out.write("No sessions yet.\n")
             for row in rows:
                 turns = f"{row.turn_count} turn{'' if row.turn_count == 1 else 's'}"
                 summary = ", summarised" if row.has_summary else ""
                 out.write(
-                    f"{row.key}\t{turns}{summary}\tlast active {human_time(row.updated_at)}\n"
+                    f"{row.conversation}\t{turns}{summary}\t"
+                    f"last active {human_time(row.updated_at)}\n"
                 )
             return 0
         assert key is not None
@@ -370,19 +367,19 @@ async def _sessions(action: str, key: str | None, settings: Settings, out: TextI
         missing = f"No session named {key!r}. `python -m bot sessions list` shows them.\n"
         if action == "reset":
             for candidate in candidates:
-                if await store.reset(candidate):
+                if await conversations.reset(candidate):
                     out.write(f"Forgot {candidate}.\n")
                     return 0
             out.write(missing)
             return 1
         for candidate in candidates:
-            state = await store.transcript(candidate)
+            state = await conversations.transcript(candidate)
             if state is not None:
                 break
         else:
             out.write(missing)
             return 1
-        out.write(f"Session {state.key}\n")
+        out.write(f"Session {state.conversation}\n")
         if state.summary:
             out.write(f"\nSummary (up to turn {state.summary_upto}):\n{state.summary}\n")
         for turn in state.turns:

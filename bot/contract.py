@@ -23,6 +23,8 @@ from urllib.parse import quote, unquote
 
 Platform = Literal["terminal", "discord", "slack", "memory"]
 Status = Literal["answered", "degraded", "failed"]
+# A reader's verdict on an answer (a platform's feedback buttons).
+Rating = Literal["up", "down"]
 NoticeKind = Literal[
     "source_unavailable",
     "question_cut",

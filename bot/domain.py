@@ -74,55 +74,6 @@ class AnalysisReport:
     top_articles: tuple[tuple[str, float], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class StoredTurn:
-    """One question and (once generated) its answer, as the memory store keeps it."""
-
-    id: int
-    question: str
-    answer: str | None
-    # "pending": the question was saved but no answer was (yet) stored for it.
-    # "expired" / "quarantined": still unanswered, and its inbox event was given up on
-    # (too old to answer, or it crashed the bot too often); only transcripts show these.
-    status: Literal["pending", "answered", "expired", "quarantined"]
-    created_at: str
-    # Readers' votes on the answer (a chat platform's feedback buttons); transcripts only.
-    feedback_up: int = 0
-    feedback_down: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationState:
-    """A conversation as the pipeline needs it for the next prompt.
-
-    ``summary`` covers every turn up to and including ``summary_upto`` (a turn id);
-    ``turns`` are the answered turns after it, oldest first.
-    """
-
-    key: str
-    summary: str = ""
-    summary_upto: int = 0
-    turns: tuple[StoredTurn, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
-    """One row of ``sessions list``."""
-
-    key: str
-    created_at: str
-    updated_at: str
-    turn_count: int
-    has_summary: bool
-    # Readers' votes on the answers of this conversation.
-    feedback_up: int = 0
-    feedback_down: int = 0
-
-
-def human_time(timestamp: str) -> str:
-    """``2026-11-23T23:06:48.507602+00:00`` -> ``2026-11-23 23:06 UTC``, for people."""
-    try:
-        moment = datetime.fromisoformat(timestamp)
-    except ValueError:
-        return timestamp
+def human_time(moment: datetime) -> str:
+    """A moment as people read it: ``2026-11-23 23:06 UTC``."""
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -11,16 +11,16 @@ SDK and library errors are translated into these at the boundary that called the
     ├── LLMError
     │   ├── LLMUnavailable     Ollama cannot be reached
     │   └── ModelNotFound      Ollama answers but the model is not pulled
-    ├── MemoryStoreError       the SQLite store failed
+    ├── StoreError             the store (the database) failed
     ├── AnalysisError          the analysis subprocess failed or printed garbage
     │   └── AnalysisTimeout    ... or ran past its hard timeout and was killed
     ├── EmbeddingError         the embedding workers could not produce vectors
     └── PlatformSetupError     a chat platform refused to start: bad token, missing scope
                                or intent, uninstalled app
 
-Every error carries a ``user_message``: a fixed, friendly line that is safe to show in a
-public chat (no hosts, config keys or commands). ``str(exc)`` is for logs only and is never
-posted to users; an ``LLMError``'s ``hint`` is for operators (the log and the terminal).
+``str(exc)`` is for logs only and is never posted to users: what a chat user reads is a
+fixed line chosen where the error is handled (:mod:`bot.pipeline.wording`). An
+``LLMError``'s ``hint`` is for operators (the log and the terminal).
 """
 
 from __future__ import annotations
@@ -29,13 +29,9 @@ from __future__ import annotations
 class ResearchAgentError(Exception):
     """Base class of every error the project raises on purpose."""
 
-    user_message = "Something went wrong on my side. Please try again in a moment."
-
 
 class ConfigError(ResearchAgentError):
     """The configuration is invalid; the message names the offending key."""
-
-    user_message = "The bot's configuration is invalid; check the logs."
 
 
 class StartupError(ResearchAgentError):
@@ -63,19 +59,13 @@ class SourceUnavailable(ResearchAgentError):
         self.source = source
         self.reason = reason
 
-    @property
-    def user_message(self) -> str:  # type: ignore[override]
-        return f"{self.source} was unavailable for this question."
-
 
 class LLMError(ResearchAgentError):
     """The language model could not be used.
 
     ``hint`` tells the operator how to fix it (``ollama pull llama3.2``, a config key);
-    it goes to the log and the terminal, never into a chat, where ``user_message`` is shown.
+    it goes to the log and the terminal, never into a chat.
     """
-
-    user_message = "The language model is unavailable right now."
 
     def __init__(self, message: str, *, hint: str) -> None:
         super().__init__(message)
@@ -90,10 +80,8 @@ class ModelNotFound(LLMError):
     """Ollama is up but the configured model has not been pulled."""
 
 
-class MemoryStoreError(ResearchAgentError):
-    """Reading or writing the conversation store failed."""
-
-    user_message = "I could not reach my conversation memory; this answer may lack context."
+class StoreError(ResearchAgentError):
+    """Reading or writing the store (conversations, the inbox, vectors) failed."""
 
 
 class AnalysisError(ResearchAgentError):
@@ -114,5 +102,3 @@ class PlatformSetupError(ResearchAgentError):
     Raised by an adapter's ``start`` (a revoked token, an uninstalled app, a missing
     scope or intent), so the process stops before it claims to be answering.
     """
-
-    user_message = "I am not set up correctly on this platform; an admin has been told."

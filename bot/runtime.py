@@ -1,27 +1,29 @@
 """Builds every long-lived resource once, hands them to the pipeline, closes them in reverse.
 
 Start-up, cheap checks first: the HTTP session and LLM client are built, then at once, and
-concurrently: Ollama is asked for its models, the memory store is opened (is the database
+concurrently: Ollama is asked for its models, the store is opened (is the database
 writable?), the embedding model is looked for (no process started yet), and every chat
-adapter checks its token (its optional ``check``). Every problem found is reported together
-(:class:`~bot.errors.StartupError`), so one run names them all. Only then the slow step
-begins: the embedding pool loads the model in the background while the analysis agent,
-fetch agent, pipeline and intake are built, and the first turn runs its keyword and fetch
-steps meanwhile (the pipeline waits for the model at its embed step). Then each adapter is
-started (:meth:`Runtime.add_adapter`), then the events a crash left unanswered are
-recovered (:meth:`Runtime.recover`).
+adapter checks its token (:meth:`~bot.adapters.base.Adapter.check`). Every problem found
+is reported together (:class:`~bot.errors.StartupError`), so one run names them all. Only
+then the slow step begins: the embedding pool loads the model in the background while the
+analysis agent, fetch agent, memory, pipeline and intake are built, and the first turn
+runs its keyword and fetch steps meanwhile (the pipeline waits for the model at its embed
+step). Then each adapter is started with the intake (:meth:`Runtime.add_adapter`), then
+the events a crash left unanswered are recovered (:meth:`Runtime.recover`).
 
 Shutdown (SIGTERM, Ctrl-C, the end of the command): the intake stops taking events; turns
 in flight get ``[intake].shutdown_grace_s`` to finish, and the rest stay pending in the
-inbox for the next start; then everything closes in reverse order: the adapters first,
-then the pipeline's background saves and summaries are drained (they still need the store
-and the LLM), then the agents and clients. Each step is isolated: a failure is logged and
-the remaining resources are still closed.
+inbox for the next start; then everything closes in reverse order of creation (one
+:class:`~contextlib.AsyncExitStack`): the adapters first, then the background saves and
+summaries are drained (they still need the store and the LLM), then the analysis agent,
+the embedding pool (it flushes vectors into the store), the store, the LLM's clients and
+the HTTP session. Each step is isolated: a failure is logged and the rest still close.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,48 +34,22 @@ from typing import Any, Self
 import aiohttp
 from langchain_ollama import ChatOllama
 
-from bot.adapters.base import Adapter, IntakePort, Rating, Submission
+from bot.adapters.base import Adapter, IntakePort
 from bot.agents.analysis import AnalysisAgent
 from bot.agents.embeddings import EmbeddingAgent
 from bot.agents.fetch import FetchAgent
-from bot.agents.memory import MemoryStore
 from bot.config import Settings
-from bot.contract import InboundMessage, Platform
-from bot.errors import MemoryStoreError, StartupError
+from bot.core.tasks import TaskTracker
+from bot.errors import StartupError, StoreError
 from bot.intake import Intake
 from bot.pipeline.llm import build_chat_model, check_llm, close_chat_model
+from bot.pipeline.memory import Memory
 from bot.pipeline.orchestrator import Pipeline
-from bot.pipeline.sessions import TaskTracker
+from bot.store import Store, open_store
 
 _log = logging.getLogger(__name__)
 
 DRAIN_GRACE_S = 30.0
-
-# Builds the chat adapters from the intake they will talk to.
-AdapterFactory = Callable[[IntakePort], Sequence[Adapter[Any]]]
-
-
-class _LateIntake:
-    """The intake, for adapters built (and checked) before it exists."""
-
-    def __init__(self) -> None:
-        self.intake: Intake | None = None
-
-    async def submit(self, message: InboundMessage[Any]) -> Submission:
-        return await self._started().submit(message)
-
-    async def has_answered(self, conversation: str) -> bool:
-        return await self._started().has_answered(conversation)
-
-    async def feedback(
-        self, platform: Platform, event_id: str, user_id: str, rating: Rating
-    ) -> bool:
-        return await self._started().feedback(platform, event_id, user_id, rating)
-
-    def _started(self) -> Intake:
-        if self.intake is None:
-            raise RuntimeError("a message arrived before the runtime was started")
-        return self.intake
 
 
 @dataclass(slots=True)
@@ -84,65 +60,58 @@ class Runtime:
     pipeline: Pipeline
     http: aiohttp.ClientSession
     llm: ChatOllama
-    memory: MemoryStore
+    store: Store
     embeddings: EmbeddingAgent
     analysis: AnalysisAgent | None
     intake: Intake
     llm_warning: str | None = None
-    # The chat adapters built by ``start(adapters=...)``, checked but not started yet.
+    # The chat adapters given to ``start``, checked but not started yet.
     adapters: list[Adapter[Any]] = field(default_factory=list)
     # Lines for the operator's terminal: warnings, and what is loading in the background.
     notices: list[str] = field(default_factory=list)
-    _closers: list[tuple[str, Callable[[], Awaitable[object]]]] = field(default_factory=list)
+    _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _closed: bool = False
 
     @classmethod
-    async def start(cls, settings: Settings, *, adapters: AdapterFactory | None = None) -> Runtime:
+    async def start(cls, settings: Settings, *, adapters: Sequence[Adapter[Any]] = ()) -> Runtime:
         """Check everything cheap, then create everything; on failure, close what was made.
 
-        ``adapters`` builds the chat adapters; each is checked (bad token) with the rest,
-        then left for :meth:`add_adapter` to start. The embedding model is still loading
-        when this returns (see :attr:`notices`).
+        ``adapters`` are checked (bad token) with the rest, then left for
+        :meth:`add_adapter` to start. The embedding model is still loading when this
+        returns (see :attr:`notices`).
 
         Raises:
             StartupError: every problem the checks found, one line each.
         """
-        closers: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        stack = contextlib.AsyncExitStack()
         try:
             http = aiohttp.ClientSession(raise_for_status=False)
-            closers.append(("http session", http.close))
+            _closing(stack, "http session", http.close)
             llm = build_chat_model(settings.llm)
-            closers.append(("llm client", lambda: close_chat_model(llm)))
+            _closing(stack, "llm client", lambda: close_chat_model(llm))
             embeddings = EmbeddingAgent(
                 settings.embeddings, log_file=settings.logging.file, onnx_dir=_onnx_dir(settings)
             )
-            closers.append(("embedding pool", embeddings.close))
-            sink = _LateIntake()
-            chat = list(adapters(sink)) if adapters is not None else []
-            core = asyncio.gather(
-                check_llm(http, settings.llm), _open_store(settings), embeddings.check()
-            )
-            per_adapter = asyncio.gather(*(_check_adapter(adapter) for adapter in chat))
             (llm_warning, opened, embedding_problem), adapter_problems = await asyncio.gather(
-                core, per_adapter
+                asyncio.gather(
+                    check_llm(http, settings.llm), _open_store(settings), embeddings.check()
+                ),
+                asyncio.gather(*(_check_adapter(adapter) for adapter in adapters)),
             )
-            if isinstance(opened, MemoryStore):
-                # Before the embedding pool: closers run in reverse, and the pool goes first.
-                closers.insert(-1, ("memory store", opened.close))
+            if not isinstance(opened, str):
+                _closing(stack, "store", opened.close)
+            # After the store: the pool flushes its cached vectors into the store on close.
+            _closing(stack, "embedding pool", embeddings.close)
             problems = [
                 p
-                for p in (
-                    None if isinstance(opened, MemoryStore) else opened,
-                    embedding_problem,
-                    *adapter_problems,
-                )
+                for p in (opened if isinstance(opened, str) else None, embedding_problem)
                 if p is not None
-            ]
+            ] + [p for p in adapter_problems if p is not None]
             if problems:
                 raise StartupError(problems, warnings=[llm_warning] if llm_warning else [])
-            assert isinstance(opened, MemoryStore)
-            memory = opened
-            embeddings.attach_store(memory)  # vectors cached across restarts
+            assert not isinstance(opened, str)
+            store = opened
+            embeddings.attach_store(store.vectors)  # vectors cached across restarts
             embeddings.begin()
             notices = [llm_warning] if llm_warning else []
             if settings.embeddings.backend != "hashing":
@@ -152,8 +121,15 @@ class Runtime:
                 )
             analysis = AnalysisAgent(settings.analysis) if settings.analysis.enabled else None
             if analysis is not None:
-                closers.append(("analysis agent", analysis.close))
-            tasks = TaskTracker()
+                _closing(stack, "analysis agent", analysis.close)
+            memory = Memory(
+                store=store.conversations,
+                llm=llm,
+                llm_settings=settings.llm,
+                settings=settings.memory,
+                tasks=TaskTracker(),
+            )
+            _closing(stack, "background tasks", lambda: memory.drain(DRAIN_GRACE_S))
             pipeline = Pipeline(
                 settings=settings,
                 llm=llm,
@@ -161,43 +137,49 @@ class Runtime:
                 memory=memory,
                 embeddings=embeddings,
                 analysis=analysis,
-                tasks=tasks,
             )
-            closers.append(("background tasks", lambda: pipeline.drain(DRAIN_GRACE_S)))
-            intake = Intake(pipeline=pipeline, store=memory, settings=settings.intake)
-            sink.intake = intake
+            intake = Intake(
+                pipeline=pipeline,
+                inbox=store.inbox,
+                conversations=store.conversations,
+                feedback=store.feedback,
+                settings=settings.intake,
+            )
         except BaseException as exc:
             if isinstance(exc, StartupError):
                 for line in exc.lines:
                     _log.error("cannot start: %s", line)
             else:
                 _log.exception("start-up failed")
-            await _close_all(closers)
+            await stack.aclose()
             raise
         return cls(
             settings=settings,
             pipeline=pipeline,
             http=http,
             llm=llm,
-            memory=memory,
+            store=store,
             embeddings=embeddings,
             analysis=analysis,
             intake=intake,
             llm_warning=llm_warning,
-            adapters=chat,
+            adapters=list(adapters),
             notices=notices,
-            _closers=closers,
+            _stack=stack,
         )
 
-    async def add_adapter(self, adapter: Adapter[Any]) -> None:
-        """Register and start ``adapter``; it is closed before everything else.
+    async def add_adapter(self, adapter: Adapter[Any], *, port: IntakePort | None = None) -> None:
+        """Register and start ``adapter`` with the intake; it is closed before the rest.
+
+        ``port`` is what the adapter talks to instead of the intake itself: a wrapper that
+        observes or counts what the adapter submits and passes it on.
 
         Raises whatever the adapter's ``start`` raises (bad credentials, say); the
         runtime stays usable and closes what it has.
         """
         self.intake.register(adapter)
-        await adapter.start()
-        self._closers.append((f"{adapter.platform} adapter", adapter.close))
+        await adapter.start(port or self.intake)
+        _closing(self._stack, f"{adapter.platform} adapter", adapter.close)
 
     async def recover(self) -> int:
         """Answer the events a crash left unanswered, through the adapters added so far."""
@@ -212,7 +194,7 @@ class Runtime:
             await self.intake.drain(self.settings.intake.shutdown_grace_s)
         except Exception:
             _log.exception("draining the turns in flight failed; closing the rest anyway")
-        await _close_all(self._closers)
+        await self._stack.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -226,18 +208,32 @@ class Runtime:
         await self.close()
 
 
+def _closing(
+    stack: contextlib.AsyncExitStack, name: str, close: Callable[[], Awaitable[object]]
+) -> None:
+    """Close ``name`` when the stack unwinds; a failure is logged and the rest still close."""
+
+    async def isolated() -> None:
+        try:
+            await close()
+        except Exception:
+            _log.exception("closing the %s failed; closing the rest anyway", name)
+
+    stack.push_async_callback(isolated)
+
+
 def _onnx_dir(settings: Settings) -> str:
     """The onnx backend's exports: ``onnx/`` beside the database ("": the user's cache)."""
     database = settings.memory.database
     return "" if database == ":memory:" else str(Path(database).parent / "onnx")
 
 
-async def _open_store(settings: Settings) -> MemoryStore | str:
+async def _open_store(settings: Settings) -> Store | str:
     """The store, or why the database cannot be used, as one line with the fix."""
     database = settings.memory.database
     try:
-        return await MemoryStore.open(database)
-    except MemoryStoreError as exc:
+        return await open_store(database)
+    except StoreError as exc:
         return (
             f"the memory database {database} cannot be opened for writing ({exc}): make its "
             "directory writable, or set [memory].database to a writable path"
@@ -245,25 +241,10 @@ async def _open_store(settings: Settings) -> MemoryStore | str:
 
 
 async def _check_adapter(adapter: Adapter[Any]) -> str | None:
-    """The adapter's own cheap check (is the token accepted?), when it has one.
-
-    ``check`` is optional so that an adapter without credentials need not write one; an
-    adapter whose check itself crashes is reported, not allowed to stop the other checks.
-    """
-    check: Callable[[], Awaitable[str | None]] | None = getattr(adapter, "check", None)
-    if check is None:
-        return None
+    """The adapter's own cheap check; one whose check crashes is reported, not allowed to
+    stop the other checks."""
     try:
-        return await check()
+        return await adapter.check()
     except Exception as exc:
         _log.exception("the %s adapter's start-up check failed", adapter.platform)
         return f"the {adapter.platform} adapter could not check its settings ({type(exc).__name__})"
-
-
-async def _close_all(closers: list[tuple[str, Callable[[], Awaitable[object]]]]) -> None:
-    for name, close in reversed(closers):
-        try:
-            await close()
-        except Exception:
-            _log.exception("closing the %s failed; closing the rest anyway", name)
-    closers.clear()

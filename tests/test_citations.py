@@ -86,7 +86,7 @@ async def test_an_unsupported_citation_is_flagged_end_to_end(
         )
 
     ollama.responder = responder
-    bot = InMemoryAdapter(runtime.intake.submit)
+    bot = InMemoryAdapter()
     await runtime.add_adapter(bot)
     reply = await bot.ask("What is the transformer architecture in deep learning?")
 

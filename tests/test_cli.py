@@ -25,15 +25,15 @@ import pytest
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from bot.adapters.base import Adapter, IntakePort, Submission
+from bot.adapters.base import Adapter, Submission
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.terminal import TerminalAdapter
-from bot.agents.memory import MemoryStore
 from bot.cli import build_parser
 from bot.config import Settings, load_settings
 from bot.contract import InboundMessage
 from bot.errors import StartupError
 from bot.runtime import Runtime
+from bot.store.sqlite import SqliteStore
 from tests.fakes.base import Fault
 from tests.fakes.hackernews import FakeHackerNews
 from tests.fakes.ollama import FakeOllama
@@ -146,16 +146,18 @@ async def test_sessions_show_marks_expired_and_quarantined_questions(
     write_config: Callable[..., Path],
 ) -> None:
     config = write_config()
-    store = await MemoryStore.open(load_settings(config, env={}).memory.database)
+    store = await SqliteStore.open(load_settings(config, env={}).memory.database)
     key = "memory:general"
     try:
-        assert await store.claim("memory", "old", key, "A stale question?", "{}")
+        assert await store.inbox.claim("memory", "old", key, "A stale question?", "{}")
         # A start an hour later: too old to answer.
         later = datetime.now(UTC) + timedelta(hours=1)
-        await store.recover(platforms=["memory"], max_age_s=60, now=later)
-        assert await store.claim("memory", "bad", key, "A poison question?", "{}")
+        await store.inbox.recover(platforms=["memory"], max_age_s=60, now=later)
+        assert await store.inbox.claim("memory", "bad", key, "A poison question?", "{}")
         # Its one allowed attempt crashed the bot.
-        (given_up,) = await store.recover(platforms=["memory"], max_age_s=3600, max_attempts=1)
+        (given_up,) = await store.inbox.recover(
+            platforms=["memory"], max_age_s=3600, max_attempts=1
+        )
         assert given_up.quarantined
     finally:
         await store.close()
@@ -433,10 +435,9 @@ async def test_a_closed_pipe_ends_quietly(write_config: Callable[..., Path]) -> 
 
 async def test_a_reset_that_fails_keeps_the_chat_going(make_settings: Any) -> None:
     async with await Runtime.start(make_settings()) as runtime:
-        await runtime.memory.close()  # every store call now fails
+        await runtime.store.close()  # every store call now fails
         out = io.StringIO()
         adapter = TerminalAdapter(
-            runtime.intake.submit,
             session="broken",
             stdin=io.StringIO("/reset\n/help\n"),
             stdout=out,
@@ -446,7 +447,7 @@ async def test_a_reset_that_fails_keeps_the_chat_going(make_settings: Any) -> No
         await adapter.run()
     assert "could not reach my conversation memory" in out.getvalue()
     assert "/reset makes me forget" in out.getvalue()  # the next line was still handled
-    assert "MemoryStoreError" not in out.getvalue() and "closed" not in out.getvalue()
+    assert "StoreError" not in out.getvalue() and "closed" not in out.getvalue()
 
 
 async def test_closing_the_terminal_adapter_ends_its_chat_loop(make_settings: Any) -> None:
@@ -454,8 +455,7 @@ async def test_closing_the_terminal_adapter_ends_its_chat_loop(make_settings: An
         read_end, write_end = os.pipe()  # input that never comes
         # fdopen on a pipe does not block (ASYNC230 is about files on disk).
         with os.fdopen(read_end) as never, os.fdopen(write_end, "w"):
-            adapter = TerminalAdapter(
-                runtime.intake.submit, session="s",
+            adapter = TerminalAdapter(session="s",
                 stdin=never, stdout=io.StringIO(), stderr=io.StringIO(),
             )  # fmt: skip
             await runtime.add_adapter(adapter)
@@ -523,14 +523,13 @@ async def test_start_up_checks_include_each_adapters_own_check(
     settings = make_settings(memory={"database": str(tmp_path / "a-file" / "bot.db")})
     reject = True
 
-    def adapters(intake: IntakePort) -> list[Adapter[Any]]:
-        sink = intake.submit
-        rejecting, fine = InMemoryAdapter(sink), InMemoryAdapter(sink)
+    def adapters() -> list[Adapter[Any]]:
+        rejecting, fine = InMemoryAdapter(), InMemoryAdapter()
         rejecting.service.rejects_credentials = reject
-        return [rejecting, TerminalAdapter(sink, session="s"), fine]
+        return [rejecting, TerminalAdapter(session="s"), fine]
 
     with pytest.raises(StartupError) as caught:
-        await Runtime.start(settings, adapters=adapters)
+        await Runtime.start(settings, adapters=adapters())
     problems = caught.value.problems
     assert len(problems) == 2, problems
     assert "the memory database" in problems[0]
@@ -538,7 +537,7 @@ async def test_start_up_checks_include_each_adapters_own_check(
 
     # Without the problems, the adapters are built, checked, and left to add_adapter.
     reject = False
-    async with await Runtime.start(make_settings(), adapters=adapters) as runtime:
+    async with await Runtime.start(make_settings(), adapters=adapters()) as runtime:
         assert [a.platform for a in runtime.adapters] == ["memory", "terminal", "memory"]
         assert not any(a.is_alive for a in runtime.adapters)
 
@@ -607,17 +606,26 @@ async def test_the_line_editor_keeps_history_and_edits(make_settings: Any) -> No
     async with await Runtime.start(make_settings()) as runtime:
         asked: asyncio.Queue[str] = asyncio.Queue()
 
-        async def sink(message: InboundMessage[Any]) -> Submission:
-            asked.put_nowait(message.text)
-            return await runtime.intake.submit(message)
+        class Recording:
+            """The intake, noting each line the editor hands in."""
+
+            async def submit(self, message: InboundMessage[Any]) -> Submission:
+                asked.put_nowait(message.text)
+                return await runtime.intake.submit(message)
+
+            async def has_answered(self, conversation: str) -> bool:
+                return await runtime.intake.has_answered(conversation)
+
+            async def feedback(self, *vote: Any) -> bool:
+                return await runtime.intake.feedback(*vote)
 
         out = io.StringIO()
         with create_pipe_input() as keys:
             adapter = TerminalAdapter(
-                sink, session="editor", stdout=out, stderr=io.StringIO(),
+                session="editor", stdout=out, stderr=io.StringIO(),
                 editor=(keys, DummyOutput()),
             )  # fmt: skip
-            await runtime.add_adapter(adapter)
+            await runtime.add_adapter(adapter, port=Recording())
             chat = asyncio.create_task(adapter.run())
             keys.send_text("/helq\x7fp\r")  # a typo, Backspace, the right letter
             assert await asyncio.wait_for(asked.get(), 30) == "/help"

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from bot import cli
-from bot.adapters.base import Submission
+from bot.adapters.base import IntakePort, Submission
 from bot.adapters.discord import DiscordAdapter
 from bot.adapters.discord_text import LIMIT, split_message
 from bot.config import Secret, Settings, load_settings
-from bot.contract import InboundMessage, conversation_key
+from bot.contract import InboundMessage, Platform, Rating, conversation_key
 from bot.errors import ConfigError, PlatformSetupError
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.runtime import Runtime
@@ -38,19 +38,27 @@ WAIT_S = 20.0
 
 
 class Outcomes:
-    """The intake's ``submit``, recording each outcome so tests can wait for it."""
+    """The intake as the adapter sees it, recording each outcome so tests can wait for it."""
 
-    def __init__(self, submit: Callable[[InboundMessage[Any]], Any]) -> None:
-        self._submit = submit
+    def __init__(self, intake: IntakePort) -> None:
+        self._intake = intake
         self.seen: list[tuple[InboundMessage[Any], Submission]] = []
         self._changed = asyncio.Condition()
 
-    async def __call__(self, message: InboundMessage[Any]) -> Submission:
-        submission: Submission = await self._submit(message)
+    async def submit(self, message: InboundMessage[Any]) -> Submission:
+        submission: Submission = await self._intake.submit(message)
         async with self._changed:
             self.seen.append((message, submission))
             self._changed.notify_all()
         return submission
+
+    async def has_answered(self, conversation: str) -> bool:
+        return await self._intake.has_answered(conversation)
+
+    async def feedback(
+        self, platform: Platform, event_id: str, user_id: str, rating: Rating
+    ) -> bool:
+        return await self._intake.feedback(platform, event_id, user_id, rating)
 
     def of(self, event_id: str) -> list[str]:
         return [s.outcome for m, s in self.seen if m.event_id == event_id]
@@ -79,12 +87,10 @@ class World:
         adapter = DiscordAdapter(
             settings,
             Secret(TOKEN),
-            self.outcomes,
-            answered=self.runtime.intake.has_answered,
             inbox_max_age_s=self.settings.intake.inbox_max_age_s,
             guild_ready_timeout_s=0.05,
         )
-        await self.runtime.add_adapter(adapter)
+        await self.runtime.add_adapter(adapter, port=self.outcomes)
         await self.runtime.recover()
         self.adapter = adapter
         return adapter
@@ -142,7 +148,7 @@ async def world(make_settings: SettingsFactory, fake_discord: FakeDiscord) -> As
     general, research = (int(c["id"]) for c in fake_discord.guilds[guild]["channels"])
     settings = discord_settings(make_settings, fake_discord, research)
     async with await Runtime.start(settings) as runtime:
-        outcomes = Outcomes(runtime.intake.submit)
+        outcomes = Outcomes(runtime.intake)
         ann = user(fake_discord.new_id(), "ann")
         yield World(fake_discord, guild, general, research, settings, runtime, outcomes, ann=ann)
 
@@ -203,15 +209,15 @@ async def test_two_threads_keep_separate_memories(world: World, ollama: FakeOlla
     ask_second = await world.ask(second, world.mention("What is GPT in language models?"))
     await world.final(first, ask_first)
     await world.final(second, ask_second)
-    await world.runtime.pipeline.settle()
+    await world.runtime.pipeline.memory.settle()
 
-    memory = world.runtime.memory
+    memory = world.runtime.store
     keys = [conversation_key("discord", str(world.guild), str(world.general), str(t))
             for t in (first, second)]  # fmt: skip
-    questions = [[t.question for t in (await memory.load(key)).turns] for key in keys]
+    questions = [[t.question for t in (await memory.conversations.load(key)).turns] for key in keys]
     assert questions == [["What is BERT in language models?"], ["What is GPT in language models?"]]
     channel = conversation_key("discord", str(world.guild), str(world.general))
-    assert (await memory.load(channel)).turns == ()
+    assert (await memory.conversations.load(channel)).turns == ()
 
 
 async def test_the_same_message_create_twice_is_answered_once(
@@ -355,19 +361,19 @@ async def test_reset_by_a_non_admin_is_refused_and_by_an_admin_works(
     question = await world.ask(world.research, QUESTION)
     await world.final(world.research, question)
     key = conversation_key("discord", str(world.guild), str(world.research))
-    await world.runtime.pipeline.settle()
+    await world.runtime.pipeline.memory.settle()
 
     mallory = user(world.fake.new_id(), "mallory")
     refused = await world.fake.interact("reset", channel_id=world.research, who=mallory)
     assert (await callback(world, refused))["data"]["flags"] & 64, "an ephemeral refusal"
     assert "Sorry, only" in await shown(world, refused, bool)
-    assert (await world.runtime.memory.load(key)).turns, "nothing was forgotten"
+    assert (await world.runtime.store.conversations.load(key)).turns, "nothing was forgotten"
 
     mod = user(world.fake.new_id(), "mod")
     by_role = await world.fake.interact("reset", channel_id=world.research, who=mod,
                                         roles=(admin_role,))  # fmt: skip
     assert "forgotten" in await shown(world, by_role, bool)
-    assert (await world.runtime.memory.load(key)).turns == ()
+    assert (await world.runtime.store.conversations.load(key)).turns == ()
 
     owner = user(world.fake.new_id(), "owner")
     by_permission = await world.fake.interact(
@@ -408,9 +414,9 @@ async def test_a_follow_up_in_a_thread_needs_no_mention(world: World, ollama: Fa
     assert world.outcomes.of(follow_up["id"]) == ["turn"]
     assert world.fake.bot_messages(world.research) == [], "the answers went to the thread"
     assert "**Sources" in first["content"]
-    await world.runtime.pipeline.settle()
+    await world.runtime.pipeline.memory.settle()
     key = conversation_key("discord", str(world.guild), str(world.research), str(thread))
-    assert len((await world.runtime.memory.load(key)).turns) == 2
+    assert len((await world.runtime.store.conversations.load(key)).turns) == 2
 
 
 async def test_a_question_asked_while_the_bot_was_stopped_is_answered_after_it_starts(
@@ -424,7 +430,7 @@ async def test_a_question_asked_while_the_bot_was_stopped_is_answered_after_it_s
     general = int(fake_discord.guilds[guild]["channels"][0]["id"])
     async with await Runtime.start(settings) as runtime:
         world = World(fake_discord, guild, general, research, settings, runtime,
-                      Outcomes(runtime.intake.submit), ann=ann)  # fmt: skip
+                      Outcomes(runtime.intake), ann=ann)  # fmt: skip
         await world.start()
         asked = await world.ask(thread, world.mention(QUESTION))
         await world.final(thread, asked)
@@ -435,7 +441,7 @@ async def test_a_question_asked_while_the_bot_was_stopped_is_answered_after_it_s
     follow_up = fake_discord.post_while_offline(thread, "And who invented it?", author=ann)
     async with await Runtime.start(settings) as runtime:
         world = World(fake_discord, guild, general, research, settings, runtime,
-                      Outcomes(runtime.intake.submit), ann=ann)  # fmt: skip
+                      Outcomes(runtime.intake), ann=ann)  # fmt: skip
         await world.start()
         await world.final(research, missed)
         await world.final(thread, follow_up)
@@ -444,7 +450,7 @@ async def test_a_question_asked_while_the_bot_was_stopped_is_answered_after_it_s
     later = fake_discord.post_while_offline(research, "What is GPT in language models?", author=ann)
     async with await Runtime.start(settings) as runtime:
         world = World(fake_discord, guild, general, research, settings, runtime,
-                      Outcomes(runtime.intake.submit), ann=ann)  # fmt: skip
+                      Outcomes(runtime.intake), ann=ann)  # fmt: skip
         await world.start()
         await world.final(research, later)
         assert world.outcomes.of(missed["id"]) == [] and world.outcomes.of(follow_up["id"]) == []
@@ -499,7 +505,7 @@ async def test_a_missing_message_content_intent_is_explained(world: World) -> No
 async def test_start_up_checks_name_a_bad_token_or_a_missing_intent_before_connecting(
     world: World,
 ) -> None:
-    adapter = DiscordAdapter(world.settings.discord, Secret(TOKEN), world.outcomes)
+    adapter = DiscordAdapter(world.settings.discord, Secret(TOKEN))
     assert await adapter.check() is None
     world.fake.message_content_enabled = False
     problem = await adapter.check()

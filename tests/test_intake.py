@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from bot.adapters.inmemory import InMemoryAdapter, MemoryPlatform
-from bot.agents.memory import MemoryStore
 from bot.config import Settings
 from bot.contract import conversation_key
 from bot.intake.chain import encode_message
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.runtime import Runtime
+from bot.store.sqlite import SqliteStore
 from tests.fakes.base import Fault
 from tests.fakes.ollama import FakeOllama, default_responder, split_tokens
 
@@ -35,7 +35,7 @@ async def runtime(make_settings: SettingsFactory) -> AsyncIterator[Runtime]:
 
 
 async def chat(runtime: Runtime, **options: Any) -> InMemoryAdapter:
-    adapter = InMemoryAdapter(runtime.intake.submit, **options)
+    adapter = InMemoryAdapter(**options)
     await runtime.add_adapter(adapter)
     return adapter
 
@@ -127,7 +127,7 @@ async def test_the_rate_limit_refuses_clearly_and_takes_nothing(
         other = await bot.deliver("What is BERT?", author="bob")
         assert other.outcome == "turn"
         await asyncio.gather(*(s.done for s in [*submissions, other] if s.done is not None))
-        transcript = await rt.memory.transcript(GENERAL)
+        transcript = await rt.store.conversations.transcript(GENERAL)
     assert transcript is not None
     questions = [t.question for t in transcript.turns]
     assert "What is topic 2?" not in questions and len(questions) == 3
@@ -189,8 +189,8 @@ async def test_a_failed_delivery_still_saves_the_answer(
         with caplog.at_level(logging.WARNING):
             reply = await bot.ask(QUESTION)
         assert reply.ok
-        await rt.pipeline.settle()
-        state = await rt.memory.load(GENERAL)
+        await rt.pipeline.memory.settle()
+        state = await rt.store.conversations.load(GENERAL)
         assert state.turns[-1].answer == reply.body
         assert "giving up delivering the reply" in caplog.text
     # Given up on, not pending: the next start does not post it out of the blue.
@@ -211,7 +211,7 @@ async def test_commands_answer_here_and_reset_is_for_admins(
     assert (await bot.deliver("/reset", author="mallory")).outcome == "command"
     refusal = bot.service.in_channel("general")[-1]
     assert refusal.private_to == "mallory" and "the channel's admins" in refusal.text
-    assert (await runtime.memory.load(GENERAL)).turns, "nothing was forgotten"
+    assert (await runtime.store.conversations.load(GENERAL)).turns, "nothing was forgotten"
 
     await bot.deliver("sources")
     listing = bot.service.in_channel("general")[-1].text
@@ -227,7 +227,7 @@ async def test_commands_answer_here_and_reset_is_for_admins(
 
     await bot.deliver("/reset", author="alice", is_admin=True)
     assert "forgotten" in bot.service.in_channel("general")[-1].text
-    assert (await runtime.memory.load(GENERAL)).turns == ()
+    assert (await runtime.store.conversations.load(GENERAL)).turns == ()
     await bot.deliver("/sources")
     assert "not answered anything" in bot.service.in_channel("general")[-1].text
     assert len(ollama.chat_bodies()) == calls, "no command reached the language model"
@@ -302,22 +302,22 @@ async def test_recovery_quarantines_an_event_that_crashed_twice(
     make_settings: SettingsFactory, ollama: FakeOllama, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings()
-    store = await MemoryStore.open(settings.memory.database)
+    store = await SqliteStore.open(settings.memory.database)
     try:
         async with await Runtime.start(settings) as rt:
-            bot = InMemoryAdapter(rt.intake.submit)
+            bot = InMemoryAdapter()
             message = bot.message("poison", event_id="Ev-poison")
         # What two crashed processes leave behind: claimed, then taken over once.
-        assert await store.claim("memory", "Ev-poison", GENERAL, "poison",
+        assert await store.inbox.claim("memory", "Ev-poison", GENERAL, "poison",
                                  encode_message(message, bot)) is not None  # fmt: skip
-        assert len(await store.recover(platforms=["memory"], max_age_s=3600)) == 1
+        assert len(await store.inbox.recover(platforms=["memory"], max_age_s=3600)) == 1
     finally:
         await store.close()
     with caplog.at_level(logging.WARNING):
         async with await Runtime.start(settings) as rt:
             bot = await chat(rt)
             assert await rt.recover() == 0
-            transcript = await rt.memory.transcript(GENERAL)
+            transcript = await rt.store.conversations.transcript(GENERAL)
             assert await rt.recover() == 0
     assert "quarantined memory event Ev-poison" in caplog.text
     # Its author is told, once, instead of being left with a half-done reply.

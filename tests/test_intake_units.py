@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.adapters.base import Submission
+from bot.adapters.base import IntakePort, Submission
 from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
 from bot.intake.chain import (
     Context,
@@ -46,7 +46,10 @@ class Notes:
         self.rate_limit_per_minute = rate
         self.notes: list[tuple[str, bool]] = []
 
-    async def start(self) -> None: ...
+    async def check(self) -> str | None:
+        return None
+
+    async def start(self, intake: IntakePort) -> None: ...
 
     async def close(self) -> None: ...
 

@@ -1,409 +1,88 @@
-"""Tests of the memory agent against real SQLite files (and ``:memory:``)."""
-
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
-from pathlib import Path
+import logging
 
 import pytest
 
-from bot.agents.memory import SCHEMA_VERSION, MemoryStore
-from bot.errors import MemoryStoreError
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    memory = await MemoryStore.open(":memory:")
-    try:
-        yield memory
-    finally:
-        await memory.close()
-
-
-@pytest.fixture
-async def file_store(tmp_path: Path) -> AsyncIterator[MemoryStore]:
-    memory = await MemoryStore.open(str(tmp_path / "memory.db"))
-    try:
-        yield memory
-    finally:
-        await memory.close()
-
-
-def _raw(path: Path) -> sqlite3.Connection:
-    """A plain second connection, as another process (the CLI) would have."""
-    return sqlite3.connect(path, isolation_level=None)
-
-
-async def _answered(store: MemoryStore, key: str, question: str, answer: str) -> int:
-    turn = await store.begin_turn(key, question)
-    assert await store.finish_turn(turn, answer)
-    return turn
-
-
-async def test_begin_finish_load_round_trip(store: MemoryStore) -> None:
-    first = await _answered(store, "discord:1:2", "What is SQLite?", "A database [1].")
-    second = await _answered(store, "discord:1:2", "Is it fast?", "Yes.")
-
-    state = await store.load("discord:1:2")
-
-    assert second > first
-    assert state.key == "discord:1:2"
-    assert (state.summary, state.summary_upto) == ("", 0)
-    assert [(t.id, t.question, t.answer, t.status) for t in state.turns] == [
-        (first, "What is SQLite?", "A database [1].", "answered"),
-        (second, "Is it fast?", "Yes.", "answered"),
-    ]
-    created = datetime.fromisoformat(state.turns[0].created_at)
-    assert created.utcoffset() == timedelta(0)
-
-
-async def test_unknown_key_loads_empty_and_has_no_transcript(store: MemoryStore) -> None:
-    state = await store.load("nobody")
-
-    assert (state.key, state.summary, state.summary_upto, state.turns) == ("nobody", "", 0, ())
-    assert await store.transcript("nobody") is None
-
-
-async def test_pending_turn_is_in_transcript_but_not_in_load(store: MemoryStore) -> None:
-    done = await _answered(store, "k", "first", "one")
-    pending = await store.begin_turn("k", "second, never answered")
-
-    loaded = await store.load("k")
-    transcript = await store.transcript("k")
-
-    assert [t.id for t in loaded.turns] == [done]
-    assert transcript is not None
-    assert [(t.id, t.status, t.answer) for t in transcript.turns] == [
-        (done, "answered", "one"),
-        (pending, "pending", None),
-    ]
-
-
-async def test_inputs_are_stored_exactly_as_given(store: MemoryStore) -> None:
-    key = "slack:T1:C2:1700000000.0001 '; DROP TABLE turns; -- ünïcødé 🦆"
-    question = "q" * 39_999 + "?"
-    answer = "line one\nline two\x00after a NUL\n" + "é" * 10_000
-
-    await _answered(store, key, question, answer)
-    (turn,) = (await store.load(key)).turns
-
-    assert turn.question == question
-    assert len(turn.question) == 40_000
-    assert turn.answer == answer
-    assert [s.key for s in await store.list_sessions()] == [key]
-
-
-async def test_summary_moves_the_window_forward_only(store: MemoryStore) -> None:
-    ids = [await _answered(store, "k", f"q{n}", f"a{n}") for n in range(5)]
-
-    assert await store.save_summary("k", "turns 0-2", ids[2])
-    state = await store.load("k")
-    assert (state.summary, state.summary_upto) == ("turns 0-2", ids[2])
-    assert [t.question for t in state.turns] == ["q3", "q4"]
-
-    # A slower summariser finishing late must not drag the window back.
-    assert not await store.save_summary("k", "turns 0-1", ids[1])
-    assert (await store.load("k")).summary == "turns 0-2"
-
-    # Re-summarising the same window is allowed; the transcript keeps every turn.
-    assert await store.save_summary("k", "turns 0-2, shorter", ids[2])
-    transcript = await store.transcript("k")
-    assert transcript is not None
-    assert transcript.summary == "turns 0-2, shorter"
-    assert [t.question for t in transcript.turns] == [f"q{n}" for n in range(5)]
-
-
-async def test_summary_refused_for_missing_session_or_foreign_turn(store: MemoryStore) -> None:
-    other = await _answered(store, "other", "q", "a")
-    mine = await _answered(store, "mine", "q", "a")
-    pending = await store.begin_turn("mine", "still thinking")
-
-    assert not await store.save_summary("gone", "summary", other)
-    assert not await store.save_summary("mine", "summary", other)
-    assert not await store.save_summary("mine", "summary", pending)
-    assert not await store.save_summary("mine", "summary", pending + 1000)
-    assert (await store.load("mine")).summary_upto == 0
-    assert await store.save_summary("mine", "summary", mine)
-
-
-async def test_summary_of_a_reset_conversation_is_refused(store: MemoryStore) -> None:
-    old = await _answered(store, "k", "old question", "old answer")
-    await store.reset("k")
-    await _answered(store, "k", "new question", "new answer")
-
-    # The summariser had loaded the old conversation before the reset.
-    assert not await store.save_summary("k", "about the old question", old)
-    assert (await store.load("k")).summary == ""
-
-
-async def test_reset_deletes_session_and_turns(file_store: MemoryStore, tmp_path: Path) -> None:
-    await _answered(file_store, "k", "q", "a")
-    await file_store.begin_turn("k", "pending")
-    await _answered(file_store, "keep", "q", "a")
-
-    assert await file_store.reset("k")
-    assert not await file_store.reset("k")
-
-    assert await file_store.transcript("k") is None
-    assert (await file_store.load("k")).turns == ()
-    assert [s.key for s in await file_store.list_sessions()] == ["keep"]
-    raw = _raw(tmp_path / "memory.db")
-    try:
-        assert raw.execute("SELECT COUNT(*) FROM turns WHERE session_key = 'k'").fetchone() == (0,)
-    finally:
-        raw.close()
-
-
-async def test_finish_turn_after_reset_returns_false(store: MemoryStore) -> None:
-    turn = await store.begin_turn("k", "slow question")
-    await store.reset("k")
-
-    assert not await store.finish_turn(turn, "late answer")
-    assert not await store.finish_turn(123_456, "no such turn")
-    assert await store.list_sessions() == []
-
-    # Ids are never reused, so the late answer cannot land on a new conversation's turn.
-    new_turn = await store.begin_turn("k", "new question")
-    assert new_turn > turn
-
-
-async def test_list_sessions_order_and_counts(store: MemoryStore) -> None:
-    await _answered(store, "a", "q1", "x")
-    await _answered(store, "b", "q1", "x")
-    await store.begin_turn("b", "pending")
-    await _answered(store, "c", "q1", "x")
-    last_of_a = await _answered(store, "a", "q2", "x")
-    await store.save_summary("a", "summary", last_of_a)
-
-    sessions = await store.list_sessions()
-
-    assert [(s.key, s.turn_count, s.has_summary) for s in sessions] == [
-        ("a", 2, True),
-        ("c", 1, False),
-        ("b", 2, False),
-    ]
-    for info in sessions:
-        assert info.created_at <= info.updated_at
-        assert datetime.fromisoformat(info.updated_at).utcoffset() == timedelta(0)
-
-
-async def test_concurrent_turns_across_keys_and_on_one_key_all_survive(
-    file_store: MemoryStore,
-) -> None:
-    async def turn(key: str, n: int) -> int:
-        turn_id = await file_store.begin_turn(key, f"question {n}")
-        await asyncio.sleep(0)
-        assert await file_store.finish_turn(turn_id, f"answer {n}")
-        return turn_id
-
-    jobs = [turn("shared", n) for n in range(25)] + [turn(f"key{n}", n) for n in range(25)]
-    ids = await asyncio.gather(*jobs)
-
-    assert len(set(ids)) == 50
-    shared = await file_store.load("shared")
-    assert sorted((t.question, t.answer) for t in shared.turns) == sorted(
-        (f"question {n}", f"answer {n}") for n in range(25)
-    )
-    assert [t.id for t in shared.turns] == sorted(t.id for t in shared.turns)
-    sessions = await file_store.list_sessions()
-    assert len(sessions) == 26
-    assert sum(s.turn_count for s in sessions) == 50
-
-
-async def test_concurrent_reads_and_writes_mix_cleanly(store: MemoryStore) -> None:
-    await _answered(store, "k", "seed", "seed")
-
-    results = await asyncio.gather(
-        *(_answered(store, "k", f"q{n}", f"a{n}") for n in range(20)),
-        *(store.load("k") for _ in range(20)),
-        *(store.list_sessions() for _ in range(10)),
-    )
-
-    assert len(results) == 50
-    assert len((await store.load("k")).turns) == 21
-
-
-async def test_persists_across_reopen_in_wal_mode(tmp_path: Path) -> None:
-    path = tmp_path / "nested" / "dir" / "memory.db"
-    first = await MemoryStore.open(str(path))
-    try:
-        turn = await _answered(first, "k", "remember me", "I will")
-        await first.save_summary("k", "a summary", turn)
-        await first.begin_turn("k", "pending at shutdown")
-    finally:
-        await first.close()
-
-    second = await MemoryStore.open(path)
-    try:
-        transcript = await second.transcript("k")
-        assert transcript is not None
-        assert transcript.summary == "a summary"
-        assert [(t.question, t.status) for t in transcript.turns] == [
-            ("remember me", "answered"),
-            ("pending at shutdown", "pending"),
-        ]
-    finally:
-        await second.close()
-
-    raw = _raw(path)
-    try:
-        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-    finally:
-        raw.close()
-
-
-async def test_another_connection_reads_while_the_store_writes(
-    file_store: MemoryStore, tmp_path: Path
-) -> None:
-    await _answered(file_store, "k", "before", "x")
-    reader = _raw(tmp_path / "memory.db")
-    try:
-        reader.execute("BEGIN")
-        assert reader.execute("SELECT COUNT(*) FROM turns").fetchone() == (1,)
-
-        # With WAL the open read transaction does not block the writer, and the reader
-        # keeps its snapshot until it ends its transaction.
-        await asyncio.wait_for(_answered(file_store, "k", "during", "y"), timeout=2)
-        assert reader.execute("SELECT COUNT(*) FROM turns").fetchone() == (1,)
-        reader.execute("COMMIT")
-        assert reader.execute("SELECT COUNT(*) FROM turns").fetchone() == (2,)
-    finally:
-        reader.close()
-
-
-async def test_empty_database_is_migrated_and_migration_is_idempotent(tmp_path: Path) -> None:
-    path = tmp_path / "empty.db"
-    path.touch()
-
-    for _ in range(2):
-        memory = await MemoryStore.open(str(path))
-        try:
-            await _answered(memory, "k", "q", "a")
-        finally:
-            await memory.close()
-
-    raw = _raw(path)
-    try:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"sessions", "turns"} <= tables
-        assert raw.execute("SELECT COUNT(*) FROM turns").fetchone() == (2,)
-    finally:
-        raw.close()
-
-
-async def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "future.db"
-    raw = _raw(path)
-    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    raw.close()
-
-    with pytest.raises(
-        MemoryStoreError, match=rf"schema version {SCHEMA_VERSION + 1}\b.*up to {SCHEMA_VERSION}\b"
-    ):
-        await MemoryStore.open(str(path))
-
-    raw = _raw(path)
-    try:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
-        assert raw.execute("SELECT COUNT(*) FROM sqlite_master").fetchone() == (0,)
-    finally:
-        raw.close()
-
-
-async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "notes.db"
-    path.write_bytes(b"this is not an SQLite file, just some text. " * 100)
-
-    with pytest.raises(MemoryStoreError):
-        await MemoryStore.open(str(path))
-
-
-async def test_failed_write_rolls_back_the_whole_transaction(store: MemoryStore) -> None:
-    # begin_turn upserts the session row, then inserts the turn. Bytes are not text, so
-    # the turn INSERT fails on the table's CHECK constraint after the session row was
-    # already written inside the same transaction; none of it may survive.
-    with pytest.raises(MemoryStoreError) as caught:
-        await store.begin_turn("new-session", b"not text")  # type: ignore[arg-type]
-
-    assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
-    assert await store.list_sessions() == []
-    assert await store.transcript("new-session") is None
-
-    # The lock was released and no transaction is left open: the store keeps working.
-    turn = await _answered(store, "new-session", "real question", "real answer")
-    assert [t.id for t in (await store.load("new-session")).turns] == [turn]
-
-
-async def test_failed_finish_keeps_the_turn_pending(store: MemoryStore) -> None:
-    turn = await store.begin_turn("k", "q")
-    before = await store.list_sessions()
-
-    with pytest.raises(MemoryStoreError):
-        await store.finish_turn(turn, b"not text")  # type: ignore[arg-type]
-
-    transcript = await store.transcript("k")
-    assert transcript is not None
-    assert [(t.status, t.answer) for t in transcript.turns] == [("pending", None)]
-    assert await store.list_sessions() == before
-
-
-async def test_cancelled_write_leaves_no_partial_rows(store: MemoryStore) -> None:
-    task = asyncio.create_task(store.begin_turn("k", "cancelled question"))
-    await asyncio.sleep(0)  # let it take the lock and queue its first statement
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-    transcript = await store.transcript("k")
-    # Either the whole turn was written before the cancellation arrived, or none of it.
-    assert transcript is None or [t.question for t in transcript.turns] == ["cancelled question"]
-    await _answered(store, "k", "next", "works")
-
-
-async def test_close_is_idempotent_and_later_calls_raise(tmp_path: Path) -> None:
-    memory = await MemoryStore.open(str(tmp_path / "memory.db"))
-    await memory.close()
-    await memory.close()
-
-    with pytest.raises(MemoryStoreError, match="closed"):
-        await memory.begin_turn("k", "q")
-    with pytest.raises(MemoryStoreError, match="closed"):
-        await memory.load("k")
-
-
-async def test_event_loop_stays_responsive_during_a_large_write(store: MemoryStore) -> None:
-    big = "x" * 8_000_000
-    write = asyncio.create_task(store.begin_turn("k", big))
-    await asyncio.sleep(0)  # the write starts; a blocking one would also finish here
-    ticks = 0
-    while not write.done():
-        ticks += 1
-        await asyncio.sleep(0)
-    turn = await write
-
-    # A blocking sqlite3 call would have finished the write before the loop ticked.
-    assert ticks > 0
-    transcript = await store.transcript("k")
-    assert transcript is not None
-    assert [(t.id, len(t.question)) for t in transcript.turns] == [(turn, len(big))]
-
-
-async def test_opening_a_new_file_waits_for_another_process_creating_it(tmp_path: Path) -> None:
-    # Two `ask`s started together both create the database: one is still in its first
-    # transaction (rollback journal) when the other switches to WAL, which SQLite refuses
-    # at once with "database is locked" instead of waiting on busy_timeout.
-    path = tmp_path / "new.db"
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        other.execute("CREATE TABLE scratch (x)")
-        other.execute("BEGIN IMMEDIATE")
-        asyncio.get_running_loop().call_later(0.2, other.execute, "COMMIT")
-        store = await MemoryStore.open(path)
-        await store.close()
-    finally:
-        other.close()
+from bot.core.tasks import TaskTracker
+from bot.pipeline.memory import ConversationLocks, RecentTurns
+
+
+async def test_drain_waits_for_tasks_spawned_while_draining() -> None:
+    tracker = TaskTracker()
+    finished: list[str] = []
+    gate = asyncio.Event()
+
+    async def child() -> None:
+        finished.append("child")
+
+    async def parent() -> None:
+        await gate.wait()
+        tracker.spawn(child(), name="child")
+        finished.append("parent")
+
+    tracker.spawn(parent(), name="parent")
+    drained = asyncio.create_task(tracker.drain(final=True))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await drained is True
+    assert finished == ["parent", "child"]
+    assert len(tracker) == 0
+
+
+async def test_drain_cancels_what_outlives_the_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    tracker = TaskTracker()
+    never = asyncio.Event()
+    task = tracker.spawn(never.wait(), name="stuck")
+    with caplog.at_level(logging.ERROR):
+        assert await tracker.drain(grace_s=0.05, final=True) is False
+    assert task.cancelled()
+    assert "still running at shutdown" in caplog.text
+
+
+async def test_no_spawning_after_final_drain() -> None:
+    tracker = TaskTracker()
+    await tracker.drain(final=True)
+
+    async def job() -> None:
+        return None
+
+    with pytest.raises(RuntimeError):
+        tracker.spawn(job(), name="late")
+
+
+async def test_failures_are_logged_not_lost(caplog: pytest.LogCaptureFixture) -> None:
+    tracker = TaskTracker()
+
+    async def broken() -> None:
+        raise ValueError("boom")
+
+    with caplog.at_level(logging.ERROR):
+        tracker.spawn(broken(), name="broken")
+        await tracker.drain()
+    assert "background task broken failed" in caplog.text
+
+
+async def test_locks_serialise_one_key_and_not_others() -> None:
+    locks = ConversationLocks()
+    a1, a2, b = locks.lock("a"), locks.lock("a"), locks.lock("b")
+    assert a1 is a2
+    assert a1 is not b
+    async with a1:
+        assert locks.lock("a").locked()
+        assert not locks.lock("b").locked()
+
+
+def test_recent_turns_are_bounded() -> None:
+    recent = RecentTurns(per_conversation=2, conversations=2)
+    for i in range(3):
+        recent.add("a", f"q{i}", f"a{i}")
+    recent.add("b", "qb", "ab")
+    recent.add("c", "qc", "ac")
+    assert recent.get("a") == []  # evicted: least recently active
+    assert recent.get("c") == [("qc", "ac")]
+    recent.add("b", "qb2", "ab2")
+    assert recent.get("b") == [("qb", "ab"), ("qb2", "ab2")]
+    recent.forget("b")
+    assert recent.get("b") == []

@@ -21,12 +21,12 @@ import pytest
 
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.render import render_reply
-from bot.agents.memory import MemoryStore
 from bot.config import Settings
 from bot.contract import SILENT, Author, InboundMessage, Reply, conversation_key
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.pipeline.wording import FAILURE_LINE
 from bot.runtime import Runtime
+from bot.store.sqlite import SqliteStore
 from tests.fakes.base import Fault
 from tests.fakes.hackernews import FakeHackerNews
 from tests.fakes.ollama import FakeOllama, default_responder
@@ -44,7 +44,7 @@ async def runtime(make_settings: SettingsFactory) -> AsyncIterator[Runtime]:
 
 
 async def chat(runtime: Runtime) -> InMemoryAdapter:
-    adapter = InMemoryAdapter(runtime.intake.submit)
+    adapter = InMemoryAdapter()
     await runtime.add_adapter(adapter)
     return adapter
 
@@ -127,16 +127,16 @@ async def test_the_question_survives_a_turn_that_dies_during_generation(
     submission = await bot.deliver(QUESTION)
     assert submission.done is not None
     await ollama.wait_for_requests(2, "/api/chat")
-    transcript = await runtime.memory.transcript(GENERAL)
+    transcript = await runtime.store.conversations.transcript(GENERAL)
     assert transcript is not None
     assert [(t.question, t.status) for t in transcript.turns] == [(QUESTION, "pending")]
     submission.done.cancel()  # the turn dies mid-answer
     with pytest.raises(asyncio.CancelledError):
         await submission.done
-    transcript = await runtime.memory.transcript(GENERAL)
+    transcript = await runtime.store.conversations.transcript(GENERAL)
     assert transcript is not None and transcript.turns[0].question == QUESTION
     # A half-done turn never leaks into the next prompt's history.
-    assert (await runtime.memory.load(GENERAL)).turns == ()
+    assert (await runtime.store.conversations.load(GENERAL)).turns == ()
 
 
 async def test_follow_ups_see_the_conversation(bot: InMemoryAdapter, ollama: FakeOllama) -> None:
@@ -168,11 +168,11 @@ async def test_a_reset_by_another_connection_is_not_undone_by_the_cache(
     runtime: Runtime, bot: InMemoryAdapter, ollama: FakeOllama
 ) -> None:
     await bot.ask("What is BERT?")
-    await runtime.pipeline.settle()
+    await runtime.pipeline.memory.settle()
     # Another process (``sessions reset``) forgets the conversation behind the bot's back.
-    other = await MemoryStore.open(runtime.settings.memory.database)
+    other = await SqliteStore.open(runtime.settings.memory.database)
     try:
-        assert await other.reset(GENERAL)
+        assert await other.conversations.reset(GENERAL)
     finally:
         await other.close()
     ollama.requests.clear()
@@ -347,9 +347,9 @@ async def test_an_overlong_message_is_cut_and_the_answer_says_so(
     assert len(result.question) <= limit
     assert f"first {limit:,}" in user_view(bot)
     assert all(len(b["messages"][-1]["content"]) < limit + 20_000 for b in ollama.chat_bodies())
-    await runtime.pipeline.settle()
+    await runtime.pipeline.memory.settle()
     # Nothing is lost: the store keeps the message as it was sent.
-    state = await runtime.memory.load(GENERAL)
+    state = await runtime.store.conversations.load(GENERAL)
     assert state.turns[-1].question == huge
 
 
@@ -360,7 +360,7 @@ async def test_an_empty_message_gets_a_hint_and_stores_nothing(
     assert submission.outcome == "empty" and submission.done is None
     assert "Ask me a research question" in bot.service.in_channel("general")[-1].text
     assert ollama.requests_to("/api/chat") == []
-    assert await runtime.memory.list_sessions() == []
+    assert await runtime.store.conversations.list_all() == []
 
 
 async def test_long_histories_are_summarised_in_the_background(
@@ -371,8 +371,8 @@ async def test_long_histories_are_summarised_in_the_background(
         bot = await chat(rt)
         for question in ("What is BERT?", "What is GPT?", "What is attention?"):
             await bot.ask(question)
-        await rt.pipeline.drain()
-        state = await rt.memory.load(GENERAL)
+        await rt.pipeline.memory.drain()
+        state = await rt.store.conversations.load(GENERAL)
         assert state.summary
         assert state.summary_upto > 0
         assert all(turn.id > state.summary_upto for turn in state.turns)
@@ -385,7 +385,7 @@ async def test_long_histories_are_summarised_in_the_background(
 async def test_reset_forgets_a_conversation(runtime: Runtime, bot: InMemoryAdapter) -> None:
     await bot.ask("What is BERT?")
     assert await runtime.pipeline.reset(GENERAL) is True
-    assert (await runtime.memory.load(GENERAL)).turns == ()
+    assert (await runtime.store.conversations.load(GENERAL)).turns == ()
     assert await runtime.pipeline.reset(GENERAL) is False
 
 
@@ -394,10 +394,10 @@ async def test_shutdown_drains_background_saves(make_settings: SettingsFactory) 
     async with await Runtime.start(settings) as rt:
         result = await (await chat(rt)).ask(QUESTION)
         # No explicit drain: closing the runtime must finish the save.
-    store = await MemoryStore.open(settings.memory.database)
+    store = await SqliteStore.open(settings.memory.database)
     try:
-        state = await store.load(GENERAL)
-        sources = await store.last_sources(GENERAL)
+        state = await store.conversations.load(GENERAL)
+        sources = await store.conversations.last_sources(GENERAL)
     finally:
         await store.close()
     assert state.turns and state.turns[-1].answer == result.body
@@ -407,7 +407,7 @@ async def test_shutdown_drains_background_saves(make_settings: SettingsFactory) 
 async def test_a_memory_failure_degrades_the_turn_instead_of_failing_it(
     runtime: Runtime, bot: InMemoryAdapter
 ) -> None:
-    await runtime.memory.close()  # every store call now raises MemoryStoreError
+    await runtime.store.close()  # every store call now raises StoreError
     result = await bot.ask(QUESTION)
     assert result.status == "degraded"
     assert result.sources

@@ -45,7 +45,7 @@ async def runtime(
 
 @pytest.fixture
 async def bot(runtime: Runtime) -> InMemoryAdapter:
-    adapter = InMemoryAdapter(runtime.intake.submit)
+    adapter = InMemoryAdapter()
     await runtime.add_adapter(adapter)
     return adapter
 
@@ -94,7 +94,7 @@ async def test_sources_remember_the_version_they_were_read_at(
     runtime: Runtime, bot: InMemoryAdapter, wikipedia: FakeWikipedia
 ) -> None:
     reply = await bot.ask("is rust actually in the linux kernel now?", channel="rev")
-    await runtime.pipeline.settle()
+    await runtime.pipeline.memory.settle()
 
     by_title = {s.title: s for s in reply.sources}
     article = by_title["Rust (programming language)"]
@@ -109,6 +109,6 @@ async def test_sources_remember_the_version_they_were_read_at(
     assert story.revision == "item 39100003 (640 points)"
     assert story.permalink == "https://news.ycombinator.com/item?id=39100003"
     # Kept with the turn, so the sources command links to exactly what was read.
-    stored = await runtime.memory.last_sources(conversation_key("memory", "rev"))
+    stored = await runtime.store.conversations.last_sources(conversation_key("memory", "rev"))
     assert {s.permalink for s in stored} == {s.permalink for s in reply.sources}
     assert stored[0].parts == reply.sources[0].parts

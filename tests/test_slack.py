@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import pytest
 
-from bot.adapters.base import Adapter, IntakePort
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.platforms import chat_adapters
 from bot.adapters.slack import RESET_SHORTCUT, SlackAdapter
@@ -70,7 +69,7 @@ def slack_settings(
 async def serving(settings: Settings) -> AsyncIterator[tuple[Runtime, SlackAdapter]]:
     """The runtime with the Slack adapter ``python -m bot`` would build from ``settings``."""
     async with await Runtime.start(settings) as runtime:
-        [adapter] = chat_adapters(settings, runtime.intake)
+        [adapter] = chat_adapters(settings)
         assert isinstance(adapter, SlackAdapter)
         await runtime.add_adapter(adapter)
         yield runtime, adapter
@@ -225,8 +224,12 @@ async def test_two_threads_keep_separate_memories_and_follow_ups_need_no_mention
         await deliver(slack, bot, stranger, event_id="Ev-t4")
         await deliver(slack, bot, chatter, event_id="Ev-t5")
         await bot.settle()
-        one = await rt.memory.transcript(conversation_key("slack", TEAM, CHANNEL, first["ts"]))
-        two = await rt.memory.transcript(conversation_key("slack", TEAM, CHANNEL, second["ts"]))
+        one = await rt.store.conversations.transcript(
+            conversation_key("slack", TEAM, CHANNEL, first["ts"])
+        )
+        two = await rt.store.conversations.transcript(
+            conversation_key("slack", TEAM, CHANNEL, second["ts"])
+        )
     assert one is not None and two is not None
     assert [t.question for t in one.turns] == [QUESTION, "How does attention work in it?"]
     assert [t.question for t in two.turns] == ["What is the Rust programming language?"]
@@ -402,19 +405,19 @@ async def test_reset_is_refused_to_a_member_and_done_for_an_admin(
             "Sorry, only workspace admins and owners can reset a conversation. "
             "Ask one of them if this one should start over."
         ] * 2
-        assert (await rt.memory.load(key)).turns, "nothing was forgotten"
+        assert (await rt.store.conversations.load(key)).turns, "nothing was forgotten"
 
         await slack.post_signed(bot.http_url, slack.shortcut(root, RESET_SHORTCUT,
                                 user="UADMIN"), kind="interaction")  # fmt: skip
         await bot.settle()
-        assert (await rt.memory.load(key)).turns == ()
+        assert (await rt.store.conversations.load(key)).turns == ()
         await deliver(slack, bot, slack.user_says(QUESTION, thread_ts=event["ts"]),
                       event_id="Ev-r3")  # fmt: skip
         await bot.settle()
         configured = slack.user_says("reset", thread_ts=event["ts"], user="UCONF")
         await deliver(slack, bot, configured, event_id="Ev-r4")
         await bot.settle()
-        assert (await rt.memory.load(key)).turns == ()
+        assert (await rt.store.conversations.load(key)).turns == ()
     done = [m.text for m in slack.in_thread(CHANNEL, event["ts"]) if "forgotten" in m.text]
     assert len(done) == 2
     looked_up = sorted(call.args["user"] for call in slack.calls_to("users.info"))
@@ -500,11 +503,8 @@ async def test_a_rejected_slack_token_is_reported_with_every_other_start_up_prob
     )
     slack.revoked = True
 
-    def adapters(intake: IntakePort) -> list[Adapter[Any]]:
-        return chat_adapters(settings, intake)
-
     with pytest.raises(StartupError) as caught:
-        await Runtime.start(settings, adapters=adapters)
+        await Runtime.start(settings, adapters=chat_adapters(settings))
     problems = caught.value.problems
     assert len(problems) == 2, problems
     assert "memory database" in problems[0]
@@ -517,8 +517,8 @@ async def test_slack_and_another_adapter_serve_together_and_sigterm_stops_both(
     # The Discord adapter is built elsewhere; the in-memory adapter stands in for it here.
     settings = slack_settings(make_settings, slack)
     async with await Runtime.start(settings) as rt:
-        [bot] = chat_adapters(settings, rt.intake)
-        other = InMemoryAdapter(rt.intake.submit)
+        [bot] = chat_adapters(settings)
+        other = InMemoryAdapter()
         assert isinstance(bot, SlackAdapter)
         serve = asyncio.create_task(_serve(rt, [bot, other]))
         await slack.until(lambda: slack.connected == 1)

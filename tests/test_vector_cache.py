@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from bot.agents.embeddings import EmbeddingAgent
-from bot.agents.memory import MemoryStore
 from bot.agents.vector_cache import VectorCache
 from bot.config import EmbeddingSettings
+from bot.store.sqlite import SqliteStore
 
 HASHING = EmbeddingSettings(backend="hashing", hashing_dim=64)
 
@@ -31,32 +31,32 @@ async def test_the_memory_lru_is_bounded_and_keeps_the_recent_ones() -> None:
 
 async def test_the_store_survives_a_restart_and_is_bounded(tmp_path: Path) -> None:
     db = tmp_path / "bot.db"
-    store = await MemoryStore.open(db)
+    store = await SqliteStore.open(db)
     try:
-        cache = VectorCache("m", entries=10, store=store, stored_entries=3)
+        cache = VectorCache("m", entries=10, store=store.vectors, stored_entries=3)
         cache.add(["a", "b", "c", "d"], vectors(4))
         await cache.flush()
     finally:
         await store.close()
-    store = await MemoryStore.open(db)
+    store = await SqliteStore.open(db)
     try:
-        fresh = VectorCache("m", entries=10, store=store, stored_entries=3)
+        fresh = VectorCache("m", entries=10, store=store.vectors, stored_entries=3)
         found = await fresh.lookup(["a", "b", "c", "d"])
         assert found[0] is None, "the oldest row was evicted"
         assert found[3] is not None
         np.testing.assert_array_equal(found[3], vectors(4)[3])
         assert fresh.stats.store_hits == 3
         # Another model's vectors are never mixed in.
-        other = VectorCache("other", entries=10, store=store, stored_entries=3)
+        other = VectorCache("other", entries=10, store=store.vectors, stored_entries=3)
         assert await other.lookup(["d"]) == [None]
     finally:
         await store.close()
 
 
 async def test_a_broken_store_is_skipped(tmp_path: Path) -> None:
-    store = await MemoryStore.open(tmp_path / "bot.db")
-    await store.close()  # every call now raises MemoryStoreError
-    cache = VectorCache("m", entries=10, store=store, stored_entries=10)
+    store = await SqliteStore.open(tmp_path / "bot.db")
+    await store.close()  # every call now raises StoreError
+    cache = VectorCache("m", entries=10, store=store.vectors, stored_entries=10)
     assert await cache.lookup(["a"]) == [None]
     cache.add(["a"], vectors(1))
     await cache.flush()
@@ -64,8 +64,8 @@ async def test_a_broken_store_is_skipped(tmp_path: Path) -> None:
 
 
 async def test_the_agent_embeds_each_text_once(tmp_path: Path) -> None:
-    store = await MemoryStore.open(tmp_path / "bot.db")
-    agent = EmbeddingAgent(HASHING, store=store)
+    store = await SqliteStore.open(tmp_path / "bot.db")
+    agent = EmbeddingAgent(HASHING, store=store.vectors)
     try:
         await agent.start()
         first = await agent.embed(["alpha beta", "gamma", "alpha beta"])
@@ -78,7 +78,7 @@ async def test_the_agent_embeds_each_text_once(tmp_path: Path) -> None:
         assert agent.cache_stats.misses == 3
     finally:
         await agent.close()
-    restarted = EmbeddingAgent(dataclasses.replace(HASHING), store=store)
+    restarted = EmbeddingAgent(dataclasses.replace(HASHING), store=store.vectors)
     try:
         await restarted.start()
         await restarted.embed(["gamma"])

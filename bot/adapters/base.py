@@ -1,16 +1,13 @@
 """The contract every platform adapter keeps.
 
 An adapter is a small lifecycle object and a translator: platform events in, rendered
-replies out. :meth:`Adapter.start` connects and returns once it is ready,
-:meth:`Adapter.close` is safe to call twice, :attr:`Adapter.is_alive` reports health.
-Inbound messages become :class:`~bot.contract.InboundMessage` and go to the
-:data:`MessageSink` the application hands in (the intake's ``submit``); the intake then
+replies out. :meth:`Adapter.check` is a cheap look at its settings before anything slow
+starts (is the token accepted?); the runtime runs every adapter's check together with its
+own and reports all problems at once. :meth:`Adapter.start` takes the intake, the sink
+its inbound messages go to, connects, and returns once it is ready; :meth:`Adapter.close`
+is safe to call twice; :attr:`Adapter.is_alive` reports health. Inbound messages become
+:class:`~bot.contract.InboundMessage` and go to :meth:`IntakePort.submit`; the intake then
 asks the adapter for a :class:`ReplyStream` to post the answer through.
-
-An adapter may also have ``async def check(self) -> str | None``: a cheap look at its
-settings before anything slow starts (is the token accepted?), returning the problem as
-one line with its fix, or None. The runtime runs every adapter's check together with its
-own and reports all problems at once. It is optional, so it is not part of the protocol.
 
 Dedupe, rate limits, commands and queueing are not the adapter's business: they live
 once, in :mod:`bot.intake`. Like :mod:`bot.contract`, this module imports nothing of the
@@ -20,11 +17,11 @@ pipeline.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-from bot.contract import InboundMessage, Platform, Reply, TurnListener
+from bot.contract import InboundMessage, Platform, Rating, Reply, TurnListener
 
 TargetT = TypeVar("TargetT")
 
@@ -52,28 +49,22 @@ class Submission:
     done: asyncio.Task[Reply] | None = None
 
 
-MessageSink = Callable[[InboundMessage[Any]], Awaitable[Submission]]
-# Whether the bot has answered in a conversation (by key): the intake's ``has_answered``.
-AnsweredCheck = Callable[[str], Awaitable[bool]]
-"""``has_answered(conversation)``: whether the bot has a conversation there (so a
-follow-up with no mention is for it)."""
-
-Rating = Literal["up", "down"]
-FeedbackSink = Callable[[Platform, str, str, Rating], Awaitable[bool]]
-"""``feedback(platform, event_id, user_id, rating)``: a reader's verdict on the answer to
-an event, stored with its turn; False when that turn is unknown or gone (reset)."""
-
-
 class IntakePort(Protocol):
     """What an adapter may ask of the intake: the one door, and two questions beside it."""
 
-    async def submit(self, message: InboundMessage[Any]) -> Submission: ...
+    async def submit(self, message: InboundMessage[Any]) -> Submission:
+        """Take one inbound message; returns what was done with it (the turn, if one
+        started, runs in the background)."""
 
     async def feedback(
         self, platform: Platform, event_id: str, user_id: str, rating: Rating
-    ) -> bool: ...
+    ) -> bool:
+        """A reader's verdict on the answer to an event, stored with its turn; False
+        when that turn is unknown or gone (reset)."""
 
-    async def has_answered(self, conversation: str) -> bool: ...
+    async def has_answered(self, conversation: str) -> bool:
+        """Whether the bot has a conversation there (so a follow-up with no mention is
+        for it)."""
 
 
 class ReplyStream(TurnListener, Protocol):
@@ -103,8 +94,16 @@ class Adapter(Protocol[TargetT]):
     # Whether questions that a crash left unanswered can still be answered here.
     recovers: bool
 
-    async def start(self) -> None:
-        """Connect; return when messages can flow. Raises on bad credentials."""
+    async def check(self) -> str | None:
+        """A cheap look at the settings (is the token accepted?): the problem as one line
+        with its fix, or None. Opens nothing that outlives the call."""
+
+    async def start(self, intake: IntakePort) -> None:
+        """Connect, handing inbound messages to ``intake``; return when messages can flow.
+
+        Raises:
+            PlatformSetupError: bad credentials, a missing scope or intent.
+        """
 
     async def close(self) -> None:
         """Disconnect. Safe to call more than once."""

@@ -45,7 +45,7 @@ import discord.http
 import yarl
 from discord import app_commands
 
-from bot.adapters.base import AnsweredCheck, MessageSink, Submission
+from bot.adapters.base import IntakePort, Submission
 from bot.adapters.discord_text import LIMIT, progress_line, render_reply, split_message
 from bot.adapters.pacing import SendBudget
 from bot.config import DiscordSettings, Secret
@@ -432,16 +432,13 @@ class DiscordAdapter:
         self,
         settings: DiscordSettings,
         token: Secret,
-        sink: MessageSink,
         *,
-        answered: AnsweredCheck | None = None,
         inbox_max_age_s: float = 3600.0,
         guild_ready_timeout_s: float = 2.0,
     ) -> None:
         self._settings = settings
         self._token = token
-        self._sink = sink
-        self._answered_check = answered
+        self._intake: IntakePort | None = None
         self._max_age_s = inbox_max_age_s
         self._guild_ready_timeout_s = guild_ready_timeout_s
         self.rate_limit_per_minute = settings.rate_limit_per_minute
@@ -499,7 +496,7 @@ class DiscordAdapter:
             return f"Discord: {INTENT_HELP}"
         return None
 
-    async def start(self) -> None:
+    async def start(self, intake: IntakePort) -> None:
         """Log in, sync the slash commands, connect; return once the gateway is ready.
 
         Raises:
@@ -508,6 +505,7 @@ class DiscordAdapter:
         """
         if self._client is not None:
             raise RuntimeError("the Discord adapter was started already")
+        self._intake = intake
         discord.http.Route.BASE = self._settings.api_url.rstrip("/")
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._settings.gateway_url)
         self._client = client = _Client(self, guild_ready_timeout=self._guild_ready_timeout_s)
@@ -726,7 +724,8 @@ class DiscordAdapter:
         )
 
     async def _submit(self, message: InboundMessage[DiscordTarget]) -> Submission:
-        return await self._sink(message)
+        assert self._intake is not None, "messages arrive only once started"
+        return await self._intake.submit(message)
 
     def _key(self, guild_id: int | None, channel_id: int, parent: int | None) -> str:
         guild = str(guild_id) if guild_id is not None else "@me"
@@ -737,9 +736,9 @@ class DiscordAdapter:
     async def _has_answered(self, key: str) -> bool:
         if key in self._answered:
             return True
-        if key in self._unanswered or self._answered_check is None:
+        if key in self._unanswered or self._intake is None:
             return False
-        if await self._answered_check(key):
+        if await self._intake.has_answered(key):
             self._answered.add(key)
             return True
         self._unanswered.add(key)

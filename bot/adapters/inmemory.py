@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.adapters.base import MessageSink, Submission
+from bot.adapters.base import IntakePort, Submission
 from bot.adapters.render import render_reply
 from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
 
@@ -134,12 +134,11 @@ class InMemoryAdapter:
 
     def __init__(
         self,
-        sink: MessageSink,
         *,
         service: MemoryPlatform | None = None,
         rate_limit_per_minute: float | None = 0,
     ) -> None:
-        self._sink = sink
+        self._intake: IntakePort | None = None
         self.service = service or MemoryPlatform()
         self.rate_limit_per_minute = rate_limit_per_minute
         self._alive = False
@@ -156,7 +155,8 @@ class InMemoryAdapter:
             return "the memory platform rejected its token: set MEMORY_TOKEN to a valid one"
         return None
 
-    async def start(self) -> None:
+    async def start(self, intake: IntakePort) -> None:
+        self._intake = intake
         self._alive = True
 
     async def close(self) -> None:
@@ -222,9 +222,9 @@ class InMemoryAdapter:
         return await self.submit(self.message(text, **details))
 
     async def submit(self, message: InboundMessage[MemoryTarget]) -> Submission:
-        if not self._alive:
+        if not self._alive or self._intake is None:
             raise RuntimeError("the adapter is not started")
-        return await self._sink(message)
+        return await self._intake.submit(message)
 
     async def ask(self, text: str, **details: Any) -> Reply:
         """Deliver a question and wait for its answer to be delivered."""

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.adapters.base import Adapter, IntakePort
+from bot.adapters.base import Adapter
 from bot.config import Settings
 
 
-def chat_adapters(settings: Settings, intake: IntakePort) -> list[Adapter[Any]]:
+def chat_adapters(settings: Settings) -> list[Adapter[Any]]:
     """The configured chat adapters, not yet started (the runtime starts them).
-
-    Each gets what it needs of ``intake``: its ``submit``; Slack its ``feedback`` (readers'
-    votes); Discord its ``has_answered`` (follow-ups in a thread need no mention there).
 
     Raises:
         ConfigError: a platform is half configured (Slack's Socket Mode without
@@ -30,15 +27,11 @@ def chat_adapters(settings: Settings, intake: IntakePort) -> list[Adapter[Any]]:
             DiscordAdapter(
                 settings.discord,
                 settings.discord_token,
-                intake.submit,
-                answered=intake.has_answered,
                 inbox_max_age_s=settings.intake.inbox_max_age_s,
             )
         )
     if settings.slack.enabled and settings.slack_bot_token is not None:
         from bot.adapters.slack import SlackAdapter  # noqa: PLC0415 - only when configured
 
-        adapters.append(
-            SlackAdapter.from_settings(settings, intake.submit, feedback=intake.feedback)
-        )
+        adapters.append(SlackAdapter.from_settings(settings))
     return adapters

@@ -62,7 +62,7 @@ from slack_sdk.models.messages.chunk import TaskUpdateChunk
 from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.base import FeedbackSink, MessageSink, Rating, Submission
+from bot.adapters.base import IntakePort, Submission
 from bot.adapters.slack_render import (
     MESSAGE_CHARS,
     escape,
@@ -73,9 +73,9 @@ from bot.adapters.slack_render import (
     unescape,
 )
 from bot.config import Settings, SlackSettings
-from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
+from bot.contract import Author, InboundMessage, Platform, Rating, Reply, conversation_key
+from bot.core.tasks import TaskTracker
 from bot.errors import ConfigError, PlatformSetupError
-from bot.pipeline.sessions import TaskTracker
 
 _log = logging.getLogger(__name__)
 
@@ -159,21 +159,18 @@ class SlackAdapter:
     def __init__(
         self,
         settings: SlackSettings,
-        sink: MessageSink,
         *,
         bot_token: str,
         app_token: str | None = None,
         signing_secret: str | None = None,
-        feedback: FeedbackSink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.rate_limit_per_minute = settings.rate_limit_per_minute
-        self._sink = sink
+        self._intake: IntakePort | None = None
         self._bot_token = bot_token
         self._app_token = app_token
         self._signing_secret = signing_secret
-        self._feedback = feedback
         self._clock = clock
         self._tasks = TaskTracker()
         self._turns: set[asyncio.Task[Reply]] = set()
@@ -194,9 +191,7 @@ class SlackAdapter:
         self.http_url = ""
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, sink: MessageSink, *, feedback: FeedbackSink | None = None
-    ) -> SlackAdapter:
+    def from_settings(cls, settings: Settings) -> SlackAdapter:
         """The adapter for ``settings.slack`` with the tokens from the environment.
 
         Raises:
@@ -214,13 +209,11 @@ class SlackAdapter:
             raise ConfigError("Slack's HTTP mode needs SLACK_SIGNING_SECRET in the environment")
         return cls(
             slack,
-            sink,
             bot_token=settings.slack_bot_token.reveal(),
             app_token=settings.slack_app_token.reveal() if settings.slack_app_token else None,
             signing_secret=(
                 settings.slack_signing_secret.reveal() if settings.slack_signing_secret else None
             ),
-            feedback=feedback,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -256,13 +249,14 @@ class SlackAdapter:
                 self._client = None
         return None
 
-    async def start(self) -> None:
+    async def start(self, intake: IntakePort) -> None:
         """Check the token and scopes, then listen (Socket Mode or HTTP); ready on return.
 
         Raises:
             PlatformSetupError: a rejected token, an uninstalled app, a missing scope, or
                 an app token Slack refuses; one line naming the fix.
         """
+        self._intake = intake
         self._session = aiohttp.ClientSession()
         try:
             self._client = AsyncWebClient(
@@ -544,7 +538,8 @@ class SlackAdapter:
         )
 
     async def _submit(self, message: InboundMessage[SlackTarget]) -> None:
-        submission: Submission = await self._sink(message)
+        assert self._intake is not None, "events arrive only once started"
+        submission: Submission = await self._intake.submit(message)
         if submission.done is not None:
             self._turns.add(submission.done)
             submission.done.add_done_callback(self._turns.discard)
@@ -623,15 +618,14 @@ class SlackAdapter:
         )
 
     async def _store_feedback(self, body: Mapping[str, Any]) -> None:
-        if self._feedback is None:
-            return
+        assert self._intake is not None, "actions arrive only once started"
         user = str(body.get("user", {}).get("id", ""))
         for action in body.get("actions", []):
             rating, _, event_id = str(action.get("value", "")).partition(":")
             if action.get("action_id") != FEEDBACK_ACTION or rating not in ("up", "down"):
                 continue
             verdict: Rating = "up" if rating == "up" else "down"
-            await self._feedback(self.platform, event_id, user, verdict)
+            await self._intake.feedback(self.platform, event_id, user, verdict)
 
     async def is_admin(self, user: str) -> bool:
         """Whether ``user`` may reset: a configured id, or a workspace admin or owner.
@@ -722,9 +716,6 @@ class SlackAdapter:
             )
 
     def feedback_blocks(self, event_id: str) -> list[dict[str, Any]]:
-        if self._feedback is None:
-            return []
-
         def button(text: str, value: str) -> dict[str, Any]:
             return {"text": {"type": "plain_text", "text": text}, "value": value}
 

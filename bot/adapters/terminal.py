@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from bot.adapters.base import MessageSink
+from bot.adapters.base import IntakePort
 from bot.adapters.render import render_tail
 from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
 
@@ -121,7 +121,6 @@ class TerminalAdapter:
 
     def __init__(
         self,
-        sink: MessageSink,
         *,
         session: str,
         stdin: TextIO | None = None,
@@ -133,7 +132,7 @@ class TerminalAdapter:
     ) -> None:
         """``editor`` forces the line editor on the given prompt_toolkit input and output
         (tests); by default it is used when stdin and stdout are both terminals."""
-        self._sink = sink
+        self._intake: IntakePort | None = None
         self._session = session
         self._key = terminal_key(session)
         self._in = stdin or sys.stdin
@@ -162,7 +161,8 @@ class TerminalAdapter:
         """Nothing to check: the terminal needs no credentials."""
         return None
 
-    async def start(self) -> None:
+    async def start(self, intake: IntakePort) -> None:
+        self._intake = intake
         self._alive = True
 
     async def close(self) -> None:
@@ -201,7 +201,9 @@ class TerminalAdapter:
 
     async def ask(self, text: str) -> Reply | None:
         """Submit one line and wait for its answer; None when no turn ran (a command)."""
-        submission = await self._sink(
+        if self._intake is None:
+            raise RuntimeError("the terminal adapter is not started")
+        submission = await self._intake.submit(
             InboundMessage(
                 text=text,
                 author=self._author,

@@ -80,9 +80,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bot.agents.vector_cache import CacheStats, VectorCache, VectorStore
+from bot.agents.vector_cache import CacheStats, VectorCache
 from bot.config import EmbeddingSettings
 from bot.errors import EmbeddingError
+from bot.store.protocols import VectorStore
 
 _log = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -521,3 +522,21 @@ def _cap(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
     return text[: max_chars - 1].rstrip() + "…"
+
+
+def provenance(article: Article) -> tuple[str, str]:
+    """``(revision, permalink)``: exactly what was read, and a link to that version.
+
+    A Wikipedia revision id gives an ``oldid`` link; a Hacker News story is its item (its
+    text does not change) with the points it had when read. Both are empty when the
+    source did not say.
+    """
+    if article.revision is None:
+        return "", ""
+    if article.source == "wikipedia":
+        parts = urlsplit(article.url)
+        title = parts.path.rsplit("/wiki/", 1)[-1]
+        query = f"title={title}&oldid={article.revision}"
+        return article.revision, urlunsplit((parts.scheme, parts.netloc, "/w/index.php", query, ""))
+    points = f" ({article.points} points)" if article.points is not None else ""
+    return f"item {article.revision}{points}", HN_ITEM_URL.format(article.revision)

@@ -22,26 +22,16 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from bot.errors import MemoryStoreError
+from bot.errors import StoreError
+from bot.store.protocols import VectorStore
 
 _log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
-
-
-class VectorStore(Protocol):
-    """What the cache needs of :class:`~bot.agents.memory.MemoryStore`."""
-
-    async def vectors(self, model: str, hashes: Sequence[str]) -> dict[str, bytes]: ...
-
-    async def save_vectors(
-        self, model: str, vectors: Sequence[tuple[str, bytes]], *, max_entries: int
-    ) -> None: ...
 
 
 @dataclass(slots=True)
@@ -95,7 +85,7 @@ class VectorCache:
         if missing and self._store is not None:
             try:
                 stored = await self._store.vectors(self.model, sorted(set(missing)))
-            except MemoryStoreError:
+            except StoreError:
                 _log.warning("the vector store failed; embedding without it", exc_info=True)
                 stored = {}
             for i, key in enumerate(keys):
@@ -146,5 +136,5 @@ class VectorCache:
         assert self._store is not None
         try:
             await self._store.save_vectors(self.model, rows, max_entries=self._stored_entries)
-        except MemoryStoreError:
+        except StoreError:
             _log.warning("could not store %d vectors; they stay in memory", len(rows))

@@ -31,16 +31,16 @@ from datetime import datetime
 from typing import Any
 
 from bot.adapters.base import Adapter, Submission
-from bot.agents.memory import Claim, MemoryStore
 from bot.config import IntakeSettings
 from bot.contract import Author, InboundMessage, Reply
-from bot.errors import MemoryStoreError
+from bot.core.tasks import TaskTracker
+from bot.errors import StoreError
 from bot.intake.commands import Commands, parse_command
 from bot.intake.delivery import GuardedReply
 from bot.intake.ratelimit import RateLimiter, describe_wait
 from bot.pipeline.orchestrator import Pipeline
-from bot.pipeline.sessions import TaskTracker
 from bot.pipeline.wording import EMPTY_HINT
+from bot.store import Claim, ConversationStore, Inbox
 
 _log = logging.getLogger(__name__)
 
@@ -122,24 +122,24 @@ class FollowUps:
     to the bot, so staying quiet is the safe side).
     """
 
-    def __init__(self, store: MemoryStore) -> None:
-        self._store = store
+    def __init__(self, conversations: ConversationStore) -> None:
+        self._conversations = conversations
 
     async def __call__(self, context: Context, after: Next) -> Submission:
         message = context.message
-        if message.follow_up and not await has_spoken(self._store, message.conversation):
+        if message.follow_up and not await has_spoken(self._conversations, message.conversation):
             return Submission("ignored")
         return await after(context)
 
 
-async def has_spoken(store: MemoryStore, conversation: str) -> bool:
+async def has_spoken(conversations: ConversationStore, conversation: str) -> bool:
     """Whether the bot has turns in ``conversation``; False when the store fails (logged)."""
     try:
-        session = await store.session(conversation)
-    except MemoryStoreError:
+        info = await conversations.info(conversation)
+    except StoreError:
         _log.exception("could not tell whether %s is a conversation of mine", conversation)
         return False
-    return session is not None and session.turn_count > 0
+    return info is not None and info.turn_count > 0
 
 
 class SkipEmpty:
@@ -223,27 +223,27 @@ class RateLimit:
         return self._limiters[adapter.platform]
 
 
-class Inbox:
+class InboxClaim:
     """Step 4: claim the event with its pending question; a duplicate stops here.
 
     When the store itself fails, the question is still answered (without the guarantee,
     and the answer says it will not be remembered): refusing would lose it for sure.
     """
 
-    def __init__(self, store: MemoryStore) -> None:
-        self._store = store
+    def __init__(self, inbox: Inbox) -> None:
+        self._inbox = inbox
 
     async def __call__(self, context: Context, after: Next) -> Submission:
         message = context.message
         try:
-            claim = await self._store.claim(
+            claim = await self._inbox.claim(
                 message.platform,
                 message.event_id,
                 message.conversation,
                 message.text,
                 encode_message(message, context.adapter),
             )
-        except MemoryStoreError:
+        except StoreError:
             _log.exception("could not record event %s; answering it anyway", message.event_id)
             return await after(context)
         if claim is None:
@@ -288,13 +288,13 @@ class StartTurn:
         self,
         *,
         pipeline: Pipeline,
-        store: MemoryStore,
+        inbox: Inbox,
         tasks: TaskTracker,
         busy: Counter[str],
         settings: IntakeSettings,
     ) -> None:
         self._pipeline = pipeline
-        self._store = store
+        self._inbox = inbox
         self._tasks = tasks
         self._busy = busy
         self._settings = settings
@@ -314,7 +314,7 @@ class StartTurn:
                 await self._quietly(
                     "record the reply of",
                     message,
-                    self._store.record_reply(message.platform, message.event_id, reply_id),
+                    self._inbox.record_reply(message.platform, message.event_id, reply_id),
                 )
 
             guarded = GuardedReply(
@@ -330,7 +330,7 @@ class StartTurn:
                 await self._quietly(
                     "close",
                     message,
-                    self._store.finish_event(
+                    self._inbox.finish(
                         message.platform,
                         message.event_id,
                         "answered" if delivered else "undelivered",
@@ -342,7 +342,7 @@ class StartTurn:
             # not count towards quarantine; the next start answers the event.
             if claim is not None:
                 await self._quietly(
-                    "release", message, self._store.release(message.platform, message.event_id)
+                    "release", message, self._inbox.release(message.platform, message.event_id)
                 )
             raise
         finally:
@@ -352,7 +352,7 @@ class StartTurn:
     async def _quietly(what: str, message: InboundMessage[Any], call: Awaitable[None]) -> None:
         try:
             await call
-        except MemoryStoreError:
+        except StoreError:
             _log.exception("could not %s event %s", what, message.event_id)
 
 

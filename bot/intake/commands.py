@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bot.adapters.base import Adapter
-from bot.agents.memory import MemoryStore
 from bot.contract import InboundMessage
 from bot.domain import human_time
-from bot.errors import MemoryStoreError
+from bot.errors import StoreError
+from bot.store import ConversationStore
 
 _log = logging.getLogger(__name__)
 
@@ -53,8 +53,10 @@ class CommandReply:
 class Commands:
     """Runs one command for one conversation."""
 
-    def __init__(self, *, store: MemoryStore, reset: Callable[[str], Awaitable[bool]]) -> None:
-        self._store = store
+    def __init__(
+        self, *, conversations: ConversationStore, reset: Callable[[str], Awaitable[bool]]
+    ) -> None:
+        self._conversations = conversations
         self._reset = reset
 
     async def run(
@@ -68,7 +70,7 @@ class Commands:
                 return CommandReply(await self._sources(message.conversation))
             if command == "session":
                 return CommandReply(await self._session(message.conversation))
-        except MemoryStoreError:
+        except StoreError:
             _log.exception("command %s failed in %s", command, message.conversation)
             return CommandReply(MEMORY_DOWN, private=True)
         return CommandReply(help_text(adapter.command_prefix))
@@ -91,8 +93,8 @@ class Commands:
             return CommandReply("Done: I have forgotten this conversation. Ask me anything.")
         return CommandReply("There was nothing to forget here yet.")
 
-    async def _sources(self, key: str) -> str:
-        sources = await self._store.last_sources(key)
+    async def _sources(self, conversation: str) -> str:
+        sources = await self._conversations.last_sources(conversation)
         if not sources:
             return "I have not answered anything here yet, so there are no sources to show."
         lines = ["Sources of my last answer here:"]
@@ -104,8 +106,8 @@ class Commands:
             )
         return "\n".join(lines)
 
-    async def _session(self, key: str) -> str:
-        info = await self._store.session(key)
+    async def _session(self, conversation: str) -> str:
+        info = await self._conversations.info(conversation)
         if info is None or info.turn_count == 0:
             return "I remember nothing of this conversation yet."
         count = f"{info.turn_count} question{'s' if info.turn_count != 1 else ''}"

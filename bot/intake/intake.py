@@ -19,17 +19,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.adapters.base import Adapter, Rating, Submission
-from bot.agents.memory import MemoryStore
+from bot.adapters.base import Adapter, Submission
 from bot.config import IntakeSettings
-from bot.contract import InboundMessage, Platform, Reply
-from bot.errors import MemoryStoreError
+from bot.contract import InboundMessage, Platform, Rating, Reply
+from bot.core.tasks import TaskTracker
+from bot.errors import StoreError
 from bot.intake.chain import (
     Context,
     FollowUps,
     HandleCommands,
     IgnoreBots,
-    Inbox,
+    InboxClaim,
     Queue,
     RateLimit,
     SeenRecently,
@@ -42,8 +42,8 @@ from bot.intake.chain import (
 from bot.intake.commands import Commands
 from bot.intake.delivery import GuardedReply
 from bot.pipeline.orchestrator import Pipeline
-from bot.pipeline.sessions import TaskTracker
 from bot.pipeline.wording import GIVEN_UP
+from bot.store import ConversationStore, FeedbackStore, Inbox
 
 _log = logging.getLogger(__name__)
 
@@ -58,11 +58,15 @@ class Intake:
         self,
         *,
         pipeline: Pipeline,
-        store: MemoryStore,
+        inbox: Inbox,
+        conversations: ConversationStore,
+        feedback: FeedbackStore,
         settings: IntakeSettings,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._store = store
+        self._inbox = inbox
+        self._conversations = conversations
+        self._feedback = feedback
         self._settings = settings
         self._adapters: dict[str, Adapter[Any]] = {}
         self._turns = TaskTracker()
@@ -71,7 +75,7 @@ class Intake:
         self._started = datetime.now(UTC)
         busy: Counter[str] = Counter()
         start = StartTurn(
-            pipeline=pipeline, store=store, tasks=self._turns, busy=busy, settings=settings
+            pipeline=pipeline, inbox=inbox, tasks=self._turns, busy=busy, settings=settings
         )
         queued = [Queue(busy)]
         self._recovered = compose(queued, start)
@@ -79,16 +83,16 @@ class Intake:
             [
                 SeenRecently(),
                 IgnoreBots(respond_to_bots=settings.respond_to_bots),
-                FollowUps(store),
+                FollowUps(conversations),
                 SkipEmpty(),
-                HandleCommands(Commands(store=store, reset=pipeline.reset)),
+                HandleCommands(Commands(conversations=conversations, reset=pipeline.reset)),
                 RateLimit(
                     per_minute=settings.rate_limit_per_minute,
                     burst=settings.rate_limit_burst,
                     clock=clock,
                     started=self._started,
                 ),
-                Inbox(store),
+                InboxClaim(inbox),
                 *queued,
             ],
             start,
@@ -125,8 +129,8 @@ class Intake:
         ``CancelledError``.
         """
         try:
-            stored = await self._store.record_feedback(platform, event_id, user_id, rating)
-        except MemoryStoreError:
+            stored = await self._feedback.record(platform, event_id, user_id, rating)
+        except StoreError:
             _log.exception("could not store feedback on %s event %s", platform, event_id)
             return False
         if not stored:
@@ -140,7 +144,7 @@ class Intake:
         the bot answered in, with no mention. A store that fails answers False: the
         message then needs a mention, which is the safe side.
         """
-        return await has_spoken(self._store, conversation)
+        return await has_spoken(self._conversations, conversation)
 
     async def recover(self) -> int:
         """Answer, once, the events a crash left unanswered; returns how many were started.
@@ -152,13 +156,13 @@ class Intake:
         """
         platforms = [name for name, adapter in self._adapters.items() if adapter.recovers]
         try:
-            events = await self._store.recover(
+            events = await self._inbox.recover(
                 platforms=platforms,
                 max_age_s=self._settings.inbox_max_age_s,
                 max_attempts=MAX_ATTEMPTS,
                 received_before=self._started,
             )
-        except MemoryStoreError:
+        except StoreError:
             _log.exception("could not read the inbox; unanswered events wait for a restart")
             return 0
         started = 0

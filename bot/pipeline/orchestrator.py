@@ -26,7 +26,6 @@ import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from langchain_core.language_models import BaseChatModel
@@ -35,8 +34,7 @@ from langchain_core.runnables import Runnable
 
 from bot.agents.analysis import AnalysisAgent
 from bot.agents.embeddings import EmbeddingAgent, FloatArray
-from bot.agents.fetch import HN_ITEM_URL, FetchAgent
-from bot.agents.memory import Claim, MemoryStore
+from bot.agents.fetch import FetchAgent, provenance
 from bot.config import Settings
 from bot.contract import (
     InboundMessage,
@@ -52,18 +50,18 @@ from bot.domain import (
     SOURCE_LABELS,
     AnalysisReport,
     Article,
-    ConversationState,
     FetchResult,
     RankedArticle,
     source_label,
 )
-from bot.errors import AnalysisError, EmbeddingError, LLMError, MemoryStoreError
+from bot.errors import AnalysisError, EmbeddingError, LLMError, StoreError
 from bot.pipeline import citations, prompts, ranking
 from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.keywords import parse_keywords
 from bot.pipeline.llm import call_llm, stream_llm
+from bot.pipeline.memory import RECENT_TURNS, Memory
+from bot.pipeline.ranking import article_text
 from bot.pipeline.safety import SafetyFilter, neutralise
-from bot.pipeline.sessions import ConversationLocks, RecentTurns, TaskTracker
 from bot.pipeline.wording import (
     ANSWER_BROKEN,
     ANSWER_CUT,
@@ -78,14 +76,13 @@ from bot.pipeline.wording import (
     question_cut_line,
     unavailable_line,
 )
+from bot.store import Claim, ConversationState
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _A = TypeVar("_A")
 _B = TypeVar("_B")
 
-# Exchanges shown to the keyword step, so "and its successor?" can be resolved.
-RECENT_TURNS = 2
 LANGUAGE_MODEL = "language model"
 # Without the model, the answer is the first sentences of this many best sources.
 FALLBACK_SOURCES = 3
@@ -149,27 +146,24 @@ class Pipeline:
         settings: Settings,
         llm: BaseChatModel,
         fetcher: FetchAgent,
-        memory: MemoryStore,
+        memory: Memory,
         embeddings: EmbeddingAgent,
         analysis: AnalysisAgent | None,
-        tasks: TaskTracker,
     ) -> None:
         self._settings = settings
         self._fetcher = fetcher
         self._memory = memory
         self._embeddings = embeddings
         self._analysis = analysis
-        self._tasks = tasks
-        self._locks = ConversationLocks()
-        self._recent = RecentTurns(per_conversation=RECENT_TURNS)
-        self._pending_saves: dict[str, asyncio.Task[Any]] = {}
-        self._summarizing: set[str] = set()
         text: Runnable[Any, str] = StrOutputParser()
         self._topic_chain = prompts.TOPIC_PROMPT | llm | text
         # Streamed without StrOutputParser: its per-chunk overhead (~0.3 ms) was measured
         # to be most of the streaming cost; the chunk's ``.text`` is the same string.
         self._answer_chain = prompts.SYNTHESIS_PROMPT | llm
-        self._summary_chain = prompts.SUMMARY_PROMPT | llm | text
+
+    @property
+    def memory(self) -> Memory:
+        return self._memory
 
     @property
     def _memory_hint(self) -> str:
@@ -212,27 +206,16 @@ class Pipeline:
                 notices=tuple(turn.notices),
             )
 
-    async def reset(self, key: str) -> bool:
+    async def reset(self, conversation: str) -> bool:
         """Forget a conversation (admin command). Waits for its running turn to finish."""
-        async with self._locks.lock(key):
-            await self._wait_pending_save(key)
-            self._recent.forget(key)
-            return await self._memory.reset(key)
-
-    async def settle(self) -> None:
-        """Wait until no background save or summary is running (the pipeline stays open)."""
-        await self._tasks.drain()
-
-    async def drain(self, grace_s: float | None = None) -> bool:
-        """Wait for background saves and summaries (shutdown calls this first)."""
-        return await self._tasks.drain(grace_s=grace_s, final=True)
+        return await self._memory.reset(conversation)
 
     # ----------------------------------------------------------------- the turn
 
     async def _answer(self, turn: _Turn) -> Reply:
-        key = turn.message.conversation
+        conversation = turn.message.conversation
         if not turn.question:
-            return Reply(question="", body=EMPTY_HINT, conversation=key, status="failed")
+            return Reply(question="", body=EMPTY_HINT, conversation=conversation, status="failed")
         limit = self._settings.chat.max_question_chars
         if len(turn.question) > limit:
             turn.notices.append(
@@ -241,11 +224,10 @@ class Pipeline:
             turn.question = turn.question[:limit].rstrip()
         if turn.claim is None:
             turn.notices.append(Notice("memory_unavailable", NOT_SAVED, self._memory_hint))
-        async with self._locks.lock(key):
+        async with self._memory.turn(conversation):
             return await turn.clock.time("total_s", self._run(turn))
 
     async def _run(self, turn: _Turn) -> Reply:
-        await self._wait_pending_save(turn.message.conversation)
         # The question's vector does not depend on the keywords: it is computed while the
         # keyword call is out, so only the articles' embedding is left on the critical path.
         question_vector = asyncio.create_task(self._embed_question(turn.question))
@@ -255,7 +237,7 @@ class Pipeline:
             question_vector.cancel()  # a no-op once it is done
 
     async def _phases(self, turn: _Turn, question_vector: asyncio.Task[FloatArray | None]) -> Reply:
-        key = turn.message.conversation
+        conversation = turn.message.conversation
         await turn.listener.on_progress("Choosing search keywords")
         topics = await turn.clock.time("topics_s", self._topics(turn))
 
@@ -299,7 +281,7 @@ class Pipeline:
         reply = Reply(
             question=turn.question,
             body=body.text,
-            conversation=key,
+            conversation=conversation,
             status=self._status(turn, sources, fetched),
             sources=tuple(dataclasses.replace(s, cited=s.n in cited) for s, _ in sources),
             notices=tuple(turn.notices),
@@ -309,7 +291,7 @@ class Pipeline:
             timings=turn.clock.laps,
             weak_citations=tuple(weak),
         )
-        self._after_turn(turn, reply)
+        self._memory.remember(conversation, turn.claim, reply)
         return reply
 
     @staticmethod
@@ -328,7 +310,7 @@ class Pipeline:
             title, found = neutralise(r.article.title, allowed)
             turn.neutralised += found
             label = source_label(r.article.source)
-            revision, permalink = _version(r.article)
+            revision, permalink = provenance(r.article)
             source = Source(
                 n,
                 title,
@@ -346,11 +328,7 @@ class Pipeline:
 
     async def _topics(self, turn: _Turn) -> list[str]:
         """Keywords from the LLM; without it, from the question's own content words."""
-        key = turn.message.conversation
-        # A reset from another process (``sessions reset``) re-creates the session with a
-        # new start time: the cache must not keep feeding the forgotten exchange.
-        generation = turn.claim.session_started if turn.claim is not None else None
-        recent = self._recent.get(key, generation=generation)
+        recent = self._memory.recent(turn.message.conversation, turn.claim)
         if not recent:
             # A cold cache (a new conversation, or a restart): ask the store, so a
             # follow-up in a resumed conversation still resolves. Phase 1 reuses the state.
@@ -371,13 +349,13 @@ class Pipeline:
         """The conversation from the store, loaded at most once per turn."""
         if turn.state is not None:
             return turn.state
-        key = turn.message.conversation
+        conversation = turn.message.conversation
         try:
-            turn.state = await self._memory.load(key)
-        except MemoryStoreError:
-            _log.exception("could not restore conversation %s", key)
+            turn.state = await self._memory.restore(conversation)
+        except StoreError:
+            _log.exception("could not restore conversation %s", conversation)
             turn.notices.append(Notice("memory_unavailable", NOT_RESTORED, self._memory_hint))
-            turn.state = ConversationState(key=key)
+            turn.state = ConversationState(conversation=conversation)
         return turn.state
 
     async def _analyze(
@@ -537,68 +515,6 @@ class Pipeline:
             await turn.emit(body)
         return _Body(body, answer_filter.cited)
 
-    # ----------------------------------------------------------------- background work
-
-    def _after_turn(self, turn: _Turn, reply: Reply) -> None:
-        key = turn.message.conversation
-        generation = turn.claim.session_started if turn.claim is not None else None
-        self._recent.add(key, turn.question, reply.body, generation=generation)
-        if turn.claim is None:
-            return
-        save = self._save(key, turn.claim.turn_id, reply)
-        task = self._tasks.spawn(save, name=f"save:{key}")
-        self._pending_saves[key] = task
-        task.add_done_callback(lambda t: self._forget_save(key, t))
-
-    def _forget_save(self, key: str, task: asyncio.Task[Any]) -> None:
-        if self._pending_saves.get(key) is task:
-            del self._pending_saves[key]
-
-    async def _wait_pending_save(self, key: str) -> None:
-        """The next turn must see the previous answer, so it waits for its save."""
-        task = self._pending_saves.get(key)
-        if task is not None:
-            await asyncio.wait([task])
-
-    async def _save(self, key: str, turn_id: int, reply: Reply) -> None:
-        try:
-            stored = await self._memory.finish_turn(turn_id, reply.body, sources=reply.sources)
-        except MemoryStoreError:
-            _log.exception("could not save the answer of turn %s in %s", turn_id, key)
-            return
-        if stored and key not in self._summarizing:
-            self._summarizing.add(key)
-            self._tasks.spawn(self._summarize(key), name=f"summary:{key}")
-
-    async def _summarize(self, key: str) -> None:
-        """Fold older turns into the running summary once the history grows too long."""
-        try:
-            state = await self._memory.load(key)
-            mem = self._settings.memory
-            if 2 * len(state.turns) <= mem.summarize_after:
-                return
-            keep = (mem.keep_recent + 1) // 2
-            older = state.turns[: len(state.turns) - keep] if keep else state.turns
-            if not older:
-                return
-            transcript = prompts.format_history(
-                [(t.question, t.answer or "") for t in older], max_chars=12_000
-            )
-            raw = await call_llm(
-                self._summary_chain.ainvoke({"summary": state.summary, "transcript": transcript}),
-                self._settings.llm,
-            )
-            # The summary goes back into prompts verbatim: no reasoning blocks, no citations.
-            cleaner = AnswerFilter(())
-            summary = (cleaner.feed(raw) + cleaner.flush()).strip()
-            if summary:
-                await self._memory.save_summary(key, summary, older[-1].id)
-                _log.info("summarised %d turns of %s", len(older), key)
-        except (MemoryStoreError, LLMError) as exc:
-            _log.warning("summary of %s postponed: %r", key, exc)
-        finally:
-            self._summarizing.discard(key)
-
 
 async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
     """Run two steps concurrently; if one fails, the other is cancelled, not orphaned."""
@@ -610,28 +526,6 @@ async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
 
 async def _await(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
-
-
-def _version(article: Article) -> tuple[str, str]:
-    """``(revision, permalink)``: exactly what was read, and a link to that version.
-
-    A Wikipedia revision id gives an ``oldid`` link; a Hacker News story is its item (its
-    text does not change) with the points it had when read.
-    """
-    if article.revision is None:
-        return "", ""
-    if article.source == "wikipedia":
-        parts = urlsplit(article.url)
-        title = parts.path.rsplit("/wiki/", 1)[-1]
-        query = f"title={title}&oldid={article.revision}"
-        return article.revision, urlunsplit((parts.scheme, parts.netloc, "/w/index.php", query, ""))
-    points = f" ({article.points} points)" if article.points is not None else ""
-    return f"item {article.revision}{points}", HN_ITEM_URL.format(article.revision)
-
-
-def article_text(article: Article) -> str:
-    """What is embedded of an article (and what the vector cache keys it by)."""
-    return f"{article.title}. {article.text}"
 
 
 def _prompt_text(article: Article) -> str:

@@ -71,6 +71,11 @@ _DISAMBIGUATION = re.compile(r"\b(?:may|might|can|could) (?:also )?refer to\b", 
 # --------------------------------------------------------------------------- lexical
 
 
+def article_text(article: Article) -> str:
+    """What is embedded of an article (and what the vector cache keys it by)."""
+    return f"{article.title}. {article.text}"
+
+
 def terms(text: str) -> list[str]:
     """Lower-cased content words with a light plural strip ("planets" and "planet" meet)."""
     return [_stem(word) for word in _WORD.findall(text.lower()) if word not in _STOPWORDS]

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.adapters.base import MessageSink
+from bot.adapters.base import IntakePort
 from bot.adapters.render import render_reply
 from bot.config import load_settings
 from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
@@ -99,8 +99,8 @@ class HttpChatAdapter:
     rate_limit_per_minute: float | None = 0
     recovers = True
 
-    def __init__(self, sink: MessageSink, *, http: aiohttp.ClientSession, base_url: str) -> None:
-        self._sink = sink
+    def __init__(self, *, http: aiohttp.ClientSession, base_url: str) -> None:
+        self._intake: IntakePort | None = None
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._cursor = 0
@@ -111,7 +111,11 @@ class HttpChatAdapter:
     def is_alive(self) -> bool:
         return self._poller is not None and not self._poller.done()
 
-    async def start(self) -> None:
+    async def check(self) -> str | None:
+        return None
+
+    async def start(self, intake: IntakePort) -> None:
+        self._intake = intake
         # One poll that must succeed, so a wrong URL fails the start, not the first event.
         await self._poll(wait_s=0)
         self._poller = asyncio.create_task(self._poll_forever(), name="fake-chat poller")
@@ -180,7 +184,8 @@ class HttpChatAdapter:
             sent_at=datetime.fromisoformat(str(event["sent_at"])),
             target=ChatTarget(str(event["channel"]), str(event["event_id"])),
         )
-        submission = await self._sink(message)
+        assert self._intake is not None
+        submission = await self._intake.submit(message)
         ack = {"seq": event["seq"], "event_id": event["event_id"], "outcome": submission.outcome}
         async with self._http.post(f"{self._base_url}/acks", json=ack) as resp:
             resp.raise_for_status()
@@ -196,7 +201,7 @@ async def serve(config: str, chat_url: str) -> int:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with await Runtime.start(settings) as runtime:
-        adapter = HttpChatAdapter(runtime.intake.submit, http=runtime.http, base_url=chat_url)
+        adapter = HttpChatAdapter(http=runtime.http, base_url=chat_url)
         await runtime.add_adapter(adapter)
         recovered = await runtime.recover()
         print(f"ready recovered={recovered}", flush=True)

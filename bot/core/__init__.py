@@ -1,0 +1,1 @@
+"""Small general helpers the rest of the bot builds on; they know nothing of chat or research."""

@@ -1,0 +1,190 @@
+"""What the rest of the bot may ask of the store, grouped by who asks.
+
+    ConversationStore  the pipeline (restore, save, summarise), the commands and the CLI
+    Inbox              the intake: claim an event, record its reply, finish or release it,
+                       recover what a crash left behind
+    FeedbackStore      readers' votes on answers
+    VectorStore        the embedding cache's vectors, across restarts
+    Store              one backend holding all four, opened once and closed at shutdown
+
+Every method raises :class:`~bot.errors.StoreError` when the backend fails (disk full, a
+lock held past the busy timeout, a corrupt file, the store closed); no backend's own
+exception escapes it. Refusals that are part of normal operation (a turn or conversation
+deleted meanwhile, a summary that would move backwards, a duplicate event) are answered
+with ``False`` or ``None``, not raised. ``ValueError`` and ``TypeError`` mean a programming
+error in the caller, never a state of the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from bot.contract import Rating, Source
+from bot.store.values import (
+    Claim,
+    ConversationInfo,
+    ConversationState,
+    EventOutcome,
+    RecoveredEvent,
+)
+
+
+class ConversationStore(Protocol):
+    """Conversations: their turns, answers, sources and running summary."""
+
+    async def load(self, conversation: str) -> ConversationState:
+        """What the next prompt needs: the summary and the answered turns after it, oldest
+        first. Pending turns are left out; an unknown conversation gives an empty state."""
+
+    async def finish_turn(
+        self, turn_id: int, answer: str, *, sources: Sequence[Source] = ()
+    ) -> bool:
+        """Store the answer of a turn and its numbered sources; mark it answered.
+
+        Also touches the conversation's ``updated_at``. False when the turn no longer
+        exists (its conversation was reset meanwhile). Finishing a turn again replaces
+        its answer and sources.
+        """
+
+    async def save_summary(self, conversation: str, summary: str, upto_turn_id: int) -> bool:
+        """Replace the summary with one covering every turn up to ``upto_turn_id``.
+
+        False, changing nothing, when the conversation is gone, when ``upto_turn_id`` is
+        lower than the current one (a slower summariser finishing after a newer one), or
+        when it is not an answered turn of this conversation (reset meanwhile). A summary
+        is not activity: ``updated_at`` stays.
+        """
+
+    async def reset(self, conversation: str) -> bool:
+        """Forget the conversation and its turns; False when there was none. Inbox rows
+        stay, so a redelivered event is still known."""
+
+    async def info(self, conversation: str) -> ConversationInfo | None:
+        """The conversation as :meth:`list_all` describes it, or None."""
+
+    async def list_all(self) -> list[ConversationInfo]:
+        """Every conversation, most recently active first."""
+
+    async def transcript(self, conversation: str) -> ConversationState | None:
+        """Every turn, pending and summarised ones included, oldest first; a pending turn
+        whose inbox event was given up shows ``expired`` or ``quarantined``. None when
+        the conversation does not exist."""
+
+    async def last_sources(self, conversation: str) -> tuple[Source, ...]:
+        """The numbered sources of the most recently answered turn (the answer the user saw
+        last, when two overlapped); empty when nothing was answered."""
+
+
+class Inbox(Protocol):
+    """Platform events, each answered once across redeliveries, crashes and restarts.
+
+    An event moves on like this::
+
+        claim ──► pending ──finish──► answered | undelivered
+                     │  ▲
+                     │  └── recover (after a crash: attempts + 1, handed back)
+                     ├──── recover: older than max_age_s ──────────► expired
+                     └──── recover: attempts >= max_attempts ──────► quarantined
+
+    ``attempts`` counts the processes that started on the event: a claim is attempt 1,
+    each recovery adds one, and :meth:`release` takes back an attempt that a graceful
+    shutdown cancelled.
+    """
+
+    async def claim(
+        self, platform: str, event_id: str, conversation: str, question: str, message: str
+    ) -> Claim | None:
+        """Record the event and begin its turn, in one transaction, unless it is known.
+
+        ``message`` is the intake's opaque JSON, handed back by :meth:`recover`. None,
+        writing nothing, when the event was claimed before (by any process, whatever
+        became of it): that caller must not answer it.
+        """
+
+    async def record_reply(self, platform: str, event_id: str, reply_id: str) -> None:
+        """Remember the platform's id of the reply posted for the event."""
+
+    async def finish(self, platform: str, event_id: str, outcome: EventOutcome) -> None:
+        """Close the event with its outcome, whatever its status was (an answer that
+        arrives after :meth:`recover` expired the event still went out).
+
+        Raises:
+            ValueError: ``outcome`` is not an :data:`EventOutcome`.
+        """
+
+    async def release(self, platform: str, event_id: str) -> None:
+        """Take back the attempt of a pending event whose turn a graceful shutdown
+        cancelled: it did not crash anything, so it must not count towards quarantine."""
+
+    async def recover(
+        self,
+        *,
+        platforms: Collection[str],
+        max_age_s: float,
+        max_attempts: int = 2,
+        now: datetime | None = None,
+        received_before: datetime | None = None,
+    ) -> list[RecoveredEvent]:
+        """At start-up, take over the pending events no process is answering any more.
+
+        In one transaction: pending events older than ``max_age_s`` (measured from
+        ``now``) expire, whatever their platform; pending events of ``platforms`` with
+        ``attempts >= max_attempts`` are quarantined and returned first, once, with no
+        claim; the others get one more attempt and are returned oldest first (one whose
+        turn a reset deleted gets a new pending turn). With ``received_before``, only
+        events received before it are taken: the process's own start, so events its
+        adapters already took are never handed out twice.
+
+        Raises:
+            ValueError: ``now`` or ``received_before`` is naive, or ``max_attempts`` < 1.
+            TypeError: ``platforms`` is a single string.
+        """
+
+
+class FeedbackStore(Protocol):
+    """Readers' votes on answers, kept with the answer's turn."""
+
+    async def record(self, platform: str, event_id: str, user_id: str, rating: Rating) -> bool:
+        """Store ``user_id``'s vote on the answer to the event; a later vote replaces an
+        earlier one. False when the event is unknown or its turn is gone (reset).
+
+        Raises:
+            ValueError: ``rating`` is not ``"up"`` or ``"down"``.
+        """
+
+
+class VectorStore(Protocol):
+    """Embedding vectors by (model, text hash), so a restart does not embed again."""
+
+    async def vectors(self, model: str, hashes: Sequence[str]) -> dict[str, bytes]:
+        """The stored vectors of ``model`` for those of ``hashes`` that have one."""
+
+    async def save_vectors(
+        self, model: str, vectors: Sequence[tuple[str, bytes]], *, max_entries: int
+    ) -> None:
+        """Store ``(text hash, vector)`` pairs, then evict the oldest beyond ``max_entries``."""
+
+
+class Store(Protocol):
+    """One backend: each group of operations, and its lifecycle."""
+
+    @property
+    def conversations(self) -> ConversationStore: ...
+
+    @property
+    def inbox(self) -> Inbox: ...
+
+    @property
+    def feedback(self) -> FeedbackStore: ...
+
+    @property
+    def vectors(self) -> VectorStore: ...
+
+    @property
+    def location(self) -> str:
+        """Where the data lives, for operators' messages (a path, a URL without password)."""
+
+    async def close(self) -> None:
+        """Wait for the operation in progress, then close. Safe to call twice."""
