@@ -1,4 +1,4 @@
-"""Command line: ``python -m bot [ask|chat|demo|sessions] ...``.
+"""Command line: ``python -m bot [ask|chat|demo|conversations] ...``.
 
 This is the only module that configures logging and the only one that turns errors into
 exit codes. Every command takes ``--config PATH``.
@@ -45,7 +45,7 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
     """``--config`` and ``-v``, accepted before or after any (sub)command.
 
     Only the top level sets defaults: a subparser's default would overwrite a value given
-    before the subcommand (``--config prod.toml sessions list``).
+    before the subcommand (``--config prod.toml conversations list``).
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -74,22 +74,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     ask = sub.add_parser("ask", parents=[common], help="answer questions, one conversation")
-    ask.add_argument("--session", metavar="ID", help="conversation to continue (default: new)")
+    ask.add_argument(
+        "--session", metavar="ID", help="the terminal conversation to continue (default: a new one)"
+    )
     ask.add_argument("--json", action="store_true", help="one JSON object per question")
     ask.add_argument("questions", nargs="+", metavar="QUESTION")
 
     chat = sub.add_parser("chat", parents=[common], help="interactive chat in the terminal")
-    chat.add_argument("--session", metavar="ID", default="default", help="conversation to resume")
+    chat.add_argument(
+        "--session", metavar="ID", default="default", help="the terminal conversation to resume"
+    )
 
     sub.add_parser("demo", parents=[common], help="three-question demo with a visible summary")
 
-    sessions = sub.add_parser("sessions", parents=[common], help="list, show or reset sessions")
-    actions = sessions.add_subparsers(dest="action", metavar="ACTION", required=True)
+    # "sessions" was the command's first name; it still works.
+    conversations = sub.add_parser(
+        "conversations",
+        aliases=["sessions"],
+        parents=[common],
+        help="list, show or reset conversations",
+    )
+    actions = conversations.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser("list", parents=[common], help="every conversation")
     show = actions.add_parser("show", parents=[common], help="one conversation's transcript")
-    show.add_argument("key", metavar="ID")
+    show.add_argument("conversation", metavar="ID")
     reset = actions.add_parser("reset", parents=[common], help="forget one conversation")
-    reset.add_argument("key", metavar="ID")
+    reset.add_argument("conversation", metavar="ID")
     return parser
 
 
@@ -101,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return 2
     _configure_logging(settings.logging, verbose=args.verbose)
+    for note in settings.deprecations:
+        _log.warning("configuration: %s", note)
+        print(f"Configuration: {note}", file=sys.stderr)
     try:
         return asyncio.run(_until_terminated(args, settings))
     except KeyboardInterrupt:
@@ -185,15 +198,17 @@ async def _until_terminated(args: argparse.Namespace, settings: Settings) -> int
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _new_session(kind: str) -> str:
-    """A fresh session id; the random part keeps two runs in one second apart."""
+def _new_terminal_id(kind: str) -> str:
+    """A fresh terminal conversation id; the random part keeps two runs in one second apart."""
     return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
-    if command == "sessions":
-        return await _sessions(args.action, getattr(args, "key", None), settings, sys.stdout)
+    if command in ("conversations", "sessions"):
+        return await _conversations(
+            args.action, getattr(args, "conversation", None), settings, sys.stdout
+        )
     serving = command is None
     if command == "demo":
         # A low threshold so the running summary appears within three questions.
@@ -207,7 +222,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         for notice in runtime.notices:
             print(notice, file=sys.stderr)
         if command == "ask":
-            session = args.session or _new_session("ask")
+            session = args.session or _new_terminal_id("ask")
             return await _ask(runtime, session, args.questions, as_json=args.json)
         if command == "demo":
             return await _demo(runtime)
@@ -298,6 +313,8 @@ def reply_json(reply: Reply) -> dict[str, Any]:
         "neutralised": {"links": reply.neutralised.links, "mentions": reply.neutralised.mentions},
         "timings": {k: round(v, 4) for k, v in reply.timings.items()},
         "weak_citations": [dataclasses.asdict(w) for w in reply.weak_citations],
+        "conversation": reply.conversation,
+        # The field's first name, kept for scripts that read it.
         "session": reply.conversation,
     }
 
@@ -333,7 +350,7 @@ def exit_status(statuses: Sequence[str]) -> int:
 
 
 async def _demo(runtime: Runtime) -> int:
-    session = _new_session("demo")
+    session = _new_terminal_id("demo")
     print(f"Demo: three questions in one conversation ({terminal_key(session)}).")
     status = await _ask(runtime, session, DEMO_QUESTIONS, as_json=False)
     # Summaries run in the background; wait for them so the result can be shown.
@@ -344,14 +361,16 @@ async def _demo(runtime: Runtime) -> int:
     return status
 
 
-async def _sessions(action: str, key: str | None, settings: Settings, out: TextIO) -> int:
+async def _conversations(
+    action: str, conversation: str | None, settings: Settings, out: TextIO
+) -> int:
     store = await open_store(settings.memory.database)
     conversations = store.conversations
     try:
         if action == "list":
             rows = await conversations.list_all()
             if not rows:
-                out.write("No sessions yet.\n")
+                out.write("No conversations yet.\n")
             for row in rows:
                 turns = f"{row.turn_count} turn{'' if row.turn_count == 1 else 's'}"
                 summary = ", summarised" if row.has_summary else ""
@@ -360,11 +379,14 @@ async def _sessions(action: str, key: str | None, settings: Settings, out: TextI
                     f"last active {human_time(row.updated_at)}\n"
                 )
             return 0
-        assert key is not None
+        assert conversation is not None
         # A full key (``slack:T:C:ts``) or a terminal session id (``default``); each action
         # tries both with the one call it needs anyway.
-        candidates = (key, terminal_key(key))
-        missing = f"No session named {key!r}. `python -m bot sessions list` shows them.\n"
+        candidates = (conversation, terminal_key(conversation))
+        missing = (
+            f"No conversation named {conversation!r}. "
+            "`python -m bot conversations list` shows them.\n"
+        )
         if action == "reset":
             for candidate in candidates:
                 if await conversations.reset(candidate):
@@ -379,7 +401,7 @@ async def _sessions(action: str, key: str | None, settings: Settings, out: TextI
         else:
             out.write(missing)
             return 1
-        out.write(f"Session {state.conversation}\n")
+        out.write(f"Conversation {state.conversation}\n")
         if state.summary:
             out.write(f"\nSummary (up to turn {state.summary_upto}):\n{state.summary}\n")
         for turn in state.turns:

@@ -109,7 +109,6 @@ class EmbeddingSettings:
     # A local directory with the model's files; when set it wins over ``model``.
     model_path: str = ""
     workers: int = field(default=1, metadata=_between(1, 64))
-    top_k: int = field(default=5, metadata=_between(1, 50))
     batch_size: int = field(default=32, metadata=_between(1, 1024))
     hashing_dim: int = field(default=1024, metadata=_between(16, 1 << 20))
     # Vectors kept by (model, text hash): in memory, and in the memory database across
@@ -256,9 +255,22 @@ class Settings:
     slack_bot_token: Secret | None = None
     slack_app_token: Secret | None = None
     slack_signing_secret: Secret | None = None
+    # Keys this version no longer uses but still accepts, each with what to do instead;
+    # the command line shows them and logs them once logging is set up.
+    deprecations: tuple[str, ...] = ()
 
 
 _ENV_ONLY = {"discord_token", "slack_bot_token", "slack_app_token", "slack_signing_secret"}
+# Not settable in the file: filled from the environment, or by the loader itself.
+_NOT_IN_FILE = _ENV_ONLY | {"deprecations"}
+# Keys a release dropped, by section: still accepted (and ignored), with a warning that
+# names the release and what replaces them.
+_DROPPED: Mapping[tuple[str, str], str] = {
+    ("embeddings", "top_k"): (
+        "[embeddings].top_k is ignored since research-agent 0.2.0 (nothing used it: how many "
+        "sources an answer draws on is [chat].max_sources_in_prompt); delete the line"
+    ),
+}
 # Where each secret comes from, for the refusal of a token written into the file.
 ENV_VARIABLES = {name: name.upper() for name in _ENV_ONLY}
 _T = TypeVar("_T")
@@ -290,7 +302,8 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
             raise ConfigError(f"config file {file} is not valid TOML: {exc}") from exc
     _refuse_tokens(raw, file)
 
-    settings = _build(Settings, raw, "")
+    deprecations = _drop_removed_keys(raw)
+    settings = dataclasses.replace(_build(Settings, raw, ""), deprecations=deprecations)
     _check_together(settings)
     settings = _apply_env(settings, env)
     return _resolve_paths(settings, file.resolve().parent)
@@ -309,6 +322,17 @@ def _refuse_tokens(raw: Mapping[str, Any], file: Path) -> None:
                 f"{key} does not belong in {file.name}: tokens come from the environment; "
                 f"remove it there and set the {name} environment variable instead"
             )
+
+
+def _drop_removed_keys(raw: dict[str, Any]) -> tuple[str, ...]:
+    """Take the keys a release dropped out of ``raw``; what to tell the operator of each."""
+    notes = []
+    for (section, key), note in _DROPPED.items():
+        table = raw.get(section)
+        if isinstance(table, dict) and key in table:
+            del table[key]
+            notes.append(note)
+    return tuple(notes)
 
 
 def _check_together(settings: Settings) -> None:
@@ -375,7 +399,7 @@ def _build(cls: type[_T], table: object, where: str) -> _T:
         raise ConfigError(f"{label} must be a table")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    allowed = [name for name in fields if name not in _ENV_ONLY]
+    allowed = [name for name in fields if name not in _NOT_IN_FILE]
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in allowed:

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote, unquote
 
-Platform = Literal["terminal", "discord", "slack", "memory"]
+Platform = Literal["terminal", "discord", "slack", "inmemory"]
 Status = Literal["answered", "degraded", "failed"]
 # A reader's verdict on an answer (a platform's feedback buttons).
 Rating = Literal["up", "down"]

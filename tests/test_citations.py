@@ -61,7 +61,7 @@ def test_weak_citations_render_with_a_question_mark() -> None:
     assert mark_weak(BODY, weak) == (
         "Mercury is hot [1]. It is small. [2?] The god [1, 3?] was fast! In 1962, Glenn flew [4]."
     )
-    reply = Reply(question="q", body=BODY, conversation="memory:x", weak_citations=tuple(weak))
+    reply = Reply(question="q", body=BODY, conversation="inmemory:x", weak_citations=tuple(weak))
     assert "_Marked [2?], [3?]: the cited source barely supports that sentence._" in render_reply(
         reply, operator=False
     )

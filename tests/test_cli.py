@@ -73,6 +73,20 @@ async def bot(*args: str, stdin: str = "", env: dict[str, str] | None = None) ->
     return Run(proc.returncode, out.decode(), err.decode())
 
 
+async def test_a_dropped_config_key_is_named_once_and_the_question_still_answered(
+    write_config: Callable[..., Path],
+) -> None:
+    config = write_config()
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("[embeddings]\n", "[embeddings]\ntop_k = 5\n"),
+        encoding="utf-8",
+    )
+    run = await bot("ask", "--config", str(config), "--json", "What is BERT?")
+    assert run.code == 0, run.err
+    assert run.err.count("[embeddings].top_k is ignored since research-agent 0.2.0") == 1
+    assert json.loads(run.out)["status"] in {"answered", "degraded"}
+
+
 async def test_ask_json_with_the_real_embedding_model(
     write_config: Callable[..., Path],
 ) -> None:
@@ -102,6 +116,7 @@ async def test_ask_json_with_the_real_embedding_model(
             "weak_citations",
         }
         assert result["session"] == "terminal:s1"
+        assert result["conversation"] == "terminal:s1"
         assert result["status"] == "answered"
         assert result["answer"].startswith(result["body"])
         assert result["neutralised"] == {"links": 0, "mentions": 0}
@@ -138,8 +153,9 @@ async def test_sessions_list_show_and_reset(write_config: Callable[..., Path]) -
     assert shown.code == 0 and "you: What is GPT?" in shown.out and "bot: " in shown.out
     assert (await bot("sessions", "reset", "terminal:x", "--config", config)).code == 0
     gone = await bot("sessions", "show", "x", "--config", config)
-    assert gone.code == 1 and "No session named 'x'" in gone.out
-    assert "No sessions yet." in (await bot("sessions", "list", "--config", config)).out
+    assert gone.code == 1 and "No conversation named 'x'" in gone.out
+    assert "No conversations yet." in (await bot("sessions", "list", "--config", config)).out
+    assert "No conversations yet." in (await bot("conversations", "list", "--config", config)).out
 
 
 async def test_sessions_show_marks_expired_and_quarantined_questions(
@@ -147,16 +163,16 @@ async def test_sessions_show_marks_expired_and_quarantined_questions(
 ) -> None:
     config = write_config()
     store = await SqliteStore.open(load_settings(config, env={}).memory.database)
-    key = "memory:general"
+    key = "inmemory:general"
     try:
-        assert await store.inbox.claim("memory", "old", key, "A stale question?", "{}")
+        assert await store.inbox.claim("inmemory", "old", key, "A stale question?", "{}")
         # A start an hour later: too old to answer.
         later = datetime.now(UTC) + timedelta(hours=1)
-        await store.inbox.recover(platforms=["memory"], max_age_s=60, now=later)
-        assert await store.inbox.claim("memory", "bad", key, "A poison question?", "{}")
+        await store.inbox.recover(platforms=["inmemory"], max_age_s=60, now=later)
+        assert await store.inbox.claim("inmemory", "bad", key, "A poison question?", "{}")
         # Its one allowed attempt crashed the bot.
         (given_up,) = await store.inbox.recover(
-            platforms=["memory"], max_age_s=3600, max_attempts=1
+            platforms=["inmemory"], max_age_s=3600, max_attempts=1
         )
         assert given_up.quarantined
     finally:
@@ -538,7 +554,7 @@ async def test_start_up_checks_include_each_adapters_own_check(
     # Without the problems, the adapters are built, checked, and left to add_adapter.
     reject = False
     async with await Runtime.start(make_settings(), adapters=adapters()) as runtime:
-        assert [a.platform for a in runtime.adapters] == ["memory", "terminal", "memory"]
+        assert [a.platform for a in runtime.adapters] == ["inmemory", "terminal", "inmemory"]
         assert not any(a.is_alive for a in runtime.adapters)
 
 

@@ -114,3 +114,23 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, ""), env={})
     with pytest.raises(AttributeError):
         settings.llm.model = "other"  # type: ignore[misc]
+
+
+def test_a_key_a_release_dropped_is_accepted_with_a_note_naming_the_release(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(write(tmp_path, "[embeddings]\ntop_k = 5\nworkers = 2\n"), env={})
+    assert settings.embeddings.workers == 2
+    (note,) = settings.deprecations
+    assert "[embeddings].top_k" in note and "0.2.0" in note and "delete the line" in note
+    assert load_settings(write(tmp_path, ""), env={}).deprecations == ()
+
+
+def test_the_deprecations_field_cannot_be_set_from_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'deprecations'"):
+        load_settings(write(tmp_path, 'deprecations = ["x"]\n'), env={})
+
+
+def test_the_shipped_config_file_loads_without_notes() -> None:
+    settings = load_settings(Path(__file__).resolve().parent.parent / "config.toml", env={})
+    assert settings.deprecations == ()

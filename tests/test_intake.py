@@ -25,7 +25,7 @@ from tests.fakes.ollama import FakeOllama, default_responder, split_tokens
 
 SettingsFactory = Callable[..., Settings]
 QUESTION = "What is the transformer architecture in deep learning?"
-GENERAL = conversation_key("memory", "general")
+GENERAL = conversation_key("inmemory", "general")
 
 
 @pytest.fixture
@@ -308,9 +308,9 @@ async def test_recovery_quarantines_an_event_that_crashed_twice(
             bot = InMemoryAdapter()
             message = bot.message("poison", event_id="Ev-poison")
         # What two crashed processes leave behind: claimed, then taken over once.
-        assert await store.inbox.claim("memory", "Ev-poison", GENERAL, "poison",
+        assert await store.inbox.claim("inmemory", "Ev-poison", GENERAL, "poison",
                                  encode_message(message, bot)) is not None  # fmt: skip
-        assert len(await store.inbox.recover(platforms=["memory"], max_age_s=3600)) == 1
+        assert len(await store.inbox.recover(platforms=["inmemory"], max_age_s=3600)) == 1
     finally:
         await store.close()
     with caplog.at_level(logging.WARNING):
@@ -319,7 +319,7 @@ async def test_recovery_quarantines_an_event_that_crashed_twice(
             assert await rt.recover() == 0
             transcript = await rt.store.conversations.transcript(GENERAL)
             assert await rt.recover() == 0
-    assert "quarantined memory event Ev-poison" in caplog.text
+    assert "quarantined inmemory event Ev-poison" in caplog.text
     # Its author is told, once, instead of being left with a half-done reply.
     (told,) = bot.service.in_channel("general")
     assert "could not answer this question" in told.text

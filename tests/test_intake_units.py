@@ -37,7 +37,7 @@ class Clock:
 class Notes:
     """A stand-in adapter that records what the steps tell the author."""
 
-    platform: Platform = "memory"
+    platform: Platform = "inmemory"
     admins = "admins"
     command_prefix = "/"
     recovers = True
@@ -78,8 +78,8 @@ def message(
     return InboundMessage(
         text=text,
         author=Author(author, author, **flags),
-        conversation=conversation_key("memory", "general"),
-        platform="memory",
+        conversation=conversation_key("inmemory", "general"),
+        platform="inmemory",
         event_id="e1",
         sent_at=datetime.now(UTC),
         target=None,
@@ -170,7 +170,7 @@ async def test_the_queue_says_how_many_are_ahead_and_keeps_count() -> None:
     adapter = Notes()
     for _ in range(3):
         await step(Context(message(), adapter), passed)
-    key = conversation_key("memory", "general")
+    key = conversation_key("inmemory", "general")
     assert busy[key] == 3  # StartTurn's task gives each back when its turn ends
     assert [text for text, _ in adapter.notes] == [
         "I am still working on an earlier question here; yours is next.",

@@ -34,7 +34,7 @@ from tests.fakes.wikipedia import FakeWikipedia
 
 SettingsFactory = Callable[..., Settings]
 QUESTION = "What is the transformer architecture in deep learning?"
-GENERAL = conversation_key("memory", "general")
+GENERAL = conversation_key("inmemory", "general")
 
 
 @pytest.fixture
@@ -433,8 +433,8 @@ async def test_an_unexpected_error_is_logged_and_the_user_gets_a_fixed_line(
     message = InboundMessage(
         QUESTION,
         Author("u1", "tester"),
-        conversation_key("memory", "x"),
-        "memory",
+        conversation_key("inmemory", "x"),
+        "inmemory",
         event_id="e1",
         sent_at=datetime.now(UTC),
         target=None,
@@ -443,7 +443,7 @@ async def test_an_unexpected_error_is_logged_and_the_user_gets_a_fixed_line(
     assert result.status == "failed"
     assert result.body == FAILURE_LINE
     assert "platform went away" not in result.body
-    assert "turn failed: conversation=memory:x" in caplog.text
+    assert "turn failed: conversation=inmemory:x" in caplog.text
     # And a listener that shows nothing gives a full reply.
     quiet = await runtime.pipeline.answer(message, SILENT, claim=None)
     assert quiet.ok and quiet.body

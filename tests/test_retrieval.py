@@ -109,6 +109,6 @@ async def test_sources_remember_the_version_they_were_read_at(
     assert story.revision == "item 39100003 (640 points)"
     assert story.permalink == "https://news.ycombinator.com/item?id=39100003"
     # Kept with the turn, so the sources command links to exactly what was read.
-    stored = await runtime.store.conversations.last_sources(conversation_key("memory", "rev"))
+    stored = await runtime.store.conversations.last_sources(conversation_key("inmemory", "rev"))
     assert {s.permalink for s in stored} == {s.permalink for s in reply.sources}
     assert stored[0].parts == reply.sources[0].parts

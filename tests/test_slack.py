@@ -27,7 +27,7 @@ from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.platforms import chat_adapters
 from bot.adapters.slack import RESET_SHORTCUT, SlackAdapter
 from bot.adapters.slack_render import MESSAGE_CHARS, split_message, to_mrkdwn
-from bot.cli import _serve, _sessions
+from bot.cli import _conversations, _serve
 from bot.config import Secret, Settings, load_settings
 from bot.contract import conversation_key
 from bot.errors import ConfigError, PlatformSetupError, StartupError
@@ -464,7 +464,7 @@ async def test_a_feedback_click_is_stored_with_the_turn_and_counted(
         await bot.settle()
     key = conversation_key("slack", TEAM, CHANNEL, event["ts"])
     out = io.StringIO()
-    assert await _sessions("show", key, settings, out) == 0
+    assert await _conversations("show", key, settings, out) == 0
     assert "feedback: 2 up, 0 down" in out.getvalue()
     session_line = slack.in_thread(CHANNEL, event["ts"])[-1].text
     assert "rated my answers here 2 up and 0 down" in session_line

@@ -127,7 +127,7 @@ class MemoryReply:
 
 
 class InMemoryAdapter:
-    platform: Platform = "memory"
+    platform: Platform = "inmemory"
     admins = "the channel's admins"
     command_prefix = "/"
     recovers = True
@@ -210,7 +210,7 @@ class InMemoryAdapter:
         return InboundMessage(
             text=text,
             author=Author(author, author, is_bot=is_bot, is_self=is_self, is_admin=is_admin),
-            conversation=conversation_key("memory", channel),
+            conversation=conversation_key("inmemory", channel),
             platform=self.platform,
             event_id=event_id or message_id,
             sent_at=datetime.now(UTC),

@@ -321,7 +321,7 @@ class Pipeline:
                 revision=revision,
                 permalink=permalink,
             )
-            numbered.append((source, _prompt_text(r.article)))
+            numbered.append((source, prompts.prompt_text(r.article)))
         return numbered
 
     # ----------------------------------------------------------------- steps
@@ -489,7 +489,7 @@ class Pipeline:
             "history": prompts.format_history([(t.question, t.answer or "") for t in state.turns])
             or "(none)",
             "sources": prompts.format_sources(sources),
-            "analysis": _describe_report(report),
+            "analysis": prompts.describe_report(report),
             "notes": "\n".join(n.user for n in turn.notices) or "(none)",
         }
         answer_filter = AnswerFilter([s.n for s, _ in sources])
@@ -526,26 +526,3 @@ async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
 
 async def _await(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
-
-
-def _prompt_text(article: Article) -> str:
-    """The article as the LLM sees it: a story's standing and date help it weigh the story."""
-    facts = []
-    if article.points is not None:
-        facts.append(f"{article.points} points")
-    if article.comments is not None:
-        facts.append(f"{article.comments} comments")
-    if article.published:
-        facts.append(f"posted {article.published[:10]}")
-    return f"({', '.join(facts)}) {article.text}" if facts else article.text
-
-
-def _describe_report(report: AnalysisReport | None) -> str:
-    if report is None:
-        return "(not available)"
-    counts = ", ".join(f"{name}: {n}" for name, n in report.per_source.items())
-    words = ", ".join(f"{w} ({n})" for w, n in report.keyword_frequencies[:8])
-    return (
-        f"{report.article_count} articles ({counts}); average keyword relevance "
-        f"{report.average_relevance:.2f}; frequent terms: {words or 'none'}"
-    )

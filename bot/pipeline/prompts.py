@@ -2,7 +2,8 @@
 
 One job: the three prompt templates (:data:`TOPIC_PROMPT`, :data:`SYNTHESIS_PROMPT`,
 :data:`SUMMARY_PROMPT`) and the functions that render their variables
-(:func:`format_history`, :func:`format_sources`). Nothing here does I/O: the orchestrator
+(:func:`format_history`, :func:`format_sources`, :func:`prompt_text`,
+:func:`describe_report`). Nothing here does I/O: the orchestrator
 composes ``TOPIC_PROMPT | llm`` and ``SYNTHESIS_PROMPT | llm`` itself.
 
 The ``*_MARKER`` phrases open the system messages. ``tests/fakes/ollama.py`` recognises
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from langchain_core.prompts import ChatPromptTemplate
 
 from bot.contract import Source
-from bot.domain import source_label
+from bot.domain import AnalysisReport, Article, source_label
 from bot.pipeline.text import truncate_words
 
 __all__ = [
@@ -27,8 +28,10 @@ __all__ = [
     "SYNTHESIS_PROMPT",
     "TOPIC_MARKER",
     "TOPIC_PROMPT",
+    "describe_report",
     "format_history",
     "format_sources",
+    "prompt_text",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -176,3 +179,26 @@ def format_sources(items: Sequence[tuple[Source, str]]) -> str:
             lines.append(body)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def prompt_text(article: Article) -> str:
+    """The article as the LLM sees it: a story's standing and date help it weigh the story."""
+    facts = []
+    if article.points is not None:
+        facts.append(f"{article.points} points")
+    if article.comments is not None:
+        facts.append(f"{article.comments} comments")
+    if article.published:
+        facts.append(f"posted {article.published[:10]}")
+    return f"({', '.join(facts)}) {article.text}" if facts else article.text
+
+
+def describe_report(report: AnalysisReport | None) -> str:
+    if report is None:
+        return "(not available)"
+    counts = ", ".join(f"{name}: {n}" for name, n in report.per_source.items())
+    words = ", ".join(f"{w} ({n})" for w, n in report.keyword_frequencies[:8])
+    return (
+        f"{report.article_count} articles ({counts}); average keyword relevance "
+        f"{report.average_relevance:.2f}; frequent terms: {words or 'none'}"
+    )
