@@ -16,7 +16,7 @@ import pytest
 from bot.adapters.inmemory import InMemoryAdapter, MemoryPlatform
 from bot.config import Settings
 from bot.contract import conversation_key
-from bot.intake.chain import encode_message
+from bot.intake.codec import encode_message
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.runtime import Runtime
 from bot.store.sqlite import SqliteStore

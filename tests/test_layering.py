@@ -71,7 +71,7 @@ def test_the_module_list_is_not_empty() -> None:
     assert "bot.contract" in names and "bot.store.sqlite" in names
 
 
-@pytest.mark.parametrize(("module", "path"), list(modules()), ids=lambda v: str(v))
+@pytest.mark.parametrize(("module", "path"), list(modules()), ids=str)
 def test_each_layer_imports_only_what_is_below_it(module: str, path: Path) -> None:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     names = set(imported(tree, module))
@@ -82,7 +82,7 @@ def test_each_layer_imports_only_what_is_below_it(module: str, path: Path) -> No
         assert wrong == [], f"{module} imports {wrong}, which its layer ({layer}) must not"
 
 
-@pytest.mark.parametrize(("module", "path"), list(modules()), ids=lambda v: str(v))
+@pytest.mark.parametrize(("module", "path"), list(modules()), ids=str)
 def test_only_the_store_backends_talk_to_a_database(module: str, path: Path) -> None:
     if any(within(module, backend) for backend in BACKENDS):
         return

@@ -22,19 +22,19 @@ already accepted once.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bot.adapters.base import Adapter, Submission
 from bot.config import IntakeSettings
-from bot.contract import Author, InboundMessage, Reply
+from bot.contract import InboundMessage, Reply
 from bot.core.tasks import TaskTracker
 from bot.errors import StoreError
+from bot.intake.codec import encode_message
 from bot.intake.commands import Commands, parse_command
 from bot.intake.delivery import GuardedReply
 from bot.intake.ratelimit import RateLimiter, describe_wait
@@ -373,57 +373,3 @@ def _release(busy: Counter[str], key: str) -> None:
     busy[key] -= 1
     if busy[key] <= 0:
         del busy[key]
-
-
-# ----------------------------------------------------------------------------- the inbox codec
-
-
-def encode_message(message: InboundMessage[Any], adapter: Adapter[Any]) -> str:
-    """The message as the inbox keeps it, so a crash cannot lose how to answer it."""
-    author = message.author
-    return json.dumps(
-        {
-            "text": message.text,
-            "author": {
-                "id": author.id,
-                "name": author.name,
-                "is_bot": author.is_bot,
-                "is_admin": author.is_admin,
-            },
-            "conversation": message.conversation,
-            "platform": message.platform,
-            "event_id": message.event_id,
-            "sent_at": message.sent_at.isoformat(),
-            "target": dict(adapter.encode_target(message.target)),
-        },
-        ensure_ascii=False,
-    )
-
-
-def decode_message(data: str, adapter: Adapter[Any]) -> InboundMessage[Any]:
-    """The message back from :func:`encode_message`.
-
-    Raises:
-        ValueError: the stored data is not a message of this adapter.
-    """
-    try:
-        raw = json.loads(data)
-        author: Mapping[str, Any] = raw["author"]
-        if raw["platform"] != adapter.platform:
-            raise ValueError(f"a {raw['platform']} event, not {adapter.platform}")
-        return InboundMessage(
-            text=str(raw["text"]),
-            author=Author(
-                id=str(author["id"]),
-                name=str(author["name"]),
-                is_bot=bool(author["is_bot"]),
-                is_admin=bool(author["is_admin"]),
-            ),
-            conversation=str(raw["conversation"]),
-            platform=adapter.platform,
-            event_id=str(raw["event_id"]),
-            sent_at=datetime.fromisoformat(raw["sent_at"]),
-            target=adapter.decode_target(raw["target"]),
-        )
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"unreadable inbox message: {exc!r}") from exc

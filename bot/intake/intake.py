@@ -36,9 +36,9 @@ from bot.intake.chain import (
     SkipEmpty,
     StartTurn,
     compose,
-    decode_message,
     has_spoken,
 )
+from bot.intake.codec import decode_message
 from bot.intake.commands import Commands
 from bot.intake.delivery import GuardedReply
 from bot.pipeline.orchestrator import Pipeline

@@ -6,8 +6,9 @@ writes them down (ISO-8601 text in SQLite) is the backend's business.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 TurnStatus = Literal["pending", "answered", "expired", "quarantined"]
@@ -100,3 +101,50 @@ class RecoveredEvent:
     @property
     def quarantined(self) -> bool:
         return self.claim is None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryScope:
+    """What one ``recover`` call may touch, checked once for every backend.
+
+    Pending events received before ``expire_before`` expire (whatever their platform);
+    of the others, those of ``platforms`` received before ``taken_before`` (no bound when
+    None) are quarantined at ``max_attempts`` attempts or taken over.
+    """
+
+    platforms: tuple[str, ...]
+    expire_before: datetime
+    taken_before: datetime | None
+    max_attempts: int
+
+    @classmethod
+    def of(
+        cls,
+        platforms: Collection[str],
+        *,
+        max_age_s: float,
+        max_attempts: int,
+        now: datetime | None,
+        received_before: datetime | None,
+    ) -> RecoveryScope:
+        """The scope of ``Inbox.recover``'s arguments.
+
+        Raises:
+            ValueError: ``now`` or ``received_before`` is naive, or ``max_attempts`` < 1.
+            TypeError: ``platforms`` is a single string.
+        """
+        if isinstance(platforms, str):
+            raise TypeError("platforms is a collection of platform names, not one string")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
+        measured_from = datetime.now(UTC) if now is None else now
+        if measured_from.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        if received_before is not None and received_before.tzinfo is None:
+            raise ValueError("received_before must be timezone-aware")
+        return cls(
+            platforms=tuple(sorted(set(platforms))),
+            expire_before=measured_from - timedelta(seconds=max_age_s),
+            taken_before=received_before,
+            max_attempts=max_attempts,
+        )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Collection, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import get_args
 
 import aiosqlite
@@ -26,7 +26,7 @@ from bot.store.sqlite.database import (
     stamp,
     write,
 )
-from bot.store.values import Claim, EventOutcome, RecoveredEvent
+from bot.store.values import Claim, EventOutcome, RecoveredEvent, RecoveryScope
 
 _log = logging.getLogger(__name__)
 
@@ -100,19 +100,17 @@ class SqliteInbox:
         now: datetime | None = None,
         received_before: datetime | None = None,
     ) -> list[RecoveredEvent]:
-        if isinstance(platforms, str):
-            raise TypeError("platforms is a collection of platform names, not one string")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
-        measured_from = datetime.now(UTC) if now is None else now
-        if measured_from.tzinfo is None:
-            raise ValueError("now must be timezone-aware")
-        cutoff = stamp(measured_from - timedelta(seconds=max_age_s))
-        if received_before is not None and received_before.tzinfo is None:
-            raise ValueError("received_before must be timezone-aware")
+        scope = RecoveryScope.of(
+            platforms,
+            max_age_s=max_age_s,
+            max_attempts=max_attempts,
+            now=now,
+            received_before=received_before,
+        )
+        cutoff = stamp(scope.expire_before)
         # ISO-8601 UTC stamps sort as text, so "no bound" is any stamp from this millennium.
-        before = "9999" if received_before is None else stamp(received_before)
-        chosen = sorted(set(platforms))
+        before = "9999" if scope.taken_before is None else stamp(scope.taken_before)
+        chosen = scope.platforms
         # Rows are stamped with the real clock; ``now`` only measures ages (tests pass one).
         changed_at = now_text()
         async with self._db.transaction("recover", None, write=True) as conn:
