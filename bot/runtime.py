@@ -45,6 +45,7 @@ from bot.intake import Intake
 from bot.pipeline.llm import build_chat_model, check_llm, close_chat_model
 from bot.pipeline.memory import Memory
 from bot.pipeline.orchestrator import Pipeline
+from bot.pipeline.relevance import Relevance
 from bot.store import Store, open_store
 
 _log = logging.getLogger(__name__)
@@ -135,7 +136,11 @@ class Runtime:
                 llm=llm,
                 fetcher=FetchAgent(http, settings.sources),
                 memory=memory,
-                embeddings=embeddings,
+                relevance=Relevance(
+                    embeddings,
+                    ranking_settings=settings.ranking,
+                    citation_settings=settings.citations,
+                ),
                 analysis=analysis,
             )
             intake = Intake(

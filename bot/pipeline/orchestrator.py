@@ -1,7 +1,7 @@
-"""One research turn, composed from the agents.
+"""The script of one research turn, composed from the agents and the pipeline's steps.
 
     question ─► keywords ─┬─► fetch: Wikipedia ∥ Hacker News ─┬─► analysis (subprocess) ─┬─► answer
-                (LLM)     └─► restore conversation (SQLite) ──┘   embed + rank (pool) ─────┘  (LLM)
+                (LLM)     └─► restore conversation (store) ───┘   embed + rank (pool) ─────┘  (LLM)
     then, in the background: save the answer ─► summarise older turns when the history is long
 
 :meth:`Pipeline.answer` is the error boundary for one turn: whatever goes wrong, it returns
@@ -11,10 +11,11 @@ that is down becomes a notice, a failed analysis or memory is skipped, and an un
 LLM turns the answer into the best sources' first sentences. Each failure gives a notice
 with a user line and, where there is a fix, an operator hint.
 
-The intake has already stored the question (its claim) before the turn starts. Fetched
-text and the model's output are untrusted: before any adapter sees them, links that are
-not among the turn's sources are made inert and mention tokens neutralised
-(:mod:`bot.pipeline.safety`).
+The steps: the keywords (here), the memory around the turn (:mod:`.memory`), ranking and
+citation checks (:mod:`.relevance`), and the answer itself (:mod:`.answer`). The intake
+has already stored the question (its claim) before the turn starts. Fetched text and the
+model's output are untrusted: before any adapter sees them, links that are not among the
+turn's sources are made inert and mention tokens neutralised (:mod:`bot.pipeline.safety`).
 """
 
 from __future__ import annotations
@@ -22,30 +23,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
-import numpy as np
 from langchain_core.language_models import BaseChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable
 
 from bot.agents.analysis import AnalysisAgent
-from bot.agents.embeddings import EmbeddingAgent, FloatArray
+from bot.agents.embeddings import FloatArray
 from bot.agents.fetch import FetchAgent, provenance
 from bot.config import Settings
-from bot.contract import (
-    InboundMessage,
-    Neutralised,
-    Notice,
-    Reply,
-    Source,
-    Status,
-    TurnListener,
-    WeakCitation,
-)
+from bot.contract import InboundMessage, Notice, Reply, Source, Status, TurnListener
 from bot.domain import (
     SOURCE_LABELS,
     AnalysisReport,
@@ -54,25 +43,21 @@ from bot.domain import (
     RankedArticle,
     source_label,
 )
-from bot.errors import AnalysisError, EmbeddingError, LLMError, StoreError
-from bot.pipeline import citations, prompts, ranking
-from bot.pipeline.answer_filter import AnswerFilter
+from bot.errors import AnalysisError, LLMError, StoreError
+from bot.pipeline import prompts
+from bot.pipeline.answer import AnswerWriter
 from bot.pipeline.keywords import parse_keywords
-from bot.pipeline.llm import call_llm, stream_llm
+from bot.pipeline.llm import call_llm
 from bot.pipeline.memory import RECENT_TURNS, Memory
-from bot.pipeline.ranking import article_text
-from bot.pipeline.safety import SafetyFilter, neutralise
+from bot.pipeline.relevance import Relevance
+from bot.pipeline.safety import neutralise
+from bot.pipeline.turn import Numbered, Turn
 from bot.pipeline.wording import (
     ANSWER_BROKEN,
-    ANSWER_CUT,
     EMPTY_HINT,
     FAILURE_LINE,
-    LLM_DOWN,
-    NOT_RANKED,
     NOT_RESTORED,
     NOT_SAVED,
-    fallback_answer,
-    nothing_found,
     question_cut_line,
     unavailable_line,
 )
@@ -84,8 +69,6 @@ _A = TypeVar("_A")
 _B = TypeVar("_B")
 
 LANGUAGE_MODEL = "language model"
-# Without the model, the answer is the first sentences of this many best sources.
-FALLBACK_SOURCES = 3
 # A notice of one of these kinds means the reply is missing something: ``degraded``.
 _DEGRADING = frozenset(
     {
@@ -98,45 +81,6 @@ _DEGRADING = frozenset(
 )
 
 
-class _Stopwatch:
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-
-    async def time(self, name: str, awaitable: Awaitable[_T]) -> _T:
-        start = time.perf_counter()
-        try:
-            return await awaitable
-        finally:
-            self.laps[name] = time.perf_counter() - start
-
-
-@dataclass(slots=True)
-class _Turn:
-    """Mutable scratchpad of one turn; only :class:`Pipeline` sees it."""
-
-    message: InboundMessage[Any]
-    question: str
-    listener: TurnListener
-    claim: Claim | None
-    notices: list[Notice] = field(default_factory=list)
-    llm_error: LLMError | None = None
-    state: ConversationState | None = None
-    clock: _Stopwatch = field(default_factory=_Stopwatch)
-    # The body as streamed so far, so a turn that fails half-way keeps what was shown.
-    streamed: list[str] = field(default_factory=list)
-    neutralised: Neutralised = field(default_factory=Neutralised)
-
-    async def emit(self, text: str) -> None:
-        if text:
-            await self.listener.on_text(text)
-            self.streamed.append(text)
-
-
-class _Body(NamedTuple):
-    text: str
-    cited: list[int]
-
-
 class Pipeline:
     """Answers questions; one instance serves every adapter and conversation."""
 
@@ -147,19 +91,17 @@ class Pipeline:
         llm: BaseChatModel,
         fetcher: FetchAgent,
         memory: Memory,
-        embeddings: EmbeddingAgent,
+        relevance: Relevance,
         analysis: AnalysisAgent | None,
     ) -> None:
         self._settings = settings
         self._fetcher = fetcher
         self._memory = memory
-        self._embeddings = embeddings
+        self._relevance = relevance
         self._analysis = analysis
         text: Runnable[Any, str] = StrOutputParser()
         self._topic_chain = prompts.TOPIC_PROMPT | llm | text
-        # Streamed without StrOutputParser: its per-chunk overhead (~0.3 ms) was measured
-        # to be most of the streaming cost; the chunk's ``.text`` is the same string.
-        self._answer_chain = prompts.SYNTHESIS_PROMPT | llm
+        self._writer = AnswerWriter(llm, settings.llm)
 
     @property
     def memory(self) -> Memory:
@@ -183,7 +125,7 @@ class Pipeline:
         returned, not sent (delivering it is the intake's job). Never raises except
         ``CancelledError``.
         """
-        turn = _Turn(message, " ".join(message.text.split()), listener, claim)
+        turn = Turn(message, " ".join(message.text.split()), listener, claim)
         try:
             return await self._answer(turn)
         except Exception:
@@ -194,7 +136,7 @@ class Pipeline:
                 message.event_id,
                 message.author.id,
             )
-            shown = "".join(turn.streamed).strip()
+            shown = turn.shown
             if shown:
                 # Never half an answer followed by an apology: keep what was shown.
                 turn.notices.append(Notice("answer_cut", ANSWER_BROKEN))
@@ -212,10 +154,11 @@ class Pipeline:
 
     # ----------------------------------------------------------------- the turn
 
-    async def _answer(self, turn: _Turn) -> Reply:
-        conversation = turn.message.conversation
+    async def _answer(self, turn: Turn) -> Reply:
         if not turn.question:
-            return Reply(question="", body=EMPTY_HINT, conversation=conversation, status="failed")
+            return Reply(
+                question="", body=EMPTY_HINT, conversation=turn.conversation, status="failed"
+            )
         limit = self._settings.chat.max_question_chars
         if len(turn.question) > limit:
             turn.notices.append(
@@ -224,20 +167,19 @@ class Pipeline:
             turn.question = turn.question[:limit].rstrip()
         if turn.claim is None:
             turn.notices.append(Notice("memory_unavailable", NOT_SAVED, self._memory_hint))
-        async with self._memory.turn(conversation):
+        async with self._memory.turn(turn.conversation):
             return await turn.clock.time("total_s", self._run(turn))
 
-    async def _run(self, turn: _Turn) -> Reply:
+    async def _run(self, turn: Turn) -> Reply:
         # The question's vector does not depend on the keywords: it is computed while the
         # keyword call is out, so only the articles' embedding is left on the critical path.
-        question_vector = asyncio.create_task(self._embed_question(turn.question))
+        question_vector = asyncio.create_task(self._relevance.embed_question(turn.question))
         try:
             return await self._phases(turn, question_vector)
         finally:
             question_vector.cancel()  # a no-op once it is done
 
-    async def _phases(self, turn: _Turn, question_vector: asyncio.Task[FloatArray | None]) -> Reply:
-        conversation = turn.message.conversation
+    async def _phases(self, turn: Turn, question_vector: asyncio.Task[FloatArray | None]) -> Reply:
         await turn.listener.on_progress("Choosing search keywords")
         topics = await turn.clock.time("topics_s", self._topics(turn))
 
@@ -253,24 +195,28 @@ class Pipeline:
         for name in fetched.unavailable:
             turn.notices.append(Notice("source_unavailable", unavailable_line(name)))
 
-        loading = "" if self._embeddings.ready else " (the embedding model is still loading)"
+        loading = " (the embedding model is still loading)" if self._relevance.loading else ""
         await turn.listener.on_progress(f"Analysing and ranking {len(articles)} articles{loading}")
         report, ranked = await _both(
             turn.clock.time("analysis_s", self._analyze(articles, topics)),
-            turn.clock.time("embed_s", self._rank(turn, topics, articles, question_vector)),
+            turn.clock.time(
+                "embed_s", self._relevance.rank(turn, topics, articles, question_vector)
+            ),
         )
         sources = self._number(turn, ranked[: self._settings.chat.max_sources_in_prompt])
 
         await turn.listener.on_progress("Writing the answer")
         # The passages are known now: they are embedded while the answer is written.
-        check = self._settings.citations.check and bool(sources)
-        passages = asyncio.create_task(self._embed_passages(sources)) if check else None
+        check = self._relevance.checks_citations and bool(sources)
+        passages = asyncio.create_task(self._relevance.embed_passages(sources)) if check else None
         try:
             body = await turn.clock.time(
-                "synthesis_s", self._compose(turn, state, sources, fetched, report)
+                "synthesis_s", self._writer.write(turn, state, sources, fetched, report)
             )
             weak = (
-                await turn.clock.time("citations_s", self._check_citations(body.text, passages))
+                await turn.clock.time(
+                    "citations_s", self._relevance.weak_citations(body.text, passages)
+                )
                 if passages is not None
                 else []
             )
@@ -281,7 +227,7 @@ class Pipeline:
         reply = Reply(
             question=turn.question,
             body=body.text,
-            conversation=conversation,
+            conversation=turn.conversation,
             status=self._status(turn, sources, fetched),
             sources=tuple(dataclasses.replace(s, cited=s.n in cited) for s, _ in sources),
             notices=tuple(turn.notices),
@@ -291,31 +237,31 @@ class Pipeline:
             timings=turn.clock.laps,
             weak_citations=tuple(weak),
         )
-        self._memory.remember(conversation, turn.claim, reply)
+        self._memory.remember(turn.conversation, turn.claim, reply)
         return reply
 
     @staticmethod
-    def _status(turn: _Turn, sources: Sequence[tuple[Source, str]], fetched: FetchResult) -> Status:
+    def _status(turn: Turn, sources: Sequence[Numbered], fetched: FetchResult) -> Status:
         if not sources and len(fetched.unavailable) == len(SOURCE_LABELS):
             return "failed"  # nothing to answer from, and not because nothing exists
         if any(n.kind in _DEGRADING for n in turn.notices):
             return "degraded"
         return "answered"
 
-    def _number(self, turn: _Turn, ranked: Sequence[RankedArticle]) -> list[tuple[Source, str]]:
+    @staticmethod
+    def _number(turn: Turn, ranked: Sequence[RankedArticle]) -> list[Numbered]:
         """Number the sources for the prompt; their titles are fetched text, so untrusted."""
         allowed = {r.article.url for r in ranked}
         numbered = []
         for n, r in enumerate(ranked, start=1):
             title, found = neutralise(r.article.title, allowed)
             turn.neutralised += found
-            label = source_label(r.article.source)
             revision, permalink = provenance(r.article)
             source = Source(
                 n,
                 title,
                 r.article.url,
-                label,
+                source_label(r.article.source),
                 r.score,
                 parts=r.parts,
                 revision=revision,
@@ -326,9 +272,9 @@ class Pipeline:
 
     # ----------------------------------------------------------------- steps
 
-    async def _topics(self, turn: _Turn) -> list[str]:
+    async def _topics(self, turn: Turn) -> list[str]:
         """Keywords from the LLM; without it, from the question's own content words."""
-        recent = self._memory.recent(turn.message.conversation, turn.claim)
+        recent = self._memory.recent(turn.conversation, turn.claim)
         if not recent:
             # A cold cache (a new conversation, or a restart): ask the store, so a
             # follow-up in a resumed conversation still resolves. Phase 1 reuses the state.
@@ -345,17 +291,16 @@ class Pipeline:
             raw = ""
         return parse_keywords(raw, turn.question)
 
-    async def _restore(self, turn: _Turn) -> ConversationState:
+    async def _restore(self, turn: Turn) -> ConversationState:
         """The conversation from the store, loaded at most once per turn."""
         if turn.state is not None:
             return turn.state
-        conversation = turn.message.conversation
         try:
-            turn.state = await self._memory.restore(conversation)
+            turn.state = await self._memory.restore(turn.conversation)
         except StoreError:
-            _log.exception("could not restore conversation %s", conversation)
+            _log.exception("could not restore conversation %s", turn.conversation)
             turn.notices.append(Notice("memory_unavailable", NOT_RESTORED, self._memory_hint))
-            turn.state = ConversationState(conversation=conversation)
+            turn.state = ConversationState(conversation=turn.conversation)
         return turn.state
 
     async def _analyze(
@@ -368,152 +313,6 @@ class Pipeline:
         except AnalysisError:
             _log.warning("analysis skipped for this turn", exc_info=True)
             return None
-
-    async def _embed_passages(
-        self, sources: Sequence[tuple[Source, str]]
-    ) -> dict[int, FloatArray] | None:
-        """Each numbered source's passage vectors; None when the pool failed."""
-        split = [(s.n, citations.passages(text)) for s, text in sources]
-        texts = [p for _, parts in split for p in parts]
-        if not texts:
-            return {}
-        try:
-            vectors = await self._embeddings.embed(texts)
-        except EmbeddingError:
-            _log.warning("citations not checked: embedding the passages failed", exc_info=True)
-            return None
-        out, start = {}, 0
-        for n, parts in split:
-            out[n] = vectors[start : start + len(parts)]
-            start += len(parts)
-        return out
-
-    async def _check_citations(
-        self, body: str, passages: Awaitable[dict[int, FloatArray] | None]
-    ) -> list[WeakCitation]:
-        """The body's citations that their sources barely support (see bot.pipeline.citations)."""
-        cited = citations.cited_sentences(body)
-        vectors = await passages
-        if not cited or vectors is None:
-            return []
-        try:
-            sentence_vectors = await self._embeddings.embed([c.text for c in cited])
-        except EmbeddingError:
-            _log.warning("citations not checked: embedding the sentences failed", exc_info=True)
-            return []
-        weak = citations.weak(cited, sentence_vectors, vectors, self._settings.citations.threshold)
-        if weak:
-            _log.info("weak citations: %s", [(w.n, w.support) for w in weak])
-        return weak
-
-    async def _embed_question(self, question: str) -> FloatArray | None:
-        try:
-            vectors = await self._embeddings.embed([question])
-            return np.asarray(vectors[0], dtype=np.float32)
-        except EmbeddingError:
-            _log.exception("embedding the question failed; ranking without dense scores")
-            return None
-
-    async def _rank(
-        self,
-        turn: _Turn,
-        topics: Sequence[str],
-        articles: Sequence[Article],
-        question_vector: Awaitable[FloatArray | None],
-    ) -> list[RankedArticle]:
-        """Embed the articles, then fuse dense, lexical and source-order scores.
-
-        This is the step that needs the embedding model, so it is where a turn waits for
-        the model still loading in the background. Without vectors (the model or the pool
-        failed) the dense scores are all zero, the ranking rests on BM25 and the sources'
-        own order, and the reply says so.
-        """
-        if not articles:
-            return []
-        dense = np.zeros(len(articles), dtype=np.float32)
-        try:
-            vectors = await self._embeddings.embed([article_text(a) for a in articles])
-        except EmbeddingError as error:
-            _log.exception("embedding the articles failed; ranking without dense scores")
-            turn.notices.append(Notice("ranking_unavailable", NOT_RANKED, operator=str(error)))
-            vectors = None
-        query = await question_vector
-        if vectors is not None and query is not None:
-            dense = vectors @ query
-        config = self._settings.ranking
-        return ranking.rank(
-            articles,
-            [float(d) for d in dense],
-            ranking.query_terms(turn.question, topics),
-            fusion=config.fusion,
-            hn_share=config.hackernews_share,
-        )
-
-    async def _compose(
-        self,
-        turn: _Turn,
-        state: ConversationState,
-        sources: Sequence[tuple[Source, str]],
-        fetched: FetchResult,
-        report: AnalysisReport | None,
-    ) -> _Body:
-        """Stream the answer body; returns it and the citation numbers it used."""
-        if not sources:
-            body = nothing_found(fetched.unavailable)
-            await turn.emit(body)
-            return _Body(body, [])
-        if turn.llm_error is None:
-            streamed = await self._stream_answer(turn, state, sources, report)
-            if streamed is not None:
-                return streamed
-        assert turn.llm_error is not None
-        turn.notices.append(Notice("llm_unavailable", LLM_DOWN, operator=turn.llm_error.hint))
-        # First sentences of fetched text: as untrusted as anything the model writes.
-        listed = sources[:FALLBACK_SOURCES]
-        body, found = neutralise(fallback_answer(listed), {s.url for s, _ in listed})
-        turn.neutralised += found
-        await turn.emit(body)
-        return _Body(body, [s.n for s, _ in listed])
-
-    async def _stream_answer(
-        self,
-        turn: _Turn,
-        state: ConversationState,
-        sources: Sequence[tuple[Source, str]],
-        report: AnalysisReport | None,
-    ) -> _Body | None:
-        """Returns None when the LLM failed before saying anything (caller falls back)."""
-        inputs = {
-            "question": turn.question,
-            "summary": state.summary or "(none)",
-            "history": prompts.format_history([(t.question, t.answer or "") for t in state.turns])
-            or "(none)",
-            "sources": prompts.format_sources(sources),
-            "analysis": prompts.describe_report(report),
-            "notes": "\n".join(n.user for n in turn.notices) or "(none)",
-        }
-        answer_filter = AnswerFilter([s.n for s, _ in sources])
-        safety = SafetyFilter([s.url for s, _ in sources])
-        try:
-            chunks = (chunk.text async for chunk in self._answer_chain.astream(inputs))
-            async for text in stream_llm(chunks, self._settings.llm):
-                await turn.emit(safety.feed(answer_filter.feed(text)))
-            await turn.emit(safety.feed(answer_filter.flush()) + safety.flush())
-        except LLMError as error:
-            _log.warning("answer generation failed: %s", error)
-            turn.llm_error = error
-            if not "".join(turn.streamed).strip():
-                return None
-            await turn.emit(safety.feed(answer_filter.flush()) + safety.flush())
-            turn.notices.append(Notice("answer_cut", ANSWER_CUT, operator=error.hint))
-        finally:
-            turn.neutralised += safety.neutralised
-        body = "".join(turn.streamed).strip()
-        if not body:
-            # A model that streams only whitespace or a think block said nothing usable.
-            body = "I could not write an answer from these sources; here they are."
-            await turn.emit(body)
-        return _Body(body, answer_filter.cited)
 
 
 async def _both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:

@@ -1,0 +1,126 @@
+"""Which sources matter: the question and the articles embedded and ranked, and the
+answer's citations checked against the passages of the sources they cite.
+
+This is the part of a turn that needs the embedding model, so it is where a turn waits
+for the model still loading in the background. Without vectors (the model or the pool
+failed) the ranking rests on BM25 and the sources' own order, and the reply says so;
+citations then go unchecked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Sequence
+
+import numpy as np
+
+from bot.agents.embeddings import EmbeddingAgent, FloatArray
+from bot.config import CitationSettings, RankingSettings
+from bot.contract import Notice, WeakCitation
+from bot.domain import Article, RankedArticle
+from bot.errors import EmbeddingError
+from bot.pipeline import citations, ranking
+from bot.pipeline.ranking import article_text
+from bot.pipeline.turn import Numbered, Turn
+from bot.pipeline.wording import NOT_RANKED
+
+_log = logging.getLogger(__name__)
+
+PassageVectors = dict[int, FloatArray]
+"""Each numbered source's passage vectors, by source number."""
+
+
+class Relevance:
+    """Ranks a turn's candidates and checks its citations, with one embedding agent."""
+
+    def __init__(
+        self,
+        embeddings: EmbeddingAgent,
+        *,
+        ranking_settings: RankingSettings,
+        citation_settings: CitationSettings,
+    ) -> None:
+        self._embeddings = embeddings
+        self._ranking = ranking_settings
+        self._citations = citation_settings
+
+    @property
+    def loading(self) -> bool:
+        """Whether the embedding model is still loading (the ranking will wait for it)."""
+        return not self._embeddings.ready
+
+    async def embed_question(self, question: str) -> FloatArray | None:
+        """The question's vector; None when the pool failed (logged)."""
+        try:
+            vectors = await self._embeddings.embed([question])
+            return np.asarray(vectors[0], dtype=np.float32)
+        except EmbeddingError:
+            _log.exception("embedding the question failed; ranking without dense scores")
+            return None
+
+    async def rank(
+        self,
+        turn: Turn,
+        topics: Sequence[str],
+        articles: Sequence[Article],
+        question_vector: Awaitable[FloatArray | None],
+    ) -> list[RankedArticle]:
+        """Embed the articles, then fuse dense, lexical and source-order scores."""
+        if not articles:
+            return []
+        dense = np.zeros(len(articles), dtype=np.float32)
+        try:
+            vectors = await self._embeddings.embed([article_text(a) for a in articles])
+        except EmbeddingError as error:
+            _log.exception("embedding the articles failed; ranking without dense scores")
+            turn.notices.append(Notice("ranking_unavailable", NOT_RANKED, operator=str(error)))
+            vectors = None
+        query = await question_vector
+        if vectors is not None and query is not None:
+            dense = vectors @ query
+        return ranking.rank(
+            articles,
+            [float(d) for d in dense],
+            ranking.query_terms(turn.question, topics),
+            fusion=self._ranking.fusion,
+            hn_share=self._ranking.hackernews_share,
+        )
+
+    @property
+    def checks_citations(self) -> bool:
+        return self._citations.check
+
+    async def embed_passages(self, sources: Sequence[Numbered]) -> PassageVectors | None:
+        """Each numbered source's passage vectors; None when the pool failed."""
+        split = [(s.n, citations.passages(text)) for s, text in sources]
+        texts = [p for _, parts in split for p in parts]
+        if not texts:
+            return {}
+        try:
+            vectors = await self._embeddings.embed(texts)
+        except EmbeddingError:
+            _log.warning("citations not checked: embedding the passages failed", exc_info=True)
+            return None
+        out, start = {}, 0
+        for n, parts in split:
+            out[n] = vectors[start : start + len(parts)]
+            start += len(parts)
+        return out
+
+    async def weak_citations(
+        self, body: str, passages: Awaitable[PassageVectors | None]
+    ) -> list[WeakCitation]:
+        """The body's citations that their sources barely support (see bot.pipeline.citations)."""
+        cited = citations.cited_sentences(body)
+        vectors = await passages
+        if not cited or vectors is None:
+            return []
+        try:
+            sentence_vectors = await self._embeddings.embed([c.text for c in cited])
+        except EmbeddingError:
+            _log.warning("citations not checked: embedding the sentences failed", exc_info=True)
+            return []
+        weak = citations.weak(cited, sentence_vectors, vectors, self._citations.threshold)
+        if weak:
+            _log.info("weak citations: %s", [(w.n, w.support) for w in weak])
+        return weak
