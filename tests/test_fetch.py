@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.agents import fetch as fetch_module
 from bot.agents.fetch import FetchAgent
+from bot.agents.fetch import http as fetch_http
 from bot.config import HackerNewsSettings, SourcesSettings, WikipediaSettings
 from bot.domain import Article, FetchResult
 from tests.fakes.base import FakeServer, Fault
@@ -246,7 +246,7 @@ async def test_long_retry_after_is_capped(
     hn: FakeHackerNews,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(fetch_module, "_MAX_RETRY_AFTER_S", 0.05)
+    monkeypatch.setattr(fetch_http, "_MAX_RETRY_AFTER_S", 0.05)
     hn.faults.append(Fault.status(503, retry_after=3600))
     agent = agent_for(session, wiki, hn, wiki_enabled=False)
 
