@@ -59,10 +59,16 @@ class LLMSettings:
     base_url: str = field(default="http://localhost:11434", metadata=URL)
     model: str = field(default="llama3.2", metadata=NONEMPTY)
     temperature: float = field(default=0.2, metadata=_between(0, 2))
+    # How long one read from the server may take (connecting fails after 5 s).
     timeout_s: float = field(default=120.0, metadata=_between(1, 3600))
+    # A call must stream its first chunk within this, and finish within call_timeout_s: a
+    # model that trickles a chunk every few seconds never trips the per-read timeout.
+    first_token_timeout_s: float = field(default=60.0, metadata=_between(1, 3600))
+    call_timeout_s: float = field(default=180.0, metadata=_between(1, 7200))
     # Sent as Ollama's num_ctx; 0 leaves the model's default.
     context_tokens: int = field(default=0, metadata=_between(0, 1_000_000))
-    # Sent as num_predict: a model stuck in a loop must not hold a conversation forever.
+    # Sent as num_predict, and enforced on the stream too (a server may ignore it): a model
+    # stuck in a loop must not hold a conversation forever.
     max_tokens: int = field(default=1024, metadata=_between(16, 100_000))
 
 
@@ -159,6 +165,11 @@ class AnalysisSettings:
 class ChatSettings:
     max_question_chars: int = field(default=2000, metadata=_between(10, 100_000))
     max_sources_in_prompt: int = field(default=5, metadata=_between(1, 20))
+    # The longest answer body; the model's stream is cut there, and the answer says so.
+    max_answer_chars: int = field(default=6000, metadata=_between(200, 100_000))
+    # A whole turn, from its start to its answer: past it the user gets what was written
+    # so far (or the sources), and the conversation moves on.
+    turn_timeout_s: float = field(default=300.0, metadata=_between(5, 7200))
 
 
 @dataclass(frozen=True, slots=True)

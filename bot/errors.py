@@ -10,6 +10,7 @@ SDK and library errors are translated into these at the boundary that called the
     ├── SourceUnavailable      one source failed this turn (timeout, HTTP error, garbage)
     ├── LLMError
     │   ├── LLMUnavailable     Ollama cannot be reached
+    │   ├── LLMTimeout         ... or answers too slowly (first token, whole call, turn)
     │   └── ModelNotFound      Ollama answers but the model is not pulled
     ├── StoreError             the store (the database) failed
     ├── AnalysisError          the analysis subprocess failed or printed garbage
@@ -74,6 +75,10 @@ class LLMError(ResearchAgentError):
 
 class LLMUnavailable(LLMError):
     """Ollama is unreachable (refused, timed out, or answering with server errors)."""
+
+
+class LLMTimeout(LLMError):
+    """The model did not start, or did not finish, within its deadline."""
 
 
 class ModelNotFound(LLMError):

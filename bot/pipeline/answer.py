@@ -8,22 +8,31 @@ mentions neutralised) before the listener sees a character of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from langchain_core.language_models import BaseChatModel
 
-from bot.config import LLMSettings
+from bot.config import ChatSettings, LLMSettings
 from bot.contract import Notice
 from bot.domain import AnalysisReport, FetchResult
-from bot.errors import LLMError
+from bot.errors import LLMError, LLMTimeout
 from bot.pipeline import prompts
 from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.llm import stream_llm
 from bot.pipeline.safety import SafetyFilter, neutralise
 from bot.pipeline.turn import Numbered, Turn
-from bot.pipeline.wording import ANSWER_CUT, LLM_DOWN, fallback_answer, nothing_found
+from bot.pipeline.wording import (
+    ANSWER_CUT,
+    ANSWER_LONG,
+    ANSWER_SLOW,
+    LLM_DOWN,
+    LLM_SLOW,
+    fallback_answer,
+    nothing_found,
+)
 from bot.store import ConversationState
 
 _log = logging.getLogger(__name__)
@@ -43,8 +52,9 @@ class Body(NamedTuple):
 class AnswerWriter:
     """Streams one turn's answer body; one instance serves every turn."""
 
-    def __init__(self, llm: BaseChatModel, settings: LLMSettings) -> None:
+    def __init__(self, llm: BaseChatModel, settings: LLMSettings, chat: ChatSettings) -> None:
         self._settings = settings
+        self._chat = chat
         # Streamed without StrOutputParser: its per-chunk overhead (~0.3 ms) was measured
         # to be most of the streaming cost; the chunk's ``.text`` is the same string.
         self._chain = prompts.SYNTHESIS_PROMPT | llm
@@ -67,13 +77,25 @@ class AnswerWriter:
             if streamed is not None:
                 return streamed
         assert turn.llm_error is not None
-        turn.notices.append(Notice("llm_unavailable", LLM_DOWN, operator=turn.llm_error.hint))
+        down = LLM_SLOW if isinstance(turn.llm_error, LLMTimeout) else LLM_DOWN
+        turn.notices.append(Notice("llm_unavailable", down, operator=turn.llm_error.hint))
         # First sentences of fetched text: as untrusted as anything the model writes.
         listed = sources[:FALLBACK_SOURCES]
         body, found = neutralise(fallback_answer(listed), {s.url for s, _ in listed})
         turn.neutralised += found
         await turn.emit(body)
         return Body(body, [s.n for s, _ in listed])
+
+    async def _texts(self, inputs: Mapping[str, Any]) -> AsyncGenerator[str, None]:
+        """The model's answer as text chunks; closing this closes the model's stream."""
+        chunks = self._chain.astream(dict(inputs))
+        try:
+            async for chunk in chunks:
+                yield chunk.text
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
 
     async def _stream(
         self,
@@ -94,10 +116,28 @@ class AnswerWriter:
         }
         answer_filter = AnswerFilter([s.n for s, _ in sources])
         safety = SafetyFilter([s.url for s, _ in sources])
+        # Bounds on what the model may send, whatever the server does with num_predict.
+        room, chunks_left = self._chat.max_answer_chars, self._settings.max_tokens
         try:
-            chunks = (chunk.text async for chunk in self._chain.astream(inputs))
-            async for text in stream_llm(chunks, self._settings):
-                await turn.emit(safety.feed(answer_filter.feed(text)))
+            async with contextlib.aclosing(
+                stream_llm(self._texts(inputs), self._settings, deadline=turn.deadline)
+            ) as texts:
+                async for text in texts:
+                    chunks_left -= 1
+                    if chunks_left < 0 or len(text) > room:
+                        if chunks_left >= 0:
+                            await turn.emit(safety.feed(answer_filter.feed(text[:room])))
+                        _log.warning(
+                            "answer cut at its maximum length ([chat].max_answer_chars %d, "
+                            "[llm].max_tokens %d) in %s",
+                            self._chat.max_answer_chars,
+                            self._settings.max_tokens,
+                            turn.conversation,
+                        )
+                        turn.notices.append(Notice("answer_cut", ANSWER_LONG))
+                        break
+                    room -= len(text)
+                    await turn.emit(safety.feed(answer_filter.feed(text)))
             await turn.emit(safety.feed(answer_filter.flush()) + safety.flush())
         except LLMError as error:
             _log.warning("answer generation failed: %s", error)
@@ -105,7 +145,8 @@ class AnswerWriter:
             if not turn.shown:
                 return None
             await turn.emit(safety.feed(answer_filter.flush()) + safety.flush())
-            turn.notices.append(Notice("answer_cut", ANSWER_CUT, operator=error.hint))
+            cut = ANSWER_SLOW if isinstance(error, LLMTimeout) else ANSWER_CUT
+            turn.notices.append(Notice("answer_cut", cut, operator=error.hint))
         finally:
             turn.neutralised += safety.neutralised
         body = turn.shown

@@ -3,12 +3,21 @@
 The pipeline only sees a LangChain ``BaseChatModel`` and the project's own
 :class:`~bot.errors.LLMError` subclasses; ``httpx`` and ``ollama`` errors are translated
 here, each into a one-line hint that tells the user how to fix it.
+
+Every call has deadlines of its own, because a server's per-read timeout does not bound a
+call: a model that trickles one chunk every few seconds never trips it. A streamed call
+must send its first chunk within ``[llm].first_token_timeout_s`` and finish within
+``[llm].call_timeout_s``; both are cut short by the turn's own deadline, when given (a
+loop time). Past one, :class:`~bot.errors.LLMTimeout` is raised and the stream closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+import math
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 import aiohttp
@@ -17,7 +26,7 @@ import ollama
 from langchain_ollama import ChatOllama
 
 from bot.config import LLMSettings
-from bot.errors import LLMError, LLMUnavailable, ModelNotFound
+from bot.errors import LLMError, LLMTimeout, LLMUnavailable, ModelNotFound
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -116,28 +125,74 @@ async def check_llm(session: aiohttp.ClientSession, settings: LLMSettings) -> st
     return None
 
 
-async def call_llm(call: Awaitable[_T], settings: LLMSettings) -> _T:
-    """Await one LLM call, translating client errors into ``LLMError``.
+async def complete_llm(
+    chunks: AsyncIterator[str], settings: LLMSettings, *, deadline: float | None = None
+) -> str:
+    """The whole text of a streamed call, within the same deadlines as :func:`stream_llm`.
+
+    Streamed rather than awaited whole, so a model that never starts is given up on after
+    ``[llm].first_token_timeout_s``, not after the whole call's time.
 
     Raises:
+        LLMTimeout, LLMUnavailable, ModelNotFound: see :func:`stream_llm`.
+    """
+    async with contextlib.aclosing(stream_llm(chunks, settings, deadline=deadline)) as texts:
+        return "".join([text async for text in texts])
+
+
+async def stream_llm(
+    chunks: AsyncIterator[str], settings: LLMSettings, *, deadline: float | None = None
+) -> AsyncGenerator[str, None]:
+    """Pass a streamed answer through, within its deadlines; client errors become
+    ``LLMError``. The stream is closed however this ends.
+
+    Raises:
+        LLMTimeout: no first chunk within ``[llm].first_token_timeout_s``, or the stream
+            not over within ``[llm].call_timeout_s`` or by ``deadline``.
         LLMUnavailable, ModelNotFound: see :func:`translate_llm_error`.
     """
+    loop = asyncio.get_running_loop()
+    total = _call_limit(settings, deadline)
+    first = min(loop.time() + settings.first_token_timeout_s, total)
+    started = False
     try:
-        return await call
-    except Exception as exc:
-        error = translate_llm_error(exc, settings)
-        if error is None:
-            raise
-        raise error from exc
-
-
-async def stream_llm(chunks: AsyncIterator[str], settings: LLMSettings) -> AsyncIterator[str]:
-    """Pass a streamed answer through, translating client errors into ``LLMError``."""
-    try:
-        async for chunk in chunks:
+        while True:
+            limit = total if started else first
+            try:
+                async with asyncio.timeout_at(limit) as window:
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                if window.expired():
+                    what = "to finish its answer" if started else "to start answering"
+                    raise _timeout(settings, what) from exc
+                raise
+            started = True
             yield chunk
+    except LLMError:
+        raise
     except Exception as exc:
         error = translate_llm_error(exc, settings)
         if error is None:
             raise
         raise error from exc
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _call_limit(settings: LLMSettings, deadline: float | None) -> float:
+    own = asyncio.get_running_loop().time() + settings.call_timeout_s
+    return min(own, deadline if deadline is not None else math.inf)
+
+
+def _timeout(settings: LLMSettings, what: str) -> LLMTimeout:
+    return LLMTimeout(
+        f"the model {settings.model!r} at {settings.base_url} took too long {what}",
+        hint=(
+            f"The language model took too long {what}; use a faster model, or raise "
+            "[llm].first_token_timeout_s, [llm].call_timeout_s or [chat].turn_timeout_s."
+        ),
+    )

@@ -31,7 +31,7 @@ from bot.core.tasks import TaskTracker
 from bot.errors import LLMError, StoreError
 from bot.pipeline import prompts
 from bot.pipeline.answer_filter import AnswerFilter
-from bot.pipeline.llm import call_llm
+from bot.pipeline.llm import complete_llm
 from bot.store import Claim, ConversationState, ConversationStore
 
 _log = logging.getLogger(__name__)
@@ -189,8 +189,8 @@ class Memory:
             older = state.turns[: len(state.turns) - keep] if keep else state.turns
             if not older:
                 return
-            raw = await call_llm(
-                self._summary_chain.ainvoke(
+            raw = await complete_llm(
+                self._summary_chain.astream(
                     {"summary": state.summary, "transcript": _transcript(older)}
                 ),
                 self._llm_settings,

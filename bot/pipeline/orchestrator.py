@@ -47,7 +47,7 @@ from bot.errors import AnalysisError, LLMError, StoreError
 from bot.pipeline import prompts
 from bot.pipeline.answer import AnswerWriter
 from bot.pipeline.keywords import parse_keywords
-from bot.pipeline.llm import call_llm
+from bot.pipeline.llm import complete_llm
 from bot.pipeline.memory import RECENT_TURNS, Memory
 from bot.pipeline.relevance import Relevance
 from bot.pipeline.safety import neutralise
@@ -58,6 +58,7 @@ from bot.pipeline.wording import (
     FAILURE_LINE,
     NOT_RESTORED,
     NOT_SAVED,
+    TURN_SLOW,
     question_cut_line,
     unavailable_line,
 )
@@ -69,6 +70,8 @@ _A = TypeVar("_A")
 _B = TypeVar("_B")
 
 LANGUAGE_MODEL = "language model"
+# How long past its deadline a turn may run before it is stopped from outside.
+BACKSTOP_S = 2.0
 # A notice of one of these kinds means the reply is missing something: ``degraded``.
 _DEGRADING = frozenset(
     {
@@ -101,7 +104,7 @@ class Pipeline:
         self._analysis = analysis
         text: Runnable[Any, str] = StrOutputParser()
         self._topic_chain = prompts.TOPIC_PROMPT | llm | text
-        self._writer = AnswerWriter(llm, settings.llm)
+        self._writer = AnswerWriter(llm, settings.llm, settings.chat)
 
     @property
     def memory(self) -> Memory:
@@ -168,7 +171,38 @@ class Pipeline:
         if turn.claim is None:
             turn.notices.append(Notice("memory_unavailable", NOT_SAVED, self._memory_hint))
         async with self._memory.turn(turn.conversation):
-            return await turn.clock.time("total_s", self._run(turn))
+            loop = asyncio.get_running_loop()
+            turn.deadline = loop.time() + self._settings.chat.turn_timeout_s
+            try:
+                # The steps keep to the deadline themselves; this is the backstop for one
+                # that does not, so the conversation always moves on.
+                async with asyncio.timeout_at(turn.deadline + BACKSTOP_S) as window:
+                    return await turn.clock.time("total_s", self._run(turn))
+            except TimeoutError:
+                if not window.expired():
+                    raise
+                return self._overdue(turn)
+
+    def _overdue(self, turn: Turn) -> Reply:
+        """The reply of a turn stopped by its backstop: what was shown, with a notice."""
+        _log.error(
+            "turn in %s stopped after [chat].turn_timeout_s (%g s) and its backstop",
+            turn.conversation,
+            self._settings.chat.turn_timeout_s,
+        )
+        turn.notices.append(Notice("answer_cut", TURN_SLOW, "[chat].turn_timeout_s"))
+        shown = turn.shown
+        reply = Reply(
+            question=turn.question,
+            body=shown or FAILURE_LINE,
+            conversation=turn.conversation,
+            status="degraded" if shown else "failed",
+            notices=tuple(turn.notices),
+            timings=turn.clock.laps,
+        )
+        if shown:
+            self._memory.remember(turn.conversation, turn.claim, reply)
+        return reply
 
     async def _run(self, turn: Turn) -> Reply:
         # The question's vector does not depend on the keywords: it is computed while the
@@ -281,9 +315,9 @@ class Pipeline:
             state = await self._restore(turn)
             recent = [(t.question, t.answer or "") for t in state.turns[-RECENT_TURNS:]]
         context = prompts.format_history(recent, max_chars=1500) if recent else ""
-        call = self._topic_chain.ainvoke({"question": turn.question, "context": context})
+        chunks = self._topic_chain.astream({"question": turn.question, "context": context})
         try:
-            raw = await call_llm(call, self._settings.llm)
+            raw = await complete_llm(chunks, self._settings.llm, deadline=turn.deadline)
         except LLMError as error:
             # Remembered so the answer step falls back at once instead of failing again.
             _log.warning("keyword extraction failed: %s", error)

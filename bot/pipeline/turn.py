@@ -6,6 +6,7 @@ Only the pipeline and its steps see a :class:`Turn`; what leaves the pipeline is
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class Turn:
     question: str
     listener: TurnListener
     claim: Claim | None
+    # When the turn must be over (a loop time); set when it starts running.
+    deadline: float = math.inf
     notices: list[Notice] = field(default_factory=list)
     # Set once the language model failed: later steps fall back at once.
     llm_error: LLMError | None = None

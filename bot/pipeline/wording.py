@@ -19,14 +19,18 @@ from bot.pipeline.text import truncate_words
 __all__ = [
     "ANSWER_BROKEN",
     "ANSWER_CUT",
+    "ANSWER_LONG",
+    "ANSWER_SLOW",
     "EMPTY_HINT",
     "FAILURE_LINE",
     "FALLBACK_LEAD",
     "GIVEN_UP",
     "LLM_DOWN",
+    "LLM_SLOW",
     "NOT_RANKED",
     "NOT_RESTORED",
     "NOT_SAVED",
+    "TURN_SLOW",
     "fallback_answer",
     "first_sentence",
     "nothing_found",
@@ -44,6 +48,10 @@ FALLBACK_LEAD = (
 LLM_DOWN = "The language model is unavailable right now, so this lists sources only."
 ANSWER_CUT = "The answer was cut off because the language model stopped responding."
 ANSWER_BROKEN = "Something went wrong while I was writing this answer; it may be incomplete."
+LLM_SLOW = "The language model was too slow to answer, so this lists sources only."
+ANSWER_SLOW = "The answer was cut off because the language model was taking too long."
+ANSWER_LONG = "The answer was cut off at its maximum length."
+TURN_SLOW = "This took too long, so I stopped; the answer may be incomplete."
 GIVEN_UP = (
     "Sorry, I could not answer this question: trying to answer it made me fail twice, so I "
     "have set it aside. Asking it in other words may work."

@@ -20,6 +20,7 @@ Switches, besides the base class's ``latency_s`` (before the first byte) and ``f
   iterable gives the chunks exactly. If iterating it raises, the stream ends with an
   ``{"error": ...}`` line (as when a model crashes mid-generation);
 * ``chunk_delay_s`` is slept before every streamed line but the first;
+  :meth:`FakeOllama.pace` sets it for the replies to one prompt only (by its marker);
 * :meth:`FakeOllama.fail_midstream` sends a couple of chunks, then an ``{"error": ...}``
   line; :meth:`FakeOllama.server_busy` answers 503 ``server busy`` (queue full).
 
@@ -350,8 +351,22 @@ class FakeOllama(FakeServer):
         self._midstream_error = MIDSTREAM_ERROR
         self._busy_left: int | None = 0
         self._closing = asyncio.Event()
+        self._paces: dict[str, float] = {}
 
     # -- switches ------------------------------------------------------------------------
+
+    def pace(self, marker: str, chunk_delay_s: float) -> None:
+        """Stream the replies to prompts whose system message holds ``marker`` with
+        ``chunk_delay_s`` before each line but the first (others keep ``chunk_delay_s``)."""
+        self._paces[marker] = chunk_delay_s
+
+    def _delay_for(self, body: Mapping[str, Any]) -> float:
+        messages = body.get("messages") or [{}]
+        system = str(messages[0].get("content", "")) if isinstance(messages[0], dict) else ""
+        for marker, delay in self._paces.items():
+            if marker in system:
+                return delay
+        return self.chunk_delay_s
 
     def fail_midstream(
         self, times: int | None = 1, *, after_chunks: int = 2, error: str = MIDSTREAM_ERROR
@@ -526,7 +541,9 @@ class FakeOllama(FakeServer):
         except Exception as exc:  # a test's responder is broken: make it loud
             return _error(500, f"responder failed: {exc!r}")
         chunks = iter(split_tokens(reply) if isinstance(reply, str) else reply)
-        turn = _Turn(model, chat, chunks, failing, prompt_tokens(body), started)
+        turn = _Turn(
+            model, chat, chunks, failing, prompt_tokens(body), started, self._delay_for(body)
+        )
         if body.get("stream", True) is False:
             return self._whole(turn)
         return await self._stream(request, turn)
@@ -576,32 +593,32 @@ class FakeOllama(FakeServer):
             return _error(500, self._midstream_error)
         return web.json_response(self._final(turn, "".join(parts), len(parts)))
 
-    async def _pause(self) -> bool:
-        """Sleep ``chunk_delay_s``; True when the fake is closing and the stream should end."""
-        if self.chunk_delay_s <= 0:
+    async def _pause(self, delay_s: float) -> bool:
+        """Sleep ``delay_s``; True when the fake is closing and the stream should end."""
+        if delay_s <= 0:
             return self._closing.is_set()
         try:
-            await asyncio.wait_for(self._closing.wait(), self.chunk_delay_s)
+            await asyncio.wait_for(self._closing.wait(), delay_s)
         except TimeoutError:
             return False
         return True
 
     async def _stream(self, request: web.Request, turn: _Turn) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": _NDJSON})
-        await response.prepare(request)
         self.replies.append("")
         reply_index = len(self.replies) - 1
         lines = 0
 
         async def write(obj: Mapping[str, Any]) -> None:
             nonlocal lines
-            if lines and await self._pause():
+            if lines and await self._pause(turn.delay_s):
                 raise _Closing
             await response.write(json.dumps(obj).encode() + b"\n")
             lines += 1
 
         sent = 0
         try:
+            await response.prepare(request)
             while True:
                 if turn.failing and sent >= self._midstream_after:
                     await write({"error": self._midstream_error})
@@ -639,6 +656,7 @@ class _Turn:
     failing: bool
     prompt_count: int
     started: int
+    delay_s: float = 0.0
 
 
 class _Closing(Exception):
