@@ -1,0 +1,43 @@
+"""The embedding agent: texts in, L2-normalised float32 vectors out, computed off the event loop."""
+
+from __future__ import annotations
+
+from bot.agents.embeddings.agent import (
+    FIXES,
+    HUB_ENDPOINT,
+    MAX_TEXT_CHARS,
+    PACKAGED_DIST,
+    PACKAGED_MODEL,
+    PACKAGED_VERSION,
+    PACKAGED_WEIGHTS,
+    PACKAGED_WEIGHTS_SHA256,
+    EmbeddingAgent,
+    FloatArray,
+    WorkerLoadError,
+    default_onnx_dir,
+    hashing_embed,
+    onnx_packages_problem,
+    top_k,
+    warm_up_texts,
+    weights_mismatch,
+)
+
+__all__ = [
+    "FIXES",
+    "HUB_ENDPOINT",
+    "MAX_TEXT_CHARS",
+    "PACKAGED_DIST",
+    "PACKAGED_MODEL",
+    "PACKAGED_VERSION",
+    "PACKAGED_WEIGHTS",
+    "PACKAGED_WEIGHTS_SHA256",
+    "EmbeddingAgent",
+    "FloatArray",
+    "WorkerLoadError",
+    "default_onnx_dir",
+    "hashing_embed",
+    "onnx_packages_problem",
+    "top_k",
+    "warm_up_texts",
+    "weights_mismatch",
+]
