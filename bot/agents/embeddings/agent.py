@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bot.agents.vector_cache import CacheStats, VectorCache
+from bot.agents.embeddings.cache import CacheStats, VectorCache
 from bot.config import EmbeddingSettings
 from bot.errors import EmbeddingError
 from bot.store.protocols import VectorStore
@@ -526,7 +526,7 @@ class EmbeddingAgent:
         store: VectorStore | None = None,
         onnx_dir: str = "",
     ) -> None:
-        """``store`` keeps vectors across restarts (see :mod:`bot.agents.vector_cache`);
+        """``store`` keeps vectors across restarts (see :mod:`bot.agents.embeddings.cache`);
         it can also be attached later, once open (:meth:`attach_store`). ``onnx_dir`` keeps
         the onnx backend's exports (the runtime passes ``<database directory>/onnx``; by
         default a directory in the user's cache)."""
