@@ -14,7 +14,7 @@ Backends (``[embeddings].backend``):
   weights must match the sha256 recorded here (:data:`PACKAGED_WEIGHTS_SHA256`); any other
   value is a model hub name, loaded from the hub cache or downloaded.
 * ``"onnx"`` (opt-in): the same model files, exported once to ONNX and run by ONNX Runtime
-  (:mod:`bot.agents.onnx_model`), its weights int8-quantised unless
+  (:mod:`bot.agents.embeddings.onnx`), its weights int8-quantised unless
   ``[embeddings].onnx_quantize = false``. The export is built by the first worker that
   needs it, into ``<database directory>/onnx/<hash of source and quantisation>/``, and
   reused on later starts. Needs ``pip install onnx onnxruntime`` (not requirements of the
@@ -290,7 +290,7 @@ def _load_onnx(state: _WorkerState) -> None:
     """The onnx backend's part of :func:`_init_worker`: find or build the export, load it."""
     config = state.config
     try:
-        from bot.agents import onnx_model  # noqa: PLC0415 - only this backend needs it
+        from bot.agents.embeddings import onnx as onnx_model  # noqa: PLC0415 - only this backend needs it
 
         if config.weights_sha256:
             mismatch = weights_mismatch(Path(config.model), config.weights_sha256)
@@ -495,7 +495,7 @@ def onnx_packages_problem(find_spec: Callable[[str], object | None] | None = Non
 
     ``find_spec`` (default :func:`importlib.util.find_spec`) is the seam the tests use.
     """
-    from bot.agents import onnx_model  # noqa: PLC0415
+    from bot.agents.embeddings import onnx as onnx_model  # noqa: PLC0415
 
     missing = onnx_model.missing_packages(find_spec)
     if not missing:
