@@ -12,15 +12,14 @@ from bot.agents.embeddings.agent import (
     PACKAGED_WEIGHTS,
     PACKAGED_WEIGHTS_SHA256,
     EmbeddingAgent,
-    FloatArray,
     WorkerLoadError,
     default_onnx_dir,
-    hashing_embed,
     onnx_packages_problem,
-    top_k,
     warm_up_texts,
     weights_mismatch,
 )
+from bot.agents.embeddings.hashing import hashing_embed
+from bot.agents.embeddings.vectors import FloatArray, top_k
 
 __all__ = [
     "FIXES",

@@ -58,36 +58,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
 import logging
-import math
 import multiprocessing
 import os
-import re
 import signal
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from bot.agents.embeddings.cache import CacheStats, VectorCache
+from bot.agents.embeddings.hashing import hashing_embed
+from bot.agents.embeddings.vectors import FloatArray
 from bot.config import EmbeddingSettings
 from bot.errors import EmbeddingError
 from bot.store.protocols import VectorStore
 
 _log = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float32]
 
 # Texts are cut to this many characters before they are pickled to a worker. MiniLM-class
 # models read at most 256-512 tokens (roughly 1-3k characters), so this loses nothing the
@@ -102,8 +96,6 @@ _WARM_TIMEOUT_S = 600.0
 # these at pool creation makes later settings (HF_HUB_OFFLINE in tests, HF_HOME, a token for
 # a gated model) reach the workers.
 _FORWARDED_ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "SENTENCE_TRANSFORMERS_")
-
-_WORD_RE = re.compile(r"\w+")
 
 # ``[embeddings].model`` for the model that ships with the install: no download, works offline.
 PACKAGED_MODEL = "packaged"
@@ -125,72 +117,6 @@ FIXES = (
     "or [embeddings].model_path to a local copy of the model, "
     'or [embeddings].backend = "hashing" (numpy only, rougher ranking)'
 )
-
-
-# --------------------------------------------------------------------------- numpy helpers
-
-
-def top_k(query: FloatArray, docs: FloatArray, k: int) -> list[tuple[int, float]]:
-    """Return up to ``k`` ``(row index, cosine similarity)`` pairs, best first.
-
-    ``query`` has shape ``(dim,)`` or ``(1, dim)``; ``docs`` has shape ``(n, dim)``. Both are
-    expected to be L2-normalised (as :meth:`EmbeddingAgent.embed` returns them), so the cosine
-    is a dot product. Equal scores keep their document order; ``k`` larger than ``n`` returns
-    all ``n`` rows.
-
-    Raises:
-        ValueError: ``k`` is negative or the shapes do not match.
-    """
-    if k < 0:
-        raise ValueError(f"k must not be negative, not {k}")
-    q = np.asarray(query, dtype=np.float32).reshape(-1)
-    d = np.asarray(docs, dtype=np.float32)
-    if d.ndim != 2 or (d.shape[0] and d.shape[1] != q.shape[0]):
-        raise ValueError(f"cannot score a query of shape {q.shape} against docs of shape {d.shape}")
-    if k == 0 or d.shape[0] == 0:
-        return []
-    scores = d @ q
-    # A stable sort of the negated scores keeps equal scores in document order.
-    order = np.argsort(-scores, kind="stable")[:k]
-    return [(int(i), float(scores[i])) for i in order]
-
-
-@lru_cache(maxsize=1 << 16)
-def _feature_slot(feature: str, dim: int) -> tuple[int, float]:
-    """The bucket and sign of one feature, from a stable (unsalted) hash."""
-    digest = hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest()
-    value = int.from_bytes(digest, "little")
-    # The low bits pick the bucket; the top bit (independent of them) picks the sign, so
-    # colliding features cancel out on average instead of piling up.
-    return value % dim, (1.0 if value >> 63 else -1.0)
-
-
-def hashing_embed(texts: Sequence[str], dim: int) -> FloatArray:
-    """Embed ``texts`` by feature hashing, with numpy only; shape ``(len(texts), dim)``.
-
-    Features are the lowercase word unigrams and bigrams of each text, hashed with BLAKE2b
-    (stable across processes and runs, unlike the salted built-in ``hash``) into ``dim``
-    signed buckets. Each distinct feature weighs ``1 + log(count)`` (sublinear term
-    frequency). Rows are L2-normalised; a text with no words gives a zero row.
-
-    Raises:
-        ValueError: ``dim`` is less than 1.
-    """
-    if dim < 1:
-        raise ValueError(f"dim must be at least 1, not {dim}")
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    for row, text in enumerate(texts):
-        words = _WORD_RE.findall(text.lower())
-        counts = Counter(words)
-        counts.update(f"{a} {b}" for a, b in itertools.pairwise(words))
-        vec = out[row]
-        for feature, count in counts.items():
-            bucket, sign = _feature_slot(feature, dim)
-            vec[bucket] += sign * (1.0 + math.log(count))
-        norm = float(np.linalg.norm(vec))
-        if norm > 0.0:
-            vec /= norm
-    return out
 
 
 # --------------------------------------------------------------------------- worker side
