@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from bot.agents.embeddings.agent import (
+    MAX_TEXT_CHARS,
+    EmbeddingAgent,
+    WorkerLoadError,
+    warm_up_texts,
+)
+from bot.agents.embeddings.hashing import hashing_embed
+from bot.agents.embeddings.model import (
     FIXES,
     HUB_ENDPOINT,
-    MAX_TEXT_CHARS,
     PACKAGED_DIST,
     PACKAGED_MODEL,
     PACKAGED_VERSION,
     PACKAGED_WEIGHTS,
     PACKAGED_WEIGHTS_SHA256,
-    EmbeddingAgent,
-    WorkerLoadError,
     default_onnx_dir,
     onnx_packages_problem,
-    warm_up_texts,
     weights_mismatch,
 )
-from bot.agents.embeddings.hashing import hashing_embed
 from bot.agents.embeddings.vectors import FloatArray, top_k
 
 __all__ = [

