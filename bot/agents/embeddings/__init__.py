@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from bot.agents.embeddings.agent import (
-    MAX_TEXT_CHARS,
-    EmbeddingAgent,
-    WorkerLoadError,
-    warm_up_texts,
-)
+from bot.agents.embeddings.agent import MAX_TEXT_CHARS, EmbeddingAgent
 from bot.agents.embeddings.hashing import hashing_embed
 from bot.agents.embeddings.model import (
     FIXES,
@@ -22,6 +17,7 @@ from bot.agents.embeddings.model import (
     weights_mismatch,
 )
 from bot.agents.embeddings.vectors import FloatArray, top_k
+from bot.agents.embeddings.worker import WorkerLoadError, warm_up_texts
 
 __all__ = [
     "FIXES",
