@@ -1,8 +1,7 @@
-"""The embedding agent: texts in, L2-normalised float32 vectors out, computed off the event loop.
+"""The package's public face, :class:`EmbeddingAgent`: its start-up, its calls and its errors.
 
-:class:`EmbeddingAgent` is the package's public face: it finds the model
-(:mod:`bot.agents.embeddings.model`), runs the work in a pool of worker processes
-(:mod:`bot.agents.embeddings.pool`) and keeps the vectors it computed
+The agent finds the model (:mod:`bot.agents.embeddings.model`), runs the work in a pool of
+worker processes (:mod:`bot.agents.embeddings.pool`) and keeps the vectors it computed
 (:mod:`bot.agents.embeddings.cache`).
 
 Start-up in two speeds: :meth:`EmbeddingAgent.check` is the cheap part (is the model there,

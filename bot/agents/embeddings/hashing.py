@@ -1,9 +1,9 @@
 """The ``hashing`` backend: texts embedded by feature hashing of their words, with numpy only.
 
-It needs no model and no download, and ranks more roughly than one. It still runs in the
-worker pool, as the model would: hashing a turn's articles is pure-Python CPU work (tens of
-milliseconds for a few dozen articles) that would otherwise hold the event loop's GIL;
-running it in the pool also gives both backends one lifecycle, one error path and one
+It needs no model and no download; its ranking is rougher than a model's. It still runs in
+the worker pool, as a model would: hashing a turn's articles is pure-Python CPU work (tens
+of milliseconds for a few dozen articles) that would otherwise hold the event loop's GIL;
+running it in the pool also gives it the model backends' lifecycle, error path and
 crash-recovery path, which the tests then exercise cheaply.
 """
 

@@ -1,9 +1,10 @@
 """The worker-process side of the embedding pool: load the model once, then embed batches.
 
 Each worker process loads the model once, in the pool's initializer (:func:`init_worker`),
-into a module-level global, so a turn never pays for loading. This module's functions run in
-the workers, never in the bot's process, and the pool pickles them by qualified name into
-its forkserver workers: they must stay importable module-level functions.
+into a module-level global, so a turn never pays for loading. The pool's tasks
+(:func:`init_worker`, :func:`warm_worker`, :func:`embed_batch`, :func:`worker_pid`) run in
+the workers, never in the bot's process; the pool pickles them by qualified name into its
+forkserver workers, so they must stay importable module-level functions.
 
 Backends (``[embeddings].backend``):
 
