@@ -13,7 +13,7 @@ sentence-transformers' own ``backend="onnx"`` and ``export_dynamic_quantized_onn
 would do the same through ``optimum-onnx``, but the only releases of it need
 ``transformers<4.58`` while sentence-transformers 6 needs ``transformers>=5`` (and with
 ``--no-deps`` it fails to import), so the export and the session are made directly, by the
-bot's opt-in ``[embeddings].backend = "onnx"`` (bot/agents/onnx_model.py), which this imports.
+bot's opt-in ``[embeddings].backend = "onnx"`` (bot/agents/embeddings/onnx.py), which this imports.
 
 For each backend and thread count (``--threads``, default 1 and 2), the median time of a
 turn: the question alone, then ``--articles`` article-sized texts (as bench/embeddings.py
@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.embeddings import make_texts
 from bot.agents.embeddings import FloatArray, top_k
-from bot.agents.onnx_model import OnnxEncoder, export_fp32, quantize_int8
+from bot.agents.embeddings.onnx import OnnxEncoder, export_fp32, quantize_int8
 from bot.contract import Source
 from bot.domain import Article, source_label
 
@@ -87,7 +87,7 @@ class TorchBackend:
 
 
 class OnnxBackend(OnnxEncoder):
-    """The onnx backend's path (bot.agents.onnx_model); ``threads`` remakes the session."""
+    """The onnx backend's path (bot.agents.embeddings.onnx); ``threads`` remakes the session."""
 
     def threads(self, n: int) -> None:
         self.set_threads(n)
@@ -96,7 +96,7 @@ class OnnxBackend(OnnxEncoder):
 def export(model: Any, directory: Path) -> tuple[Path, Path]:
     """The transformer as ONNX fp32 and as int8 (dynamic quantisation); their paths.
 
-    The same export and quantisation as the onnx backend's (bot.agents.onnx_model).
+    The same export and quantisation as the onnx backend's (bot.agents.embeddings.onnx).
     """
     fp32 = directory / "model.onnx"
     int8 = directory / "model_qint8.onnx"

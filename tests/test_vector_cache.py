@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.agents.embeddings import EmbeddingAgent
-from bot.agents.vector_cache import VectorCache
+from bot.agents.embeddings.cache import VectorCache
 from bot.config import EmbeddingSettings
 from bot.store.sqlite import SqliteStore
 

@@ -24,14 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
+from bot.agents.embeddings.vectors import FloatArray
 from bot.errors import StoreError
 from bot.store.protocols import VectorStore
 
 _log = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float32]
 
 
 @dataclass(slots=True)

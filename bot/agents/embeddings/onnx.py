@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
+
+from bot.agents.embeddings.vectors import FloatArray
 
 _log = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float32]
 
 # Bumped when the export's layout or method changes, so older exports are rebuilt.
 EXPORT_VERSION = 1

@@ -1,0 +1,236 @@
+"""The pool of embedding worker processes: built and warmed once, replaced when a worker dies.
+
+One :class:`~concurrent.futures.ProcessPoolExecutor` serves every call. It uses the
+``forkserver`` start method: the bot's main process has threads (the event loop's default
+executor, aiosqlite's connection thread) and forking a threaded process can deadlock. Each
+worker loads the model in the pool's initializer (:mod:`bot.agents.embeddings.worker`), and
+start-up runs one warm-up embedding in every worker before the pool takes work.
+
+Threads: each worker gets ``max(1, cpus // workers)`` torch threads (ONNX Runtime
+intra-op threads for the onnx backend) and one inter-op thread, so the pool as a whole
+never asks for more threads than the cores it may use; the event loop's process is idle
+while it waits. Measured on the 2-core development machine with
+all-MiniLM-L6-v2 and a turn of 21 article-sized texts: 1 worker x 2 threads took 1.3-1.9 s,
+1 worker x 1 thread 2.0-2.6 s, and 2 workers x 1 thread 2.3 s (a 21-text turn is a single
+batch of 32, so only one worker runs it). Hence the default of one worker using every core;
+more workers pay off only when calls arrive concurrently or exceed one batch.
+
+Crash recovery: if a worker dies (OOM killer, SIGKILL), the pool is broken. The first caller
+to notice shuts it down and builds and warms a new one under a lock; a generation counter keeps
+concurrent callers who saw the same breakage from building several pools. The call is then
+retried once; a second failure raises :class:`~bot.errors.EmbeddingError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from bot.agents.embeddings.worker import WorkerConfig, init_worker, warm_worker, worker_pid
+from bot.errors import EmbeddingError
+
+_log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class WorkerPool:
+    """The embedding workers' process pool, with its crash recovery.
+
+    :meth:`open` builds and warms the pool; :meth:`call` runs work on it, replacing a broken
+    pool and retrying once; :meth:`close` shuts it down. ``make_config`` is called for
+    every pool built (the environment it forwards may have changed since the last);
+    ``label`` names the model in messages.
+    """
+
+    def __init__(
+        self, workers: int, *, label: str, make_config: Callable[[], WorkerConfig]
+    ) -> None:
+        self._workers = workers
+        self._label = label
+        self._make_config = make_config
+        self._threads = max(1, _cpu_count() // workers)
+        self._executor: ProcessPoolExecutor | None = None
+        self._generation = 0
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._pids: frozenset[int] = frozenset()
+        self._dimension: int | None = None
+
+    @property
+    def threads(self) -> int:
+        """Threads each worker uses: the usable cores divided among the workers."""
+        return self._threads
+
+    @property
+    def ready(self) -> bool:
+        """True once a pool is built and warm (possibly broken, until the next call notices)."""
+        return self._executor is not None
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`mark_closed` or :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def dimension(self) -> int | None:
+        """The vector length the workers reported at the last warm-up; None before one."""
+        return self._dimension
+
+    @property
+    def pids(self) -> frozenset[int]:
+        """Pids of the current pool's workers, as they reported at warm-up."""
+        return self._pids
+
+    @property
+    def restarts(self) -> int:
+        """How many times a broken pool has been replaced since the first was built."""
+        return max(0, self._generation - 1)
+
+    async def open(self) -> None:
+        """Build and warm the pool, unless one is already running.
+
+        Raises:
+            EmbeddingError: the model (named in the message) could not be loaded.
+        """
+        async with self._lock:
+            if self._executor is None:
+                await self._install_new_pool()
+
+    async def call(self, work: Callable[[ProcessPoolExecutor], Awaitable[_T]]) -> _T:
+        """Await ``work`` on the pool; if the pool broke, replace it and retry once.
+
+        Raises:
+            EmbeddingError: the pool is closed, or broke twice in a row.
+        """
+        for attempt in (1, 2):
+            pool, generation = self._executor, self._generation
+            if pool is None:
+                raise EmbeddingError("the embedding agent was closed during the call")
+            try:
+                return await work(pool)
+            except BrokenProcessPool as exc:
+                if attempt == 2:
+                    raise EmbeddingError(
+                        "embedding workers died twice in a row; giving up on this call"
+                    ) from exc
+                _log.warning(
+                    "embedding worker died (%s); replacing the pool and retrying once", exc
+                )
+                await self._replace_pool(generation)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def ping(self) -> int:
+        """Run a no-op in the pool and return the pid of the worker that ran it.
+
+        Raises:
+            EmbeddingError: no pool, or the pool is broken (the next :meth:`call` replaces it).
+        """
+        pool = self._executor
+        if pool is None:
+            raise EmbeddingError("the embedding agent is not running (call start() first)")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, worker_pid)
+        except (BrokenProcessPool, RuntimeError) as exc:
+            raise EmbeddingError(f"embedding pool health check failed: {exc}") from exc
+
+    def mark_closed(self) -> None:
+        """Refuse to build a pool from now on: a call that finds its pool broken fails.
+
+        The owner calls this first thing on closing, so no replacement pool is built while
+        it winds down; :meth:`close` then shuts the current pool down.
+        """
+        self._closed = True
+
+    async def close(self) -> None:
+        """Shut the pool down, waiting for running work; safe to call more than once."""
+        self._closed = True
+        async with self._lock:
+            pool, self._executor = self._executor, None
+            self._pids = frozenset()
+            if pool is not None:
+                await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+                _log.info("embedding workers stopped")
+
+    async def _install_new_pool(self) -> None:
+        """Build and warm a pool, then make it current. Call with ``self._lock`` held."""
+        ctx = multiprocessing.get_context("forkserver")
+        workers = self._workers
+        barrier = ctx.Barrier(workers)
+        started = time.perf_counter()
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=init_worker,
+            initargs=(self._make_config(), barrier),
+        )
+        try:
+            loop = asyncio.get_running_loop()
+            # All submits happen before the first await, so the pool spawns one process per
+            # task; the barrier in warm_worker then pins one task to each worker.
+            warm = [loop.run_in_executor(pool, warm_worker) for _ in range(workers)]
+            replies = await asyncio.gather(*warm)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                # Closed while loading (an `ask` that never needed the model): the workers
+                # hold nothing yet, and a clean shutdown would wait out the whole load.
+                _kill_workers(pool)
+            await asyncio.shield(asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True))
+            if isinstance(exc, Exception):
+                raise EmbeddingError(
+                    f"cannot load embedding {self._label}: {str(exc) or type(exc).__name__}"
+                ) from exc
+            raise
+        self._executor = pool
+        self._pids = frozenset(pid for pid, _ in replies)
+        self._dimension = replies[0][1]
+        self._generation += 1
+        _log.info(
+            "embedding workers ready: %s, %d worker(s) x %d thread(s), dim %d, pids %s, %.1f s",
+            self._label,
+            workers,
+            self._threads,
+            self._dimension,
+            sorted(self._pids),
+            time.perf_counter() - started,
+        )
+
+    async def _replace_pool(self, broken_generation: int) -> None:
+        """Replace the pool that broke in ``broken_generation``, unless someone already did."""
+        async with self._lock:
+            if self._closed:
+                raise EmbeddingError("the embedding agent was closed during the call")
+            if self._generation != broken_generation or self._executor is None:
+                return
+            # self._executor keeps pointing at the broken pool until the new one is
+            # installed: callers arriving meanwhile get BrokenProcessPool from it, queue on
+            # the lock and then retry on the new pool. If the rebuild fails, the next call
+            # tries again.
+            self._pids = frozenset()
+            # The broken pool's manager thread has already reaped its workers; this only
+            # joins that thread, but it can still block, so it runs off the loop.
+            await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+            await self._install_new_pool()
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    # Python 3.14 has ProcessPoolExecutor.kill_workers(); before it, only the private map.
+    processes: dict[int, Any] = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        with contextlib.suppress(OSError, ValueError):
+            process.kill()
