@@ -46,8 +46,8 @@ import yarl
 from discord import app_commands
 
 from bot.adapters.base import IntakePort, Submission
-from bot.adapters.discord_text import LIMIT, progress_line, render_reply, split_message
-from bot.adapters.pacing import SendBudget
+from bot.adapters.discord.pacing import SendBudget
+from bot.adapters.discord.render import LIMIT, progress_line, render_reply, split_message
 from bot.config import DiscordSettings, Secret
 from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
 from bot.errors import PlatformSetupError

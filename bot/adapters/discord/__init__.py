@@ -1,0 +1,7 @@
+"""The Discord adapter (see :mod:`bot.adapters.discord.adapter`)."""
+
+from __future__ import annotations
+
+from bot.adapters.discord.adapter import DiscordAdapter, DiscordTarget
+
+__all__ = ["DiscordAdapter", "DiscordTarget"]
