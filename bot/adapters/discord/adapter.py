@@ -257,7 +257,6 @@ class DiscordReply:
         self._done = False
         self._flusher: asyncio.Task[None] | None = None
         self._typer: asyncio.Task[None] | None = None
-        self.writes = 0
 
     @property
     def reply_id(self) -> str | None:
@@ -366,7 +365,6 @@ class DiscordReply:
                 if index == 0:
                     self._adapter.answered_in(self._label)
                     self._posted.set()
-            self.writes += 1
             self._last_write = time.monotonic()
         if final:
             for extra in self._ids[len(parts) :]:
@@ -458,7 +456,6 @@ class DiscordAdapter:
         self._warned: set[tuple[int, str]] = set()
         # Channels where Discord refused a post: skipped until permissions change.
         self._refused: set[int] = set()
-        self.replies: list[DiscordReply] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -886,16 +883,13 @@ class DiscordAdapter:
             surface = _SlashSurface(target.slash, target.channel_id)
         else:
             surface = _ChannelSurface(self, target)
-        reply = DiscordReply(
+        return DiscordReply(
             self,
             surface,
             reply_id=int(reply_id) if reply_id and reply_id.isdigit() else None,
             interval_s=self._settings.edit_interval_s,
             label=message.conversation,
         )
-        self.replies.append(reply)
-        del self.replies[:-1000]
-        return reply
 
     async def notify(
         self, message: InboundMessage[DiscordTarget], text: str, *, private: bool
