@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from bot.adapters.discord.adapter import DiscordAdapter, DiscordTarget
+from bot.adapters.discord.adapter import DiscordAdapter
+from bot.adapters.discord.target import DiscordTarget
 
 __all__ = ["DiscordAdapter", "DiscordTarget"]

@@ -34,7 +34,6 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -47,7 +46,14 @@ from discord import app_commands
 
 from bot.adapters.base import IntakePort, Submission
 from bot.adapters.discord.pacing import SendBudget
+from bot.adapters.discord.permissions import Access
 from bot.adapters.discord.render import LIMIT, progress_line, render_reply, split_message
+from bot.adapters.discord.target import (
+    DiscordTarget,
+    SlashState,
+    decode_target,
+    encode_target,
+)
 from bot.config import DiscordSettings, Secret
 from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
 from bot.errors import PlatformSetupError
@@ -77,33 +83,6 @@ SYSTEM_FREE = {discord.MessageType.default, discord.MessageType.reply}
 # Application flags GATEWAY_MESSAGE_CONTENT and GATEWAY_MESSAGE_CONTENT_LIMITED: the intent
 # is switched on (the second for bots in fewer than 100 servers).
 MESSAGE_CONTENT_FLAGS = (1 << 19) | (1 << 18)
-
-
-@dataclass(slots=True)
-class SlashState:
-    """A slash command's interaction: answered through its deferred response."""
-
-    interaction: discord.Interaction[Any]
-    ephemeral: bool
-    original_used: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class DiscordTarget:
-    """Where an answer goes.
-
-    ``channel_id`` is the channel, thread or DM the question was asked in; ``message_id``
-    the question (None for a slash command); ``start_thread``: answer in a new thread
-    started from the question. ``slash`` lives only in this process (an interaction
-    token expires); a recovered slash question is answered in the channel instead.
-    """
-
-    channel_id: int
-    guild_id: int | None
-    message_id: int | None = None
-    start_thread: bool = False
-    thread_name: str = ""
-    slash: SlashState | None = field(default=None, compare=False)
 
 
 # ----------------------------------------------------------------------------- where text goes
@@ -285,7 +264,7 @@ class DiscordReply:
                 await self._sync(parts, final=True)
             except discord.Forbidden as exc:
                 # Not retried: the permission will not come back by itself.
-                self._adapter.missing_permission(self._surface.channel, "send", exc)
+                self._adapter.access.missing_permission(self._surface.channel, "send", exc)
 
     def _want(self, parts: list[str]) -> None:
         if self._done:
@@ -309,7 +288,7 @@ class DiscordReply:
             except discord.RateLimited as exc:
                 self._adapter.budget.hold(self._surface.channel, exc.retry_after)
             except discord.Forbidden as exc:
-                self._adapter.missing_permission(self._surface.channel, "send", exc)
+                self._adapter.access.missing_permission(self._surface.channel, "send", exc)
                 return
             except (discord.HTTPException, aiohttp.ClientError, OSError):
                 # The final edit carries everything; an update that failed is only late.
@@ -405,10 +384,10 @@ class _Client(discord.Client):
         await self.adapter.consider(message)
 
     async def on_guild_channel_update(self, before: Any, after: Any) -> None:
-        self.adapter.permissions_changed()
+        self.adapter.access.permissions_changed()
 
     async def on_guild_role_update(self, before: Any, after: Any) -> None:
-        self.adapter.permissions_changed()
+        self.adapter.access.permissions_changed()
 
     async def on_thread_create(self, thread: discord.Thread) -> None:
         if thread.owner_id == self.adapter.user_id:
@@ -442,8 +421,9 @@ class DiscordAdapter:
         self.rate_limit_per_minute = settings.rate_limit_per_minute
         self.budget = SendBudget()
         self._research = frozenset(settings.research_channels)
-        self._admin_roles = frozenset(settings.admin_role_ids)
-        self._admin_users = frozenset(settings.admin_user_ids)
+        self.access = Access(
+            admin_role_ids=settings.admin_role_ids, admin_user_ids=settings.admin_user_ids
+        )
         self._client: _Client | None = None
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -453,9 +433,6 @@ class DiscordAdapter:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._answered: set[str] = set()
         self._unanswered: set[str] = set()
-        self._warned: set[tuple[int, str]] = set()
-        # Channels where Discord refused a post: skipped until permissions change.
-        self._refused: set[int] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -596,7 +573,7 @@ class DiscordAdapter:
                 name=name, description=description, callback=self._command(name)
             )
             if name == "reset":
-                # Only a hint to Discord's UI; the check that counts is in _is_admin.
+                # Only a hint to Discord's UI; the check that counts is Access.is_admin.
                 command.default_permissions = discord.Permissions(manage_guild=True)
             tree.add_command(command)
         try:
@@ -624,7 +601,7 @@ class DiscordAdapter:
 
     async def _slash(self, interaction: discord.Interaction[Any], name: str, question: str) -> None:
         """A slash command: deferred at once (Discord wants an answer within 3 s)."""
-        is_admin = self._is_admin(interaction.user, interaction.permissions)
+        is_admin = self.access.is_admin(interaction.user, interaction.permissions)
         ephemeral = name == "reset" and not is_admin
         try:
             await interaction.response.defer(ephemeral=ephemeral, thinking=True)
@@ -692,7 +669,7 @@ class DiscordAdapter:
             start_thread = self._settings.auto_thread
         elif not mentioned:
             return None
-        if message.author.id != me and not self._can_answer(channel, start_thread):
+        if message.author.id != me and not self.access.can_answer(channel, start_thread):
             return None
         text = clean_text(message, me)
         if start_thread:
@@ -705,7 +682,7 @@ class DiscordAdapter:
                 message.author.display_name,
                 is_bot=message.author.bot,
                 is_self=message.author.id == me,
-                is_admin=self._is_admin(message.author, None),
+                is_admin=self.access.is_admin(message.author, None),
             ),
             conversation=key,
             platform=self.platform,
@@ -746,59 +723,8 @@ class DiscordAdapter:
         self._answered.add(key)
         self._unanswered.discard(key)
 
-    def _is_admin(self, user: discord.abc.User, permissions: discord.Permissions | None) -> bool:
-        if user.id in self._admin_users:
-            return True
-        if not isinstance(user, discord.Member):
-            return False
-        if any(role.id in self._admin_roles for role in user.roles):
-            return True
-        granted = permissions if permissions is not None else user.guild_permissions
-        return granted.manage_guild or granted.administrator
-
-    def _can_answer(self, channel: Any, start_thread: bool) -> bool:
-        """Whether the bot may post here; a missing permission is logged once per channel."""
-        if channel.id in self._refused:
-            return False
-        guild = getattr(channel, "guild", None)
-        if guild is None or not hasattr(channel, "permissions_for"):
-            return True
-        granted = channel.permissions_for(guild.me)
-        in_thread = isinstance(channel, discord.Thread)
-        needed = ["view_channel", "read_message_history"]
-        needed.append("send_messages_in_threads" if in_thread else "send_messages")
-        if start_thread:
-            needed.append("create_public_threads")
-        missing = [name for name in needed if not getattr(granted, name)]
-        for name in missing:
-            self._warn_missing(channel.id, name)
-        # Without the thread permission the answer goes in the channel instead.
-        return not [name for name in missing if name != "create_public_threads"]
-
-    def missing_permission(self, channel_id: int, action: str, exc: discord.HTTPException) -> None:
-        """Discord refused a post or edit (403): logged once per channel, not retried."""
-        if action == "send":
-            self._refused.add(channel_id)
-        self._warn_missing(channel_id, f"{action} ({exc.text or exc.status})")
-
-    def permissions_changed(self) -> None:
-        """Roles or overwrites changed: channels refused before may work now."""
-        self._refused.clear()
-        self._warned.clear()
-
     def thread_key(self, thread: discord.Thread) -> str:
         return self._key(thread.guild.id, thread.id, thread.parent_id)
-
-    def _warn_missing(self, channel_id: int, permission: str) -> None:
-        if (channel_id, permission) in self._warned:
-            return
-        self._warned.add((channel_id, permission))
-        _log.warning(
-            "Discord: missing permission %s in channel %s; questions there are not answered "
-            "(or not threaded) until it is granted",
-            permission,
-            channel_id,
-        )
 
     # ------------------------------------------------------------------ catch-up
 
@@ -867,7 +793,7 @@ class DiscordAdapter:
             thread = await question.create_thread(name=target.thread_name)
             return self.partial(thread.id, target.guild_id)
         except discord.Forbidden as exc:
-            self.missing_permission(target.channel_id, "create_public_threads", exc)
+            self.access.missing_permission(target.channel_id, "create_public_threads", exc)
             return None
         except discord.HTTPException as exc:
             if exc.code == ALREADY_THREADED:
@@ -916,7 +842,7 @@ class DiscordAdapter:
                 **options,
             )  # fmt: skip
         except discord.Forbidden as exc:
-            self.missing_permission(target.channel_id, "send", exc)
+            self.access.missing_permission(target.channel_id, "send", exc)
 
     async def _notify_slash(self, state: SlashState, text: str, *, private: bool) -> None:
         interaction = state.interaction
@@ -935,26 +861,10 @@ class DiscordAdapter:
         )
 
     def encode_target(self, target: DiscordTarget) -> Mapping[str, Any]:
-        return {
-            "channel_id": str(target.channel_id),
-            "guild_id": None if target.guild_id is None else str(target.guild_id),
-            "message_id": None if target.message_id is None else str(target.message_id),
-            "start_thread": target.start_thread,
-            "thread_name": target.thread_name,
-        }
+        return encode_target(target)
 
     def decode_target(self, data: Mapping[str, Any]) -> DiscordTarget:
-        try:
-            guild, message = data["guild_id"], data["message_id"]
-            return DiscordTarget(
-                int(data["channel_id"]),
-                None if guild is None else int(guild),
-                None if message is None else int(message),
-                start_thread=bool(data.get("start_thread", False)),
-                thread_name=str(data.get("thread_name", "")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a Discord target: {data!r}") from exc
+        return decode_target(data)
 
 
 # ----------------------------------------------------------------------------- helpers
