@@ -31,10 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -45,6 +43,9 @@ import yarl
 from discord import app_commands
 
 from bot.adapters.base import IntakePort, Submission
+from bot.adapters.discord.catchup import CatchUp
+from bot.adapters.discord.commands import SlashCommands
+from bot.adapters.discord.inbound import PLATFORM, Answered, Inbound, thread_key
 from bot.adapters.discord.pacing import SendBudget
 from bot.adapters.discord.permissions import Access
 from bot.adapters.discord.render import LIMIT, progress_line, render_reply, split_message
@@ -55,21 +56,17 @@ from bot.adapters.discord.target import (
     encode_target,
 )
 from bot.config import DiscordSettings, Secret
-from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
+from bot.contract import InboundMessage, Platform, Reply
 from bot.errors import PlatformSetupError
 
 _log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
-# How far back the catch-up reads one channel at most.
-CATCH_UP_MESSAGES = 500
 # A typing indicator shows for about 10 s; refresh it before it lapses.
 TYPING_EVERY_S = 8.0
 # Of the requests a second, typing indicators never take the last ones.
 TYPING_SPARE = 15
-THREAD_NAME_CHARS = 90
 ALREADY_THREADED = 160004
-CLOSED_LINE = "I am restarting; please ask again in a minute."
 INTENT_HELP = (
     "Discord refused the Message Content intent: open https://discord.com/developers/"
     "applications, pick this application, go to Bot > Privileged Gateway Intents and switch "
@@ -79,7 +76,6 @@ TOKEN_HELP = (
     "Discord rejected DISCORD_TOKEN: copy the bot token again from "
     "https://discord.com/developers/applications (Bot > Reset Token) into DISCORD_TOKEN"
 )
-SYSTEM_FREE = {discord.MessageType.default, discord.MessageType.reply}
 # Application flags GATEWAY_MESSAGE_CONTENT and GATEWAY_MESSAGE_CONTENT_LIMITED: the intent
 # is switched on (the second for bots in fewer than 100 servers).
 MESSAGE_CONTENT_FLAGS = (1 << 19) | (1 << 18)
@@ -391,7 +387,7 @@ class _Client(discord.Client):
 
     async def on_thread_create(self, thread: discord.Thread) -> None:
         if thread.owner_id == self.adapter.user_id:
-            self.adapter.answered_in(self.adapter.thread_key(thread))
+            self.adapter.answered_in(thread_key(thread))
 
 
 # ----------------------------------------------------------------------------- the adapter
@@ -400,7 +396,7 @@ class _Client(discord.Client):
 class DiscordAdapter:
     """Discord as the intake sees it (see the module docstring)."""
 
-    platform: Platform = "discord"
+    platform: Platform = PLATFORM
     admins = "members with Manage Server (or an admin role)"
     command_prefix = "/"
     recovers = True
@@ -416,11 +412,9 @@ class DiscordAdapter:
         self._settings = settings
         self._token = token
         self._intake: IntakePort | None = None
-        self._max_age_s = inbox_max_age_s
         self._guild_ready_timeout_s = guild_ready_timeout_s
         self.rate_limit_per_minute = settings.rate_limit_per_minute
         self.budget = SendBudget()
-        self._research = frozenset(settings.research_channels)
         self.access = Access(
             admin_role_ids=settings.admin_role_ids, admin_user_ids=settings.admin_user_ids
         )
@@ -431,8 +425,23 @@ class DiscordAdapter:
         self._alive = False
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._answered: set[str] = set()
-        self._unanswered: set[str] = set()
+        self._answered = Answered(self._intake_has_answered)
+        self._inbound = Inbound(
+            settings,
+            access=self.access,
+            answered=self._answered,
+            me=lambda: self.user_id,
+            submit=self._submit,
+        )
+        self._commands = SlashCommands(settings, access=self.access, submit=self._submit)
+        self._catch_up = CatchUp(
+            settings,
+            max_age_s=inbox_max_age_s,
+            client=lambda: self._client,
+            budget=self.budget,
+            answered=self._answered,
+            consider=self._inbound.consider,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -546,235 +555,29 @@ class DiscordAdapter:
     def ready(self) -> None:
         """The gateway is ready (at start-up, and again after a reconnect that re-identified)."""
         self._ready.set()
-        self.spawn(self._catch_up(), "discord-catch-up")
+        self.spawn(self._catch_up.run(), "discord-catch-up")
 
-    # ------------------------------------------------------------------ commands
+    # ------------------------------------------------------------------ events
 
     async def set_up_commands(self, tree: app_commands.CommandTree[_Client]) -> None:
-        """Register /ask /reset /sources /session /help and sync them (setup_hook)."""
-
-        async def ask(interaction: discord.Interaction[Any], question: str) -> None:
-            await self._slash(interaction, "ask", question)
-
-        tree.add_command(
-            app_commands.Command(
-                name="ask",
-                description="Research a question and answer with numbered sources",
-                callback=app_commands.describe(question="What do you want to know?")(ask),
-            )
-        )
-        for name, description in (
-            ("reset", "Forget this conversation (Manage Server or an admin role)"),
-            ("sources", "List the sources of my last answer here"),
-            ("session", "Show what I remember of this conversation"),
-            ("help", "What I do and how to ask"),
-        ):
-            command: app_commands.Command[Any, ..., None] = app_commands.Command(
-                name=name, description=description, callback=self._command(name)
-            )
-            if name == "reset":
-                # Only a hint to Discord's UI; the check that counts is Access.is_admin.
-                command.default_permissions = discord.Permissions(manage_guild=True)
-            tree.add_command(command)
-        try:
-            if self._settings.command_guild_ids:
-                for guild_id in self._settings.command_guild_ids:
-                    guild = discord.Object(guild_id)
-                    tree.copy_global_to(guild=guild)
-                    await tree.sync(guild=guild)
-            else:
-                await tree.sync()
-        except discord.HTTPException as exc:
-            _log.warning(
-                "Discord: could not sync the slash commands (%s); invite the bot with the "
-                "applications.commands scope, or check [discord].command_guild_ids",
-                exc,
-            )
-
-    def _command(
-        self, name: str
-    ) -> Callable[[discord.Interaction[Any]], Coroutine[Any, Any, None]]:
-        async def run(interaction: discord.Interaction[Any]) -> None:
-            await self._slash(interaction, name, "")
-
-        return run
-
-    async def _slash(self, interaction: discord.Interaction[Any], name: str, question: str) -> None:
-        """A slash command: deferred at once (Discord wants an answer within 3 s)."""
-        is_admin = self.access.is_admin(interaction.user, interaction.permissions)
-        ephemeral = name == "reset" and not is_admin
-        try:
-            await interaction.response.defer(ephemeral=ephemeral, thinking=True)
-        except discord.HTTPException:
-            _log.warning(
-                "Discord: could not acknowledge /%s %s", name, interaction.id, exc_info=True
-            )
-            return
-        channel = interaction.channel
-        channel_id = interaction.channel_id or 0
-        state = SlashState(interaction, ephemeral)
-        message = InboundMessage(
-            text=question if name == "ask" else f"/{name}",
-            author=Author(
-                str(interaction.user.id),
-                interaction.user.display_name,
-                is_bot=interaction.user.bot,
-                is_admin=is_admin,
-            ),
-            conversation=self._key(interaction.guild_id, channel_id, _parent_of(channel)),
-            platform=self.platform,
-            event_id=str(interaction.id),
-            sent_at=interaction.created_at,
-            target=DiscordTarget(channel_id, interaction.guild_id, slash=state),
-        )
-        submission = await self._submit(message)
-        if submission.outcome in {"closed", "ignored", "duplicate"} and not state.original_used:
-            line = CLOSED_LINE if submission.outcome == "closed" else "Nothing to do."
-            with contextlib.suppress(discord.HTTPException):
-                await interaction.edit_original_response(content=line)
-
-    # ------------------------------------------------------------------ inbound
+        """Register the slash commands and sync them (setup_hook)."""
+        await self._commands.set_up(tree)
 
     async def consider(self, message: discord.Message) -> None:
-        """One MESSAGE_CREATE (or a message read back by the catch-up): a trigger?"""
-        try:
-            inbound = await self._inbound(message)
-            if inbound is not None:
-                await self._submit(inbound)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            _log.exception(
-                "Discord: could not take message %s in channel %s", message.id, message.channel.id
-            )
+        """One MESSAGE_CREATE: a trigger?"""
+        await self._inbound.consider(message)
 
-    async def _inbound(self, message: discord.Message) -> InboundMessage[DiscordTarget] | None:
-        me = self.user_id
-        if me is None or message.type not in SYSTEM_FREE:
-            return None
-        channel = message.channel
-        guild_id = message.guild.id if message.guild is not None else None
-        parent = _parent_of(channel)
-        key = self._key(guild_id, channel.id, parent)
-        mentioned = me in message.raw_mentions
-        start_thread = False
-        if guild_id is None:
-            if not self._settings.respond_to_dms:
-                return None
-        elif parent is not None:
-            follow_up = self._settings.follow_up_in_threads and await self._has_answered(key)
-            if not (mentioned or parent in self._research or follow_up):
-                return None
-        elif channel.id in self._research:
-            start_thread = self._settings.auto_thread
-        elif not mentioned:
-            return None
-        if message.author.id != me and not self.access.can_answer(channel, start_thread):
-            return None
-        text = clean_text(message, me)
-        if start_thread:
-            # The thread will take the question's id: the conversation is known already.
-            key = self._key(guild_id, message.id, channel.id)
-        return InboundMessage(
-            text=text,
-            author=Author(
-                str(message.author.id),
-                message.author.display_name,
-                is_bot=message.author.bot,
-                is_self=message.author.id == me,
-                is_admin=self.access.is_admin(message.author, None),
-            ),
-            conversation=key,
-            platform=self.platform,
-            event_id=str(message.id),
-            sent_at=message.created_at,
-            target=DiscordTarget(
-                channel.id,
-                guild_id,
-                message.id,
-                start_thread=start_thread,
-                thread_name=_thread_name(text),
-            ),
-        )
+    def answered_in(self, key: str) -> None:
+        """The bot has posted an answer in conversation ``key`` (its follow-ups need no mention)."""
+        self._answered.answered_in(key)
 
     async def _submit(self, message: InboundMessage[DiscordTarget]) -> Submission:
         assert self._intake is not None, "messages arrive only once started"
         return await self._intake.submit(message)
 
-    def _key(self, guild_id: int | None, channel_id: int, parent: int | None) -> str:
-        guild = str(guild_id) if guild_id is not None else "@me"
-        if parent is None:
-            return conversation_key("discord", guild, str(channel_id))
-        return conversation_key("discord", guild, str(parent), str(channel_id))
-
-    async def _has_answered(self, key: str) -> bool:
-        if key in self._answered:
-            return True
-        if key in self._unanswered or self._intake is None:
-            return False
-        if await self._intake.has_answered(key):
-            self._answered.add(key)
-            return True
-        self._unanswered.add(key)
-        return False
-
-    def answered_in(self, key: str) -> None:
-        """The bot has posted an answer in conversation ``key`` (its follow-ups need no mention)."""
-        self._answered.add(key)
-        self._unanswered.discard(key)
-
-    def thread_key(self, thread: discord.Thread) -> str:
-        return self._key(thread.guild.id, thread.id, thread.parent_id)
-
-    # ------------------------------------------------------------------ catch-up
-
-    async def _catch_up(self) -> None:
-        """Questions asked while the bot was away, from channel history, each handed in once."""
-        client = self._client
-        if client is None or not self._max_age_s:
-            return
-        since = datetime.now(UTC) - timedelta(seconds=self._max_age_s)
-        places: list[discord.TextChannel | discord.Thread] = []
-        for channel_id in self._research:
-            channel = client.get_channel(channel_id)
-            if isinstance(channel, discord.TextChannel):
-                places.append(channel)
-        for guild in client.guilds:
-            for thread in guild.threads:
-                key = self.thread_key(thread)
-                if thread.parent_id in self._research or (
-                    self._settings.follow_up_in_threads and await self._has_answered(key)
-                ):
-                    places.append(thread)
-        handed = 0
-        for place in places:
-            try:
-                handed += await self._read_back(place, since)
-            except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
-                _log.warning("Discord: could not read the history of %s: %s", place.id, exc)
-        if handed:
-            _log.info("Discord: handed in %d message(s) from history after (re)connecting", handed)
-
-    async def _read_back(self, place: discord.TextChannel | discord.Thread, since: datetime) -> int:
-        me = self.user_id
-        # One page per channel, paced like everything else (a restart reads many at once).
-        await self.budget.acquire_global()
-        messages = [
-            m async for m in place.history(limit=CATCH_UP_MESSAGES, after=since, oldest_first=True)
-        ]
-        # Answered before the inbox knew them (a command's reply, say): leave them be.
-        replied = {
-            m.reference.message_id
-            for m in messages
-            if m.author.id == me and m.reference is not None
-        }
-        handed = 0
-        for message in messages:
-            if message.author.id == me or message.id in replied:
-                continue
-            await self.consider(message)
-            handed += 1
-        return handed
+    async def _intake_has_answered(self, key: str) -> bool:
+        assert self._intake is not None, "asked only once started"
+        return await self._intake.has_answered(key)
 
     # ------------------------------------------------------------------ outbound
 
@@ -868,50 +671,6 @@ class DiscordAdapter:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _parent_of(channel: Any) -> int | None:
-    """The parent channel of a thread; None for anything else."""
-    if isinstance(channel, discord.Thread):
-        return channel.parent_id
-    return None
-
-
-def _thread_name(text: str) -> str:
-    name = " ".join(text.split()) or "Question"
-    return name if len(name) <= THREAD_NAME_CHARS else name[: THREAD_NAME_CHARS - 1] + "…"
-
-
-_USER = re.compile(r"<@!?(\d+)>")
-_ROLE = re.compile(r"<@&(\d+)>")
-_CHANNEL = re.compile(r"<#(\d+)>")
-
-
-def clean_text(message: discord.Message, me: int) -> str:
-    """The question: the bot's mentions removed, other mentions as readable inert names.
-
-    Like discord.py's ``clean_content``, but the bot's own mention goes entirely (it is
-    how the question was addressed, not part of it).
-    """
-    text = re.sub(rf"<@!?{me}>", " ", message.content)
-    names = {user.id: user.display_name for user in message.mentions}
-    guild = message.guild
-
-    def user(match: re.Match[str]) -> str:
-        return "@" + names.get(int(match.group(1)), "unknown-user")
-
-    def role(match: re.Match[str]) -> str:
-        found = guild.get_role(int(match.group(1))) if guild is not None else None
-        return "@" + (found.name if found is not None else "deleted-role")
-
-    def channel(match: re.Match[str]) -> str:
-        found = guild.get_channel_or_thread(int(match.group(1))) if guild is not None else None
-        return "#" + (found.name if found is not None else "unknown-channel")
-
-    text = _CHANNEL.sub(channel, _ROLE.sub(role, _USER.sub(user, text)))
-    text = text.replace("@everyone", "@\u200beveryone").replace("@here", "@\u200bhere")
-    # Collapse the gap a removed mention leaves, keeping line breaks (code in questions).
-    return "\n".join(" ".join(line.split()) for line in text.strip().splitlines()).strip()
 
 
 def _start_error(exc: BaseException, api_url: str) -> BaseException:
