@@ -1,5 +1,4 @@
-"""discord.py's client as this bot runs it: its intents, its events handed on, and start-up
-failures told in one line.
+"""discord.py's client as this bot runs it: its intents, its events handed on, its start-up.
 
 Start-up fails with one :class:`~bot.errors.PlatformSetupError` line for a bad token or a
 Message Content intent that is not switched on; :func:`check_credentials` finds both

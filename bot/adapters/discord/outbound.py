@@ -1,5 +1,6 @@
-"""Where text goes: a channel (or a thread started from the question) or a slash command's
-interaction, for a reply's messages and for short notices.
+"""Where text goes: the channel, a thread started from the question, or a slash interaction.
+
+A reply's messages go through a :class:`Surface`; a short notice is sent whole.
 
 Every send and edit carries ``allowed_mentions`` none and suppressed link previews; a reply
 carries a nonce derived from the question's id, so a post retried within Discord's window

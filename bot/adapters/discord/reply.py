@@ -1,5 +1,4 @@
-"""One streamed answer (:class:`DiscordReply`): posted at the first progress step, then
-edited in place at a paced rate.
+"""One streamed answer, :class:`DiscordReply`: posted at the first step, then edited, paced.
 
 A long answer is several messages (:func:`~bot.adapters.discord.render.split_message`) kept
 in step as one: parts that changed are edited, new ones posted, and those the final text
