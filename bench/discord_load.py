@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fake_services import QUESTIONS, FakeServices
 from bot.adapters.discord import DiscordAdapter
-from bot.adapters.pacing import GLOBAL_BUDGET
+from bot.adapters.discord.pacing import GLOBAL_BUDGET
 from bot.agents.fetch import FetchAgent
 from bot.config import Secret, load_settings
 from bot.runtime import Runtime

@@ -22,7 +22,7 @@ import pytest
 from bot import cli
 from bot.adapters.base import IntakePort, Submission
 from bot.adapters.discord import DiscordAdapter
-from bot.adapters.discord_text import LIMIT, split_message
+from bot.adapters.discord.render import LIMIT, split_message
 from bot.config import Secret, Settings, load_settings
 from bot.contract import InboundMessage, Platform, Rating, conversation_key
 from bot.errors import ConfigError, PlatformSetupError
