@@ -26,7 +26,7 @@ import pytest
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.platforms import chat_adapters
 from bot.adapters.slack import RESET_SHORTCUT, SlackAdapter
-from bot.adapters.slack_render import MESSAGE_CHARS, split_message, to_mrkdwn
+from bot.adapters.slack.render import MESSAGE_CHARS, split_message, to_mrkdwn
 from bot.cli import _serve, _sessions
 from bot.config import Secret, Settings, load_settings
 from bot.contract import conversation_key

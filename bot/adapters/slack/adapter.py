@@ -63,7 +63,7 @@ from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.base import IntakePort, Submission
-from bot.adapters.slack_render import (
+from bot.adapters.slack.render import (
     MESSAGE_CHARS,
     escape,
     markdown_tail,
