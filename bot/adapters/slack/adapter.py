@@ -40,12 +40,10 @@ exception reach Bolt (logged, and the user sees nothing or a fixed line).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,24 +52,21 @@ from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp, AsyncAssistant
 from slack_sdk.errors import SlackApiError, SlackClientError
-from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
-)
-from slack_sdk.models.messages.chunk import TaskUpdateChunk
-from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.base import IntakePort, Submission
-from bot.adapters.slack.render import (
-    MESSAGE_CHARS,
-    escape,
-    markdown_tail,
-    render_mrkdwn,
-    split_message,
-    to_mrkdwn,
-    unescape,
+from bot.adapters.slack.api import (
+    WarnOnce,
+    api_error,
+    describe_api_error,
+    post_ephemeral,
+    post_message,
+    web_client,
 )
+from bot.adapters.slack.feedback import FEEDBACK_ACTION
+from bot.adapters.slack.render import escape, unescape
+from bot.adapters.slack.reply import NativeStreaming, SlackReply
+from bot.adapters.slack.target import COMMAND_THREAD, SlackTarget
 from bot.config import Settings, SlackSettings
 from bot.contract import Author, InboundMessage, Platform, Rating, Reply, conversation_key
 from bot.core.tasks import TaskTracker
@@ -83,18 +78,8 @@ _log = logging.getLogger(__name__)
 CORE_SCOPES = ("app_mentions:read", "chat:write")
 DM_SCOPES = ("im:history",)
 THREAD_SCOPES = ("channels:history",)
-# Errors that mean the token no longer belongs to an installed app.
-_UNINSTALLED = frozenset(
-    {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
-)
 ADMIN_CACHE_S = 300.0
-# chat.update is Tier 3 (about 50 a minute per workspace): one edit a second per reply
-# leaves room for several answers at once.
-UPDATE_INTERVAL_S = 1.0
-# A native stream is cheaper to extend; still, a call per token would hit its limit.
-STREAM_INTERVAL_S = 0.5
 SHUTDOWN_GRACE_S = 5.0
-FEEDBACK_ACTION = "answer_feedback"
 RESET_SHORTCUT = "reset_thread"
 SUGGESTED_PROMPTS = (
     ("What is it?", "What is the transformer architecture in deep learning?"),
@@ -103,49 +88,6 @@ SUGGESTED_PROMPTS = (
 )
 _PERMALINK = re.compile(r"/archives/(?P<channel>[A-Z0-9]+)/p(?P<sec>\d{10})(?P<frac>\d{6})")
 _THREAD_PARAM = re.compile(r"[?&]thread_ts=(?P<ts>\d+\.\d+)")
-# The thread part of the key of a slash command that names no thread (only help).
-COMMAND_THREAD = "commands"
-
-
-@dataclass(frozen=True, slots=True)
-class SlackTarget:
-    """Where an answer goes: a thread, and who asked (for ephemeral lines and streams)."""
-
-    team: str
-    channel: str
-    thread_ts: str
-    user: str
-    # An assistant side-panel thread: its status line shows the turn's progress.
-    assistant: bool = False
-    # Every line goes to the asker alone (a slash command's answers, as Slack users expect).
-    private: bool = False
-
-
-def _api_error(exc: SlackApiError) -> str:
-    data = getattr(exc.response, "data", None)
-    return str(data.get("error", "")) if isinstance(data, dict) else ""
-
-
-def _needed_scope(exc: SlackApiError) -> str:
-    data = getattr(exc.response, "data", None)
-    return str(data.get("needed", "")) if isinstance(data, dict) else ""
-
-
-def describe_api_error(method: str, exc: SlackApiError) -> str:
-    """One operator line for a failed call: the missing scope, or the fix, when known."""
-    error = _api_error(exc)
-    if error == "missing_scope":
-        needed = _needed_scope(exc) or "a scope it needs"
-        return (
-            f"Slack refused {method}: the app lacks the {needed} scope; add it under OAuth & "
-            "Permissions (or from slack-manifest.yaml) and reinstall the app"
-        )
-    if error in _UNINSTALLED:
-        return (
-            f"Slack refused {method} ({error}): the app is not installed in this workspace "
-            "any more, or SLACK_BOT_TOKEN is stale; reinstall it and copy the new token"
-        )
-    return f"Slack refused {method}: {error or exc}"
 
 
 class SlackAdapter:
@@ -182,9 +124,8 @@ class SlackAdapter:
         self._socket: AsyncSocketModeHandler | None = None
         self._runner: web.AppRunner | None = None
         self._admins: dict[str, tuple[bool, float]] = {}
-        self._warned: set[str] = set()
-        # Until the workspace refuses native streaming once; then updates, until restart.
-        self.streaming = True
+        self._warn_once = WarnOnce()
+        self._streaming = NativeStreaming()
         self.bot_user_id = ""
         self.bot_id = ""
         self.team_id = ""
@@ -225,6 +166,11 @@ class SlackAdapter:
         return self._client
 
     @property
+    def streaming(self) -> bool:
+        """Whether replies stream natively (until the workspace refuses it once)."""
+        return self._streaming.on
+
+    @property
     def is_alive(self) -> bool:
         return self._alive and not self._closed
 
@@ -238,8 +184,8 @@ class SlackAdapter:
         that it closes, so a start-up that fails leaves nothing open.
         """
         async with aiohttp.ClientSession() as session:
-            self._client = AsyncWebClient(
-                token=self._bot_token, base_url=self.settings.api_url, session=session
+            self._client = web_client(
+                self._bot_token, base_url=self.settings.api_url, session=session, retrying=False
             )
             try:
                 await self._check_identity()
@@ -259,14 +205,11 @@ class SlackAdapter:
         self._intake = intake
         self._session = aiohttp.ClientSession()
         try:
-            self._client = AsyncWebClient(
-                token=self._bot_token,
+            self._client = web_client(
+                self._bot_token,
                 base_url=self.settings.api_url,
                 session=self._session,
-                retry_handlers=[
-                    AsyncConnectionErrorRetryHandler(max_retry_count=2),
-                    AsyncRateLimitErrorRetryHandler(max_retry_count=3),
-                ],
+                retrying=True,
             )
             await self._check_identity()
             app = self._build_app()
@@ -365,7 +308,7 @@ class SlackAdapter:
             opened = await self.client.apps_connections_open(app_token=self._app_token)
         except SlackApiError as exc:
             raise PlatformSetupError(
-                f"Slack refused SLACK_APP_TOKEN for Socket Mode ({_api_error(exc)}): create an "
+                f"Slack refused SLACK_APP_TOKEN for Socket Mode ({api_error(exc)}): create an "
                 "app-level token with connections:write and enable Socket Mode"
             ) from exc
         handler = AsyncSocketModeHandler(app, self._app_token, web_client=self.client)
@@ -653,85 +596,41 @@ class SlackAdapter:
         self._admins[user] = (verdict, now + ADMIN_CACHE_S)
         return verdict
 
-    def _warn_once(self, key: str, line: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            _log.error("%s", line)
-        else:
-            _log.debug("%s", line)
-
     # ------------------------------------------------------------------ Adapter
 
     def open_reply(
         self, message: InboundMessage[SlackTarget], *, reply_id: str | None = None
     ) -> SlackReply:
-        return SlackReply(self, message, reply_id=reply_id)
+        return SlackReply(
+            self.client,
+            message,
+            reply_id=reply_id,
+            streaming=self._streaming,
+            clock=self._clock,
+            warn=self._warn_once,
+        )
 
     async def notify(
         self, message: InboundMessage[SlackTarget], text: str, *, private: bool
     ) -> None:
         target = message.target
         if private or target.private:
-            thread = None if target.thread_ts == COMMAND_THREAD else target.thread_ts
-            await self._ephemeral(target.channel, target.user, thread, text)
+            await self._ephemeral(target.channel, target.user, target.thread, text)
             return
-        await self.client.chat_postMessage(
-            channel=target.channel,
-            thread_ts=target.thread_ts,
-            text=escape(text),
-            unfurl_links=False,
-            unfurl_media=False,
+        await post_message(
+            self.client, channel=target.channel, thread_ts=target.thread_ts, text=escape(text)
         )
 
     async def _ephemeral(self, channel: str, user: str, thread_ts: str | None, text: str) -> None:
-        kwargs: dict[str, Any] = {"thread_ts": thread_ts} if thread_ts else {}
-        await self.client.chat_postEphemeral(
-            channel=channel, user=user, text=escape(text), **kwargs
+        await post_ephemeral(
+            self.client, channel=channel, user=user, thread_ts=thread_ts, text=escape(text)
         )
 
     def encode_target(self, target: SlackTarget) -> Mapping[str, Any]:
-        return dataclasses.asdict(target)
+        return target.encode()
 
     def decode_target(self, data: Mapping[str, Any]) -> SlackTarget:
-        try:
-            return SlackTarget(
-                team=str(data["team"]),
-                channel=str(data["channel"]),
-                thread_ts=str(data["thread_ts"]),
-                user=str(data["user"]),
-                assistant=bool(data.get("assistant", False)),
-                private=bool(data.get("private", False)),
-            )
-        except KeyError as exc:
-            raise ValueError(f"not a Slack target: {data!r}") from exc
-
-    # ------------------------------------------------------------------ for SlackReply
-
-    def streaming_refused(self, exc: SlackApiError) -> None:
-        if self.streaming:
-            self.streaming = False
-            _log.warning(
-                "Slack refused native streaming (%s); answering with message updates instead",
-                _api_error(exc) or exc,
-            )
-
-    def feedback_blocks(self, event_id: str) -> list[dict[str, Any]]:
-        def button(text: str, value: str) -> dict[str, Any]:
-            return {"text": {"type": "plain_text", "text": text}, "value": value}
-
-        return [
-            {
-                "type": "context_actions",
-                "elements": [
-                    {
-                        "type": "feedback_buttons",
-                        "action_id": FEEDBACK_ACTION,
-                        "positive_button": button("Good answer", f"up:{event_id}"),
-                        "negative_button": button("Bad answer", f"down:{event_id}"),
-                    }
-                ],
-            }
-        ]
+        return SlackTarget.decode(data)
 
 
 def _slack_time(ts: str) -> datetime:
@@ -749,203 +648,3 @@ def _thread_from_link(link: str) -> tuple[str, str] | None:
     thread = _THREAD_PARAM.search(link)
     ts = thread.group("ts") if thread else f"{match.group('sec')}.{match.group('frac')}"
     return match.group("channel"), ts
-
-
-class SlackReply:
-    """One answer in one thread: a native stream, or a placeholder that is edited.
-
-    :meth:`on_reply` may be called again after it raised (the intake retries it): parts
-    already posted are edited, not posted twice.
-    """
-
-    def __init__(
-        self,
-        adapter: SlackAdapter,
-        message: InboundMessage[SlackTarget],
-        *,
-        reply_id: str | None,
-    ) -> None:
-        self._adapter = adapter
-        self._client = adapter.client
-        self._message = message
-        self._target = message.target
-        self._id = reply_id
-        # A reply recovered after a crash edits the message it had posted: no stream.
-        self._native = adapter.streaming and reply_id is None
-        self._stream: AsyncChatStream | None = None
-        self._streamed = ""  # body text the stream has accepted
-        self._body = ""  # body text received so far
-        self._step: tuple[str, str] | None = None  # (task id, title) of the running step
-        self._steps = 0
-        self._last_push = float("-inf")
-        self._parts: list[str] = []  # ts of every part posted, the first is reply_id
-
-    @property
-    def reply_id(self) -> str | None:
-        return self._id
-
-    # ------------------------------------------------------------------ progress
-
-    async def on_progress(self, step: str) -> None:
-        if self._target.assistant:
-            await self._status(step)
-        if self._native:
-            await self._stream_step(step)
-            if self._native:
-                return
-        await self._show(f"_{escape(step)}…_", force=self._id is None)
-
-    async def _status(self, step: str) -> None:
-        try:
-            await self._client.assistant_threads_setStatus(
-                channel_id=self._target.channel,
-                thread_ts=self._target.thread_ts,
-                status="is researching…",
-                loading_messages=[f"{step}…"],
-            )
-        except SlackApiError as exc:
-            self._adapter._warn_once(
-                "assistant status", describe_api_error("assistant.threads.setStatus", exc)
-            )
-
-    def _open_stream(self) -> AsyncChatStream:
-        if self._stream is None:
-            # The SDK's buffer is off (size 1): pacing is done here, by time.
-            self._stream = AsyncChatStream(
-                self._client,
-                logger=_log,
-                channel=self._target.channel,
-                thread_ts=self._target.thread_ts,
-                recipient_team_id=self._target.team,
-                recipient_user_id=self._target.user,
-                buffer_size=1,
-            )
-        return self._stream
-
-    async def _stream_step(self, step: str) -> None:
-        self._steps += 1
-        chunks = []
-        if self._step is not None:
-            chunks.append(TaskUpdateChunk(id=self._step[0], title=self._step[1], status="complete"))
-        self._step = (f"step{self._steps}", step)
-        chunks.append(TaskUpdateChunk(id=self._step[0], title=step, status="in_progress"))
-        await self._stream_call(lambda s: s.append(chunks=chunks))
-
-    async def _stream_call(self, call: Callable[[AsyncChatStream], Awaitable[Any]]) -> bool:
-        """One call on the stream; a refusal or failure switches this reply to updates."""
-        stream = self._open_stream()
-        first = stream.ts is None
-        try:
-            await call(stream)
-        except SlackApiError as exc:
-            if first:
-                self._adapter.streaming_refused(exc)
-            else:
-                _log.warning("the Slack stream of %s failed; editing it instead", self._id)
-            self._native = False
-            return False
-        if first and stream.ts:
-            self._id = stream.ts
-            self._parts = [stream.ts]
-        return True
-
-    # ------------------------------------------------------------------ body
-
-    async def on_text(self, text: str) -> None:
-        self._body += text
-        if self._native:
-            pending = self._body[len(self._streamed) :]
-            room = MESSAGE_CHARS - 200 - len(self._streamed)
-            if not pending or room <= 0 or not self._due(STREAM_INTERVAL_S):
-                return
-            pending = pending[:room]
-            if await self._stream_call(lambda s: s.append(markdown_text=escape(pending))):
-                self._streamed += pending
-            if self._native:
-                return
-        await self._show(self._preview(), force=False)
-
-    def _preview(self) -> str:
-        shown = to_mrkdwn(self._body)
-        if len(shown) > MESSAGE_CHARS - 2:
-            shown = shown[: MESSAGE_CHARS - 2]
-        return f"{shown} …"
-
-    def _due(self, interval: float) -> bool:
-        now = self._adapter._clock()
-        if now - self._last_push < interval:
-            return False
-        self._last_push = now
-        return True
-
-    async def _show(self, text: str, *, force: bool) -> None:
-        """The placeholder: posted the first time, then edited at most once a second."""
-        if self._id is None:
-            posted = await self._client.chat_postMessage(
-                channel=self._target.channel,
-                thread_ts=self._target.thread_ts,
-                text=text,
-                unfurl_links=False,
-                unfurl_media=False,
-            )
-            self._id = str(posted["ts"])
-            self._parts = [self._id]
-            self._last_push = self._adapter._clock()
-            return
-        if force or self._due(UPDATE_INTERVAL_S):
-            await self._client.chat_update(channel=self._target.channel, ts=self._id, text=text)
-
-    # ------------------------------------------------------------------ final
-
-    async def on_reply(self, reply: Reply) -> None:
-        event_id = self._message.event_id
-        parts = split_message(render_mrkdwn(reply))
-        if self._native and self._stream is not None and await self._finish_stream(reply, parts):
-            return
-        if self._stream is not None and self._native:
-            # The stream could not take the whole answer: it becomes an edited message.
-            self._native = False
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": part}}]
-            if last:
-                blocks += self._adapter.feedback_blocks(event_id)
-            if i < len(self._parts):
-                await self._client.chat_update(
-                    channel=self._target.channel, ts=self._parts[i], text=part, blocks=blocks
-                )
-                continue
-            posted = await self._client.chat_postMessage(
-                channel=self._target.channel,
-                thread_ts=self._target.thread_ts,
-                text=part,
-                blocks=blocks,
-                unfurl_links=False,
-                unfurl_media=False,
-            )
-            self._parts.append(str(posted["ts"]))
-            if self._id is None:
-                self._id = self._parts[0]
-
-    async def _finish_stream(self, reply: Reply, parts: Sequence[str]) -> bool:
-        """Close the native stream with the rest of the answer; False if it cannot hold it."""
-        stream = self._stream
-        assert stream is not None
-        whole = len(parts) == 1 and reply.body.startswith(self._streamed)
-        chunks = []
-        if self._step is not None:
-            chunks.append(TaskUpdateChunk(id=self._step[0], title=self._step[1], status="complete"))
-        rest = escape(reply.body[len(self._streamed) :]) + markdown_tail(reply) if whole else ""
-        blocks = self._adapter.feedback_blocks(self._message.event_id) if whole else None
-        try:
-            await stream.stop(markdown_text=rest or None, chunks=chunks or None, blocks=blocks)
-        except SlackApiError:
-            _log.warning("closing the Slack stream %s failed; editing it instead", self._id)
-            self._native = False
-            if stream.ts and not self._parts:
-                self._id, self._parts = stream.ts, [stream.ts]
-            return False
-        if stream.ts and not self._parts:
-            self._id, self._parts = stream.ts, [stream.ts]
-        self._native = False
-        return whole
