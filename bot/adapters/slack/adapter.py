@@ -45,7 +45,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
@@ -54,7 +54,7 @@ from slack_bolt.async_app import AsyncApp, AsyncAssistant
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.base import IntakePort, Submission
+from bot.adapters.base import IntakePort
 from bot.adapters.slack.api import (
     WarnOnce,
     api_error,
@@ -68,7 +68,7 @@ from bot.adapters.slack.render import escape, unescape
 from bot.adapters.slack.reply import NativeStreaming, SlackReply
 from bot.adapters.slack.target import COMMAND_THREAD, SlackTarget
 from bot.config import Settings, SlackSettings
-from bot.contract import Author, InboundMessage, Platform, Rating, Reply, conversation_key
+from bot.contract import Author, InboundMessage, Platform, Rating, conversation_key
 from bot.core.tasks import TaskTracker
 from bot.errors import ConfigError, PlatformSetupError
 
@@ -106,7 +106,12 @@ class SlackAdapter:
         app_token: str | None = None,
         signing_secret: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tasks: TaskTracker | None = None,
     ) -> None:
+        """``clock`` paces reply updates and expires the admin cache. The work that follows
+        each ack (translating the payload, handing it to the intake) runs in ``tasks``,
+        which :meth:`close` drains; pass one to wait for what was received to be handed in
+        (the tests do), else the adapter keeps its own."""
         self.settings = settings
         self.rate_limit_per_minute = settings.rate_limit_per_minute
         self._intake: IntakePort | None = None
@@ -114,8 +119,7 @@ class SlackAdapter:
         self._app_token = app_token
         self._signing_secret = signing_secret
         self._clock = clock
-        self._tasks = TaskTracker()
-        self._turns: set[asyncio.Task[Reply]] = set()
+        self._tasks = tasks if tasks is not None else TaskTracker()
         self._stopped = asyncio.Event()
         self._alive = False
         self._closed = False
@@ -132,7 +136,7 @@ class SlackAdapter:
         self.http_url = ""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SlackAdapter:
+    def from_settings(cls, settings: Settings) -> Self:
         """The adapter for ``settings.slack`` with the tokens from the environment.
 
         Raises:
@@ -260,15 +264,6 @@ class SlackAdapter:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-    async def settle(self) -> None:
-        """Wait until everything received so far was handed in and its turn delivered.
-
-        The adapter stays open; benchmarks and tests use this instead of sleeping.
-        """
-        await self._tasks.drain()
-        while self._turns:
-            await asyncio.gather(*list(self._turns), return_exceptions=True)
 
     async def _check_identity(self) -> None:
         try:
@@ -482,10 +477,8 @@ class SlackAdapter:
 
     async def _submit(self, message: InboundMessage[SlackTarget]) -> None:
         assert self._intake is not None, "events arrive only once started"
-        submission: Submission = await self._intake.submit(message)
-        if submission.done is not None:
-            self._turns.add(submission.done)
-            submission.done.add_done_callback(self._turns.discard)
+        # The turn, if one started, is the intake's to run and drain.
+        await self._intake.submit(message)
 
     async def _command(self, body: Mapping[str, Any]) -> None:
         """``/research reset|sources|session|help [thread link]``, via the shared commands.
