@@ -37,12 +37,11 @@ from typing import Any, TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fake_services import QUESTIONS, FakeServices
-from bot.adapters.platforms import chat_adapters
-from bot.adapters.slack import SlackAdapter
 from bot.config import Secret, Settings, load_settings
 from bot.runtime import Runtime
 from tests.conftest import config_text
 from tests.fakes.slack import SIGNING_SECRET, FakeSlack
+from tests.slack_helpers import SettlingSlackAdapter
 
 _T = TypeVar("_T")
 # Slack redelivers an event it did not see acked within 3 s.
@@ -180,8 +179,7 @@ async def run(args: argparse.Namespace) -> None:
             settings = settings_for(Path(tmp), services, slack, args.backend)
             await services.set_latency(source_s=args.source_latency, llm_s=args.llm_latency)
             async with await Runtime.start(settings) as runtime:
-                [bot] = chat_adapters(settings)
-                assert isinstance(bot, SlackAdapter)
+                bot = SettlingSlackAdapter.from_settings(settings)
                 await runtime.add_adapter(bot)
                 result = await asyncio.wrap_future(
                     slack_thread.submit(burst(slack, bot.http_url, args.questions))

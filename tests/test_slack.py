@@ -3,7 +3,8 @@
 The bot runs in the real runtime (hashing embeddings) against the fake Ollama, Wikipedia
 and Hacker News; Slack is :class:`~tests.fakes.slack.FakeSlack`, reached in Socket Mode
 over a websocket and in HTTP mode through signed POSTs. Nothing of the project is mocked.
-Waits are on the fake's state (``until``) or on the adapter's ``settle``, never sleeps.
+Waits are on the fake's state (``until``) or on ``settle`` (the production adapter plus a
+wait, :class:`~tests.slack_helpers.SettlingSlackAdapter`), never sleeps.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pytest
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.platforms import chat_adapters
 from bot.adapters.slack import RESET_SHORTCUT, SlackAdapter
-from bot.adapters.slack_render import MESSAGE_CHARS, split_message, to_mrkdwn
+from bot.adapters.slack.render import MESSAGE_CHARS, split_message, to_mrkdwn
 from bot.cli import _conversations, _serve
 from bot.config import Secret, Settings, load_settings
 from bot.contract import conversation_key
@@ -35,6 +36,7 @@ from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.runtime import Runtime
 from tests.fakes.ollama import FakeOllama, default_responder, split_tokens
 from tests.fakes.slack import BOT_USER, SIGNING_SECRET, TEAM, FakeSlack
+from tests.slack_helpers import SettlingSlackAdapter
 
 SettingsFactory = Callable[..., Settings]
 Mode = Literal["socket", "http"]
@@ -66,11 +68,11 @@ def slack_settings(
 
 
 @asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[tuple[Runtime, SlackAdapter]]:
-    """The runtime with the Slack adapter ``python -m bot`` would build from ``settings``."""
+async def serving(settings: Settings) -> AsyncIterator[tuple[Runtime, SettlingSlackAdapter]]:
+    """The runtime with the Slack adapter ``python -m bot`` would build from ``settings``
+    (``SlackAdapter.from_settings``), with ``settle`` to wait on."""
     async with await Runtime.start(settings) as runtime:
-        [adapter] = chat_adapters(settings)
-        assert isinstance(adapter, SlackAdapter)
+        adapter = SettlingSlackAdapter.from_settings(settings)
         await runtime.add_adapter(adapter)
         yield runtime, adapter
 
@@ -517,7 +519,7 @@ async def test_slack_and_another_adapter_serve_together_and_sigterm_stops_both(
     # The Discord adapter is built elsewhere; the in-memory adapter stands in for it here.
     settings = slack_settings(make_settings, slack)
     async with await Runtime.start(settings) as rt:
-        [bot] = chat_adapters(settings)
+        bot = SettlingSlackAdapter.from_settings(settings)
         other = InMemoryAdapter()
         assert isinstance(bot, SlackAdapter)
         serve = asyncio.create_task(_serve(rt, [bot, other]))

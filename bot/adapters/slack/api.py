@@ -1,0 +1,123 @@
+"""Slack's Web API as the adapter calls it: the client, shared posting calls, errors."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+_log = logging.getLogger(__name__)
+
+# Errors that mean the token no longer belongs to an installed app.
+_UNINSTALLED = frozenset(
+    {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
+)
+
+
+def web_client(
+    token: str, *, base_url: str, session: aiohttp.ClientSession, retrying: bool
+) -> AsyncWebClient:
+    """A client for ``base_url`` on ``session``.
+
+    ``retrying`` adds the SDK's retry handlers: a dropped connection is tried again, and a
+    429 waits for its ``Retry-After``. The start-up check goes without them, so that a
+    network problem is reported at once.
+    """
+    if not retrying:
+        return AsyncWebClient(token=token, base_url=base_url, session=session)
+    return AsyncWebClient(
+        token=token,
+        base_url=base_url,
+        session=session,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+        ],
+    )
+
+
+async def post_message(
+    client: AsyncWebClient,
+    *,
+    channel: str,
+    thread_ts: str,
+    text: str,
+    blocks: list[dict[str, Any]] | None = None,
+) -> AsyncSlackResponse:
+    """Post ``text`` (already mrkdwn, escaped) in a thread, with unfurls off.
+
+    Unfurls stay off: an answer links its Sources, and a preview card for each would
+    bury the answer (and show a page nobody asked to see).
+    """
+    return await client.chat_postMessage(
+        channel=channel,
+        thread_ts=thread_ts,
+        text=text,
+        blocks=blocks,  # None is left out of the request by the SDK
+        unfurl_links=False,
+        unfurl_media=False,
+    )
+
+
+async def post_ephemeral(
+    client: AsyncWebClient, *, channel: str, user: str, thread_ts: str | None, text: str
+) -> None:
+    """Post ``text`` (already escaped) that ``user`` alone sees; in the channel when no
+    ``thread_ts``."""
+    kwargs: dict[str, Any] = {"thread_ts": thread_ts} if thread_ts else {}
+    await client.chat_postEphemeral(channel=channel, user=user, text=text, **kwargs)
+
+
+def api_error(exc: SlackApiError) -> str:
+    """Slack's error code for a refused call (``missing_scope``), or ``""``."""
+    data = getattr(exc.response, "data", None)
+    return str(data.get("error", "")) if isinstance(data, dict) else ""
+
+
+def _needed_scope(exc: SlackApiError) -> str:
+    data = getattr(exc.response, "data", None)
+    return str(data.get("needed", "")) if isinstance(data, dict) else ""
+
+
+def describe_api_error(method: str, exc: SlackApiError) -> str:
+    """One operator line for a failed call: the missing scope, or the fix, when known."""
+    error = api_error(exc)
+    if error == "missing_scope":
+        needed = _needed_scope(exc) or "a scope it needs"
+        return (
+            f"Slack refused {method}: the app lacks the {needed} scope; add it under OAuth & "
+            "Permissions (or from slack-manifest.yaml) and reinstall the app"
+        )
+    if error in _UNINSTALLED:
+        return (
+            f"Slack refused {method} ({error}): the app is not installed in this workspace "
+            "any more, or SLACK_BOT_TOKEN is stale; reinstall it and copy the new token"
+        )
+    return f"Slack refused {method}: {error or exc}"
+
+
+class WarnOnce:
+    """Logs an operator line as an error the first time its key comes up, then at debug.
+
+    For calls that fail the same way on every use (a scope the app lacks): one error
+    names the fix, and the log is not flooded with it.
+    """
+
+    def __init__(self, logger: logging.Logger = _log) -> None:
+        self._logger = logger
+        self._warned: set[str] = set()
+
+    def __call__(self, key: str, line: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self._logger.error("%s", line)
+        else:
+            self._logger.debug("%s", line)
