@@ -136,6 +136,9 @@ def discord_settings(make_settings: SettingsFactory, fake: FakeDiscord, research
             "rate_limit_per_minute": 0.0,
         },
         "intake": {"delivery_backoff_s": 0.01},
+        # Room for the long answers that test splitting (the fake ignores num_predict).
+        "chat": {"max_answer_chars": 20_000},
+        "llm": {"max_tokens": 8192},
     }
     for name, values in changes.items():
         sections.setdefault(name, {}).update(values)

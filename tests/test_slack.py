@@ -58,6 +58,9 @@ def slack_settings(
         slack={"mode": mode, "http_host": "127.0.0.1", "http_port": 0, "api_url": slack.api_url}
         | changes,
         intake={"delivery_backoff_s": 0.0, "rate_limit_per_minute": 0.0},
+        # Room for the long answers that test splitting (the fake ignores num_predict).
+        chat={"max_answer_chars": 20_000},
+        llm={"max_tokens": 8192},
     )
     return dataclasses.replace(
         settings,
