@@ -90,21 +90,9 @@ class Outbound:
             await self._notify_slash(target.slash, text, private=private)
             return
         channel = self.partial(target.channel_id, target.guild_id)
-        options: dict[str, Any] = {}
-        if target.message_id is not None:
-            options["nonce"] = f"n{target.message_id}"
-            options["reference"] = discord.MessageReference(
-                message_id=target.message_id,
-                channel_id=target.channel_id,
-                guild_id=target.guild_id,
-                fail_if_not_exists=False,
-            )
         await self._budget.acquire(target.channel_id, "create")
         try:
-            await channel.send(
-                text, allowed_mentions=NO_MENTIONS, suppress_embeds=True, mention_author=False,
-                **options,
-            )  # fmt: skip
+            await send_quietly(channel, text, target, nonce="n{id}", reference=True)
         except discord.Forbidden as exc:
             self._access.missing_permission(target.channel_id, "send", exc)
 
@@ -123,6 +111,37 @@ class Outbound:
         await interaction.followup.send(
             text, ephemeral=private, allowed_mentions=NO_MENTIONS, suppress_embeds=True
         )
+
+
+async def send_quietly(
+    where: discord.abc.Messageable,
+    text: str,
+    target: DiscordTarget,
+    *,
+    nonce: str,
+    reference: bool,
+) -> discord.Message:
+    """Post ``text`` with every mention off and no link previews.
+
+    For a message that answers ``target``'s question the nonce is derived from the
+    question's id (``nonce`` is a template with ``{id}``), so a post retried within
+    Discord's window returns the first message instead of a second; with ``reference`` the
+    post replies to the question.
+    """
+    options: dict[str, Any] = {}
+    if target.message_id is not None:
+        options["nonce"] = nonce.format(id=target.message_id)
+        if reference:
+            options["reference"] = discord.MessageReference(
+                message_id=target.message_id,
+                channel_id=target.channel_id,
+                guild_id=target.guild_id,
+                fail_if_not_exists=False,
+            )
+    return await where.send(
+        text, allowed_mentions=NO_MENTIONS, suppress_embeds=True, mention_author=False,
+        **options,
+    )  # fmt: skip
 
 
 class ChannelSurface:
@@ -150,21 +169,10 @@ class ChannelSurface:
 
     async def post(self, index: int, text: str) -> int:
         where = await self._where()
-        target = self._target
-        options: dict[str, Any] = {}
-        if target.message_id is not None:
-            options["nonce"] = f"r{target.message_id}.{index}"
-            if index == 0 and not self._threaded:
-                options["reference"] = discord.MessageReference(
-                    message_id=target.message_id,
-                    channel_id=target.channel_id,
-                    guild_id=target.guild_id,
-                    fail_if_not_exists=False,
-                )
-        message = await where.send(
-            text, allowed_mentions=NO_MENTIONS, suppress_embeds=True, mention_author=False,
-            **options,
-        )  # fmt: skip
+        reference = index == 0 and not self._threaded
+        message = await send_quietly(
+            where, text, self._target, nonce=f"r{{id}}.{index}", reference=reference
+        )
         return message.id
 
     async def edit(self, index: int, message_id: int, text: str) -> None:

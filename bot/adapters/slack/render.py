@@ -12,9 +12,8 @@ Native streaming (``chat.startStream``) takes standard Markdown instead, so
 :func:`escape` alone is applied to what is streamed, and :func:`markdown_tail` gives the
 Sources list in Markdown.
 
-:func:`split_message` cuts a long rendering into messages of at most ``limit``
-characters, at paragraph boundaries where it can (then lines, then spaces), closing a code
-fence at the end of a part and opening it again at the start of the next.
+:func:`split_message` cuts a long rendering into messages of at most
+:data:`MESSAGE_CHARS`, by the rules every platform shares (:mod:`bot.adapters.split`).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import re
 from collections.abc import Sequence
 
 from bot.adapters.render import listed_sources
+from bot.adapters.split import split_message as split_parts
 from bot.contract import Notice, Reply, Source
 
 # A section block's text holds at most 3,000 characters: one part per message.
@@ -130,93 +130,6 @@ def markdown_tail(reply: Reply) -> str:
     return "".join(f"\n\n{block}" for block in blocks)
 
 
-# ----------------------------------------------------------------------------- splitting
-
-
 def split_message(text: str, limit: int = MESSAGE_CHARS) -> list[str]:
-    """``text`` in parts of at most ``limit`` characters, code fences balanced in each.
-
-    Cuts at paragraph boundaries where it can, then at line ends, then at spaces, and
-    hard only inside a run with no space at all.
-    """
-    if len(text) <= limit:
-        return [text]
-    # Room for closing a fence at the end of a part and reopening it in the next.
-    budget = max(limit - 8, 16)
-    parts: list[str] = []
-    current = ""
-    for piece, opens_long in _pieces(text, budget):
-        if opens_long and current:
-            # A paragraph that needs cutting anyway starts a part of its own.
-            parts.append(current)
-            current = ""
-        joined = f"{current}{piece}" if current else piece.lstrip("\n")
-        if len(joined) <= budget:
-            current = joined
-            continue
-        if current:
-            parts.append(current)
-        current = piece.lstrip("\n")
-    if current:
-        parts.append(current)
-    return _balance_fences([p.strip("\n") for p in parts if p.strip()])
-
-
-def _pieces(text: str, budget: int) -> list[tuple[str, bool]]:
-    """Paragraphs (each with the separator before it), and smaller cuts of long ones.
-
-    The flag marks the first cut of a paragraph too long for one part.
-    """
-    pieces: list[tuple[str, bool]] = []
-    for i, paragraph in enumerate(text.split("\n\n")):
-        sep = "\n\n" if i else ""
-        if len(sep) + len(paragraph) <= budget:
-            pieces.append((sep + paragraph, False))
-            continue
-        cuts: list[str] = []
-        for j, line in enumerate(paragraph.split("\n")):
-            lead = (sep if j == 0 else "\n") if (i or j) else ""
-            if len(lead) + len(line) <= budget:
-                cuts.append(lead + line)
-            else:
-                cuts.extend(_words(lead, line, budget))
-        pieces.extend((cut, k == 0) for k, cut in enumerate(cuts))
-    return pieces
-
-
-def _words(lead: str, line: str, budget: int) -> list[str]:
-    out: list[str] = []
-    current = lead
-    for whole in re.split(r"(?<= )", line):
-        word = whole
-        while len(word) > budget:  # a run with no space at all: cut it hard
-            if current.strip():
-                out.append(current)
-            current = ""
-            out.append(word[:budget])
-            word = word[budget:]
-        if len(current) + len(word) > budget:
-            out.append(current)
-            current = word
-        else:
-            current += word
-    if current:
-        out.append(current)
-    return [piece for piece in out if piece]
-
-
-def _balance_fences(parts: list[str]) -> list[str]:
-    balanced: list[str] = []
-    reopen = ""
-    for part in parts:
-        text = f"{reopen}\n{part}" if reopen else part
-        open_fence = False
-        for line in text.split("\n"):
-            if _FENCE.match(line):
-                open_fence = not open_fence
-        if open_fence:
-            text = f"{text}\n```"
-        # Reopened bare: mrkdwn has no language tags, and 8 characters of room suffice.
-        reopen = "```" if open_fence else ""
-        balanced.append(text)
-    return balanced
+    """``text`` as Slack messages (see :mod:`bot.adapters.split`)."""
+    return split_parts(text, limit)
