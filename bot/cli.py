@@ -243,10 +243,11 @@ async def _serve(runtime: Runtime, adapters: Sequence[Adapter[Any]]) -> int:
     for adapter in adapters:
         await runtime.add_adapter(adapter)
     recovered = await runtime.recover()
-    names = " and ".join(adapter.platform.capitalize() for adapter in adapters)
-    print(f"research-agent is answering on {names}; Ctrl-C stops it.", file=sys.stderr)
     if recovered:
         print(f"Answering {recovered} question(s) left from before the restart.", file=sys.stderr)
+    names = " and ".join(adapter.platform.capitalize() for adapter in adapters)
+    # Last: supervisors and tests read this line as "ready".
+    print(f"research-agent is answering on {names}; Ctrl-C stops it.", file=sys.stderr)
     # The SDKs reconnect on their own; an adapter that stops has given up.
     waits = [asyncio.create_task(adapter.wait_stopped()) for adapter in adapters]
     try:

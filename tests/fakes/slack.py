@@ -6,7 +6,8 @@ what a user would see: ``fake.in_thread(channel, thread_ts)``.
 
 * Web API (``POST|GET /api/<method>``, form, query or JSON arguments): ``auth.test``
   (sends ``x-oauth-scopes``), ``apps.connections.open`` (xapp- tokens only),
-  ``chat.postMessage``, ``chat.update``, ``chat.postEphemeral``, ``chat.startStream`` /
+  ``chat.postMessage``, ``chat.update`` (``uneditable`` holds the ts of messages it refuses
+  with ``cant_update_message``), ``chat.delete``, ``chat.postEphemeral``, ``chat.startStream`` /
   ``appendStream`` / ``stopStream`` (``refuse_streaming = "error_code"`` refuses them),
   ``users.info`` (``users``), ``assistant.threads.setStatus`` / ``setSuggestedPrompts`` /
   ``setTitle``. Errors are HTTP 200 with ``{"ok": false, "error": ...}`` as Slack's are;
@@ -112,6 +113,7 @@ class FakeSlack(FakeServer):
         super().__init__()
         self.scopes: set[str] = set(ALL_SCOPES)
         self.refuse_streaming: str | None = None
+        self.uneditable: set[str] = set()
         self.revoked = False
         self.users: dict[str, dict[str, Any]] = {}
         self.messages: list[Message] = []
@@ -458,10 +460,19 @@ class FakeSlack(FakeServer):
         message = self._find(str(args["channel"]), str(args["ts"]))
         if message is None:
             return _error("message_not_found")
+        if message.ts in self.uneditable:
+            return _error("cant_update_message")
         message.edits.append(message.text)
         message.text = str(args.get("text", message.text))
         if "blocks" in args:
             message.blocks = list(args["blocks"] or [])
+        return _ok({"channel": message.channel, "ts": message.ts})
+
+    def _chat_delete(self, args: dict[str, Any]) -> web.Response:
+        message = self._find(str(args["channel"]), str(args["ts"]))
+        if message is None:
+            return _error("message_not_found")
+        self.messages.remove(message)
         return _ok({"channel": message.channel, "ts": message.ts})
 
     def _chat_startStream(self, args: dict[str, Any]) -> web.Response:

@@ -39,6 +39,9 @@ _log = logging.getLogger(__name__)
 UPDATE_INTERVAL_S = 1.0
 # A native stream is cheaper to extend; still, a call per token would hit its limit.
 STREAM_INTERVAL_S = 0.5
+# chat.update refusals that a new message can work around: the old one is gone, or
+# Slack no longer lets it be edited.
+_REPLACEABLE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 
 
 class NativeStreaming:
@@ -96,7 +99,11 @@ class SlackReply:
         self._step: tuple[str, str] | None = None  # (task id, title) of the running step
         self._steps = 0
         self._last_push = float("-inf")
-        self._parts: list[str] = []  # ts of every part posted, the first is reply_id
+        # ts of every part posted, the first is reply_id (a recovered reply's included).
+        self._parts: list[str] = [reply_id] if reply_id else []
+        # A recovered message may still be a native stream its crashed process never
+        # stopped: it is stopped before anything else is written to it.
+        self._inherited = reply_id is not None
 
     @property
     def reply_id(self) -> str | None:
@@ -105,6 +112,7 @@ class SlackReply:
     # ------------------------------------------------------------------ progress
 
     async def on_progress(self, step: str) -> None:
+        await self._take_over()
         if self._target.assistant:
             await self._status(step)
         if self._native:
@@ -167,7 +175,27 @@ class SlackReply:
 
     # ------------------------------------------------------------------ body
 
+    async def _take_over(self) -> None:
+        """Stop the stream a crashed process left open on the message this reply recovers.
+
+        Slack keeps a message in streaming state until ``chat.stopStream`` (or until the
+        stream expires); a message that never stopped shows its last chunks, and may not
+        take an edit. Stopping one that is not streaming is refused harmlessly.
+        """
+        if not self._inherited:
+            return
+        self._inherited = False
+        assert self._id is not None
+        try:
+            await self._client.chat_stopStream(channel=self._target.channel, ts=self._id)
+        except SlackApiError as exc:
+            if api_error(exc) not in ("message_not_in_streaming_state", "message_not_found"):
+                raise
+        else:
+            _log.info("stopped the stream %s a crashed process had left open", self._id)
+
     async def on_text(self, text: str) -> None:
+        await self._take_over()
         self._body += text
         if self._native:
             pending = self._body[len(self._streamed) :]
@@ -213,6 +241,7 @@ class SlackReply:
     # ------------------------------------------------------------------ final
 
     async def on_reply(self, reply: Reply) -> None:
+        await self._take_over()
         event_id = self._message.event_id
         parts = split_message(render_mrkdwn(reply))
         if self._native and self._stream is not None and await self._finish_stream(reply, parts):
@@ -225,10 +254,7 @@ class SlackReply:
             blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": part}}]
             if last:
                 blocks += feedback_blocks(event_id)
-            if i < len(self._parts):
-                await self._client.chat_update(
-                    channel=self._target.channel, ts=self._parts[i], text=part, blocks=blocks
-                )
+            if i < len(self._parts) and await self._edit(i, part, blocks):
                 continue
             posted = await post_message(
                 self._client,
@@ -237,9 +263,36 @@ class SlackReply:
                 text=part,
                 blocks=blocks,
             )
-            self._parts.append(str(posted["ts"]))
-            if self._id is None:
-                self._id = self._parts[0]
+            if i < len(self._parts):
+                self._parts[i] = str(posted["ts"])
+            else:
+                self._parts.append(str(posted["ts"]))
+            self._id = self._parts[0]
+
+    async def _edit(self, index: int, text: str, blocks: list[dict[str, Any]]) -> bool:
+        """Edit part ``index`` in place; False when it is gone or can no longer be edited.
+
+        A part that cannot be edited (deleted, or too old to edit) is replaced by a new
+        message, and the old one removed where it still exists, so a thread never shows a
+        dangling half-answer beside the whole one.
+        """
+        ts = self._parts[index]
+        try:
+            await self._client.chat_update(
+                channel=self._target.channel, ts=ts, text=text, blocks=blocks
+            )
+            return True
+        except SlackApiError as exc:
+            error = api_error(exc)
+            if error not in _REPLACEABLE:
+                raise
+        _log.warning("Slack message %s cannot be edited (%s); posting it anew", ts, error)
+        if error != "message_not_found":
+            try:
+                await self._client.chat_delete(channel=self._target.channel, ts=ts)
+            except SlackApiError as exc:
+                _log.warning("could not remove the old message %s: %s", ts, api_error(exc))
+        return False
 
     async def _finish_stream(self, reply: Reply, parts: Sequence[str]) -> bool:
         """Close the native stream with the rest of the answer; False if it cannot hold it."""

@@ -1,0 +1,193 @@
+"""Exactly one finished answer per question, whatever fails: real processes, real faults.
+
+Each test runs the real ``python -m bot`` against the fakes (tests/fakes/), injects a
+fault at the wire or in the process (SIGKILL mid-answer, SIGTERM past the grace period,
+429s, a stopped worker ...) and checks on the wire what the users of the platform saw.
+docs/reliability.md lists each fault with the test that runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from bot.pipeline.prompts import SYNTHESIS_MARKER
+from tests.fakes.discord import TOKEN, FakeDiscord, user
+from tests.fakes.ollama import FakeOllama
+from tests.fakes.slack import FakeSlack, Message
+from tests.processes import ServedBot, bot_env, bots
+
+QUESTION = "What is the transformer architecture in deep learning?"
+CHANNEL = "C0GENERAL"
+WAIT_S = 60.0
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def discord() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord() as fake:
+        yield fake
+
+
+def slack_config(write_config: Callable[..., Path], slack: FakeSlack, extra: str = "") -> Path:
+    config = write_config()
+    config.write_text(
+        config.read_text(encoding="utf-8")
+        + f'\n[slack]\nmode = "socket"\napi_url = "{slack.api_url}"\n{extra}',
+        encoding="utf-8",
+    )
+    return config
+
+
+SLACK_ENV = {"SLACK_BOT_TOKEN": "xoxb-fake", "SLACK_APP_TOKEN": "xapp-fake"}
+
+
+async def ask_slack(slack: FakeSlack, event_id: str) -> dict[str, object]:
+    event = slack.user_says(QUESTION)
+    await slack.wait_ack(await slack.push(slack.callback(event, event_id=event_id)))
+    return event
+
+
+def thread(slack: FakeSlack, event: dict[str, object]) -> list[Message]:
+    return slack.in_thread(CHANNEL, str(event["ts"]))
+
+
+def finished(message: Message) -> bool:
+    return not message.streaming and "Sources" in message.shown()
+
+
+async def mid_answer(slack: FakeSlack, event: dict[str, object], *, streamed: bool) -> None:
+    """Until the bot's reply shows part of the answer (streamed, or in a placeholder)."""
+
+    def started() -> bool:
+        replies = thread(slack, event)
+        if streamed:
+            return any(m.streaming and len(m.chunks) >= 3 for m in replies)
+        return any("According to" in m.text for m in replies)
+
+    await asyncio.wait_for(slack.until(started), WAIT_S)
+
+
+async def answered_once(slack: FakeSlack, event: dict[str, object]) -> Message:
+    """Until the thread holds the finished answer; then exactly one message, finished."""
+    await asyncio.wait_for(slack.until(lambda: any(map(finished, thread(slack, event)))), WAIT_S)
+    replies = thread(slack, event)
+    assert len(replies) == 1, [m.shown()[:80] for m in replies]
+    (reply,) = replies
+    assert not reply.streaming, "its stream was stopped"
+    assert "Choosing search keywords" not in reply.shown()
+    return reply
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "placeholder"])
+async def test_slack_a_sigkill_mid_answer_finishes_the_original_message(
+    write_config: Callable[..., Path], slack: FakeSlack, ollama: FakeOllama, streaming: bool
+) -> None:
+    if not streaming:
+        slack.refuse_streaming = "not_allowed"
+    config = slack_config(write_config, slack)
+    ollama.pace(SYNTHESIS_MARKER, 0.3)
+    async with bots() as started:
+        started.append(first := await ServedBot.start(config, bot_env(**SLACK_ENV)))
+        event = await ask_slack(slack, "Ev-kill")
+        await mid_answer(slack, event, streamed=streaming)
+        await first.kill()
+        assert not any(map(finished, thread(slack, event)))
+
+        ollama.pace(SYNTHESIS_MARKER, 0.0)
+        started.append(second := await ServedBot.start(config, bot_env(**SLACK_ENV)))
+        assert second.recovered == 1
+        reply = await answered_once(slack, event)
+    assert reply.streamed == streaming
+
+
+async def test_slack_a_recovered_message_that_cannot_be_edited_is_replaced_not_left_dangling(
+    write_config: Callable[..., Path], slack: FakeSlack, ollama: FakeOllama
+) -> None:
+    config = slack_config(write_config, slack)
+    ollama.pace(SYNTHESIS_MARKER, 0.3)
+    async with bots() as started:
+        started.append(first := await ServedBot.start(config, bot_env(**SLACK_ENV)))
+        event = await ask_slack(slack, "Ev-old")
+        await mid_answer(slack, event, streamed=True)
+        await first.kill()
+        (cut,) = thread(slack, event)
+        slack.uneditable.add(cut.ts)  # too old to edit, say
+
+        ollama.pace(SYNTHESIS_MARKER, 0.0)
+        started.append(await ServedBot.start(config, bot_env(**SLACK_ENV)))
+        reply = await answered_once(slack, event)
+    assert reply.ts != cut.ts, "a new message, and the half-answer gone"
+
+
+async def test_slack_sigterm_past_the_grace_period_is_finished_in_the_same_message(
+    write_config: Callable[..., Path], slack: FakeSlack, ollama: FakeOllama
+) -> None:
+    config = slack_config(write_config, slack)
+    config.write_text(
+        config.read_text(encoding="utf-8").replace(
+            "[logging]", "[intake]\nshutdown_grace_s = 0.5\n\n[logging]"
+        ),
+        encoding="utf-8",
+    )
+    ollama.pace(SYNTHESIS_MARKER, 0.3)
+    async with bots() as started:
+        started.append(first := await ServedBot.start(config, bot_env(**SLACK_ENV)))
+        event = await ask_slack(slack, "Ev-term")
+        await mid_answer(slack, event, streamed=True)
+        assert await first.terminate() == 128 + 15
+        assert "Traceback" not in first.stderr
+
+        ollama.pace(SYNTHESIS_MARKER, 0.0)
+        started.append(second := await ServedBot.start(config, bot_env(**SLACK_ENV)))
+        assert second.recovered == 1
+        await answered_once(slack, event)
+
+
+async def test_discord_a_sigkill_mid_answer_finishes_the_original_message(
+    write_config: Callable[..., Path], discord: FakeDiscord, ollama: FakeOllama
+) -> None:
+    guild = discord.add_guild(channels=("general",))
+    (general,) = (int(c["id"]) for c in discord.guilds[guild]["channels"])
+    config = write_config()
+    config.write_text(
+        config.read_text(encoding="utf-8")
+        + f'\n[discord]\napi_url = "{discord.api_url}"\ngateway_url = "{discord.gateway_url}"\n'
+        "edit_interval_s = 0.2\n",
+        encoding="utf-8",
+    )
+    env = bot_env(DISCORD_TOKEN=TOKEN)
+    ollama.pace(SYNTHESIS_MARKER, 0.3)
+    async with bots() as started:
+        started.append(first := await ServedBot.start(config, env))
+        asked = await discord.send_message(
+            general, f"<@{discord.bot_id}> {QUESTION}", author=user(discord.new_id(), "ann")
+        )
+
+        def replies() -> list[dict[str, object]]:
+            return [
+                m
+                for m in discord.bot_messages(general)
+                if (m.get("message_reference") or {}).get("message_id") == asked["id"]
+            ]
+
+        await asyncio.wait_for(
+            discord.wait_for(lambda: any("According to" in str(m["content"]) for m in replies())),
+            WAIT_S,
+        )
+        await first.kill()
+        ollama.pace(SYNTHESIS_MARKER, 0.0)
+        started.append(await ServedBot.start(config, env))
+        await asyncio.wait_for(
+            discord.wait_for(lambda: any("**Sources" in str(m["content"]) for m in replies())),
+            WAIT_S,
+        )
+    assert len(replies()) == 1, "the reply the crashed process posted, edited"
