@@ -184,8 +184,12 @@ class IntakeSettings:
     inbox_max_age_s: float = field(default=3600.0, metadata=_between(0, 30 * 86_400))
     # At shutdown, turns in flight get this long to finish (docker stop waits 10 s).
     shutdown_grace_s: float = field(default=8.0, metadata=_between(0, 600))
+    # A reply the platform refuses is retried at once this many times (with this backoff,
+    # doubling); then it waits in the outbox and is retried until delivery_deadline_s is
+    # up, across restarts.
     delivery_retries: int = field(default=3, metadata=_between(0, 20))
     delivery_backoff_s: float = field(default=0.5, metadata=_between(0, 60))
+    delivery_deadline_s: float = field(default=900.0, metadata=_between(1, 7 * 86_400))
 
 
 @dataclass(frozen=True, slots=True)

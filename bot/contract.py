@@ -81,8 +81,9 @@ class Author:
     # The bot itself (its own messages echo back on most platforms).
     is_self: bool = False
     # Whether this author may run admin commands here; the adapter decides, from the
-    # platform's roles and the configured admin ids.
-    is_admin: bool = False
+    # platform's roles and the configured admin ids. None: the platform could not be
+    # asked just now (an admin command is then refused with "try again").
+    is_admin: bool | None = False
 
 
 @dataclass(frozen=True, slots=True)

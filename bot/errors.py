@@ -16,8 +16,10 @@ SDK and library errors are translated into these at the boundary that called the
     ├── AnalysisError          the analysis subprocess failed or printed garbage
     │   └── AnalysisTimeout    ... or ran past its hard timeout and was killed
     ├── EmbeddingError         the embedding workers could not produce vectors
-    └── PlatformSetupError     a chat platform refused to start: bad token, missing scope
-                               or intent, uninstalled app
+    ├── PlatformSetupError     a chat platform refused to start: bad token, missing scope
+    │                          or intent, uninstalled app
+    └── DeliveryFailed         a chat platform did not take a reply (rate limited, a server
+                               error); it carries the platform's retry hint
 
 ``str(exc)`` is for logs only and is never posted to users: what a chat user reads is a
 fixed line chosen where the error is handled (:mod:`bot.pipeline.wording`). An
@@ -107,3 +109,15 @@ class PlatformSetupError(ResearchAgentError):
     Raised by an adapter's ``start`` (a revoked token, an uninstalled app, a missing
     scope or intent), so the process stops before it claims to be answering.
     """
+
+
+class DeliveryFailed(ResearchAgentError):
+    """A chat platform did not take a reply: rate limited, a server error, a lost connection.
+
+    Raised by an adapter's reply stream; the intake keeps the answer and retries.
+    ``retry_after_s`` is the platform's own hint of when to try again, when it gave one.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -39,10 +39,11 @@ class ServedBot:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, config: Path, env: Mapping[str, str]) -> ServedBot:
-        """Start it and wait until it serves (its adapters are connected and ready)."""
+    async def start(cls, config: Path, env: Mapping[str, str], *args: str) -> ServedBot:
+        """Start it (``args``: more options, ``-v`` to log to stderr too) and wait until
+        it serves (its adapters are connected and ready)."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "--config", str(config),
+            sys.executable, "-m", "bot", "--config", str(config), *args,
             cwd=ROOT, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             start_new_session=True,

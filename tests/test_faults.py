@@ -191,3 +191,133 @@ async def test_discord_a_sigkill_mid_answer_finishes_the_original_message(
             WAIT_S,
         )
     assert len(replies()) == 1, "the reply the crashed process posted, edited"
+
+
+# ----------------------------------------------------------------------------- the outbox
+
+
+def discord_config(write_config: Callable[..., Path], discord: FakeDiscord, intake: str) -> Path:
+    config = write_config()
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("[logging]", f"[intake]\n{intake}\n\n[logging]")
+        + f'\n[discord]\napi_url = "{discord.api_url}"\ngateway_url = "{discord.gateway_url}"\n'
+        "edit_interval_s = 0.2\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+class DiscordAsk:
+    """One question in a fresh channel, and the bot's replies to it."""
+
+    def __init__(self, discord: FakeDiscord) -> None:
+        self.discord = discord
+        guild = discord.add_guild(channels=("general",))
+        (self.channel,) = (int(c["id"]) for c in discord.guilds[guild]["channels"])
+        self.asked: dict[str, object] = {}
+
+    async def ask(self) -> None:
+        self.asked = await self.discord.send_message(
+            self.channel,
+            f"<@{self.discord.bot_id}> {QUESTION}",
+            author=user(self.discord.new_id(), "ann"),
+        )
+
+    def replies(self) -> list[dict[str, object]]:
+        return [
+            m
+            for m in self.discord.bot_messages(self.channel)
+            if (m.get("message_reference") or {}).get("message_id") == self.asked["id"]
+        ]
+
+    def messages(self) -> list[str]:
+        return [str(m["content"]) for m in self.discord.bot_messages(self.channel)]
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        await asyncio.wait_for(self.discord.wait_for(done), WAIT_S)
+
+    def answered(self) -> bool:
+        return any("**Sources" in str(m["content"]) for m in self.replies())
+
+
+EDITS = r"/channels/\d+/messages/\d+$"
+
+
+async def test_discord_an_answer_meeting_a_long_run_of_429s_is_delivered_after_it(
+    write_config: Callable[..., Path], discord: FakeDiscord, ollama: FakeOllama
+) -> None:
+    config = discord_config(write_config, discord, "delivery_retries = 1\ndelivery_backoff_s = 0.2")
+    question = DiscordAsk(discord)
+    async with bots() as started:
+        started.append(await ServedBot.start(config, bot_env(DISCORD_TOKEN=TOKEN)))
+        ollama.pace(SYNTHESIS_MARKER, 0.1)
+        await question.ask()
+        await question.until(lambda: bool(question.replies()))  # the progress post is up
+        discord.rate_limit_for("PATCH", EDITS, seconds=12.0, retry_after=0.5)
+        await question.until(question.answered)
+    (reply,) = question.replies()
+    assert "**Sources" in str(reply["content"]), "the one reply, finished"
+    assert len(discord.rate_limited) > 8, "it did meet the run of 429s"
+
+
+async def test_discord_a_held_answer_survives_a_restart_and_is_not_written_again(
+    write_config: Callable[..., Path], discord: FakeDiscord, ollama: FakeOllama
+) -> None:
+    config = discord_config(write_config, discord, "delivery_retries = 0\ndelivery_backoff_s = 0.2")
+    question = DiscordAsk(discord)
+    async with bots() as started:
+        env = bot_env(DISCORD_TOKEN=TOKEN)
+        started.append(first := await ServedBot.start(config, env, "-v"))
+        await question.ask()
+        await question.until(lambda: bool(question.replies()))
+        discord.rate_limit_for("PATCH", EDITS, seconds=3600.0, retry_after=0.5)
+        await asyncio.wait_for(first.wait_for("failed again (attempt"), WAIT_S)  # the courier
+        await first.kill()
+        written = len([b for b in ollama.chat_bodies() if SYNTHESIS_MARKER in str(b)])
+
+        discord._storms.clear()
+        started.append(second := await ServedBot.start(config, env))
+        assert second.recovered == 1
+        await question.until(question.answered)
+    assert len(question.replies()) == 1
+    assert len([b for b in ollama.chat_bodies() if SYNTHESIS_MARKER in str(b)]) == written, (
+        "delivered as it was written, not written again"
+    )
+
+
+async def test_discord_delivery_gives_up_in_time_and_says_so_to_user_and_operator(
+    write_config: Callable[..., Path], discord: FakeDiscord
+) -> None:
+    intake = "delivery_retries = 0\ndelivery_backoff_s = 0.2\ndelivery_deadline_s = 3"
+    config = discord_config(write_config, discord, intake)
+    question = DiscordAsk(discord)
+    async with bots() as started:
+        started.append(await ServedBot.start(config, bot_env(DISCORD_TOKEN=TOKEN)))
+        await question.ask()
+        await question.until(lambda: bool(question.replies()))
+        discord.rate_limit_for("PATCH", EDITS, seconds=3600.0, retry_after=0.5)
+        await question.until(
+            lambda: any("could not post my answer" in m for m in question.messages())
+        )
+    log = (config.parent / "bot.log").read_text(encoding="utf-8")
+    assert "gave up delivering the answer" in log and "[intake].delivery_deadline_s" in log
+    assert not any("delivery_deadline_s" in m for m in question.messages()), "no config in chat"
+
+
+async def test_slack_429s_and_500s_on_the_final_calls_are_waited_out(
+    write_config: Callable[..., Path], slack: FakeSlack
+) -> None:
+    config = slack_config(write_config, slack)
+    config.write_text(
+        config.read_text(encoding="utf-8").replace(
+            "[logging]", "[intake]\ndelivery_retries = 1\ndelivery_backoff_s = 0.2\n\n[logging]"
+        ),
+        encoding="utf-8",
+    )
+    # More than the SDK's own retries: the stop, then every edit, refused for a while.
+    slack.rate_limit("chat.stopStream", retry_after=1, times=5)
+    slack.server_error("chat.update", times=6)
+    async with bots() as started:
+        started.append(await ServedBot.start(config, bot_env(**SLACK_ENV)))
+        event = await ask_slack(slack, "Ev-busy")
+        await answered_once(slack, event)

@@ -141,7 +141,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_data(path: Path) -> No
         await memory.close()
 
     with raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (5,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
         assert conn.execute("SELECT sources FROM turns ORDER BY id").fetchall() == [
             ("[]",),
             ("[]",),

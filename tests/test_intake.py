@@ -193,10 +193,16 @@ async def test_a_failed_delivery_still_saves_the_answer(
         state = await rt.store.conversations.load(GENERAL)
         assert state.turns[-1].answer == reply.body
         assert "giving up delivering the reply" in caplog.text
-    # Given up on, not pending: the next start does not post it out of the blue.
+    # Held in the outbox, not regenerated: the next start delivers that very answer.
     async with await Runtime.start(settings) as again:
-        await chat(again)
-        assert await again.recover() == 0
+        other = await chat(again)
+        assert await again.recover() == 1
+        await asyncio.wait_for(other.service.wait_until(lambda: bool(other.service.posts)), 30)
+        (post,) = other.service.posts.values()
+        assert post.text.startswith(reply.body)
+    async with await Runtime.start(settings) as third:
+        await chat(third)
+        assert await third.recover() == 0, "delivered once, and closed"
 
 
 # ----------------------------------------------------------------------------- commands

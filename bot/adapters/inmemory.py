@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -61,6 +61,7 @@ class MemoryPlatform:
         self.posts: dict[str, Post] = {}
         # Set by tests: the platform refuses the adapter's credentials, as a bad token would.
         self.rejects_credentials = False
+        self._changed: asyncio.Event | None = None
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids)}-{self._run}"
@@ -74,6 +75,7 @@ class MemoryPlatform:
         self._maybe_fail()
         post = Post(self.new_id("m"), channel, text, in_reply_to, private_to)
         self.posts[post.id] = post
+        self._touched()
         return post
 
     def edit(self, post_id: str, text: str) -> None:
@@ -82,6 +84,18 @@ class MemoryPlatform:
         post.history.append(post.text)
         post.text = text
         post.edits += 1
+        self._touched()
+
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        """Until ``done()`` holds, checked after every post and edit (no polling)."""
+        while not done():
+            self._changed = self._changed or asyncio.Event()
+            await self._changed.wait()
+            self._changed.clear()
+
+    def _touched(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
 
     def in_channel(self, channel: str) -> list[Post]:
         return [p for p in self.posts.values() if p.channel == channel]

@@ -34,8 +34,9 @@ from bot.config import IntakeSettings
 from bot.contract import InboundMessage, Reply
 from bot.core.tasks import TaskTracker
 from bot.errors import StoreError
-from bot.intake.codec import encode_message
+from bot.intake.codec import encode_message, encode_reply
 from bot.intake.commands import Commands, parse_command
+from bot.intake.courier import Courier
 from bot.intake.delivery import GuardedReply
 from bot.intake.ratelimit import RateLimiter, describe_wait
 from bot.pipeline.orchestrator import Pipeline
@@ -153,16 +154,30 @@ class SkipEmpty:
 
 
 class HandleCommands:
-    """Step 2: commands are answered here and never reach the pipeline."""
+    """Step 2: commands are answered here and never reach the pipeline.
 
-    def __init__(self, commands: Commands) -> None:
+    A command is answered once: a replay of its event (a platform's retry after a restart,
+    a replayed signed request) is recognised durably, as the inbox recognises questions.
+    """
+
+    def __init__(self, commands: Commands, inbox: Inbox) -> None:
         self._commands = commands
+        self._inbox = inbox
 
     async def __call__(self, context: Context, after: Next) -> Submission:
-        command = parse_command(context.message.text)
+        message = context.message
+        command = parse_command(message.text)
         if command is None:
             return await after(context)
-        reply = await self._commands.run(command, context.message, context.adapter)
+        try:
+            first = await self._inbox.handled(message.platform, message.event_id)
+        except StoreError:
+            _log.exception("could not record command event %s; answering it", message.event_id)
+            first = True
+        if not first:
+            _log.info("duplicate command event %s:%s ignored", message.platform, message.event_id)
+            return Submission("duplicate")
+        reply = await self._commands.run(command, message, context.adapter)
         await _notify(context, reply.text, private=reply.private)
         return Submission("command")
 
@@ -282,19 +297,26 @@ class Queue:
 
 
 class StartTurn:
-    """Step 6: run the pipeline and deliver its reply, in a tracked in-flight task."""
+    """Step 6: run the pipeline and deliver its reply, in a tracked in-flight task.
+
+    The answer is held in the inbox before it is posted (the outbox): one the platform
+    does not take within a few quick attempts goes to the :class:`Courier`, which keeps
+    trying; a crash from then on re-delivers it rather than answering again.
+    """
 
     def __init__(
         self,
         *,
         pipeline: Pipeline,
         inbox: Inbox,
+        courier: Courier,
         tasks: TaskTracker,
         busy: Counter[str],
         settings: IntakeSettings,
     ) -> None:
         self._pipeline = pipeline
         self._inbox = inbox
+        self._courier = courier
         self._tasks = tasks
         self._busy = busy
         self._settings = settings
@@ -325,21 +347,36 @@ class StartTurn:
                 on_reply_id=remember if claim is not None else None,
             )
             reply = await self._pipeline.answer(message, guarded, claim=claim)
-            delivered = await guarded.deliver(reply)
-            if claim is not None:
+            if claim is None:
+                await guarded.deliver(reply)  # nothing on record to retry from
+                return reply
+            deliver_by = self._courier.deliver_by()
+            await self._quietly(
+                "hold the answer of",
+                message,
+                self._inbox.hold(
+                    message.platform, message.event_id, encode_reply(reply), deliver_by=deliver_by
+                ),
+            )
+            if await guarded.deliver(reply):
                 await self._quietly(
                     "close",
                     message,
-                    self._inbox.finish(
-                        message.platform,
-                        message.event_id,
-                        "answered" if delivered else "undelivered",
-                    ),
+                    self._inbox.finish(message.platform, message.event_id, "answered"),
+                )
+            else:
+                self._courier.send(
+                    message,
+                    context.adapter,
+                    reply,
+                    reply_id=guarded.reply_id,
+                    deliver_by=deliver_by,
                 )
             return reply
         except asyncio.CancelledError:
             # Shutdown ran out of grace: this attempt did not crash anything, so it must
-            # not count towards quarantine; the next start answers the event.
+            # not count towards quarantine; the next start answers the event (or, when its
+            # answer is held, delivers it).
             if claim is not None:
                 await self._quietly(
                     "release", message, self._inbox.release(message.platform, message.event_id)

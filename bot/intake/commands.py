@@ -26,6 +26,10 @@ Command = Literal["reset", "sources", "session", "help"]
 _COMMAND = re.compile(r"^[/!]?(reset|sources|session|help)[.!]?$", re.IGNORECASE)
 
 MEMORY_DOWN = "I could not reach my conversation memory just now; please try again."
+ADMIN_UNKNOWN = (
+    "I could not check just now whether you may reset this conversation; please try again "
+    "in a minute."
+)
 
 
 def parse_command(text: str) -> Command | None:
@@ -76,6 +80,14 @@ class Commands:
         return CommandReply(help_text(adapter.command_prefix))
 
     async def _forget(self, message: InboundMessage[Any], adapter: Adapter[Any]) -> CommandReply:
+        if message.author.is_admin is None:
+            _log.warning(
+                "reset in %s by %s refused: the platform could not say whether they are an "
+                "admin (see the adapter's log line)",
+                message.conversation,
+                message.author.id,
+            )
+            return CommandReply(ADMIN_UNKNOWN, private=True)
         if not message.author.is_admin:
             return CommandReply(
                 f"Sorry, only {adapter.admins} can reset a conversation. "

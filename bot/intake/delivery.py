@@ -41,6 +41,11 @@ class GuardedReply:
         self._known_id = stream.reply_id
         self._update_failures = 0
 
+    @property
+    def reply_id(self) -> str | None:
+        """The platform's id of the reply message, once one was posted."""
+        return self._stream.reply_id
+
     async def on_progress(self, step: str) -> None:
         await self._update("progress", self._stream.on_progress(step))
 

@@ -38,8 +38,9 @@ from bot.intake.chain import (
     compose,
     has_spoken,
 )
-from bot.intake.codec import decode_message
+from bot.intake.codec import decode_message, decode_reply
 from bot.intake.commands import Commands
+from bot.intake.courier import Courier
 from bot.intake.delivery import GuardedReply
 from bot.pipeline.orchestrator import Pipeline
 from bot.pipeline.wording import GIVEN_UP
@@ -74,8 +75,18 @@ class Intake:
         # Recovery takes only events received before this process could take any.
         self._started = datetime.now(UTC)
         busy: Counter[str] = Counter()
+        self._courier = Courier(
+            inbox,
+            first_pause_s=settings.delivery_backoff_s,
+            deadline_s=settings.delivery_deadline_s,
+        )
         start = StartTurn(
-            pipeline=pipeline, inbox=inbox, tasks=self._turns, busy=busy, settings=settings
+            pipeline=pipeline,
+            inbox=inbox,
+            courier=self._courier,
+            tasks=self._turns,
+            busy=busy,
+            settings=settings,
         )
         queued = [Queue(busy)]
         self._recovered = compose(queued, start)
@@ -85,7 +96,7 @@ class Intake:
                 IgnoreBots(respond_to_bots=settings.respond_to_bots),
                 FollowUps(conversations),
                 SkipEmpty(),
-                HandleCommands(Commands(conversations=conversations, reset=pipeline.reset)),
+                HandleCommands(Commands(conversations=conversations, reset=pipeline.reset), inbox),
                 RateLimit(
                     per_minute=settings.rate_limit_per_minute,
                     burst=settings.rate_limit_burst,
@@ -170,8 +181,25 @@ class Intake:
             adapter = self._adapters[event.platform]
             try:
                 message = decode_message(event.message, adapter)
+                reply = None if event.reply is None else decode_reply(event.reply)
             except ValueError:
                 _log.exception("inbox event %s:%s is unreadable", event.platform, event.event_id)
+                continue
+            if reply is not None and event.deliver_by is not None:
+                _log.info(
+                    "delivering the answer to %s event %s held before the restart",
+                    event.platform,
+                    event.event_id,
+                )
+                self._courier.send(
+                    message,
+                    adapter,
+                    reply,
+                    reply_id=event.reply_id,
+                    deliver_by=event.deliver_by,
+                    at_once=True,
+                )
+                started += 1
                 continue
             if event.claim is None:
                 await self._give_up(message, adapter, event.reply_id)
@@ -217,4 +245,9 @@ class Intake:
         self.close_door()
         if self._turns:
             _log.info("waiting up to %.1f s for %d turn(s) in flight", grace_s, len(self._turns))
-        return await self._turns.drain(grace_s=grace_s, final=True)
+        finished = await self._turns.drain(grace_s=grace_s, final=True)
+        if self._courier:
+            _log.info("%d answer(s) wait for delivery at the next start", len(self._courier))
+        # Held answers lose nothing by waiting: they stay in the outbox for the next start.
+        await self._courier.close()
+        return finished

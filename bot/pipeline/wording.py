@@ -31,6 +31,7 @@ __all__ = [
     "NOT_RESTORED",
     "NOT_SAVED",
     "TURN_SLOW",
+    "UNDELIVERED",
     "fallback_answer",
     "first_sentence",
     "nothing_found",
@@ -57,6 +58,10 @@ GIVEN_UP = (
     "have set it aside. Asking it in other words may work."
 )
 NOT_SAVED = "I could not save this exchange; it will not be remembered."
+UNDELIVERED = (
+    "Sorry, I could not post my answer to your question here in time. Please ask again in a "
+    "little while."
+)
 NOT_RANKED = (
     "I could not rank the sources by meaning this time, only by their words and the search order."
 )

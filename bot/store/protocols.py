@@ -82,8 +82,9 @@ class Inbox(Protocol):
 
     An event moves on like this::
 
-        claim ──► pending ──finish──► answered | undelivered
-                     │  ▲
+        claim ──► pending ──hold──► delivering ──finish──► answered | undelivered
+                     │  ▲   (the answer exists; until it is delivered, recover hands
+                     │  │    it back to be delivered, never to be answered again)
                      │  └── recover (after a crash: attempts + 1, handed back)
                      ├──── recover: older than max_age_s ──────────► expired
                      └──── recover: attempts >= max_attempts ──────► quarantined
@@ -103,12 +104,27 @@ class Inbox(Protocol):
         became of it): that caller must not answer it.
         """
 
+    async def hold(self, platform: str, event_id: str, reply: str, *, deliver_by: datetime) -> None:
+        """Keep the answer to a pending event until it is delivered (the outbox).
+
+        ``reply`` is the intake's encoding of the answer; ``deliver_by`` when to give up.
+        A crash from now on makes ``recover`` hand the answer back for delivery instead of
+        the question for a new answer. Does nothing unless the event is pending or
+        already delivering (then the answer and time are replaced).
+        """
+
+    async def handled(self, platform: str, event_id: str) -> bool:
+        """Record that an event answered outside the inbox (a command, a shortcut) was
+        handled; False when it had been already: a replay that must not run again.
+        Records are kept a day."""
+
     async def record_reply(self, platform: str, event_id: str, reply_id: str) -> None:
         """Remember the platform's id of the reply posted for the event."""
 
     async def finish(self, platform: str, event_id: str, outcome: EventOutcome) -> None:
         """Close the event with its outcome, whatever its status was (an answer that
-        arrives after :meth:`recover` expired the event still went out).
+        arrives after :meth:`recover` expired the event still went out); an answer held
+        for delivery is dropped.
 
         Raises:
             ValueError: ``outcome`` is not an :data:`EventOutcome`.
@@ -133,9 +149,11 @@ class Inbox(Protocol):
         ``now``) expire, whatever their platform; pending events of ``platforms`` with
         ``attempts >= max_attempts`` are quarantined and returned first, once, with no
         claim; the others get one more attempt and are returned oldest first (one whose
-        turn a reset deleted gets a new pending turn). With ``received_before``, only
-        events received before it are taken: the process's own start, so events its
-        adapters already took are never handed out twice.
+        turn a reset deleted gets a new pending turn); then the events of ``platforms``
+        whose answer awaits delivery, with that answer (no attempt is counted: delivering
+        crashed nothing). With ``received_before``, only events received before it are
+        taken: the process's own start, so events its adapters already took are never
+        handed out twice. Records of handled commands older than a day are dropped.
 
         Raises:
             ValueError: ``now`` or ``received_before`` is naive, or ``max_attempts`` < 1.

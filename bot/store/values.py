@@ -80,13 +80,16 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class RecoveredEvent:
-    """A pending event that no live process is answering, handed back by ``recover``.
+    """An event that no live process is answering, handed back by ``recover``.
 
     ``message`` is the intake's own JSON, as given to ``claim``. ``reply_id`` is set when a
     reply was already posted (the crash came after it), so the intake edits that message
-    instead of posting a second one. ``attempts`` includes this one. ``claim`` is None for
-    an event this very call quarantined: it is handed back once, so the intake can tell its
-    author it was given up, and is never answered.
+    instead of posting a second one. ``attempts`` includes this one.
+
+    Three kinds: an event to answer (``claim`` set); an event whose answer exists and
+    only awaits delivery (``reply`` set: the encoded answer given to ``hold``, to deliver
+    by ``deliver_by``); and an event this very call quarantined (neither): it is handed
+    back once, so the intake can tell its author it was given up, and is never answered.
     """
 
     platform: str
@@ -97,10 +100,12 @@ class RecoveredEvent:
     attempts: int
     received_at: datetime
     claim: Claim | None
+    reply: str | None = None
+    deliver_by: datetime | None = None
 
     @property
     def quarantined(self) -> bool:
-        return self.claim is None
+        return self.claim is None and self.reply is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,8 @@ class RecoveryScope:
     """
 
     platforms: tuple[str, ...]
+    # The moment ages are measured from.
+    now: datetime
     expire_before: datetime
     taken_before: datetime | None
     max_attempts: int
@@ -144,6 +151,7 @@ class RecoveryScope:
             raise ValueError("received_before must be timezone-aware")
         return cls(
             platforms=tuple(sorted(set(platforms))),
+            now=measured_from,
             expire_before=measured_from - timedelta(seconds=max_age_s),
             taken_before=received_before,
             max_attempts=max_attempts,

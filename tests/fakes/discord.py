@@ -15,8 +15,9 @@ the client sent (``received``), and behaves the way discord.py relies on:
   first), typing, threads from a message (error 160004 when one exists); the bot's own
   posts come back as MESSAGE_CREATE, as they do on Discord;
 * rate limits as Discord enforces them: at most 5 creates and 5 edits per 5 s per channel
-  and 50 requests per second; over that, or when told to (``rate_limit_next``), a 429
-  with ``Via`` and a JSON ``retry_after`` (``rate_limited`` counts them);
+  and 50 requests per second; over that, or when told to (``rate_limit_next`` for one
+  request, ``rate_limit_for`` for every matching request during a while), a 429 with
+  ``Via`` and a JSON ``retry_after`` (``rate_limited`` counts them);
 * permissions: ``cannot_send`` and ``cannot_create_threads`` channel ids get 403 / 50013.
 
 JSON is served with a Content-Type of exactly ``application/json`` (discord.py ignores
@@ -66,6 +67,16 @@ def user(user_id: int, name: str, *, bot: bool = False) -> Json:
 
 
 @dataclass(slots=True)
+class Storm:
+    """429s for every request matching ``method`` and ``path`` until ``until``."""
+
+    method: str
+    path: re.Pattern[str]
+    until: float
+    retry_after: float
+
+
+@dataclass(slots=True)
 class Limit:
     """One forced 429 for the next request matching ``method`` and ``path``."""
 
@@ -97,6 +108,7 @@ class FakeDiscord(FakeServer):
         self.identifies: list[Json] = []
         self.received: list[Json] = []
         self.cannot_send: set[int] = set()
+        self._storms: list[Storm] = []
         self.cannot_create_threads: set[int] = set()
         self.rate_limited: list[tuple[str, str, float]] = []
         # time.monotonic() of each bot message's creation and of each of its edits.
@@ -275,6 +287,12 @@ class FakeDiscord(FakeServer):
     ) -> None:
         """The next request matching ``method`` and the ``path`` regex gets a 429."""
         self._limits.append(Limit(method, re.compile(path), retry_after, is_global))
+
+    def rate_limit_for(self, method: str, path: str, *, seconds: float, retry_after: float) -> None:
+        """Every request matching ``method`` and the ``path`` regex gets a 429 (asking
+        for ``retry_after``) for the next ``seconds``: a long run of rate limits."""
+        until = time.monotonic() + seconds
+        self._storms.append(Storm(method, re.compile(path), until, retry_after))
 
     # ------------------------------------------------------------------ gateway side
 
@@ -504,6 +522,13 @@ class FakeDiscord(FakeServer):
         return serve
 
     def _rate_limit(self, request: web.Request) -> web.Response | None:
+        for storm in self._storms:
+            if (
+                storm.method == request.method
+                and storm.path.search(request.path)
+                and time.monotonic() < storm.until
+            ):
+                return self._too_many(request, storm.retry_after, False)
         for limit in list(self._limits):
             if limit.method == request.method and limit.path.search(request.path):
                 self._limits.remove(limit)

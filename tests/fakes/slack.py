@@ -11,7 +11,8 @@ what a user would see: ``fake.in_thread(channel, thread_ts)``.
   ``appendStream`` / ``stopStream`` (``refuse_streaming = "error_code"`` refuses them),
   ``users.info`` (``users``), ``assistant.threads.setStatus`` / ``setSuggestedPrompts`` /
   ``setTitle``. Errors are HTTP 200 with ``{"ok": false, "error": ...}`` as Slack's are;
-  ``rate_limit("chat.update", retry_after=1)`` answers that method's next call with 429.
+  ``rate_limit("chat.update", retry_after=1)`` answers that method's next call with 429,
+  ``server_error(method)`` with a 500, ``drop(method)`` resets the connection instead.
   ``revoked = True`` makes every bot-token call answer ``account_inactive``.
 * Socket Mode (``GET /link``): sends ``hello``; :meth:`push` sends an ``events_api`` (or
   other) envelope and :meth:`wait_ack` waits for the client's ``{"envelope_id"}``.
@@ -41,6 +42,10 @@ import aiohttp
 from aiohttp import web
 
 from tests.fakes.base import FakeServer
+
+# Markers in a method's queue of faults (else a number: a 429's Retry-After).
+_SERVER_ERROR = -1
+_DROP = -2
 
 TEAM = "T0FAKE"
 BOT_USER = "UBOT"
@@ -150,6 +155,14 @@ class FakeSlack(FakeServer):
 
     def rate_limit(self, method: str, *, retry_after: int = 1, times: int = 1) -> None:
         self._limits.setdefault(method, deque()).extend([retry_after] * times)
+
+    def server_error(self, method: str, *, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` answer HTTP 500."""
+        self._limits.setdefault(method, deque()).extend([_SERVER_ERROR] * times)
+
+    def drop(self, method: str, *, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` get their connection reset, no answer."""
+        self._limits.setdefault(method, deque()).extend([_DROP] * times)
 
     def new_ts(self) -> str:
         n = next(self._clock)
@@ -392,6 +405,12 @@ class FakeSlack(FakeServer):
             limits = self._limits.get(method)
             if limits:
                 wait = limits.popleft()
+                if wait == _DROP:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return web.Response(status=500)
+                if wait == _SERVER_ERROR:
+                    return web.Response(status=500, text="Internal Server Error")
                 return web.json_response(
                     {"ok": False, "error": "ratelimited"},
                     status=429,

@@ -22,6 +22,7 @@ from bot.adapters.discord.pacing import SendBudget
 from bot.adapters.discord.permissions import Access
 from bot.adapters.discord.render import progress_line, render_reply, split_message
 from bot.contract import Reply
+from bot.errors import DeliveryFailed
 
 _log = logging.getLogger(__name__)
 
@@ -105,6 +106,24 @@ class DiscordReply:
             except discord.Forbidden as exc:
                 # Not retried: the permission will not come back by itself.
                 self._access.missing_permission(self._surface.channel, "send", exc)
+            except discord.RateLimited as exc:
+                self._budget.hold(self._surface.channel, exc.retry_after)
+                raise DeliveryFailed(
+                    f"Discord rate limits channel {self._surface.channel}",
+                    retry_after_s=exc.retry_after,
+                ) from exc
+            except discord.HTTPException as exc:
+                if exc.status != 429 and exc.status < 500:
+                    raise
+                wait = _retry_after(exc)
+                if wait is not None:
+                    self._budget.hold(self._surface.channel, wait)
+                raise DeliveryFailed(
+                    f"Discord answered {exc.status} in channel {self._surface.channel}",
+                    retry_after_s=wait,
+                ) from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise DeliveryFailed(f"Discord could not be reached: {exc!r}") from exc
 
     def _want(self, parts: list[str]) -> None:
         if self._done:
@@ -189,3 +208,13 @@ class DiscordReply:
             for extra in self._ids[len(parts) :]:
                 await self._surface.delete(extra)
             del self._ids[len(parts) :], self._shown[len(parts) :]
+
+
+def _retry_after(exc: discord.HTTPException) -> float | None:
+    """Discord's ``Retry-After`` (seconds) on a refused request, when it sent one."""
+    response = getattr(exc, "response", None)
+    value = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

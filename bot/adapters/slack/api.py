@@ -6,13 +6,16 @@ import logging
 from typing import Any
 
 import aiohttp
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+from bot.errors import DeliveryFailed
 
 _log = logging.getLogger(__name__)
 
@@ -27,9 +30,9 @@ def web_client(
 ) -> AsyncWebClient:
     """A client for ``base_url`` on ``session``.
 
-    ``retrying`` adds the SDK's retry handlers: a dropped connection is tried again, and a
-    429 waits for its ``Retry-After``. The start-up check goes without them, so that a
-    network problem is reported at once.
+    ``retrying`` adds the SDK's retry handlers: a dropped connection and a 5xx are tried
+    again, and a 429 waits for its ``Retry-After``. The start-up check goes without them,
+    so that a network problem is reported at once.
     """
     if not retrying:
         return AsyncWebClient(token=token, base_url=base_url, session=session)
@@ -40,6 +43,7 @@ def web_client(
         retry_handlers=[
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
             AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            AsyncServerErrorRetryHandler(max_retry_count=2),
         ],
     )
 
@@ -121,3 +125,29 @@ class WarnOnce:
             self._logger.error("%s", line)
         else:
             self._logger.debug("%s", line)
+
+
+# Refusals that pass: Slack is busy or failing, not saying no.
+_TRANSIENT = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
+
+
+def delivery_failure(exc: Exception) -> DeliveryFailed | None:
+    """A failed call as :class:`~bot.errors.DeliveryFailed` when retrying later can help
+    (a 429 with its ``Retry-After``, a 5xx, a lost connection); None when it cannot."""
+    if isinstance(exc, SlackApiError):
+        response = exc.response
+        status = int(getattr(response, "status_code", 200) or 200)
+        if status != 429 and status < 500 and api_error(exc) not in _TRANSIENT:
+            return None
+        headers = getattr(response, "headers", None) or {}
+        retry_after = headers.get("Retry-After") or headers.get("retry-after")
+        try:
+            wait = float(retry_after) if retry_after is not None else None
+        except (TypeError, ValueError):
+            wait = None
+        return DeliveryFailed(f"Slack answered {status} ({api_error(exc)})", retry_after_s=wait)
+    if isinstance(exc, SlackClientError | aiohttp.ClientError | OSError | TimeoutError):
+        return DeliveryFailed(f"Slack could not be reached: {exc!r}")
+    return None

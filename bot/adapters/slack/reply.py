@@ -19,7 +19,13 @@ from slack_sdk.models.messages.chunk import TaskUpdateChunk
 from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.slack.api import WarnOnce, api_error, describe_api_error, post_message
+from bot.adapters.slack.api import (
+    WarnOnce,
+    api_error,
+    delivery_failure,
+    describe_api_error,
+    post_message,
+)
 from bot.adapters.slack.feedback import feedback_blocks
 from bot.adapters.slack.render import (
     MESSAGE_CHARS,
@@ -241,6 +247,17 @@ class SlackReply:
     # ------------------------------------------------------------------ final
 
     async def on_reply(self, reply: Reply) -> None:
+        """Post or edit the whole answer; a failure that may pass (429, 5xx, the network)
+        raises :class:`~bot.errors.DeliveryFailed`, so it is retried later."""
+        try:
+            await self._finish(reply)
+        except Exception as exc:
+            failure = delivery_failure(exc)
+            if failure is None:
+                raise
+            raise failure from exc
+
+    async def _finish(self, reply: Reply) -> None:
         await self._take_over()
         event_id = self._message.event_id
         parts = split_message(render_mrkdwn(reply))

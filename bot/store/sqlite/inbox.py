@@ -8,10 +8,11 @@ concurrent deliveries (in this process or another) exactly one gets a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import get_args
 
 import aiosqlite
@@ -31,6 +32,8 @@ from bot.store.values import Claim, EventOutcome, RecoveredEvent, RecoveryScope
 _log = logging.getLogger(__name__)
 
 _EVENT_OUTCOMES: frozenset[str] = frozenset(get_args(EventOutcome))
+# How long a handled command is remembered: far past any platform's replay window.
+HANDLED_KEPT = timedelta(days=1)
 _COLUMNS = (
     "i.platform, i.event_id, i.conversation, i.question, i.turn_id, i.message, i.reply_id, "
     "i.attempts, i.received_at"
@@ -62,6 +65,26 @@ class SqliteInbox:
             await _link_turn(conn, platform, event_id, claim.turn_id)
         return claim
 
+    async def hold(self, platform: str, event_id: str, reply: str, *, deliver_by: datetime) -> None:
+        async with self._db.transaction("hold", None, write=True) as conn:
+            await write(
+                conn,
+                "UPDATE inbox SET status = 'delivering', reply = ?, deliver_by = ?, "
+                "    updated_at = ? "
+                "WHERE platform = ? AND event_id = ? AND status IN ('pending', 'delivering')",
+                (reply, stamp(deliver_by), now_text(), platform, event_id),
+            )
+
+    async def handled(self, platform: str, event_id: str) -> bool:
+        async with self._db.transaction("handled", None, write=True) as conn:
+            inserted = await write(
+                conn,
+                "INSERT INTO handled (platform, event_id, handled_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (platform, event_id) DO NOTHING",
+                (platform, event_id, now_text()),
+            )
+        return inserted > 0
+
     async def record_reply(self, platform: str, event_id: str, reply_id: str) -> None:
         async with self._db.transaction("record_reply", None, write=True) as conn:
             await write(
@@ -76,7 +99,8 @@ class SqliteInbox:
         async with self._db.transaction("finish_event", None, write=True) as conn:
             await write(
                 conn,
-                "UPDATE inbox SET status = ?, updated_at = ? WHERE platform = ? AND event_id = ?",
+                "UPDATE inbox SET status = ?, reply = NULL, deliver_by = NULL, updated_at = ? "
+                "WHERE platform = ? AND event_id = ?",
                 (outcome, now_text(), platform, event_id),
             )
 
@@ -122,10 +146,16 @@ class SqliteInbox:
             )
             if expired:
                 _log.info("inbox: %d pending event(s) expired unanswered", expired)
+            await write(
+                conn,
+                "DELETE FROM handled WHERE handled_at < ?",
+                (stamp(scope.now - HANDLED_KEPT),),
+            )
             if not chosen:
                 return []
-            given_up = await _quarantine(conn, chosen, max_attempts, changed_at, before)
-            return given_up + await _take_over(conn, chosen, changed_at, before)
+            given_up = await _quarantine(conn, chosen, scope.max_attempts, changed_at, before)
+            taken = await _take_over(conn, chosen, changed_at, before)
+            return given_up + taken + await _deliveries(conn, chosen, before)
 
 
 async def _link_turn(
@@ -199,6 +229,27 @@ async def _take_over(
             claim = Claim(int(row["turn_id"]), moment(row["conversation_started"]))
         recovered.append(_recovered(row, claim))
     return recovered
+
+
+async def _deliveries(
+    conn: aiosqlite.Connection, platforms: Sequence[str], before: str
+) -> list[RecoveredEvent]:
+    rows = await fetchall(
+        conn,
+        f"SELECT {_COLUMNS}, i.reply, i.deliver_by FROM inbox AS i "
+        f"WHERE i.status = 'delivering' AND i.platform IN ({placeholders(len(platforms))}) "
+        "  AND i.received_at < ? "
+        "ORDER BY i.received_at, i.platform, i.event_id",
+        (*platforms, before),
+    )
+    return [
+        dataclasses.replace(
+            _recovered(row, None),
+            reply=str(row["reply"]),
+            deliver_by=moment(row["deliver_by"]),
+        )
+        for row in rows
+    ]
 
 
 def _recovered(row: sqlite3.Row, claim: Claim | None) -> RecoveredEvent:

@@ -1,6 +1,6 @@
 """The SQLite schema, as the migrations that build it, and the step that applies them.
 
-Schema (version 5; ``PRAGMA user_version`` holds the version)::
+Schema (version 6; ``PRAGMA user_version`` holds the version)::
 
     conversations (v5; "sessions" before)    turns
     ┌────────────────────────────────┐       ┌──────────────────────────────────────────┐
@@ -20,13 +20,15 @@ Schema (version 5; ``PRAGMA user_version`` holds the version)::
     │ conversation  TEXT  conversation key (no FK: the row outlives a reset)     │         │
     │ question      TEXT  to begin a new turn if a reset deleted the old one     │         │
     │ turn_id       INTEGER NULL FK ON DELETE SET NULL, unique ──────────────────┼─────────┘
-    │ status        'pending' | 'answered' | 'undelivered' | 'expired'           │
-    │               | 'quarantined'                                              │
+    │ status        'pending' | 'delivering' | 'answered' | 'undelivered'       │
+    │               | 'expired' | 'quarantined'                                  │
     │ attempts      INTEGER >= 0                                                 │
     │ message       TEXT  opaque JSON from the intake, to rebuild the event      │
     │ reply_id      TEXT NULL  the platform's id of the bot's reply              │
     │ received_at   TEXT  ISO-8601                                               │
     │ updated_at    TEXT  ISO-8601                                               │
+    │ reply         TEXT NULL  the encoded answer awaiting delivery (v6)          │
+    │ deliver_by    TEXT NULL  when its delivery is given up (v6)                 │
     └────────────────────────────────────────────────────────────────────────────┘
     feedback (v3)  turn_id INTEGER FK turns ON DELETE CASCADE ┐ PK, user_id TEXT ┘,
                    rating 'up' | 'down', created_at TEXT: one vote per reader and turn
@@ -36,6 +38,8 @@ Schema (version 5; ``PRAGMA user_version`` holds the version)::
 
     embedding_cache (v4): model TEXT, text_hash TEXT (PK together), vector BLOB (float32),
     stored_at INTEGER (a counter, for evicting the oldest), index embedding_cache_by_age
+    handled (v6): platform, event_id (PK together), handled_at: commands answered, so a
+    replay of one is recognised; index handled_by_age
 
 Timestamps are ISO-8601 in UTC with microseconds (``2024-05-01T12:00:00.123456+00:00``),
 so they sort as text. ``AUTOINCREMENT`` makes turn ids grow forever and never be reused,
@@ -145,6 +149,50 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE turns RENAME COLUMN session_key TO conversation",
         "DROP INDEX turns_by_session",
         "CREATE INDEX turns_by_conversation ON turns (conversation, id)",
+    ),
+    (
+        # The outbox: an answer that could not be posted at once waits here ('delivering',
+        # its reply encoded) until it lands or its time is up. SQLite cannot change a CHECK,
+        # so the table is rebuilt; nothing refers to it.
+        """
+        CREATE TABLE inbox_v6 (
+            platform     TEXT    NOT NULL CHECK (typeof(platform) = 'text'),
+            event_id     TEXT    NOT NULL CHECK (typeof(event_id) = 'text'),
+            conversation TEXT    NOT NULL CHECK (typeof(conversation) = 'text'),
+            question     TEXT    NOT NULL CHECK (typeof(question) = 'text'),
+            turn_id      INTEGER REFERENCES turns (id) ON DELETE SET NULL,
+            status       TEXT    NOT NULL CHECK (status IN ('pending', 'delivering',
+                             'answered', 'undelivered', 'expired', 'quarantined')),
+            attempts     INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            message      TEXT    NOT NULL CHECK (typeof(message) = 'text'),
+            reply_id     TEXT    CHECK (reply_id IS NULL OR typeof(reply_id) = 'text'),
+            received_at  TEXT    NOT NULL,
+            updated_at   TEXT    NOT NULL,
+            reply        TEXT    CHECK (reply IS NULL OR typeof(reply) = 'text'),
+            deliver_by   TEXT,
+            PRIMARY KEY (platform, event_id),
+            CHECK ((status = 'delivering') = (reply IS NOT NULL))
+        )
+        """,
+        "INSERT INTO inbox_v6 (platform, event_id, conversation, question, turn_id, status, "
+        "                      attempts, message, reply_id, received_at, updated_at) "
+        "SELECT platform, event_id, conversation, question, turn_id, status, attempts, "
+        "       message, reply_id, received_at, updated_at FROM inbox",
+        "DROP TABLE inbox",
+        "ALTER TABLE inbox_v6 RENAME TO inbox",
+        "CREATE INDEX inbox_by_status ON inbox (status, received_at)",
+        "CREATE UNIQUE INDEX inbox_by_turn ON inbox (turn_id)",
+        # Commands and shortcuts are answered at once and never reach the inbox; a replay of
+        # one (a platform's retry, a replayed signed request) must still be recognised.
+        """
+        CREATE TABLE handled (
+            platform   TEXT NOT NULL CHECK (typeof(platform) = 'text'),
+            event_id   TEXT NOT NULL CHECK (typeof(event_id) = 'text'),
+            handled_at TEXT NOT NULL,
+            PRIMARY KEY (platform, event_id)
+        )
+        """,
+        "CREATE INDEX handled_by_age ON handled (handled_at)",
     ),
 )
 
