@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import logging
 import os
 import re
 import signal
@@ -427,6 +428,45 @@ async def test_reset_is_refused_to_a_member_and_done_for_an_admin(
     assert len(done) == 2
     looked_up = sorted(call.args["user"] for call in slack.calls_to("users.info"))
     assert looked_up == ["UADMIN", "UALICE", "UBOB"], "cached; configured ids need no lookup"
+
+
+async def test_a_question_never_depends_on_the_admin_lookup_and_a_reset_says_try_again(
+    make_settings: SettingsFactory, slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # users.info resets the connection, more often than the client's own retries.
+    slack.drop("users.info", times=100)
+    async with serving(slack_settings(make_settings, slack, "http")) as (rt, bot):
+        event = slack.user_says(QUESTION, user="UCAROL")
+        with caplog.at_level(logging.WARNING):
+            await deliver(slack, bot, event, event_id="Ev-a1")
+            await bot.settle()
+            (answer,) = slack.in_thread(CHANNEL, event["ts"])
+            assert "Sources" in answer.shown(), "the question was answered all the same"
+            reset = slack.user_says("reset", thread_ts=event["ts"], user="UCAROL")
+            await deliver(slack, bot, reset, event_id="Ev-a2")
+            await bot.settle()
+        key = conversation_key("slack", TEAM, CHANNEL, event["ts"])
+        assert (await rt.store.conversations.load(key)).turns, "nothing was forgotten"
+    (line,) = (m.text for m in slack.ephemeral("UCAROL"))
+    assert "try again" in line and "Traceback" not in caplog.text
+    assert "could not ask Slack whether UCAROL is an admin" in caplog.text
+
+
+async def test_a_replayed_slash_command_runs_once_even_after_a_restart(
+    make_settings: SettingsFactory, slack: FakeSlack
+) -> None:
+    settings = slack_settings(make_settings, slack, "http")
+    command = slack.command("help", user="UBOB")  # one trigger_id: one invocation
+    async with serving(settings) as (_rt, bot):
+        status, _ = await slack.post_signed(bot.http_url, command, kind="command")
+        assert status == 200
+        await bot.settle()
+    async with serving(settings) as (_rt, bot):
+        # The same signed request, replayed inside Slack's five minutes.
+        status, _ = await slack.post_signed(bot.http_url, command, kind="command")
+        assert status == 200
+        await bot.settle()
+    assert len(slack.ephemeral("UBOB")) == 1
 
 
 async def test_the_slash_command_goes_through_the_shared_commands(
