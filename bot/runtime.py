@@ -95,7 +95,9 @@ class Runtime:
             )
             (llm_warning, opened, embedding_problem), adapter_problems = await asyncio.gather(
                 asyncio.gather(
-                    check_llm(http, settings.llm), _open_store(settings), embeddings.check()
+                    check_llm(http, settings.llm),
+                    _open_store(settings, serving=bool(adapters)),
+                    embeddings.check(),
                 ),
                 asyncio.gather(*(_check_adapter(adapter) for adapter in adapters)),
             )
@@ -233,16 +235,27 @@ def _onnx_dir(settings: Settings) -> str:
     return "" if database == ":memory:" else str(Path(database).parent / "onnx")
 
 
-async def _open_store(settings: Settings) -> Store | str:
-    """The store, or why the database cannot be used, as one line with the fix."""
+async def _open_store(settings: Settings, *, serving: bool) -> Store | str:
+    """The store, or why the database cannot be used, as one line with the fix.
+
+    A process that serves chat platforms takes the store for itself: it recovers their
+    events, which a second such process on the same database would answer again.
+    """
     database = settings.memory.database
     try:
-        return await open_store(database)
+        store = await open_store(database)
     except StoreError as exc:
         return (
             f"the memory database {database} cannot be opened for writing ({exc}): make its "
             "directory writable, or set [memory].database to a writable path"
         )
+    if serving:
+        try:
+            await store.take_ownership()
+        except StoreError as exc:
+            await store.close()
+            return str(exc)
+    return store
 
 
 async def _check_adapter(adapter: Adapter[Any]) -> str | None:

@@ -63,6 +63,8 @@ async def test_a_trickling_model_is_cut_at_the_turn_deadline_and_the_next_questi
         ollama.pace(SYNTHESIS_MARKER, 0.5)
         started = time.monotonic()
         first = asyncio.create_task(bot.ask(QUESTION))
+        # The first turn holds the conversation (its reply is up) before the second comes.
+        await asyncio.wait_for(bot.service.wait_until(lambda: bool(bot.service.posts)), 30)
         second = asyncio.create_task(bot.ask("What is BERT in language models?"))
         reply = await asyncio.wait_for(first, 30)
         took = time.monotonic() - started

@@ -9,6 +9,7 @@ docs/reliability.md lists each fault with the test that runs it.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from bot.pipeline.prompts import SYNTHESIS_MARKER
 from tests.fakes.discord import TOKEN, FakeDiscord, user
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.slack import FakeSlack, Message
-from tests.processes import ServedBot, bot_env, bots
+from tests.processes import ROOT, ServedBot, bot_env, bots
 
 QUESTION = "What is the transformer architecture in deep learning?"
 CHANNEL = "C0GENERAL"
@@ -321,3 +322,26 @@ async def test_slack_429s_and_500s_on_the_final_calls_are_waited_out(
         started.append(await ServedBot.start(config, bot_env(**SLACK_ENV)))
         event = await ask_slack(slack, "Ev-busy")
         await answered_once(slack, event)
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+async def test_a_second_bot_on_the_same_database_is_refused_and_a_crash_leaves_no_lock(
+    write_config: Callable[..., Path], slack: FakeSlack
+) -> None:
+    config = slack_config(write_config, slack)
+    env = bot_env(**SLACK_ENV)
+    async with bots() as started:
+        started.append(first := await ServedBot.start(config, env))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "--config", str(config),
+            cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _out, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+        assert proc.returncode == 1
+        assert f"another research-agent process (pid {first.proc.pid})" in err.decode()
+        assert b"Traceback" not in err
+        await first.kill()
+        started.append(await ServedBot.start(config, env))  # the lock died with it

@@ -204,5 +204,16 @@ class Store(Protocol):
     def location(self) -> str:
         """Where the data lives, for operators' messages (a path, a URL without password)."""
 
+    async def take_ownership(self) -> None:
+        """Take the store for a process that serves chat platforms (and recovers their
+        events), for as long as it runs.
+
+        The embedded backend allows one such process per database; a shared backend
+        coordinates several otherwise and returns at once.
+
+        Raises:
+            StoreError: another live process serves the store (the message names it).
+        """
+
     async def close(self) -> None:
         """Wait for the operation in progress, then close. Safe to call twice."""

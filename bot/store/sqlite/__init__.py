@@ -68,5 +68,8 @@ class SqliteStore:
     def vectors(self) -> SqliteVectors:
         return self._vectors
 
+    async def take_ownership(self) -> None:
+        await self._db.take_ownership()
+
     async def close(self) -> None:
         await self._db.close()
