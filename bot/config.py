@@ -115,6 +115,9 @@ class EmbeddingSettings:
     # A local directory with the model's files; when set it wins over ``model``.
     model_path: str = ""
     workers: int = field(default=1, metadata=_between(1, 64))
+    # An embedding call that takes longer is given up (the turn ranks without it) and its
+    # workers are killed and replaced: a stopped or wedged worker must not hold turns.
+    timeout_s: float = field(default=30.0, metadata=_between(0.5, 3600))
     batch_size: int = field(default=32, metadata=_between(1, 1024))
     hashing_dim: int = field(default=1024, metadata=_between(16, 1 << 20))
     # Vectors kept by (model, text hash): in memory, and in the memory database across

@@ -108,3 +108,35 @@ async def bots() -> AsyncIterator[list[ServedBot]]:
     finally:
         for bot in started:
             await bot.kill()
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid`` (children, grandchildren ...), by pid, with its cmdline."""
+    children: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        # The command name in parentheses may hold spaces: fields follow its closing one.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+        commands[int(entry.name)] = command
+    found: dict[int, str] = {}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found[child] = commands.get(child, "")
+        todo.extend(children.get(child, []))
+    return found
+
+
+def embedding_workers(pid: int) -> list[int]:
+    """The embedding workers of bot ``pid``: the children of its forkserver."""
+    below = descendants(pid)
+    servers = [p for p, command in below.items() if "forkserver" in command]
+    return [p for server in servers for p in descendants(server)]

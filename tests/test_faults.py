@@ -9,6 +9,8 @@ docs/reliability.md lists each fault with the test that runs it.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,7 +21,7 @@ from bot.pipeline.prompts import SYNTHESIS_MARKER
 from tests.fakes.discord import TOKEN, FakeDiscord, user
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.slack import FakeSlack, Message
-from tests.processes import ROOT, ServedBot, bot_env, bots
+from tests.processes import ROOT, ServedBot, bot_env, bots, embedding_workers
 
 QUESTION = "What is the transformer architecture in deep learning?"
 CHANNEL = "C0GENERAL"
@@ -345,3 +347,35 @@ async def test_a_second_bot_on_the_same_database_is_refused_and_a_crash_leaves_n
         assert b"Traceback" not in err
         await first.kill()
         started.append(await ServedBot.start(config, env))  # the lock died with it
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+async def test_a_stopped_embedding_worker_costs_one_ranking_not_the_bot_and_not_shutdown(
+    write_config: Callable[..., Path], slack: FakeSlack
+) -> None:
+    config = slack_config(write_config, slack)
+    config.write_text(
+        config.read_text(encoding="utf-8").replace(
+            "[embeddings]\n", "[embeddings]\ntimeout_s = 2\n"
+        ),
+        encoding="utf-8",
+    )
+    async with bots() as started:
+        started.append(bot := await ServedBot.start(config, bot_env(**SLACK_ENV), "-v"))
+        await asyncio.wait_for(bot.wait_for("embedding workers ready"), WAIT_S)
+        workers = embedding_workers(bot.proc.pid)
+        assert workers, "the pool is up"
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)  # alive, holding its work, answering nothing
+        first = await ask_slack(slack, "Ev-stopped")
+        reply = await answered_once(slack, first)
+        assert "only by their words and the search order" in reply.shown()
+        second = await ask_slack(slack, "Ev-after")
+        again = await answered_once(slack, second)
+        assert "search order" not in again.shown(), "a new pool ranks the next question"
+        assert not set(workers) & set(embedding_workers(bot.proc.pid)), "replaced"
+        for pid in embedding_workers(bot.proc.pid):
+            os.kill(pid, signal.SIGSTOP)  # and stopped again, for the shutdown
+        assert await bot.terminate(timeout_s=20) == 128 + signal.SIGTERM

@@ -78,6 +78,9 @@ class Relevance:
         query = await question_vector
         if vectors is not None and query is not None:
             dense = vectors @ query
+        elif vectors is not None:
+            # The articles have vectors but the question has none to compare them with.
+            turn.notices.append(Notice("ranking_unavailable", NOT_RANKED))
         return ranking.rank(
             articles,
             [float(d) for d in dense],

@@ -198,12 +198,21 @@ class EmbeddingAgent:
         workers at once. If a worker died, the pool is replaced and the call retried once.
 
         Raises:
-            EmbeddingError: not started, closed, or the workers failed twice in a row.
+            EmbeddingError: not started, closed, the workers failed twice in a row, or the
+                call took longer than ``[embeddings].timeout_s`` (its workers are killed).
         """
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts, not a single string")
         if not self._workers.ready and self._loading is not None and not self._workers.closed:
-            await self.wait_ready()
+            # A turn waits for a model still loading, but not past the call's deadline:
+            # it can rank without vectors, and the load goes on for the turns after it.
+            try:
+                async with asyncio.timeout(self._settings.timeout_s):
+                    await self.wait_ready()
+            except TimeoutError as exc:
+                raise EmbeddingError(
+                    f"the embedding model was still loading after {self._settings.timeout_s:g} s"
+                ) from exc
         dimension = self.dimension
         if not self._workers.ready or dimension is None:
             raise EmbeddingError("the embedding agent is not running (call start() first)")
@@ -289,7 +298,9 @@ class EmbeddingAgent:
     async def _compute(self, clipped: list[str]) -> FloatArray:
         # The lambda looks _run_batches up at each attempt (the tests swap it for one that
         # always finds the pool broken).
-        return await self._workers.call(lambda pool: self._run_batches(pool, clipped))
+        return await self._workers.call(
+            lambda pool: self._run_batches(pool, clipped), timeout_s=self._settings.timeout_s
+        )
 
     async def _run_batches(self, pool: ProcessPoolExecutor, texts: list[str]) -> FloatArray:
         """One attempt of a call: its batches on ``pool`` at once, concatenated in order.

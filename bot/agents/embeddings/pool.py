@@ -19,6 +19,13 @@ Crash recovery: if a worker dies (OOM killer, SIGKILL), the pool is broken. The 
 to notice shuts it down and builds and warms a new one under a lock; a generation counter keeps
 concurrent callers who saw the same breakage from building several pools. The call is then
 retried once; a second failure raises :class:`~bot.errors.EmbeddingError`.
+
+A worker that does not die but stops answering (SIGSTOP, a wedged library) would hold
+every call behind it: a call has a deadline, and one that misses it kills the pool's
+workers, so that the next call finds the pool broken and replaces it, and fails with
+:class:`~bot.errors.EmbeddingError` (the turn ranks without vectors). Closing, too, gives
+the workers :data:`CLOSE_GRACE_S` to stop, then kills them: shutdown never waits on a
+stuck worker.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ from bot.errors import EmbeddingError
 _log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+# At close, running work gets this long to finish before the workers are killed.
+CLOSE_GRACE_S = 5.0
 
 
 class WorkerPool:
@@ -105,18 +115,38 @@ class WorkerPool:
             if self._executor is None:
                 await self._install_new_pool()
 
-    async def call(self, work: Callable[[ProcessPoolExecutor], Awaitable[_T]]) -> _T:
+    async def call(
+        self, work: Callable[[ProcessPoolExecutor], Awaitable[_T]], *, timeout_s: float
+    ) -> _T:
         """Await ``work`` on the pool; if the pool broke, replace it and retry once.
 
+        An attempt that takes longer than ``timeout_s`` kills the pool's workers (the next
+        call replaces them) and fails.
+
         Raises:
-            EmbeddingError: the pool is closed, or broke twice in a row.
+            EmbeddingError: the pool is closed, broke twice in a row, or missed the deadline.
         """
         for attempt in (1, 2):
             pool, generation = self._executor, self._generation
             if pool is None:
                 raise EmbeddingError("the embedding agent was closed during the call")
             try:
-                return await work(pool)
+                async with asyncio.timeout(timeout_s) as window:
+                    return await work(pool)
+            except TimeoutError as exc:
+                if not window.expired():
+                    raise
+                _log.error(
+                    "an embedding call took longer than %g s ([embeddings].timeout_s): the "
+                    "workers %s are stopped or stuck; killing them (they are replaced at the "
+                    "next call)",
+                    timeout_s,
+                    sorted(self._pids),
+                )
+                _kill_workers(pool)
+                raise EmbeddingError(
+                    f"embedding took longer than {timeout_s:g} s; the workers were killed"
+                ) from exc
             except BrokenProcessPool as exc:
                 if attempt == 2:
                     raise EmbeddingError(
@@ -151,13 +181,14 @@ class WorkerPool:
         self._closed = True
 
     async def close(self) -> None:
-        """Shut the pool down, waiting for running work; safe to call more than once."""
+        """Shut the pool down; running work gets :data:`CLOSE_GRACE_S`, then the workers
+        are killed. Safe to call more than once."""
         self._closed = True
         async with self._lock:
             pool, self._executor = self._executor, None
             self._pids = frozenset()
             if pool is not None:
-                await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+                await _shut_down(pool, CLOSE_GRACE_S)
                 _log.info("embedding workers stopped")
 
     async def _install_new_pool(self) -> None:
@@ -228,9 +259,36 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
+async def _shut_down(pool: ProcessPoolExecutor, grace_s: float) -> None:
+    """Shut ``pool`` down, giving its workers ``grace_s`` to finish; then kill them."""
+    processes = _processes(pool)
+    await asyncio.to_thread(pool.shutdown, wait=False, cancel_futures=True)
+    if not await asyncio.to_thread(_joined, processes, grace_s):
+        _log.warning(
+            "embedding workers %s did not stop within %g s; killing them",
+            sorted(p.pid for p in processes if p.is_alive()),
+            grace_s,
+        )
+        _kill_workers(pool, processes)
+    # Joins the executor's own thread, which is quick once its workers are gone.
+    await asyncio.to_thread(pool.shutdown, wait=True)
+
+
+def _joined(processes: list[Any], timeout_s: float) -> bool:
+    """Whether every process ended within ``timeout_s`` (blocking: run it in a thread)."""
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    return not any(process.is_alive() for process in processes)
+
+
+def _processes(pool: ProcessPoolExecutor) -> list[Any]:
     # Python 3.14 has ProcessPoolExecutor.kill_workers(); before it, only the private map.
-    processes: dict[int, Any] = getattr(pool, "_processes", None) or {}
-    for process in list(processes.values()):
-        with contextlib.suppress(OSError, ValueError):
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
+def _kill_workers(pool: ProcessPoolExecutor, processes: list[Any] | None = None) -> None:
+    # SIGKILL ends a stopped process too.
+    for process in processes if processes is not None else _processes(pool):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             process.kill()
