@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,9 +18,10 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from bot.adapters.base import Adapter
 from bot.adapters.platforms import chat_adapters
@@ -27,6 +29,7 @@ from bot.adapters.render import render_reply
 from bot.adapters.terminal import TerminalAdapter, terminal_key
 from bot.config import LoggingSettings, Settings, load_settings
 from bot.contract import Reply
+from bot.core.text import valid_text
 from bot.domain import human_time
 from bot.errors import ConfigError, ResearchAgentError, StartupError
 from bot.runtime import Runtime
@@ -117,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_until_terminated(args, settings))
     except KeyboardInterrupt:
+        # Ctrl-C at the chat's prompt (the line editor reads it as a key): the runtime has
+        # closed on the way out.
         print("\nInterrupted; bye.", file=sys.stderr)
         return 130
     except BrokenPipeError:
@@ -131,6 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.error("cannot start: %s", exc, exc_info=_log.isEnabledFor(logging.DEBUG))
         print(f"Cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def _exit_now(status: int) -> NoReturn:
+    """End the process without waiting for threads, after flushing what it wrote."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
 
 
 def _startup_report(exc: StartupError) -> str:
@@ -170,32 +184,54 @@ def _configure_logging(settings: LoggingSettings, *, verbose: int) -> None:
         root.addHandler(handler)
 
 
-async def _until_terminated(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the command; SIGTERM (``docker stop``, systemd) shuts down like Ctrl-C does.
+@dataclass(slots=True)
+class _Running:
+    """What a forced exit must stop: the runtime, once one is up."""
 
-    Cancelling the main task unwinds through ``Runtime.close``, so background saves and
-    summaries are drained before the process exits.
+    runtime: Runtime | None = None
+
+
+async def _until_terminated(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the command; SIGTERM (``docker stop``, systemd) and Ctrl-C shut down cleanly.
+
+    Cancelling the main task unwinds through ``Runtime.close``, so an answer in flight gets
+    its grace period and background saves are drained before the process exits. A second
+    Ctrl-C does not wait for that: the child processes are killed and the process ends at
+    once (everything committed is on disk; a question cut off stays on record).
     """
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     assert main_task is not None
-    terminated = False
+    running = _Running()
+    stopped_by: signal.Signals | None = None
 
-    def terminate() -> None:
-        nonlocal terminated
-        terminated = True
-        main_task.cancel()
+    def stop(signum: signal.Signals) -> None:
+        nonlocal stopped_by
+        if stopped_by is None:
+            stopped_by = signum
+            main_task.cancel()
+            return
+        if signum == signal.SIGINT:
+            print("\nInterrupted; bye.", file=sys.stderr)
+            if running.runtime is not None:
+                running.runtime.abandon()
+            _exit_now(130)
 
-    loop.add_signal_handler(signal.SIGTERM, terminate)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
     try:
-        return await _dispatch(args, settings)
+        return await _dispatch(args, settings, running)
     except asyncio.CancelledError:
-        if not terminated:
+        if stopped_by is None:
             raise
+        if stopped_by == signal.SIGINT:
+            print("\nInterrupted; bye.", file=sys.stderr)
+            return 130
         print("Stopped; bye.", file=sys.stderr)
         return 128 + signal.SIGTERM
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
 
 
 def _new_terminal_id(kind: str) -> str:
@@ -203,7 +239,7 @@ def _new_terminal_id(kind: str) -> str:
     return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+async def _dispatch(args: argparse.Namespace, settings: Settings, running: _Running) -> int:
     command = args.command
     if command in ("conversations", "sessions"):
         return await _conversations(
@@ -219,6 +255,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     adapters = chat_adapters(settings) if serving else []
     async with await Runtime.start(settings, adapters=adapters) as runtime:
+        running.runtime = runtime
         for notice in runtime.notices:
             print(notice, file=sys.stderr)
         if command == "ask":
@@ -322,6 +359,8 @@ def reply_json(reply: Reply) -> dict[str, Any]:
 
 async def _ask(runtime: Runtime, session: str, questions: Sequence[str], *, as_json: bool) -> int:
     terminal = TerminalAdapter(session=session, quiet=as_json)
+    # Arguments that were not UTF-8 hold surrogates, which not even print() takes.
+    questions = [valid_text(question) for question in questions]
     await runtime.add_adapter(terminal)
     statuses: list[str] = []
     for i, question in enumerate(questions):

@@ -188,6 +188,13 @@ class Runtime:
         await adapter.start(port or self.intake)
         _closing(self._stack, f"{adapter.platform} adapter", adapter.close)
 
+    def abandon(self) -> None:
+        """For a forced exit (a second Ctrl-C): kill the child processes at once, so none
+        outlives the process; nothing else is closed."""
+        self.embeddings.kill_workers()
+        if self.analysis is not None:
+            self.analysis.kill_children()
+
     async def recover(self) -> int:
         """Answer the events a crash left unanswered, through the adapters added so far."""
         return await self.intake.recover()

@@ -9,6 +9,7 @@ line without sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -75,7 +76,7 @@ class ServedBot:
     async def kill(self) -> None:
         """SIGKILL the bot and everything it started: a crash, with no clean-up at all."""
         if self.proc.returncode is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            crash(self.proc.pid)
         await self._finish()
 
     async def terminate(self, timeout_s: float = 60.0) -> int:
@@ -140,3 +141,16 @@ def embedding_workers(pid: int) -> list[int]:
     below = descendants(pid)
     servers = [p for p, command in below.items() if "forkserver" in command]
     return [p for server in servers for p in descendants(server)]
+
+
+def crash(pid: int) -> None:
+    """SIGKILL process ``pid`` and everything it started, as a crash would.
+
+    All but multiprocessing's resource tracker: it outlives the crash (as it does when
+    the kernel kills the bot alone) and, once its pipe closes, removes the semaphores the
+    bot left in /dev/shm, which a test would otherwise leak on every kill.
+    """
+    below = descendants(pid)
+    for victim in [pid, *(p for p, command in below.items() if "resource_tracker" not in command)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)

@@ -32,12 +32,14 @@ from bot.cli import build_parser
 from bot.config import Settings, load_settings
 from bot.contract import InboundMessage
 from bot.errors import StartupError
+from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.runtime import Runtime
 from bot.store.sqlite import SqliteStore
 from tests.fakes.base import Fault
 from tests.fakes.hackernews import FakeHackerNews
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.wikipedia import FakeWikipedia
+from tests.processes import descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -677,3 +679,126 @@ async def test_pull_model_pulls_the_configured_model_once(
     again = await pull()
     assert again.code == 0 and "already pulled" in again.out
     assert len(ollama.requests_to("/api/pull")) == 1
+
+
+# ----------------------------------------------------------------------------- bytes, signals
+
+
+async def test_arguments_that_are_not_utf8_are_answered_not_crashed_on(
+    write_config: Callable[..., Path],
+) -> None:
+    # What `ask $'What is \xff BERT?'` hands Python: an undecodable byte, as a surrogate.
+    question = b"What is \xff\xfe BERT?".decode("utf-8", "surrogateescape")
+    run = await bot("ask", "--config", str(write_config()), "--json", question)
+    assert run.code == 0, run.err
+    assert "Traceback" not in run.err
+    assert json.loads(run.out)["question"] == "What is \ufffd\ufffd BERT?"
+
+
+async def test_piped_input_that_is_not_utf8_is_answered_not_crashed_on(
+    write_config: Callable[..., Path],
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "chat", "--config", str(write_config()),
+        cwd=ROOT, env=child_env(LC_ALL="C.UTF-8"),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(
+        proc.communicate(b"What is \xff\xfe BERT?\n/session\n"), timeout=120
+    )
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+    assert b"Sources:" in out, "the question was answered"
+    assert b"I remember 1 question here" in out, "and stored, and the input went on"
+
+
+async def test_bytes_typed_into_the_chat_that_are_not_utf8_are_answered(
+    write_config: Callable[..., Path],
+) -> None:
+    primary, secondary = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "chat", "--config", str(write_config()),
+            cwd=ROOT, env=pty_env(), stdin=secondary, stdout=secondary,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        os.close(secondary)
+        seen = bytearray()
+        await read_until(primary, b"you>", seen)
+        await asyncio.to_thread(os.write, primary, b"What is \xff BERT?\r")
+        await read_until(primary, b"Sources:", seen)
+        del seen[: seen.index(b"Sources:")]
+        await read_until(primary, b"you>", seen)
+        await asyncio.to_thread(os.write, primary, b"\x04")
+        _out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+
+
+async def test_two_ctrl_c_during_an_answer_exit_at_once_and_leave_nothing_running(
+    write_config: Callable[..., Path], ollama: FakeOllama
+) -> None:
+    ollama.pace(SYNTHESIS_MARKER, 1.0)  # an answer that takes a while
+    primary, secondary = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "chat", "--config", str(write_config()), "-v",
+            cwd=ROOT, env=pty_env(), stdin=secondary, stdout=secondary,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        os.close(secondary)
+        assert proc.stderr is not None
+        seen = bytearray()
+        await read_until(primary, b"you>", seen)
+        await asyncio.to_thread(os.write, primary, b"What is BERT?\r")
+        await read_until(primary, b"bot>", seen)  # the answer is streaming
+        children = descendants(proc.pid)
+        assert children, "the pool and its helpers run"
+        # The terminal sends each Ctrl-C to the whole foreground group.
+        os.killpg(proc.pid, signal.SIGINT)
+        err = await asyncio.wait_for(proc.stderr.readuntil(b"turn(s) in flight"), 30)
+        os.killpg(proc.pid, signal.SIGINT)  # while the first waits for the answer
+        started = time.monotonic()
+        _out, rest = await asyncio.wait_for(proc.communicate(), timeout=30)
+        err += rest
+        took = time.monotonic() - started
+    finally:
+        os.close(primary)
+    assert proc.returncode == 130
+    assert took < 5.0, took
+    assert err.decode().count("Interrupted; bye.") == 1
+    assert "Traceback" not in err.decode() and "UserWarning" not in err.decode()
+    left = [p for p in children if _alive(p)]
+    assert left == [] or await _gone_soon(left), "no child outlives it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+
+
+async def _gone_soon(pids: list[int]) -> bool:
+    """The resource tracker cleans up, then ends: wait for each pid to end (pidfd)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(10):
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                ended: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(fd, _set_once, ended)
+                try:
+                    await ended
+                finally:
+                    loop.remove_reader(fd)
+            finally:
+                os.close(fd)
+    return True

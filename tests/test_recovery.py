@@ -14,7 +14,6 @@ subprocess API only.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -28,6 +27,7 @@ from bot.contract import conversation_key
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from tests.fakes.chat import Event, FakeChat
 from tests.fakes.ollama import FakeOllama, default_responder
+from tests.processes import crash
 from tests.test_cli import ROOT, child_env
 from tests.test_cli import bot as run_cli
 
@@ -116,7 +116,7 @@ class BotProcess:
 
     async def kill(self) -> None:
         """SIGKILL the bot and everything it started: a crash, with no clean-up at all."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        crash(self.proc.pid)
         await asyncio.wait_for(self.proc.communicate(), STEP_TIMEOUT_S)
         assert self.proc.returncode == -signal.SIGKILL
 

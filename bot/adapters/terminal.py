@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 import logging
 import os
@@ -286,7 +287,8 @@ class _EditorReader:
             return None
         try:
             # Ctrl-C at the prompt raises KeyboardInterrupt, which exits like Ctrl-C anywhere.
-            return await self._session.prompt_async(PROMPT)
+            # Ctrl-C is a key here (raw mode); SIGINT stays with the process's own handler.
+            return await self._session.prompt_async(PROMPT, handle_sigint=False)
         except EOFError:  # Ctrl-D, or stop()
             return None
 
@@ -323,6 +325,10 @@ class _PipeReader:
         self._lines.put_nowait(None)
 
     def _read_lines(self, loop: asyncio.AbstractEventLoop) -> None:
+        if isinstance(self._in, io.TextIOWrapper):
+            # Bytes that are not UTF-8 would end the input with a decoding error; kept as
+            # surrogates instead, they reach the intake, which makes them U+FFFD.
+            self._in.reconfigure(errors="surrogateescape")
         try:
             for line in self._in:
                 loop.call_soon_threadsafe(self._lines.put_nowait, line)

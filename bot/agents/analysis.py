@@ -137,6 +137,11 @@ class AnalysisAgent:
             _log.info("killing analysis worker pid %s at shutdown", proc.pid)
         await asyncio.gather(*(_kill_and_reap(proc) for proc in children))
 
+    def kill_children(self) -> None:
+        """SIGKILL every child (and its process group) now, without reaping (a forced exit)."""
+        for proc in list(self._children):
+            _kill_group(proc)
+
     async def _take_child(self) -> asyncio.subprocess.Process:
         """A prepared child if one started cleanly and is still waiting, else a new one."""
         while self._spares:

@@ -12,6 +12,7 @@ cancelled and left pending in the inbox for the next start.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from bot.adapters.base import Adapter, Submission
 from bot.config import IntakeSettings
 from bot.contract import InboundMessage, Platform, Rating, Reply
 from bot.core.tasks import TaskTracker
+from bot.core.text import valid_text
 from bot.errors import StoreError
 from bot.intake.chain import (
     Context,
@@ -128,6 +130,10 @@ class Intake:
         adapter = self._adapters[message.platform]
         if not self._open:
             return Submission("closed")
+        text = valid_text(message.text)
+        if text != message.text:
+            _log.info("%s event %s held bytes that are not text; replaced", *_event(message))
+            message = dataclasses.replace(message, text=text)
         return await self._fresh(Context(message, adapter))
 
     async def feedback(
@@ -251,3 +257,7 @@ class Intake:
         # Held answers lose nothing by waiting: they stay in the outbox for the next start.
         await self._courier.close()
         return finished
+
+
+def _event(message: InboundMessage[Any]) -> tuple[str, str]:
+    return message.platform, message.event_id

@@ -242,6 +242,10 @@ class EmbeddingAgent:
         """
         return await self._workers.ping()
 
+    def kill_workers(self) -> None:
+        """Kill the worker processes now, without waiting (a forced exit)."""
+        self._workers.kill()
+
     async def close(self) -> None:
         """Shut the pool down, waiting for running batches; safe to call more than once."""
         # First, so that no pool is built or replaced while the rest winds down.

@@ -39,6 +39,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import forkserver, resource_tracker
 from typing import Any, TypeVar
 
 from bot.agents.embeddings.worker import WorkerConfig, init_worker, warm_worker, worker_pid
@@ -172,6 +173,11 @@ class WorkerPool:
         except (BrokenProcessPool, RuntimeError) as exc:
             raise EmbeddingError(f"embedding pool health check failed: {exc}") from exc
 
+    def kill(self) -> None:
+        """SIGKILL the current pool's workers now (a forced exit; nothing is waited for)."""
+        if self._executor is not None:
+            _kill_workers(self._executor)
+
     def mark_closed(self) -> None:
         """Refuse to build a pool from now on: a call that finds its pool broken fails.
 
@@ -195,13 +201,15 @@ class WorkerPool:
         """Build and warm a pool, then make it current. Call with ``self._lock`` held."""
         ctx = multiprocessing.get_context("forkserver")
         workers = self._workers
+        config = self._make_config()
+        _start_helpers(config.log_file)
         barrier = ctx.Barrier(workers)
         started = time.perf_counter()
         pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=ctx,
             initializer=init_worker,
-            initargs=(self._make_config(), barrier),
+            initargs=(config, barrier),
         )
         try:
             loop = asyncio.get_running_loop()
@@ -250,6 +258,31 @@ class WorkerPool:
             # joins that thread, but it can still block, so it runs off the loop.
             await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
             await self._install_new_pool()
+
+
+def _start_helpers(log_file: str) -> None:
+    """Start multiprocessing's resource tracker and fork server with their stderr on the log.
+
+    Both are started once per process and write to the stderr they were started with:
+    the terminal the user chats in, where a forced exit (a second Ctrl-C) would print the
+    tracker's warnings about the semaphores it then cleans up. Started here first, with
+    the descriptor pointed at the log file for that moment, they write there instead.
+    """
+    if not log_file:
+        return
+    try:
+        target = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError:
+        return
+    saved = os.dup(2)
+    try:
+        os.dup2(target, 2)
+        resource_tracker.ensure_running()
+        forkserver.ensure_running()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
 
 
 def _cpu_count() -> int:
