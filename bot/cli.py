@@ -138,6 +138,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+class BoundedFormatter(logging.Formatter):
+    """Log lines of a bounded length: a message is cut at :data:`MAX_LOG_MESSAGE` characters.
+
+    A record may carry what it did not choose (a server's 10 MB reply inside an exception,
+    a fetched page): one such line must not fill the disk or make the log unreadable.
+    Tracebacks are kept whole; they are bounded by the code.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        if len(message) > MAX_LOG_MESSAGE:
+            record.message = (
+                f"{message[:MAX_LOG_MESSAGE]}… [{len(message) - MAX_LOG_MESSAGE} more characters]"
+            )
+        return super().formatMessage(record)
+
+
+MAX_LOG_MESSAGE = 4000
+
+
 def _exit_now(status: int) -> NoReturn:
     """End the process without waiting for threads, after flushing what it wrote."""
     logging.shutdown()
@@ -161,7 +181,7 @@ def _configure_logging(settings: LoggingSettings, *, verbose: int) -> None:
     Without ``-v`` nothing from logging reaches the terminal, where the user is chatting:
     a handled failure is explained in the answer, and a traceback is never shown.
     """
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter = BoundedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose > 1 else getattr(logging, settings.level))
     handlers: list[logging.Handler] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import pty
 import signal
@@ -28,7 +29,7 @@ from prompt_toolkit.output import DummyOutput
 from bot.adapters.base import Adapter, Submission
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.terminal import TerminalAdapter
-from bot.cli import build_parser
+from bot.cli import MAX_LOG_MESSAGE, BoundedFormatter, build_parser
 from bot.config import Settings, load_settings
 from bot.contract import InboundMessage
 from bot.errors import StartupError
@@ -802,3 +803,13 @@ async def _gone_soon(pids: list[int]) -> bool:
             finally:
                 os.close(fd)
     return True
+
+
+def test_a_huge_log_message_is_cut_to_a_bounded_line() -> None:
+    formatter = BoundedFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord(
+        "x", logging.WARNING, __file__, 1, "reply: %s", ("y" * 3_000_000,), None
+    )
+    line = formatter.format(record)
+    assert len(line) < MAX_LOG_MESSAGE + 100
+    assert line.endswith("more characters]")
