@@ -813,3 +813,35 @@ def test_a_huge_log_message_is_cut_to_a_bounded_line() -> None:
     line = formatter.format(record)
     assert len(line) < MAX_LOG_MESSAGE + 100
     assert line.endswith("more characters]")
+
+
+async def test_a_question_cut_off_in_the_terminal_is_not_answered_later_and_shows_so(
+    write_config: Callable[..., Path], ollama: FakeOllama
+) -> None:
+    config = write_config()
+    config.write_text(
+        config.read_text(encoding="utf-8").replace(
+            "[logging]", "[intake]\nshutdown_grace_s = 0.2\n\n[logging]"
+        ),
+        encoding="utf-8",
+    )
+    ollama.pace(SYNTHESIS_MARKER, 0.5)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "chat", "--config", str(config), "--session", "cut",
+        cwd=ROOT, env=child_env(), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    await asyncio.wait_for(proc.stdout.readuntil(b"you> "), 60)
+    proc.stdin.write(b"What is BERT?\n")
+    await proc.stdin.drain()
+    await asyncio.wait_for(proc.stdout.readuntil(b"bot> "), 60)  # the answer streams
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: the answer gets 0.2 s, and is cut off
+    await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 130
+
+    ollama.pace(SYNTHESIS_MARKER, 0.0)
+    again = await bot("chat", "--config", str(config), "--session", "cut", stdin="/quit\n")
+    assert again.code == 0 and "Sources:" not in again.out, "not answered out of the blue"
+    shown = await bot("conversations", "show", "cut", "--config", str(config))
+    assert "What is BERT?" in shown.out and "(no answer saved)" in shown.out
