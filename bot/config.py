@@ -149,7 +149,14 @@ class CitationSettings:
 
 @dataclass(frozen=True, slots=True)
 class MemorySettings:
-    database: str = field(default="data/research-agent.db", metadata=NONEMPTY)
+    # An SQLite file (relative to the config file), or a postgresql:// URL that several
+    # replicas share; DATABASE_URL in the environment overrides it (and holds the password).
+    database: str = field(default="data/research-agent.db", metadata={"database": True})
+    # Connections to a PostgreSQL server, at most, per replica.
+    pool_size: int = field(default=10, metadata=_between(1, 500))
+    # How long a replica's claim on a question (or a Discord shard) lasts unless it renews
+    # it: how long the others wait before taking over the work of one that died.
+    lease_s: float = field(default=30.0, metadata=_between(1, 3600))
     # Summarise once a conversation holds more than this many unsummarised messages.
     summarize_after: int = field(default=12, metadata=_between(2, 10_000))
     # Messages kept verbatim (not summarised) at the end of the history.
@@ -222,6 +229,9 @@ class DiscordSettings:
     # A REST or gateway proxy (large deployments), or a local fake (tests).
     api_url: str = field(default="https://discord.com/api/v10", metadata=URL)
     gateway_url: str = field(default="wss://gateway.discord.gg/", metadata=WS_URL)
+    # Gateway shards (0: as many as Discord recommends). With a shared PostgreSQL store
+    # the replicas divide them, each shard run by exactly one live replica.
+    shard_count: int = field(default=0, metadata=_between(0, 4096))
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +265,15 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """``[metrics]``: /healthz, /readyz and /metrics over HTTP (port 0 serves nothing)."""
+
+    port: int = field(default=0, metadata=_between(0, 65_535))
+    # Probes come from outside the container (an orchestrator, Prometheus).
+    host: str = field(default="0.0.0.0", metadata=NONEMPTY)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     llm: LLMSettings = LLMSettings()
     sources: SourcesSettings = SourcesSettings()
@@ -268,6 +287,7 @@ class Settings:
     discord: DiscordSettings = DiscordSettings()
     slack: SlackSettings = SlackSettings()
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     # Filled from the environment, never from the file.
     discord_token: Secret | None = None
     slack_bot_token: Secret | None = None
@@ -298,6 +318,7 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
     """Read ``path`` (default ``./config.toml``; a missing default file means defaults).
 
     ``env`` defaults to ``os.environ``: ``OLLAMA_HOST`` overrides ``[llm].base_url``,
+    ``DATABASE_URL`` overrides ``[memory].database``,
     ``DISCORD_TOKEN``, ``SLACK_BOT_TOKEN``, ``SLACK_APP_TOKEN`` and ``SLACK_SIGNING_SECRET``
     fill the secrets.
     Relative paths in the file are resolved against the file's directory.
@@ -319,6 +340,7 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file} is not valid TOML: {exc}") from exc
     _refuse_tokens(raw, file)
+    _refuse_database_password(raw, file)
 
     deprecations = _drop_removed_keys(raw)
     settings = dataclasses.replace(_build(Settings, raw, ""), deprecations=deprecations)
@@ -340,6 +362,34 @@ def _refuse_tokens(raw: Mapping[str, Any], file: Path) -> None:
                 f"{key} does not belong in {file.name}: tokens come from the environment; "
                 f"remove it there and set the {name} environment variable instead"
             )
+
+
+def _refuse_database_password(raw: Mapping[str, Any], file: Path) -> None:
+    """A database password in the file is refused like a token: it belongs in DATABASE_URL."""
+    memory = raw.get("memory")
+    database = memory.get("database") if isinstance(memory, dict) else None
+    if isinstance(database, str) and is_database_url(database) and _has_password(database):
+        raise ConfigError(
+            f"[memory].database in {file.name} holds a password: passwords come from the "
+            "environment; remove it there and set the DATABASE_URL environment variable "
+            "to the whole URL instead"
+        )
+
+
+def is_database_url(database: str) -> bool:
+    """Whether ``database`` names a PostgreSQL server (else it is an SQLite file)."""
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+def _names_server(url: str) -> bool:
+    # A host, or a Unix socket's directory in the query (postgresql:///db?host=/run/pg).
+    parts = urlsplit(url)
+    return bool(parts.hostname) or "host=" in parts.query.lower()
+
+
+def _has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    return bool(parts.password) or "password=" in parts.query.lower()
 
 
 def _drop_removed_keys(raw: dict[str, Any]) -> tuple[str, ...]:
@@ -388,6 +438,16 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
         value = env.get(name, "").strip()
         return Secret(value) if value else None
 
+    database = env.get("DATABASE_URL", "").strip()
+    if database:
+        if not is_database_url(database) or not _names_server(database):
+            raise ConfigError(
+                "DATABASE_URL must be a PostgreSQL URL such as "
+                "postgresql://user:password@host:5432/dbname (an SQLite file is set with "
+                "[memory].database)"
+            )
+        memory = dataclasses.replace(settings.memory, database=database)
+        settings = dataclasses.replace(settings, memory=memory)
     return dataclasses.replace(
         settings,
         discord_token=secret("DISCORD_TOKEN"),
@@ -399,7 +459,11 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
     memory = settings.memory
-    if memory.database != ":memory:" and not Path(memory.database).is_absolute():
+    if (
+        memory.database != ":memory:"
+        and not is_database_url(memory.database)
+        and not Path(memory.database).is_absolute()
+    ):
         memory = dataclasses.replace(memory, database=str(base / memory.database))
     emb = settings.embeddings
     if emb.model_path and not Path(emb.model_path).is_absolute():
@@ -464,8 +528,12 @@ def _check(hint: Any, value: Any, name: str, meta: Mapping[str, Any]) -> Any:
         raise ConfigError(f"{shown} must be a string, not {value!r}")
     elif hint is float and not isinstance(value, float):
         raise ConfigError(f"{shown} must be a number, not {value!r}")
-    if meta.get("nonempty") and not value.strip():
+    if (meta.get("nonempty") or meta.get("database")) and not value.strip():
         raise ConfigError(f"{shown} must not be empty")
+    if meta.get("database") and "://" in value and not is_database_url(value):
+        raise ConfigError(f"{shown} must be a file path or a postgresql:// URL, not {value!r}")
+    if meta.get("database") and is_database_url(value) and not _names_server(value):
+        raise ConfigError(f"{shown} must name a host, such as postgresql://host/dbname")
     if meta.get("path") and not value.startswith("/"):
         raise ConfigError(f"{shown} must start with /, not {value!r}")
     if meta.get("url"):

@@ -38,7 +38,7 @@ from bot.adapters.base import Adapter, IntakePort
 from bot.agents.analysis import AnalysisAgent
 from bot.agents.embeddings import EmbeddingAgent
 from bot.agents.fetch import FetchAgent
-from bot.config import Settings
+from bot.config import Settings, is_database_url
 from bot.core.tasks import TaskTracker
 from bot.errors import StartupError, StoreError
 from bot.intake import Intake
@@ -145,13 +145,10 @@ class Runtime:
                 ),
                 analysis=analysis,
             )
-            intake = Intake(
-                pipeline=pipeline,
-                inbox=store.inbox,
-                conversations=store.conversations,
-                feedback=store.feedback,
-                settings=settings.intake,
-            )
+            intake = Intake(pipeline=pipeline, store=store, settings=settings.intake)
+            # Closed by drain() in close(), before the stack: turns in flight keep
+            # their leases until they are done.
+            await intake.start()
         except BaseException as exc:
             if isinstance(exc, StartupError):
                 for line in exc.lines:
@@ -237,9 +234,12 @@ def _closing(
 
 
 def _onnx_dir(settings: Settings) -> str:
-    """The onnx backend's exports: ``onnx/`` beside the database ("": the user's cache)."""
+    """The onnx backend's exports: ``onnx/`` beside the database file ("": the user's
+    cache, also when the database is a server)."""
     database = settings.memory.database
-    return "" if database == ":memory:" else str(Path(database).parent / "onnx")
+    if database == ":memory:" or is_database_url(database):
+        return ""
+    return str(Path(database).parent / "onnx")
 
 
 async def _open_store(settings: Settings, *, serving: bool) -> Store | str:
@@ -248,13 +248,21 @@ async def _open_store(settings: Settings, *, serving: bool) -> Store | str:
     A process that serves chat platforms takes the store for itself: it recovers their
     events, which a second such process on the same database would answer again.
     """
-    database = settings.memory.database
+    memory = settings.memory
     try:
-        store = await open_store(database)
+        store = await open_store(
+            memory.database, lease_s=memory.lease_s, pool_size=memory.pool_size
+        )
     except StoreError as exc:
+        if is_database_url(memory.database):
+            # The store's message names the server without its password.
+            return (
+                f"{exc}: check that the PostgreSQL server runs and that DATABASE_URL (or "
+                "[memory].database) names it, with the right user and password"
+            )
         return (
-            f"the memory database {database} cannot be opened for writing ({exc}): make its "
-            "directory writable, or set [memory].database to a writable path"
+            f"the memory database {memory.database} cannot be opened for writing ({exc}): "
+            "make its directory writable, or set [memory].database to a writable path"
         )
     if serving:
         try:

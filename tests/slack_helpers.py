@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bot.adapters.base import IntakePort, Submission
+from bot.adapters.base import Cluster, IntakePort, Submission
 from bot.adapters.slack import SlackAdapter
 from bot.config import SlackSettings
 from bot.contract import InboundMessage, Platform, Rating, Reply
@@ -41,6 +41,10 @@ class TurnsSeen:
 
     async def has_answered(self, conversation: str) -> bool:
         return await self._intake.has_answered(conversation)
+
+    @property
+    def cluster(self) -> Cluster:
+        return self._intake.cluster
 
     async def delivered(self) -> None:
         """Wait until every turn started so far was delivered (or given up)."""

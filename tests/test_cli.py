@@ -173,7 +173,12 @@ async def test_sessions_show_marks_expired_and_quarantined_questions(
         later = datetime.now(UTC) + timedelta(hours=1)
         await store.inbox.recover(platforms=["inmemory"], max_age_s=60, now=later)
         assert await store.inbox.claim("inmemory", "bad", key, "A poison question?", "{}")
-        # Its one allowed attempt crashed the bot.
+    finally:
+        await store.close()
+    # Its one allowed attempt crashed the bot; the next start gives it up.
+    store = await SqliteStore.open(load_settings(config, env={}).memory.database)
+    try:
+        await store.take_ownership()
         (given_up,) = await store.inbox.recover(
             platforms=["inmemory"], max_age_s=3600, max_attempts=1
         )
@@ -637,6 +642,10 @@ async def test_the_line_editor_keeps_history_and_edits(make_settings: Any) -> No
 
             async def feedback(self, *vote: Any) -> bool:
                 return await runtime.intake.feedback(*vote)
+
+            @property
+            def cluster(self) -> Any:
+                return runtime.intake.cluster
 
         out = io.StringIO()
         with create_pipe_input() as keys:

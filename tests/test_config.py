@@ -134,3 +134,60 @@ def test_the_deprecations_field_cannot_be_set_from_the_file(tmp_path: Path) -> N
 def test_the_shipped_config_file_loads_without_notes() -> None:
     settings = load_settings(Path(__file__).resolve().parent.parent / "config.toml", env={})
     assert settings.deprecations == ()
+
+
+# ------------------------------------------------------------------------ the database
+
+
+def test_a_postgresql_url_is_kept_as_written_and_a_path_is_resolved(tmp_path: Path) -> None:
+    url = "postgresql://bot@db.internal:5432/research"
+    settings = load_settings(write(tmp_path, f'[memory]\ndatabase = "{url}"\n'), env={})
+    assert settings.memory.database == url
+    socket = "postgresql:///research?host=/run/postgresql"
+    settings = load_settings(write(tmp_path, f'[memory]\ndatabase = "{socket}"\n'), env={})
+    assert settings.memory.database == socket
+    settings = load_settings(write(tmp_path, '[memory]\ndatabase = "bot.db"\n'), env={})
+    assert settings.memory.database == str(tmp_path / "bot.db")
+
+
+def test_database_url_overrides_the_file_and_keeps_its_password(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": "postgresql://bot:s3cret@db:5432/research"}
+    settings = load_settings(write(tmp_path, '[memory]\ndatabase = "bot.db"\n'), env=env)
+    assert settings.memory.database == env["DATABASE_URL"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://bot:s3cret@db/research", "postgres://db/research?password=s3cret"],
+)
+def test_a_database_password_in_the_file_is_refused_like_a_token(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL") as caught:
+        load_settings(write(tmp_path, f'[memory]\ndatabase = "{url}"\n'), env={})
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "named"),
+    [
+        ('[memory]\ndatabase = "mysql://db/x"\n', {}, "[memory].database"),
+        ('[memory]\ndatabase = "postgresql:///x"\n', {}, "[memory].database"),
+        ("", {"DATABASE_URL": "bot.db"}, "DATABASE_URL"),
+        ("[memory]\npool_size = 0\n", {}, "[memory].pool_size"),
+        ("[memory]\nlease_s = 0.1\n", {}, "[memory].lease_s"),
+        ("[metrics]\nport = 70000\n", {}, "[metrics].port"),
+        ("[discord]\nshard_count = -1\n", {}, "[discord].shard_count"),
+    ],
+)
+def test_bad_database_and_replica_settings_fail_naming_them(
+    tmp_path: Path, text: str, env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), env=env)
+    assert named in str(caught.value)
+
+
+def test_replica_settings_default_to_one_process_and_no_metrics(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, ""), env={})
+    assert (settings.memory.pool_size, settings.memory.lease_s) == (10, 30.0)
+    assert settings.metrics.port == 0
+    assert settings.discord.shard_count == 0

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bot import cli
-from bot.adapters.base import IntakePort, Submission
+from bot.adapters.base import Cluster, IntakePort, Submission
 from bot.adapters.discord import DiscordAdapter
 from bot.adapters.discord.render import LIMIT, split_message
 from bot.config import Secret, Settings, load_settings
@@ -54,6 +54,10 @@ class Outcomes:
 
     async def has_answered(self, conversation: str) -> bool:
         return await self._intake.has_answered(conversation)
+
+    @property
+    def cluster(self) -> Cluster:
+        return self._intake.cluster
 
     async def feedback(
         self, platform: Platform, event_id: str, user_id: str, rating: Rating

@@ -1,52 +1,26 @@
-"""Tests of the memory store's inbox (schema version 2), against real SQLite files."""
+"""The inbox's behaviour, the same on both backends: real SQLite files and a real
+PostgreSQL server (``backend`` runs each test once per backend).
+
+A "process" here is a store opened on the test's data; a crash is a store closed without
+finishing its events (:meth:`Backend.restart` opens the next one).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import sqlite3
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bot.contract import Source
 from bot.errors import StoreError
-from bot.store import Claim
-from bot.store.sqlite import SCHEMA_VERSION, SqliteStore
+from bot.store import Claim, Store
+from tests.databases import TEST_LEASE_S, Backend
 from tests.store_helpers import begin_turn
 
 # Far enough that nothing a test claims is old; expiry tests move ``now`` instead.
 DAY_S = 86_400.0
-
-# Migration 1 exactly as released, frozen here: the upgrade must work on files it wrote.
-_V1_SCHEMA = (
-    """
-    CREATE TABLE sessions (
-        key          TEXT    NOT NULL PRIMARY KEY CHECK (typeof(key) = 'text'),
-        created_at   TEXT    NOT NULL,
-        updated_at   TEXT    NOT NULL,
-        summary      TEXT    NOT NULL DEFAULT '' CHECK (typeof(summary) = 'text'),
-        summary_upto INTEGER NOT NULL DEFAULT 0 CHECK (summary_upto >= 0)
-    )
-    """,
-    """
-    CREATE TABLE turns (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        session_key TEXT    NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
-        question    TEXT    NOT NULL CHECK (typeof(question) = 'text'),
-        answer      TEXT    CHECK (answer IS NULL OR typeof(answer) = 'text'),
-        status      TEXT    NOT NULL CHECK (status IN ('pending', 'answered')),
-        created_at  TEXT    NOT NULL,
-        answered_at TEXT,
-        CHECK ((status = 'answered') = (answer IS NOT NULL))
-    )
-    """,
-    "CREATE INDEX turns_by_session ON turns (session_key, id)",
-)
 
 SOURCES = (
     Source(1, "SQLite", "https://en.wikipedia.org/wiki/SQLite", "wikipedia", 0.91, cited=True),
@@ -55,55 +29,33 @@ SOURCES = (
 
 
 @pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "memory.db"
+async def store(backend: Backend) -> Store:
+    return await backend.open()
 
 
-@pytest.fixture
-async def store(path: Path) -> AsyncIterator[SqliteStore]:
-    memory = await SqliteStore.open(path)
-    try:
-        yield memory
-    finally:
-        await memory.close()
+async def inbox_row(backend: Backend, platform: str, event_id: str) -> tuple[object, ...] | None:
+    return await backend.row(
+        "SELECT status, attempts, turn_id FROM inbox WHERE platform = ? AND event_id = ?",
+        platform,
+        event_id,
+    )
 
 
-@contextlib.contextmanager
-def raw(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain second connection, as another process (the CLI) would have."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        yield conn
-    finally:
-        conn.close()
+async def state(backend: Backend, platform: str, event_id: str) -> tuple[str, int]:
+    """``(status, attempts)`` of an event that must exist."""
+    row = await inbox_row(backend, platform, event_id)
+    assert row is not None, f"no inbox row for {platform} {event_id}"
+    return str(row[0]), int(str(row[1]))
 
 
-def reply_id(path: Path, platform: str, event_id: str) -> str | None:
-    """The reply id the inbox recorded for the event, read as another process would."""
-    with raw(path) as conn:
-        row = conn.execute(
-            "SELECT reply_id FROM inbox WHERE platform = ? AND event_id = ?", (platform, event_id)
-        ).fetchone()
+async def reply_id(backend: Backend, platform: str, event_id: str) -> str | None:
+    row = await backend.row(
+        "SELECT reply_id FROM inbox WHERE platform = ? AND event_id = ?", platform, event_id
+    )
     return None if row is None else row[0]
 
 
-def inbox_row(path: Path, platform: str, event_id: str) -> tuple[Any, ...] | None:
-    with raw(path) as conn:
-        row: tuple[Any, ...] | None = conn.execute(
-            "SELECT status, attempts, turn_id FROM inbox WHERE platform = ? AND event_id = ?",
-            (platform, event_id),
-        ).fetchone()
-    return row
-
-
-def state(path: Path, platform: str, event_id: str) -> tuple[str, int]:
-    """``(status, attempts)`` of an event that must exist."""
-    row = inbox_row(path, platform, event_id)
-    assert row is not None, f"no inbox row for {platform} {event_id}"
-    return str(row[0]), int(row[1])
-
-
-async def claim(store: SqliteStore, event_id: str, conversation: str = "discord:c1") -> Claim:
+async def claim(store: Store, event_id: str, conversation: str = "discord:c1") -> Claim:
     got = await store.inbox.claim(
         "discord", event_id, conversation, f"question {event_id}", f'{{"id": "{event_id}"}}'
     )
@@ -111,45 +63,21 @@ async def claim(store: SqliteStore, event_id: str, conversation: str = "discord:
     return got
 
 
+async def count(backend: Backend, table: str) -> int:
+    row = await backend.row(f"SELECT COUNT(*) FROM {table}")
+    assert row is not None
+    return int(str(row[0]))
+
+
 def later(hours: float = 1) -> datetime:
     return datetime.now(UTC) + timedelta(hours=hours)
 
 
-async def test_a_version_1_file_is_migrated_and_keeps_its_data(path: Path) -> None:
-    with raw(path) as conn:
-        for statement in _V1_SCHEMA:
-            conn.execute(statement)
-        stamp = "2024-05-01T12:00:00.000000+00:00"
-        conn.execute("INSERT INTO sessions VALUES ('k', ?, ?, '', 0)", (stamp, stamp))
-        conn.execute(
-            "INSERT INTO turns (session_key, question, answer, status, created_at, answered_at) "
-            "VALUES ('k', 'old question', 'old answer', 'answered', ?, ?)",
-            (stamp, stamp),
-        )
-        conn.execute("PRAGMA user_version = 1")
-
-    memory = await SqliteStore.open(path)
-    try:
-        state = await memory.conversations.load("k")
-        assert [(t.question, t.answer) for t in state.turns] == [("old question", "old answer")]
-        assert await memory.conversations.last_sources("k") == ()
-        got = await memory.inbox.claim("slack", "E1", "k", "new question", "{}")
-        assert got is not None
-        assert got.conversation_started == datetime.fromisoformat(stamp)
-        assert got.turn_id > state.turns[0].id
-    finally:
-        await memory.close()
-
-    with raw(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (6,)
-        assert conn.execute("SELECT sources FROM turns ORDER BY id").fetchall() == [
-            ("[]",),
-            ("[]",),
-        ]
+# ------------------------------------------------------------------------------- claims
 
 
 async def test_claim_creates_the_turn_and_a_duplicate_writes_nothing(
-    store: SqliteStore, path: Path
+    store: Store, backend: Backend
 ) -> None:
     first = await store.inbox.claim("discord", "m1", "discord:c1", "What is SQLite?", '{"a": 1}')
     again = await store.inbox.claim("discord", "m1", "discord:c1", "What is SQLite?", '{"a": 1}')
@@ -157,6 +85,7 @@ async def test_claim_creates_the_turn_and_a_duplicate_writes_nothing(
     other = await store.inbox.claim("discord", "m1", "discord:c2", "something else", "{}")
 
     assert first is not None
+    assert first.fence == 1
     assert again is None
     assert other is None
     info = await store.conversations.info("discord:c1")
@@ -168,64 +97,63 @@ async def test_claim_creates_the_turn_and_a_duplicate_writes_nothing(
         (first.turn_id, "What is SQLite?", "pending")
     ]
     assert await store.conversations.info("discord:c2") is None
-    assert inbox_row(path, "discord", "m1") == ("pending", 1, first.turn_id)
-    with raw(path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM turns").fetchone() == (1,)
+    assert await inbox_row(backend, "discord", "m1") == ("pending", 1, first.turn_id)
+    assert await count(backend, "turns") == 1
 
 
-async def test_the_same_event_id_on_another_platform_is_another_event(store: SqliteStore) -> None:
+async def test_the_same_event_id_on_another_platform_is_another_event(store: Store) -> None:
     assert await store.inbox.claim("discord", "1", "discord:c", "q", "{}") is not None
     assert await store.inbox.claim("slack", "1", "slack:c", "q", "{}") is not None
 
 
 async def test_twenty_concurrent_claims_of_one_event_give_one_claim(
-    store: SqliteStore, path: Path
+    store: Store, backend: Backend
 ) -> None:
     results = await asyncio.gather(
         *(store.inbox.claim("slack", "Ev1", "slack:T:C", "q", "{}") for _ in range(20))
     )
 
-    claims = [r for r in results if r is not None]
-    assert len(claims) == 1
-    with raw(path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM turns").fetchone() == (1,)
+    assert len([r for r in results if r is not None]) == 1
+    assert await count(backend, "turns") == 1
 
 
-async def test_two_stores_on_one_file_give_one_claim(path: Path) -> None:
-    first = await SqliteStore.open(path)
-    second = await SqliteStore.open(path)
-    try:
-        results = await asyncio.gather(
-            *(
-                store.inbox.claim("discord", "m1", "discord:c1", "q", "{}")
-                for _ in range(10)
-                for store in (first, second)
-            )
+async def test_three_replicas_claiming_one_event_give_one_claim(backend: Backend) -> None:
+    replicas = [await backend.open() for _ in range(3)]
+    results = await asyncio.gather(
+        *(
+            store.inbox.claim("discord", "m1", "discord:c1", "q", "{}")
+            for _ in range(10)
+            for store in replicas
         )
-    finally:
-        await first.close()
-        await second.close()
+    )
 
     assert len([r for r in results if r is not None]) == 1
-    with raw(path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM turns").fetchone() == (1,)
-        assert conn.execute("SELECT COUNT(*) FROM inbox").fetchone() == (1,)
+    assert await count(backend, "turns") == 1
+    assert await count(backend, "inbox") == 1
 
 
 async def test_a_failed_claim_leaves_no_trace_and_can_be_retried(
-    store: SqliteStore, path: Path
+    store: Store, backend: Backend
 ) -> None:
-    # The turn INSERT fails its CHECK after the inbox row was written in the same
-    # transaction; a surviving inbox row would turn the retry into a "duplicate".
+    # The turn INSERT fails after the inbox row was written in the same transaction; a
+    # surviving inbox row would turn the retry into a "duplicate".
     with pytest.raises(StoreError):
         await store.inbox.claim("discord", "m1", "discord:c1", b"not text", "{}")  # type: ignore[arg-type]
 
-    assert inbox_row(path, "discord", "m1") is None
+    assert await inbox_row(backend, "discord", "m1") is None
     assert await store.conversations.info("discord:c1") is None
     assert await store.inbox.claim("discord", "m1", "discord:c1", "q", "{}") is not None
 
 
-async def test_begin_turn_still_works_alongside_claims(store: SqliteStore) -> None:
+async def test_an_event_handled_without_a_turn_is_never_claimed(store: Store) -> None:
+    # A refusal (rate limit) or a hint was sent for it: a redelivery, on any replica,
+    # must not turn it into a question after all.
+    assert await store.inbox.handled("slack", "E1")
+    assert await store.inbox.claim("slack", "E1", "slack:c", "q", "{}") is None
+    assert not await store.inbox.handled("slack", "E1")
+
+
+async def test_begin_turn_still_works_alongside_claims(store: Store) -> None:
     claimed = await claim(store, "m1")
     begun = await begin_turn(store, "discord:c1", "from the terminal")
 
@@ -235,54 +163,65 @@ async def test_begin_turn_still_works_alongside_claims(store: SqliteStore) -> No
     assert info.turn_count == 2
 
 
-async def test_record_reply_and_reply_id(store: SqliteStore, path: Path) -> None:
+async def test_record_reply_and_reply_id(store: Store, backend: Backend) -> None:
     await claim(store, "m1")
 
-    assert reply_id(path, "discord", "m1") is None
-    await store.inbox.record_reply("discord", "m1", "reply-1")
-    assert reply_id(path, "discord", "m1") == "reply-1"
-    await store.inbox.record_reply("discord", "m1", "reply-2")
-    assert reply_id(path, "discord", "m1") == "reply-2"
+    assert await reply_id(backend, "discord", "m1") is None
+    assert await store.inbox.record_reply("discord", "m1", "reply-1")
+    assert await reply_id(backend, "discord", "m1") == "reply-1"
+    assert await store.inbox.record_reply("discord", "m1", "reply-2")
+    assert await reply_id(backend, "discord", "m1") == "reply-2"
 
-    await store.inbox.record_reply("discord", "unknown", "reply-3")
-    assert reply_id(path, "discord", "unknown") is None
-    assert reply_id(path, "slack", "m1") is None
+    assert not await store.inbox.record_reply("discord", "unknown", "reply-3")
+    assert await reply_id(backend, "discord", "unknown") is None
+    assert await reply_id(backend, "slack", "m1") is None
 
 
-async def test_finished_events_are_not_recovered(store: SqliteStore, path: Path) -> None:
+# --------------------------------------------------------------------- after a crash
+
+
+async def test_finished_events_are_not_recovered(store: Store, backend: Backend) -> None:
     await claim(store, "m1")
     await claim(store, "m2")
     await claim(store, "m3")
 
-    await store.inbox.finish("discord", "m1", "answered")
-    await store.inbox.finish("discord", "m2", "undelivered")
-    await store.inbox.finish("discord", "nope", "answered")
+    assert await store.inbox.finish("discord", "m1", "answered")
+    assert await store.inbox.finish("discord", "m2", "undelivered")
+    assert not await store.inbox.finish("discord", "nope", "answered")
     with pytest.raises(ValueError, match="pending"):
         await store.inbox.finish("discord", "m3", "pending")  # type: ignore[arg-type]
 
-    assert state(path, "discord", "m1") == ("answered", 1)
-    assert state(path, "discord", "m2") == ("undelivered", 1)
-    recovered = await store.inbox.recover(platforms={"discord"}, max_age_s=DAY_S)
+    assert await state(backend, "discord", "m1") == ("answered", 1)
+    assert await state(backend, "discord", "m2") == ("undelivered", 1)
+    restarted = await backend.restart(store)
+    recovered = await restarted.inbox.recover(platforms={"discord"}, max_age_s=DAY_S)
     assert [e.event_id for e in recovered] == ["m3"]
     # Finished events are still known: a redelivery of one is a duplicate.
-    assert await store.inbox.claim("discord", "m1", "discord:c1", "q", "{}") is None
+    assert await restarted.inbox.claim("discord", "m1", "discord:c1", "q", "{}") is None
 
 
-async def test_recover_expires_old_events_of_every_platform(store: SqliteStore, path: Path) -> None:
+async def test_a_process_never_takes_over_its_own_events(store: Store, backend: Backend) -> None:
+    await claim(store, "m1")
+    await asyncio.sleep(TEST_LEASE_S * 2)  # even with its lease run out: its turn runs here
+    assert await store.inbox.recover(platforms={"discord"}, max_age_s=DAY_S) == []
+    assert await state(backend, "discord", "m1") == ("pending", 1)
+
+
+async def test_recover_expires_old_events_of_every_platform(store: Store, backend: Backend) -> None:
     await claim(store, "m1")
     assert await store.inbox.claim("slack", "E1", "slack:c", "q", "{}") is not None
+    restarted = await backend.restart(store)
 
-    assert await store.inbox.recover(platforms={"discord"}, max_age_s=DAY_S, now=later(1)) != []
-    recovered = await store.inbox.recover(platforms={"discord"}, max_age_s=60, now=later(1))
+    recovered = await restarted.inbox.recover(platforms={"discord"}, max_age_s=60, now=later(1))
 
     assert recovered == []
-    assert state(path, "discord", "m1")[0] == "expired"
+    assert (await state(backend, "discord", "m1"))[0] == "expired"
     # Slack was not asked for, and expired all the same: nobody can answer it in time.
-    assert state(path, "slack", "E1")[0] == "expired"
-    assert await store.inbox.claim("discord", "m1", "discord:c1", "q", "{}") is None
+    assert (await state(backend, "slack", "E1"))[0] == "expired"
+    assert await restarted.inbox.claim("discord", "m1", "discord:c1", "q", "{}") is None
 
 
-async def test_recover_needs_an_aware_now(store: SqliteStore) -> None:
+async def test_recover_needs_an_aware_now(store: Store) -> None:
     with pytest.raises(ValueError, match="timezone"):
         await store.inbox.recover(platforms={"discord"}, max_age_s=60, now=datetime(2030, 1, 1))
     with pytest.raises(TypeError):
@@ -290,71 +229,84 @@ async def test_recover_needs_an_aware_now(store: SqliteStore) -> None:
 
 
 async def test_recover_counts_attempts_then_quarantines(
-    store: SqliteStore, path: Path, caplog: pytest.LogCaptureFixture
+    store: Store, backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     claimed = await claim(store, "m1")
     await store.inbox.record_reply("discord", "m1", "reply-1")
 
+    store = await backend.restart(store)
     (event,) = await store.inbox.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=3)
     assert (event.platform, event.event_id, event.conversation) == ("discord", "m1", "discord:c1")
     assert (event.message, event.reply_id, event.attempts) == ('{"id": "m1"}', "reply-1", 2)
-    assert event.claim == claimed
+    assert event.claim is not None
+    assert (event.claim.turn_id, event.claim.conversation_started) == (
+        claimed.turn_id,
+        claimed.conversation_started,
+    )
+    assert event.claim.fence == event.fence == 2
+    store = await backend.restart(store)
     (event,) = await store.inbox.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=3)
     assert event.attempts == 3
 
-    with caplog.at_level(logging.WARNING, logger="bot.store.sqlite.inbox"):
+    store = await backend.restart(store)
+    with caplog.at_level(logging.WARNING, logger="bot.store.sql.inbox"):
         (given_up,) = await store.inbox.recover(
             platforms={"discord"}, max_age_s=DAY_S, max_attempts=3
         )
     # Handed back once, with no claim, so its author can be told; never again after that.
     assert given_up.quarantined and given_up.claim is None
     assert (given_up.event_id, given_up.reply_id, given_up.attempts) == ("m1", "reply-1", 3)
+    store = await backend.restart(store)
     assert await store.inbox.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=3) == []
 
-    assert state(path, "discord", "m1") == ("quarantined", 3)
+    assert await state(backend, "discord", "m1") == ("quarantined", 3)
     (record,) = [r for r in caplog.records if "quarantined" in r.getMessage()]
     assert record.levelno == logging.WARNING
     for part in ("discord", "m1", "discord:c1", "3 attempts"):
         assert part in record.getMessage()
 
 
-async def test_release_gives_back_the_attempt(store: SqliteStore, path: Path) -> None:
+async def test_release_gives_back_the_attempt(store: Store, backend: Backend) -> None:
     await claim(store, "m1")
     await claim(store, "m2")
 
     # A graceful shutdown cancelled m1's first attempt: it did not crash anything.
+    assert await store.inbox.release("discord", "m1")
+    assert await state(backend, "discord", "m1") == ("pending", 0)
     await store.inbox.release("discord", "m1")
-    assert state(path, "discord", "m1") == ("pending", 0)
-    await store.inbox.release("discord", "m1")
-    assert state(path, "discord", "m1") == ("pending", 0)
+    assert await state(backend, "discord", "m1") == ("pending", 0)
 
+    store = await backend.restart(store)
     recovered = await store.inbox.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=2)
     assert [(e.event_id, e.attempts) for e in recovered] == [("m1", 1), ("m2", 2)]
+    store = await backend.restart(store)
     recovered = await store.inbox.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=2)
     assert [(e.event_id, e.attempts, e.quarantined) for e in recovered] == [
         ("m2", 2, True),
         ("m1", 2, False),
     ]
-    assert state(path, "discord", "m2")[0] == "quarantined"
+    assert (await state(backend, "discord", "m2"))[0] == "quarantined"
 
-    await store.inbox.finish("discord", "m1", "answered")
-    await store.inbox.release("discord", "m1")
-    assert state(path, "discord", "m1") == ("answered", 2)
+    assert await store.inbox.finish("discord", "m1", "answered")
+    assert not await store.inbox.release("discord", "m1")
+    assert await state(backend, "discord", "m1") == ("answered", 2)
 
 
 async def test_an_event_of_a_reset_conversation_is_recovered_with_a_fresh_turn(
-    store: SqliteStore, path: Path
+    store: Store, backend: Backend
 ) -> None:
     old = await claim(store, "m1")
     assert await store.conversations.reset("discord:c1")
     # The inbox row outlives the reset, so a redelivery is still a duplicate.
-    assert inbox_row(path, "discord", "m1") == ("pending", 1, None)
+    assert await inbox_row(backend, "discord", "m1") == ("pending", 1, None)
     assert await store.inbox.claim("discord", "m1", "discord:c1", "q", "{}") is None
 
+    store = await backend.restart(store)
     (event,) = await store.inbox.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=5)
 
     assert event.claim is not None
     assert event.claim.turn_id > old.turn_id
+    assert event.claim.fence == 2
     info = await store.conversations.info("discord:c1")
     assert info is not None
     assert event.claim.conversation_started == info.created_at
@@ -364,18 +316,21 @@ async def test_an_event_of_a_reset_conversation_is_recovered_with_a_fresh_turn(
         (event.claim.turn_id, "question m1", "pending")
     ]
     # The new turn is recorded, so the next recovery reuses it instead of adding one.
+    store = await backend.restart(store)
     (again,) = await store.inbox.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=5)
-    assert again.claim == event.claim
+    assert again.claim is not None
+    assert again.claim.turn_id == event.claim.turn_id
 
 
 async def test_recover_returns_only_the_requested_platforms_oldest_first(
-    store: SqliteStore, path: Path
+    store: Store, backend: Backend
 ) -> None:
     for event_id in ("d1", "d2", "d3"):
         await claim(store, event_id, conversation=f"discord:{event_id}")
     assert await store.inbox.claim("slack", "s1", "slack:c", "q", "{}") is not None
     assert await store.inbox.claim("terminal", "t1", "terminal:c", "q", "{}") is not None
 
+    store = await backend.restart(store)
     recovered = await store.inbox.recover(platforms=["discord", "slack"], max_age_s=DAY_S)
 
     assert [(e.platform, e.event_id) for e in recovered] == [
@@ -385,12 +340,178 @@ async def test_recover_returns_only_the_requested_platforms_oldest_first(
         ("slack", "s1"),
     ]
     assert [e.received_at for e in recovered] == sorted(e.received_at for e in recovered)
-    assert state(path, "terminal", "t1") == ("pending", 1)
+    assert await state(backend, "terminal", "t1") == ("pending", 1)
     assert await store.inbox.recover(platforms=(), max_age_s=DAY_S) == []
-    assert state(path, "terminal", "t1") == ("pending", 1)
+    assert await state(backend, "terminal", "t1") == ("pending", 1)
 
 
-async def test_last_sources_round_trip(store: SqliteStore) -> None:
+async def test_recover_leaves_events_taken_after_the_process_started(
+    store: Store, backend: Backend
+) -> None:
+    await claim(store, "before")
+    await claim(store, "after")
+    store = await backend.restart(store)
+    started = datetime.now(UTC)
+    await claim(store, "mine")  # a live turn of this process is answering it
+    recovered = await store.inbox.recover(
+        platforms={"discord"}, max_age_s=DAY_S, max_attempts=1, received_before=started
+    )
+    # Each had used its one attempt: given up, and handed back once to say so.
+    assert [(e.event_id, e.quarantined) for e in recovered] == [
+        ("before", True),
+        ("after", True),
+    ]
+    assert await state(backend, "discord", "mine") == ("pending", 1), (
+        "neither taken nor quarantined"
+    )
+    with pytest.raises(ValueError):
+        await store.inbox.recover(
+            platforms={"discord"}, max_age_s=DAY_S, received_before=started.replace(tzinfo=None)
+        )
+
+
+# ----------------------------------------------------------------- leases and fences
+
+
+async def test_a_live_replicas_events_wait_until_its_lease_runs_out(backend: Backend) -> None:
+    first = await backend.open(lease_s=0.6)
+    second = await backend.open(lease_s=0.6)
+    claimed = await claim(first, "m1")
+
+    # The first replica keeps renewing while its turn runs: nothing to take over.
+    for _ in range(3):
+        await asyncio.sleep(0.25)
+        assert await first.inbox.renew() == 1
+        assert await second.inbox.recover(platforms={"discord"}, max_age_s=DAY_S) == []
+
+    # It stops renewing (it froze, or died): once the lease ran out the other takes over.
+    await asyncio.sleep(0.7)
+    (event,) = await second.inbox.recover(platforms={"discord"}, max_age_s=DAY_S)
+    assert event.claim is not None and event.fence == event.claim.fence == 2
+    assert (event.attempts, event.claim.turn_id) == (2, claimed.turn_id)
+
+    # The first replica comes back late: its fenced writes do nothing and say so ...
+    assert not await first.inbox.record_reply("discord", "m1", "late", fence=claimed.fence)
+    assert not await first.inbox.hold(
+        "discord", "m1", "late answer", deliver_by=later(), fence=claimed.fence
+    )
+    assert not await first.inbox.finish("discord", "m1", "answered", fence=claimed.fence)
+    assert not await first.inbox.release("discord", "m1", fence=claimed.fence)
+    assert await first.inbox.renew() == 0, "it holds nothing any more"
+    assert await state(backend, "discord", "m1") == ("pending", 2)
+    # ... and the new owner's go through.
+    assert await second.inbox.record_reply("discord", "m1", "r2", fence=event.fence)
+    assert await second.inbox.finish("discord", "m1", "answered", fence=event.fence)
+    assert await state(backend, "discord", "m1") == ("answered", 2)
+    assert await reply_id(backend, "discord", "m1") == "r2"
+
+
+async def test_a_released_event_is_taken_at_once_by_another_replica(backend: Backend) -> None:
+    first = await backend.open(lease_s=60)
+    second = await backend.open(lease_s=60)
+    claimed = await claim(first, "m1")
+    assert await second.inbox.recover(platforms={"discord"}, max_age_s=DAY_S) == []
+
+    # A graceful shutdown gives the lease back: no need to wait for it to run out.
+    assert await first.inbox.release("discord", "m1", fence=claimed.fence)
+    (event,) = await second.inbox.recover(platforms={"discord"}, max_age_s=DAY_S)
+    assert (event.event_id, event.attempts, event.fence) == ("m1", 1, 2)
+
+
+async def test_a_replica_shutting_down_lets_go_of_what_it_holds(backend: Backend) -> None:
+    leaving = await backend.open(lease_s=60)
+    staying = await backend.open(lease_s=60)
+    await claim(leaving, "m1")
+    await claim(leaving, "m2")
+    assert await leaving.inbox.hold("discord", "m2", "held", deliver_by=later())
+    await claim(staying, "m3")
+
+    assert await leaving.inbox.let_go() == 2
+    taken = await staying.inbox.recover(platforms={"discord"}, max_age_s=DAY_S)
+
+    assert sorted((e.event_id, e.reply) for e in taken) == [("m1", None), ("m2", "held")]
+    assert await leaving.inbox.renew() == 0
+
+
+async def test_replicas_recovering_together_take_each_event_once(backend: Backend) -> None:
+    crashed = await backend.open()
+    for n in range(12):
+        await claim(crashed, f"m{n}", conversation=f"discord:c{n % 3}")
+    await crashed.close()
+    await asyncio.sleep(TEST_LEASE_S * 2)
+    replicas = [await backend.open(lease_s=60) for _ in range(3)]
+
+    taken = await asyncio.gather(
+        *(r.inbox.recover(platforms={"discord"}, max_age_s=DAY_S) for r in replicas)
+    )
+
+    events = sorted(e.event_id for batch in taken for e in batch)
+    assert events == sorted(f"m{n}" for n in range(12))
+    for replica in replicas:
+        await replica.inbox.renew()
+    assert await count(backend, "turns") == 12
+
+
+async def test_a_held_answer_goes_to_whoever_takes_the_event_over(backend: Backend) -> None:
+    first = await backend.open()
+    claimed = await claim(first, "m1")
+    deliver_by = later(1)
+    assert await first.inbox.hold(
+        "discord", "m1", "the answer", deliver_by=deliver_by, fence=claimed.fence
+    )
+    assert await state(backend, "discord", "m1") == ("delivering", 1)
+
+    second = await backend.restart(first)
+    (event,) = await second.inbox.recover(platforms={"discord"}, max_age_s=DAY_S)
+    assert (event.reply, event.claim, event.attempts, event.fence) == ("the answer", None, 1, 2)
+    assert event.deliver_by == deliver_by
+    assert not await second.inbox.finish("discord", "m1", "answered", fence=1)
+    assert await second.inbox.finish("discord", "m1", "answered", fence=event.fence)
+
+
+# ------------------------------------------------------------------ the queue, the backlog
+
+
+async def test_ahead_counts_the_unanswered_events_before_one(backend: Backend) -> None:
+    here = await backend.open(lease_s=60)
+    there = await backend.open(lease_s=60)
+    await claim(here, "a")
+    await claim(there, "b")
+    await claim(here, "c")
+    await claim(here, "other", conversation="discord:c2")
+    await claim(there, "d")
+
+    assert [await here.inbox.ahead("discord", e) for e in "abcd"] == [0, 1, 2, 3]
+    assert [await here.inbox.ahead("discord", e, elsewhere=True) for e in "ac"] == [0, 1]
+    assert await there.inbox.ahead("discord", "d", elsewhere=True) == 2
+    assert await here.inbox.ahead("discord", "other") == 0
+    assert await here.inbox.ahead("discord", "unknown") == 0
+
+    # Answered (or held for delivery) no longer counts: the next one may run.
+    assert await here.inbox.finish("discord", "a", "answered")
+    assert await there.inbox.hold("discord", "b", "held", deliver_by=later())
+    assert await there.inbox.ahead("discord", "d") == 1
+
+
+async def test_backlog_counts_what_is_taken_and_not_finished(store: Store) -> None:
+    assert (await store.inbox.backlog()).events == 0
+    first = await claim(store, "m1")
+    await claim(store, "m2")
+    await claim(store, "m3")
+    assert await store.inbox.hold("discord", "m2", "r", deliver_by=later())
+    assert await store.inbox.finish("discord", "m3", "answered")
+
+    backlog = await store.inbox.backlog()
+
+    assert backlog.events == 2
+    assert backlog.oldest is not None
+    assert abs(backlog.oldest - first.conversation_started) < timedelta(seconds=1)
+
+
+# ------------------------------------------------------------------- conversations
+
+
+async def test_last_sources_round_trip(store: Store) -> None:
     assert await store.conversations.last_sources("discord:c1") == ()
     first = await claim(store, "m1")
     assert await store.conversations.last_sources("discord:c1") == ()
@@ -411,7 +532,7 @@ async def test_last_sources_round_trip(store: SqliteStore) -> None:
     assert await store.conversations.last_sources("discord:c1") == ()
 
 
-async def test_session_returns_one_row_of_list_sessions(store: SqliteStore) -> None:
+async def test_info_is_one_row_of_list_all(store: Store) -> None:
     assert await store.conversations.info("discord:c1") is None
     claimed = await claim(store, "m1")
     assert await store.conversations.finish_turn(claimed.turn_id, "answer")
@@ -425,7 +546,9 @@ async def test_session_returns_one_row_of_list_sessions(store: SqliteStore) -> N
     assert info in await store.conversations.list_all()
 
 
-async def test_transcript_marks_expired_and_quarantined_turns(store: SqliteStore) -> None:
+async def test_transcript_marks_expired_and_quarantined_turns(
+    store: Store, backend: Backend
+) -> None:
     answered = await claim(store, "m1")
     assert await store.conversations.finish_turn(answered.turn_id, "answer")
     expired = await claim(store, "m2")
@@ -434,6 +557,7 @@ async def test_transcript_marks_expired_and_quarantined_turns(store: SqliteStore
     # m2's attempt is given back, so it is kept below max_attempts and only age ends it.
     await store.inbox.release("discord", "m2")
 
+    store = await backend.restart(store)
     recovered = await store.inbox.recover(platforms={"discord"}, max_age_s=DAY_S, max_attempts=1)
     assert [(e.event_id, e.quarantined) for e in recovered] == [("m3", True), ("m2", False)]
     assert await store.inbox.recover(platforms={"discord"}, max_age_s=60, now=later(1)) == []
@@ -453,29 +577,7 @@ async def test_transcript_marks_expired_and_quarantined_turns(store: SqliteStore
     ]
 
 
-async def test_recover_leaves_events_taken_after_the_process_started(
-    store: SqliteStore, path: Path
-) -> None:
-    await claim(store, "before")
-    started = datetime.now(UTC)
-    await claim(store, "after")  # a live turn of this process is answering it
-    recovered = await store.inbox.recover(
-        platforms={"discord"}, max_age_s=DAY_S, max_attempts=1, received_before=started
-    )
-    # "before" had used its one attempt: given up, and handed back once to say so.
-    assert [(e.event_id, e.quarantined) for e in recovered] == [("before", True)]
-    assert state(path, "discord", "before") == ("quarantined", 1)
-    assert state(path, "discord", "after") == ("pending", 1), "neither taken nor quarantined"
-    with pytest.raises(ValueError):
-        await store.inbox.recover(
-            platforms={"discord"}, max_age_s=DAY_S, received_before=started.replace(tzinfo=None)
-        )
-
-
-# ----------------------------------------------------------------------------- feedback (v3)
-
-
-async def test_feedback_is_one_vote_per_reader_and_goes_with_its_turn(store: SqliteStore) -> None:
+async def test_feedback_is_one_vote_per_reader_and_goes_with_its_turn(store: Store) -> None:
     got = await claim(store, "Ev-fb", "slack:T:C:1.0")
     await store.conversations.finish_turn(got.turn_id, "an answer")
     assert await store.feedback.record("discord", "Ev-fb", "U1", "up")

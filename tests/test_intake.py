@@ -308,17 +308,24 @@ async def test_recovery_quarantines_an_event_that_crashed_twice(
     make_settings: SettingsFactory, ollama: FakeOllama, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings()
-    store = await SqliteStore.open(settings.memory.database)
+    async with await Runtime.start(settings) as rt:
+        bot = InMemoryAdapter()
+        message = bot.message("poison", event_id="Ev-poison")
+    # What two crashed processes leave behind: claimed, then taken over once (their
+    # leases short, so that they ran out by the time the next process looks).
+    first = await SqliteStore.open(settings.memory.database, lease_s=0.01)
     try:
-        async with await Runtime.start(settings) as rt:
-            bot = InMemoryAdapter()
-            message = bot.message("poison", event_id="Ev-poison")
-        # What two crashed processes leave behind: claimed, then taken over once.
-        assert await store.inbox.claim("inmemory", "Ev-poison", GENERAL, "poison",
+        assert await first.inbox.claim("inmemory", "Ev-poison", GENERAL, "poison",
                                  encode_message(message, bot)) is not None  # fmt: skip
-        assert len(await store.inbox.recover(platforms=["inmemory"], max_age_s=3600)) == 1
     finally:
-        await store.close()
+        await first.close()
+    await asyncio.sleep(0.02)
+    second = await SqliteStore.open(settings.memory.database, lease_s=0.01)
+    try:
+        assert len(await second.inbox.recover(platforms=["inmemory"], max_age_s=3600)) == 1
+    finally:
+        await second.close()
+    await asyncio.sleep(0.02)
     with caplog.at_level(logging.WARNING):
         async with await Runtime.start(settings) as rt:
             bot = await chat(rt)

@@ -23,7 +23,7 @@ from bot.intake.chain import (
 )
 from bot.intake.commands import help_text, parse_command
 from bot.intake.delivery import GuardedReply
-from bot.intake.ratelimit import RateLimiter, describe_wait
+from bot.intake.ratelimit import LocalBuckets, RateLimiter, describe_wait
 
 
 class Clock:
@@ -131,7 +131,7 @@ async def test_an_empty_message_gets_a_hint_and_no_turn() -> None:
 
 async def test_the_rate_limit_allows_a_burst_then_refuses_saying_when() -> None:
     clock = Clock()
-    step = RateLimit(per_minute=6, burst=2, clock=clock)
+    step = RateLimit(per_minute=6, burst=2, buckets=LocalBuckets(clock))
     adapter = Notes()
     outcomes = [(await step(Context(message(), adapter), passed)).outcome for _ in range(3)]
     assert outcomes == ["turn", "turn", "rate_limited"]
@@ -147,7 +147,7 @@ async def test_the_rate_limit_allows_a_burst_then_refuses_saying_when() -> None:
 
 async def test_questions_sent_before_the_bot_started_are_not_rate_limited() -> None:
     started = datetime.now(UTC)
-    step = RateLimit(per_minute=1, burst=1, clock=Clock(), started=started)
+    step = RateLimit(per_minute=1, burst=1, buckets=LocalBuckets(Clock()), started=started)
     adapter = Notes()
     backlog = dataclasses.replace(message(), sent_at=started - timedelta(minutes=5))
     for _ in range(4):  # asked while the bot was down, caught up now
@@ -158,7 +158,7 @@ async def test_questions_sent_before_the_bot_started_are_not_rate_limited() -> N
 
 async def test_an_adapter_can_turn_the_rate_limit_off_or_set_its_own() -> None:
     clock = Clock()
-    step = RateLimit(per_minute=1, burst=1, clock=clock)
+    step = RateLimit(per_minute=1, burst=1, buckets=LocalBuckets(clock))
     unlimited = Notes(rate=0)
     for _ in range(5):
         assert (await step(Context(message(), unlimited), passed)).outcome == "turn"

@@ -34,6 +34,8 @@ FORBIDDEN = {
 DRIVERS = ("sqlite3", "aiosqlite", "asyncpg", "psycopg")
 # Where a database driver and SQL may appear: the store's backends.
 BACKENDS = ("bot.store.sqlite", "bot.store.postgres")
+# The statements both backends run: SQL, but no driver (each backend brings its own).
+SHARED_SQL = "bot.store.sql"
 SQL = re.compile(
     r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+TABLE|"
     r"ALTER\s+TABLE|PRAGMA\s+\w+|BEGIN\s+IMMEDIATE)\b",
@@ -89,6 +91,8 @@ def test_only_the_store_backends_talk_to_a_database(module: str, path: Path) -> 
     tree = ast.parse(path.read_text(encoding="utf-8"))
     drivers = sorted(n for n in imported(tree, module) for d in DRIVERS if within(n, d))
     assert drivers == [], f"{module} imports a database driver: {drivers}"
+    if within(module, SHARED_SQL):
+        return
     statements = [
         node.value
         for node in ast.walk(tree)

@@ -1,50 +1,31 @@
-"""Tests of the memory agent against real SQLite files (and ``:memory:``)."""
+"""The conversations' behaviour, the same on both backends: real SQLite files and a real
+PostgreSQL server (``backend`` runs each test once per backend)."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from bot.errors import StoreError
-from bot.store.sqlite import SCHEMA_VERSION, SqliteStore
+from bot.store import Store
+from tests.databases import Backend
 from tests.store_helpers import begin_turn
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[SqliteStore]:
-    memory = await SqliteStore.open(":memory:")
-    try:
-        yield memory
-    finally:
-        await memory.close()
+async def store(backend: Backend) -> Store:
+    return await backend.open()
 
 
-@pytest.fixture
-async def file_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    memory = await SqliteStore.open(str(tmp_path / "memory.db"))
-    try:
-        yield memory
-    finally:
-        await memory.close()
-
-
-def _raw(path: Path) -> sqlite3.Connection:
-    """A plain second connection, as another process (the CLI) would have."""
-    return sqlite3.connect(path, isolation_level=None)
-
-
-async def _answered(store: SqliteStore, key: str, question: str, answer: str) -> int:
+async def _answered(store: Store, key: str, question: str, answer: str) -> int:
     turn = await begin_turn(store, key, question)
     assert await store.conversations.finish_turn(turn, answer)
     return turn
 
 
-async def test_begin_finish_load_round_trip(store: SqliteStore) -> None:
+async def test_begin_finish_load_round_trip(store: Store) -> None:
     first = await _answered(store, "discord:1:2", "What is SQLite?", "A database [1].")
     second = await _answered(store, "discord:1:2", "Is it fast?", "Yes.")
 
@@ -61,7 +42,7 @@ async def test_begin_finish_load_round_trip(store: SqliteStore) -> None:
     assert created.utcoffset() == timedelta(0)
 
 
-async def test_unknown_key_loads_empty_and_has_no_transcript(store: SqliteStore) -> None:
+async def test_unknown_key_loads_empty_and_has_no_transcript(store: Store) -> None:
     state = await store.conversations.load("nobody")
 
     assert (state.conversation, state.summary, state.summary_upto, state.turns) == (
@@ -73,7 +54,7 @@ async def test_unknown_key_loads_empty_and_has_no_transcript(store: SqliteStore)
     assert await store.conversations.transcript("nobody") is None
 
 
-async def test_pending_turn_is_in_transcript_but_not_in_load(store: SqliteStore) -> None:
+async def test_pending_turn_is_in_transcript_but_not_in_load(store: Store) -> None:
     done = await _answered(store, "k", "first", "one")
     pending = await begin_turn(store, "k", "second, never answered")
 
@@ -88,21 +69,23 @@ async def test_pending_turn_is_in_transcript_but_not_in_load(store: SqliteStore)
     ]
 
 
-async def test_inputs_are_stored_exactly_as_given(store: SqliteStore) -> None:
+async def test_inputs_are_stored_exactly_as_given(store: Store, backend: Backend) -> None:
     key = "slack:T1:C2:1700000000.0001 '; DROP TABLE turns; -- ünïcødé 🦆"
     question = "q" * 39_999 + "?"
     answer = "line one\nline two\x00after a NUL\n" + "é" * 10_000
+    # PostgreSQL's text cannot hold NUL: that backend drops it, and only it.
+    kept = answer.replace("\x00", "") if backend.shared else answer
 
     await _answered(store, key, question, answer)
     (turn,) = (await store.conversations.load(key)).turns
 
     assert turn.question == question
     assert len(turn.question) == 40_000
-    assert turn.answer == answer
+    assert turn.answer == kept
     assert [s.conversation for s in await store.conversations.list_all()] == [key]
 
 
-async def test_summary_moves_the_window_forward_only(store: SqliteStore) -> None:
+async def test_summary_moves_the_window_forward_only(store: Store) -> None:
     ids = [await _answered(store, "k", f"q{n}", f"a{n}") for n in range(5)]
 
     assert await store.conversations.save_summary("k", "turns 0-2", ids[2])
@@ -122,7 +105,7 @@ async def test_summary_moves_the_window_forward_only(store: SqliteStore) -> None
     assert [t.question for t in transcript.turns] == [f"q{n}" for n in range(5)]
 
 
-async def test_summary_refused_for_missing_session_or_foreign_turn(store: SqliteStore) -> None:
+async def test_summary_refused_for_missing_session_or_foreign_turn(store: Store) -> None:
     other = await _answered(store, "other", "q", "a")
     mine = await _answered(store, "mine", "q", "a")
     pending = await begin_turn(store, "mine", "still thinking")
@@ -135,7 +118,7 @@ async def test_summary_refused_for_missing_session_or_foreign_turn(store: Sqlite
     assert await store.conversations.save_summary("mine", "summary", mine)
 
 
-async def test_summary_of_a_reset_conversation_is_refused(store: SqliteStore) -> None:
+async def test_summary_of_a_reset_conversation_is_refused(store: Store) -> None:
     old = await _answered(store, "k", "old question", "old answer")
     await store.conversations.reset("k")
     await _answered(store, "k", "new question", "new answer")
@@ -145,25 +128,21 @@ async def test_summary_of_a_reset_conversation_is_refused(store: SqliteStore) ->
     assert (await store.conversations.load("k")).summary == ""
 
 
-async def test_reset_deletes_session_and_turns(file_store: SqliteStore, tmp_path: Path) -> None:
-    await _answered(file_store, "k", "q", "a")
-    await begin_turn(file_store, "k", "pending")
-    await _answered(file_store, "keep", "q", "a")
+async def test_reset_deletes_session_and_turns(store: Store, backend: Backend) -> None:
+    await _answered(store, "k", "q", "a")
+    await begin_turn(store, "k", "pending")
+    await _answered(store, "keep", "q", "a")
 
-    assert await file_store.conversations.reset("k")
-    assert not await file_store.conversations.reset("k")
+    assert await store.conversations.reset("k")
+    assert not await store.conversations.reset("k")
 
-    assert await file_store.conversations.transcript("k") is None
-    assert (await file_store.conversations.load("k")).turns == ()
-    assert [s.conversation for s in await file_store.conversations.list_all()] == ["keep"]
-    raw = _raw(tmp_path / "memory.db")
-    try:
-        assert raw.execute("SELECT COUNT(*) FROM turns WHERE conversation = 'k'").fetchone() == (0,)
-    finally:
-        raw.close()
+    assert await store.conversations.transcript("k") is None
+    assert (await store.conversations.load("k")).turns == ()
+    assert [s.conversation for s in await store.conversations.list_all()] == ["keep"]
+    assert await backend.row("SELECT COUNT(*) FROM turns WHERE conversation = 'k'") == (0,)
 
 
-async def test_finish_turn_after_reset_returns_false(store: SqliteStore) -> None:
+async def test_finish_turn_after_reset_returns_false(store: Store) -> None:
     turn = await begin_turn(store, "k", "slow question")
     await store.conversations.reset("k")
 
@@ -176,7 +155,7 @@ async def test_finish_turn_after_reset_returns_false(store: SqliteStore) -> None
     assert new_turn > turn
 
 
-async def test_list_sessions_order_and_counts(store: SqliteStore) -> None:
+async def test_list_sessions_order_and_counts(store: Store) -> None:
     await _answered(store, "a", "q1", "x")
     await _answered(store, "b", "q1", "x")
     await begin_turn(store, "b", "pending")
@@ -197,29 +176,29 @@ async def test_list_sessions_order_and_counts(store: SqliteStore) -> None:
 
 
 async def test_concurrent_turns_across_keys_and_on_one_key_all_survive(
-    file_store: SqliteStore,
+    store: Store,
 ) -> None:
     async def turn(key: str, n: int) -> int:
-        turn_id = await begin_turn(file_store, key, f"question {n}")
+        turn_id = await begin_turn(store, key, f"question {n}")
         await asyncio.sleep(0)
-        assert await file_store.conversations.finish_turn(turn_id, f"answer {n}")
+        assert await store.conversations.finish_turn(turn_id, f"answer {n}")
         return turn_id
 
     jobs = [turn("shared", n) for n in range(25)] + [turn(f"key{n}", n) for n in range(25)]
     ids = await asyncio.gather(*jobs)
 
     assert len(set(ids)) == 50
-    shared = await file_store.conversations.load("shared")
+    shared = await store.conversations.load("shared")
     assert sorted((t.question, t.answer) for t in shared.turns) == sorted(
         (f"question {n}", f"answer {n}") for n in range(25)
     )
     assert [t.id for t in shared.turns] == sorted(t.id for t in shared.turns)
-    sessions = await file_store.conversations.list_all()
+    sessions = await store.conversations.list_all()
     assert len(sessions) == 26
     assert sum(s.turn_count for s in sessions) == 50
 
 
-async def test_concurrent_reads_and_writes_mix_cleanly(store: SqliteStore) -> None:
+async def test_concurrent_reads_and_writes_mix_cleanly(store: Store) -> None:
     await _answered(store, "k", "seed", "seed")
 
     results = await asyncio.gather(
@@ -232,120 +211,7 @@ async def test_concurrent_reads_and_writes_mix_cleanly(store: SqliteStore) -> No
     assert len((await store.conversations.load("k")).turns) == 21
 
 
-async def test_persists_across_reopen_in_wal_mode(tmp_path: Path) -> None:
-    path = tmp_path / "nested" / "dir" / "memory.db"
-    first = await SqliteStore.open(str(path))
-    try:
-        turn = await _answered(first, "k", "remember me", "I will")
-        await first.conversations.save_summary("k", "a summary", turn)
-        await begin_turn(first, "k", "pending at shutdown")
-    finally:
-        await first.close()
-
-    second = await SqliteStore.open(path)
-    try:
-        transcript = await second.conversations.transcript("k")
-        assert transcript is not None
-        assert transcript.summary == "a summary"
-        assert [(t.question, t.status) for t in transcript.turns] == [
-            ("remember me", "answered"),
-            ("pending at shutdown", "pending"),
-        ]
-    finally:
-        await second.close()
-
-    raw = _raw(path)
-    try:
-        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-    finally:
-        raw.close()
-
-
-async def test_another_connection_reads_while_the_store_writes(
-    file_store: SqliteStore, tmp_path: Path
-) -> None:
-    await _answered(file_store, "k", "before", "x")
-    reader = _raw(tmp_path / "memory.db")
-    try:
-        reader.execute("BEGIN")
-        assert reader.execute("SELECT COUNT(*) FROM turns").fetchone() == (1,)
-
-        # With WAL the open read transaction does not block the writer, and the reader
-        # keeps its snapshot until it ends its transaction.
-        await asyncio.wait_for(_answered(file_store, "k", "during", "y"), timeout=2)
-        assert reader.execute("SELECT COUNT(*) FROM turns").fetchone() == (1,)
-        reader.execute("COMMIT")
-        assert reader.execute("SELECT COUNT(*) FROM turns").fetchone() == (2,)
-    finally:
-        reader.close()
-
-
-async def test_empty_database_is_migrated_and_migration_is_idempotent(tmp_path: Path) -> None:
-    path = tmp_path / "empty.db"
-    path.touch()
-
-    for _ in range(2):
-        memory = await SqliteStore.open(str(path))
-        try:
-            await _answered(memory, "k", "q", "a")
-        finally:
-            await memory.close()
-
-    raw = _raw(path)
-    try:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"conversations", "turns"} <= tables
-        assert raw.execute("SELECT COUNT(*) FROM turns").fetchone() == (2,)
-    finally:
-        raw.close()
-
-
-async def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "future.db"
-    raw = _raw(path)
-    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    raw.close()
-
-    with pytest.raises(
-        StoreError, match=rf"schema version {SCHEMA_VERSION + 1}\b.*up to {SCHEMA_VERSION}\b"
-    ):
-        await SqliteStore.open(str(path))
-
-    raw = _raw(path)
-    try:
-        assert raw.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
-        assert raw.execute("SELECT COUNT(*) FROM sqlite_master").fetchone() == (0,)
-    finally:
-        raw.close()
-
-
-async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "notes.db"
-    path.write_bytes(b"this is not an SQLite file, just some text. " * 100)
-
-    with pytest.raises(StoreError):
-        await SqliteStore.open(str(path))
-
-
-async def test_failed_write_rolls_back_the_whole_transaction(store: SqliteStore) -> None:
-    # begin_turn upserts the session row, then inserts the turn. Bytes are not text, so
-    # the turn INSERT fails on the table's CHECK constraint after the session row was
-    # already written inside the same transaction; none of it may survive.
-    with pytest.raises(StoreError) as caught:
-        await begin_turn(store, "new-session", b"not text")  # type: ignore[arg-type]
-
-    assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
-    assert await store.conversations.list_all() == []
-    assert await store.conversations.transcript("new-session") is None
-
-    # The lock was released and no transaction is left open: the store keeps working.
-    turn = await _answered(store, "new-session", "real question", "real answer")
-    assert [t.id for t in (await store.conversations.load("new-session")).turns] == [turn]
-
-
-async def test_failed_finish_keeps_the_turn_pending(store: SqliteStore) -> None:
+async def test_failed_finish_keeps_the_turn_pending(store: Store) -> None:
     turn = await begin_turn(store, "k", "q")
     before = await store.conversations.list_all()
 
@@ -358,7 +224,7 @@ async def test_failed_finish_keeps_the_turn_pending(store: SqliteStore) -> None:
     assert await store.conversations.list_all() == before
 
 
-async def test_cancelled_write_leaves_no_partial_rows(store: SqliteStore) -> None:
+async def test_cancelled_write_leaves_no_partial_rows(store: Store) -> None:
     task = asyncio.create_task(begin_turn(store, "k", "cancelled question"))
     await asyncio.sleep(0)  # let it take the lock and queue its first statement
     task.cancel()
@@ -371,8 +237,24 @@ async def test_cancelled_write_leaves_no_partial_rows(store: SqliteStore) -> Non
     await _answered(store, "k", "next", "works")
 
 
-async def test_close_is_idempotent_and_later_calls_raise(tmp_path: Path) -> None:
-    memory = await SqliteStore.open(str(tmp_path / "memory.db"))
+async def test_failed_write_rolls_back_the_whole_transaction(store: Store) -> None:
+    # begin_turn upserts the session row, then inserts the turn. Bytes are not text, so
+    # the turn INSERT fails on the table's CHECK constraint after the session row was
+    # already written inside the same transaction; none of it may survive.
+    with pytest.raises(StoreError) as caught:
+        await begin_turn(store, "new-session", b"not text")  # type: ignore[arg-type]
+
+    assert caught.value.__cause__ is not None, "the driver's error is kept as the cause"
+    assert await store.conversations.list_all() == []
+    assert await store.conversations.transcript("new-session") is None
+
+    # The lock was released and no transaction is left open: the store keeps working.
+    turn = await _answered(store, "new-session", "real question", "real answer")
+    assert [t.id for t in (await store.conversations.load("new-session")).turns] == [turn]
+
+
+async def test_close_is_idempotent_and_later_calls_raise(backend: Backend) -> None:
+    memory = await backend.open()
     await memory.close()
     await memory.close()
 
@@ -382,34 +264,11 @@ async def test_close_is_idempotent_and_later_calls_raise(tmp_path: Path) -> None
         await memory.conversations.load("k")
 
 
-async def test_event_loop_stays_responsive_during_a_large_write(store: SqliteStore) -> None:
-    big = "x" * 8_000_000
-    write = asyncio.create_task(begin_turn(store, "k", big))
-    await asyncio.sleep(0)  # the write starts; a blocking one would also finish here
-    ticks = 0
-    while not write.done():
-        ticks += 1
-        await asyncio.sleep(0)
-    turn = await write
-
-    # A blocking sqlite3 call would have finished the write before the loop ticked.
-    assert ticks > 0
-    transcript = await store.conversations.transcript("k")
-    assert transcript is not None
-    assert [(t.id, len(t.question)) for t in transcript.turns] == [(turn, len(big))]
-
-
-async def test_opening_a_new_file_waits_for_another_process_creating_it(tmp_path: Path) -> None:
-    # Two `ask`s started together both create the database: one is still in its first
-    # transaction (rollback journal) when the other switches to WAL, which SQLite refuses
-    # at once with "database is locked" instead of waiting on busy_timeout.
-    path = tmp_path / "new.db"
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        other.execute("CREATE TABLE scratch (x)")
-        other.execute("BEGIN IMMEDIATE")
-        asyncio.get_running_loop().call_later(0.2, other.execute, "COMMIT")
-        store = await SqliteStore.open(path)
-        await store.close()
-    finally:
-        other.close()
+async def test_health_is_none_while_the_store_answers_and_says_why_once_closed(
+    backend: Backend,
+) -> None:
+    store = await backend.open()
+    assert await store.health() is None
+    await store.close()
+    problem = await store.health()
+    assert problem is not None and "does not answer" in problem

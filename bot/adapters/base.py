@@ -49,8 +49,40 @@ class Submission:
     done: asyncio.Task[Reply] | None = None
 
 
+class Cluster(Protocol):
+    """The replicas sharing the store, as an adapter may need them: to divide a platform's
+    connections (Discord's shards) or a request budget that is per token, not per process.
+    Alone (the embedded store), this process is the whole cluster."""
+
+    @property
+    def shared(self) -> bool:
+        """Whether other replicas may serve the same store (and platforms) at once."""
+
+    @property
+    def replicas(self) -> int:
+        """Live replicas, this one included (1 when alone)."""
+
+    async def pace(self, key: str, *, per_minute: float, burst: int = 1) -> float:
+        """Take a slot of a rate every replica shares (Discord's IDENTIFY, say): 0.0 when
+        taken, else the seconds to wait before asking again. Raises StoreError."""
+
+    async def shards(self, platform: Platform, count: int) -> frozenset[int]:
+        """Which of ``platform``'s ``count`` shards this replica runs now: its fair share,
+        each shard run by one live replica (all of them when alone). Call it again every
+        few seconds: it renews what this replica holds, takes over the shards of a
+        replica that died, and gives back extras when another joined. Raises StoreError."""
+
+    async def release_shards(self, platform: Platform) -> None:
+        """Give back every shard of ``platform`` (at shutdown)."""
+
+
 class IntakePort(Protocol):
-    """What an adapter may ask of the intake: the one door, and two questions beside it."""
+    """What an adapter may ask of the intake: the one door, two questions beside it, and
+    the cluster it is part of."""
+
+    @property
+    def cluster(self) -> Cluster:
+        """The replicas this process shares its store with."""
 
     async def submit(self, message: InboundMessage[Any]) -> Submission:
         """Take one inbound message; returns what was done with it (the turn, if one

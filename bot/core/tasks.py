@@ -10,8 +10,10 @@ saves and summaries, an adapter's handlers) owns one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Coroutine
+import random
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 _log = logging.getLogger(__name__)
@@ -75,3 +77,50 @@ class TaskTracker:
                 _log.error("cancelled %d background task(s) still running at shutdown", len(still))
                 return False
         return True
+
+
+class Periodic:
+    """Runs ``work`` every ``interval_s`` (with a little jitter, so replicas started
+    together do not act in lockstep) until :meth:`stop`. A failing round is logged and the
+    next one comes all the same: housekeeping must not die of one bad moment."""
+
+    def __init__(
+        self,
+        name: str,
+        interval_s: float,
+        work: Callable[[], Awaitable[object]],
+        *,
+        jitter: float = 0.1,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError("a period is a positive number of seconds")
+        self.name = name
+        self._interval = interval_s
+        self._work = work
+        self._jitter = jitter
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=self.name)
+
+    async def stop(self) -> None:
+        """Stop; a round under way is cancelled. Safe to call twice."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        while True:
+            spread = self._interval * self._jitter
+            await asyncio.sleep(self._interval + random.uniform(-spread, spread))
+            try:
+                await self._work()
+            except Exception:
+                _log.exception("%s failed; trying again in %.1f s", self.name, self._interval)

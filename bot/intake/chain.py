@@ -11,7 +11,12 @@
       │ 4. Inbox           claim (platform, event id) with the pending question, in one
       │                    transaction; a duplicate stops here
       │ 5. Queue           a busy conversation: "yours is next" (and behind how many)
-      ▼ 6. StartTurn       the pipeline, then delivery, in a tracked in-flight task
+      ▼ 6. StartTurn       the conversation's turn, in arrival order across replicas;
+                           the pipeline, then delivery, in a tracked in-flight task
+
+What is answered without a turn (a command, a hint, a refusal) is recorded as handled in
+the store, so a redelivery of the event, on any replica sharing it, is a duplicate; a
+question is recorded by its claim.
 
 Each step is a callable ``step(context, next)`` that either answers and returns, or calls
 ``next``: the shape of bolt-python's middleware, so each can be tested alone with a
@@ -38,7 +43,8 @@ from bot.intake.codec import encode_message, encode_reply
 from bot.intake.commands import Commands, parse_command
 from bot.intake.courier import Courier
 from bot.intake.delivery import GuardedReply
-from bot.intake.ratelimit import RateLimiter, describe_wait
+from bot.intake.order import ConversationOrder
+from bot.intake.ratelimit import Buckets, describe_wait
 from bot.pipeline.orchestrator import Pipeline
 from bot.pipeline.wording import EMPTY_HINT
 from bot.store import Claim, ConversationStore, Inbox
@@ -146,9 +152,14 @@ async def has_spoken(conversations: ConversationStore, conversation: str) -> boo
 class SkipEmpty:
     """A message with nothing left to answer (a bare mention) gets a hint, not a turn."""
 
+    def __init__(self, inbox: Inbox | None = None) -> None:
+        self._inbox = inbox
+
     async def __call__(self, context: Context, after: Next) -> Submission:
         if context.message.text.strip():
             return await after(context)
+        if not await first_time(self._inbox, context.message):
+            return Submission("duplicate")
         await _notify(context, EMPTY_HINT, private=True)
         return Submission("empty")
 
@@ -169,13 +180,7 @@ class HandleCommands:
         command = parse_command(message.text)
         if command is None:
             return await after(context)
-        try:
-            first = await self._inbox.handled(message.platform, message.event_id)
-        except StoreError:
-            _log.exception("could not record command event %s; answering it", message.event_id)
-            first = True
-        if not first:
-            _log.info("duplicate command event %s:%s ignored", message.platform, message.event_id)
+        if not await first_time(self._inbox, message):
             return Submission("duplicate")
         reply = await self._commands.run(command, message, context.adapter)
         await _notify(context, reply.text, private=reply.private)
@@ -187,7 +192,9 @@ class RateLimit:
 
     It limits how fast people ask, so questions sent before this process started (read
     back from a channel's history after downtime, or redelivered late) do not count:
-    whoever asked several while the bot was down is not asking too fast now.
+    whoever asked several while the bot was down is not asking too fast now. The buckets
+    live in the store when replicas share it (a user's questions may land on any of
+    them); if that store fails, the question is let through.
     """
 
     def __init__(
@@ -195,47 +202,40 @@ class RateLimit:
         *,
         per_minute: float,
         burst: int,
-        clock: Callable[[], float],
+        buckets: Buckets,
         started: datetime | None = None,
+        inbox: Inbox | None = None,
     ) -> None:
         self._default = per_minute
         self._burst = burst
-        self._clock = clock
+        self._buckets = buckets
         self._started = started
-        self._limiters: dict[str, RateLimiter | None] = {}
+        self._inbox = inbox
 
     async def __call__(self, context: Context, after: Next) -> Submission:
-        limiter = self._limiter(context.adapter)
+        rate = context.adapter.rate_limit_per_minute
+        rate = self._default if rate is None else rate
         message = context.message
-        if limiter is None or (self._started is not None and message.sent_at < self._started):
+        if rate <= 0 or (self._started is not None and message.sent_at < self._started):
             return await after(context)
-        verdict = limiter.check(f"{message.platform}:{message.author.id}")
-        if verdict.allowed:
+        key = f"{message.platform}:{message.author.id}"
+        try:
+            wait = await self._buckets.take(key, per_minute=rate, burst=self._burst)
+        except StoreError:
+            _log.exception("could not read the rate limit of %s; letting it through", key)
+            wait = 0.0
+        if wait <= 0:
             return await after(context)
-        _log.info(
-            "rate limit: %s by %s refused for %.1f s",
-            message.event_id,
-            message.author.id,
-            verdict.retry_after_s,
-        )
+        if not await first_time(self._inbox, message):
+            return Submission("duplicate")
+        _log.info("rate limit: %s by %s refused for %.1f s", message.event_id, key, wait)
         await _notify(
             context,
             "You are asking faster than I can research. I did not take that question; "
-            f"please ask it again {describe_wait(verdict.retry_after_s)}.",
+            f"please ask it again {describe_wait(wait)}.",
             private=True,
         )
         return Submission("rate_limited")
-
-    def _limiter(self, adapter: Adapter[Any]) -> RateLimiter | None:
-        if adapter.platform not in self._limiters:
-            rate = adapter.rate_limit_per_minute
-            rate = self._default if rate is None else rate
-            self._limiters[adapter.platform] = (
-                RateLimiter(per_minute=rate, burst=self._burst, clock=self._clock)
-                if rate > 0
-                else None
-            )
-        return self._limiters[adapter.platform]
 
 
 class InboxClaim:
@@ -269,20 +269,25 @@ class InboxClaim:
 
 
 class Queue:
-    """Step 5: tell the author when their question waits behind others here.
+    """Step 5: tell the author when their question waits behind others.
 
-    The order itself is kept by the pipeline's per-conversation lock; this step counts
-    who is waiting, so different conversations never wait for each other.
+    Counted here, in process, when one process serves the store; counted in the store
+    (every replica's unanswered questions of the conversation) when replicas share it.
+    The order itself is kept by :class:`StartTurn`; different conversations never wait
+    for each other.
     """
 
-    def __init__(self, busy: Counter[str]) -> None:
+    def __init__(self, busy: Counter[str], inbox: Inbox | None = None) -> None:
         self._busy = busy
+        self._inbox = inbox
 
     async def __call__(self, context: Context, after: Next) -> Submission:
         key = context.message.conversation
         ahead = self._busy[key]
         self._busy[key] += 1
         try:
+            if self._inbox is not None and context.claim is not None:
+                ahead = await self._ahead(context)
             if ahead:
                 others = "yours is next" if ahead == 1 else f"yours is queued behind {ahead}"
                 await _notify(
@@ -295,13 +300,27 @@ class Queue:
             _release(self._busy, key)
             raise
 
+    async def _ahead(self, context: Context) -> int:
+        assert self._inbox is not None
+        message = context.message
+        try:
+            return await self._inbox.ahead(message.platform, message.event_id)
+        except StoreError:
+            _log.exception("could not count the questions ahead of %s", message.event_id)
+            return self._busy[message.conversation] - 1
+
 
 class StartTurn:
     """Step 6: run the pipeline and deliver its reply, in a tracked in-flight task.
 
-    The answer is held in the inbox before it is posted (the outbox): one the platform
-    does not take within a few quick attempts goes to the :class:`Courier`, which keeps
-    trying; a crash from then on re-delivers it rather than answering again.
+    A turn waits for its conversation (:class:`~bot.intake.order.ConversationOrder`):
+    one at a time, in arrival order, whichever replica took the earlier questions. The
+    answer is saved with the conversation, then held in the inbox before it is posted
+    (the outbox), so the next turn, wherever it runs, sees it: one the platform does not
+    take within a few quick attempts goes to the :class:`Courier`, which keeps trying; a
+    crash from then on re-delivers it rather than answering again. Every write about the
+    event carries the claim's fence: when another replica has taken the event over (this
+    one stopped renewing its lease), the answer is not posted and nothing is overwritten.
     """
 
     def __init__(
@@ -310,6 +329,7 @@ class StartTurn:
         pipeline: Pipeline,
         inbox: Inbox,
         courier: Courier,
+        order: ConversationOrder,
         tasks: TaskTracker,
         busy: Counter[str],
         settings: IntakeSettings,
@@ -317,6 +337,7 @@ class StartTurn:
         self._pipeline = pipeline
         self._inbox = inbox
         self._courier = courier
+        self._order = order
         self._tasks = tasks
         self._busy = busy
         self._settings = settings
@@ -328,69 +349,112 @@ class StartTurn:
 
     async def _run(self, context: Context) -> Reply:
         message, claim = context.message, context.claim
-        label = f"{message.platform} event {message.event_id} in {message.conversation}"
         try:
-            stream = context.adapter.open_reply(message, reply_id=context.reply_id)
-
-            async def remember(reply_id: str) -> None:
-                await self._quietly(
-                    "record the reply of",
-                    message,
-                    self._inbox.record_reply(message.platform, message.event_id, reply_id),
-                )
-
-            guarded = GuardedReply(
-                stream,
-                label=label,
-                retries=self._settings.delivery_retries,
-                backoff_s=self._settings.delivery_backoff_s,
-                on_reply_id=remember if claim is not None else None,
-            )
-            reply = await self._pipeline.answer(message, guarded, claim=claim)
-            if claim is None:
-                await guarded.deliver(reply)  # nothing on record to retry from
-                return reply
-            deliver_by = self._courier.deliver_by()
-            await self._quietly(
-                "hold the answer of",
-                message,
-                self._inbox.hold(
-                    message.platform, message.event_id, encode_reply(reply), deliver_by=deliver_by
-                ),
-            )
-            if await guarded.deliver(reply):
-                await self._quietly(
-                    "close",
-                    message,
-                    self._inbox.finish(message.platform, message.event_id, "answered"),
-                )
-            else:
-                self._courier.send(
-                    message,
-                    context.adapter,
-                    reply,
-                    reply_id=guarded.reply_id,
-                    deliver_by=deliver_by,
-                )
-            return reply
+            async with self._order.turn(message, claim):
+                return await self._answer(context)
         except asyncio.CancelledError:
             # Shutdown ran out of grace: this attempt did not crash anything, so it must
-            # not count towards quarantine; the next start answers the event (or, when its
-            # answer is held, delivers it).
+            # not count towards quarantine; the next start (or another replica) answers
+            # the event, or, when its answer is held, delivers it.
             if claim is not None:
                 await self._quietly(
-                    "release", message, self._inbox.release(message.platform, message.event_id)
+                    "release",
+                    message,
+                    self._inbox.release(message.platform, message.event_id, fence=claim.fence),
                 )
             raise
         finally:
             _release(self._busy, message.conversation)
 
+    async def _answer(self, context: Context) -> Reply:
+        message, claim = context.message, context.claim
+        label = f"{message.platform} event {message.event_id} in {message.conversation}"
+        fence = claim.fence if claim is not None else None
+        stream = context.adapter.open_reply(message, reply_id=context.reply_id)
+
+        async def remember(reply_id: str) -> None:
+            await self._quietly(
+                "record the reply of",
+                message,
+                self._inbox.record_reply(message.platform, message.event_id, reply_id, fence=fence),
+            )
+
+        guarded = GuardedReply(
+            stream,
+            label=label,
+            retries=self._settings.delivery_retries,
+            backoff_s=self._settings.delivery_backoff_s,
+            on_reply_id=remember if claim is not None else None,
+        )
+        reply = await self._pipeline.answer(message, guarded, claim=claim)
+        if claim is None:
+            await guarded.deliver(reply)  # nothing on record to retry from
+            return reply
+        # The next turn of the conversation may start elsewhere as soon as this event
+        # stops being pending: the answer must be in the conversation by then.
+        await self._pipeline.memory.saved(message.conversation)
+        deliver_by = self._courier.deliver_by()
+        held = await self._quietly(
+            "hold the answer of",
+            message,
+            self._inbox.hold(
+                message.platform,
+                message.event_id,
+                encode_reply(reply),
+                deliver_by=deliver_by,
+                fence=fence,
+            ),
+        )
+        if held is False:
+            _log.warning(
+                "not delivering the answer to %s: another replica took the event over "
+                "(this one's lease ran out), or it was closed meanwhile",
+                label,
+            )
+            return reply
+        if await guarded.deliver(reply):
+            await self._quietly(
+                "close",
+                message,
+                self._inbox.finish(message.platform, message.event_id, "answered", fence=fence),
+            )
+        else:
+            self._courier.send(
+                message,
+                context.adapter,
+                reply,
+                reply_id=guarded.reply_id,
+                deliver_by=deliver_by,
+                fence=fence,
+            )
+        return reply
+
     @staticmethod
-    async def _quietly(what: str, message: InboundMessage[Any], call: Awaitable[None]) -> None:
+    async def _quietly(
+        what: str, message: InboundMessage[Any], call: Awaitable[bool]
+    ) -> bool | None:
+        """The store's answer, or None when the store failed (logged): the turn goes on."""
         try:
-            await call
+            return await call
         except StoreError:
             _log.exception("could not %s event %s", what, message.event_id)
+            return None
+
+
+async def first_time(inbox: Inbox | None, message: InboundMessage[Any]) -> bool:
+    """Record that ``message``'s event is answered without a turn; False when it had been
+    already (a redelivery: stay quiet). True when the store fails: better a second reply
+    than none."""
+    if inbox is None:
+        return True
+    try:
+        first = await inbox.handled(message.platform, message.event_id)
+    except StoreError:
+        _log.exception("could not record event %s; answering it", message.event_id)
+        return True
+    if not first:
+        _log.info("duplicate event %s:%s ignored", message.platform, message.event_id)
+    return first
 
 
 async def _notify(context: Context, text: str, *, private: bool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,11 +67,15 @@ class Courier:
         *,
         reply_id: str | None,
         deliver_by: datetime,
+        fence: int | None = None,
         at_once: bool = False,
     ) -> None:
         """Deliver ``reply`` by ``deliver_by``; ``at_once`` skips the first pause (an
-        answer handed back after a restart has waited already)."""
-        work = self._deliver(message, adapter, reply, reply_id, deliver_by, at_once=at_once)
+        answer handed back after a restart has waited already). ``fence`` is the event's,
+        as this replica holds it."""
+        work = self._deliver(
+            message, adapter, reply, _Held(reply_id, deliver_by, fence), at_once=at_once
+        )
         name = f"deliver:{message.platform}:{message.event_id}"
         try:
             self._tasks.spawn(work, name=name)
@@ -92,18 +97,18 @@ class Courier:
         message: InboundMessage[Any],
         adapter: Adapter[Any],
         reply: Reply,
-        reply_id: str | None,
-        deliver_by: datetime,
+        held: _Held,
         *,
         at_once: bool,
     ) -> None:
+        reply_id, deliver_by = held.reply_id, held.deliver_by
         label = f"{message.platform} event {message.event_id} in {message.conversation}"
         pause = 0.0 if at_once else self._first_pause_s
         attempts = 0
         while True:
             left = (deliver_by - self._clock()).total_seconds()
             if left <= 0:
-                await self._give_up(message, adapter, label, attempts)
+                await self._give_up(message, adapter, label, attempts, held.fence)
                 return
             await self._pause(min(pause, left))
             attempts += 1
@@ -122,7 +127,7 @@ class Courier:
                 pause = max(hint or 0.0, min(max(pause, self._first_pause_s) * 2, MAX_PAUSE_S))
             else:
                 _log.info("delivered the answer to %s (attempt %d)", label, attempts)
-                await self._close(message, "answered", stream.reply_id, reply_id)
+                await self._close(message, "answered", (stream.reply_id, reply_id), held.fence)
                 return
             # A part may have gone out before the failure: the next attempt edits it.
             reply_id = stream.reply_id or reply_id
@@ -137,7 +142,12 @@ class Courier:
             self._pausing.discard(task)
 
     async def _give_up(
-        self, message: InboundMessage[Any], adapter: Adapter[Any], label: str, attempts: int
+        self,
+        message: InboundMessage[Any],
+        adapter: Adapter[Any],
+        label: str,
+        attempts: int,
+        fence: int | None,
     ) -> None:
         _log.error(
             "gave up delivering the answer to %s after %d attempt(s) and %g s "
@@ -150,21 +160,32 @@ class Courier:
             await adapter.notify(message, UNDELIVERED, private=False)
         except Exception as exc:
             _log.warning("could not tell the asker either: %s", _reason(exc))
-        await self._close(message, "undelivered", None, None)
+        await self._close(message, "undelivered", (None, None), fence)
 
     async def _close(
         self,
         message: InboundMessage[Any],
         outcome: EventOutcome,
-        new_reply_id: str | None,
-        old_reply_id: str | None,
+        reply_ids: tuple[str | None, str | None],
+        fence: int | None,
     ) -> None:
+        new_reply_id, old_reply_id = reply_ids
+        platform, event_id = message.platform, message.event_id
         try:
             if new_reply_id is not None and new_reply_id != old_reply_id:
-                await self._inbox.record_reply(message.platform, message.event_id, new_reply_id)
-            await self._inbox.finish(message.platform, message.event_id, outcome)
+                await self._inbox.record_reply(platform, event_id, new_reply_id, fence=fence)
+            await self._inbox.finish(platform, event_id, outcome, fence=fence)
         except StoreError:
             _log.exception("could not close %s event %s", message.platform, message.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """What the outbox keeps of one answer besides its text."""
+
+    reply_id: str | None
+    deliver_by: datetime
+    fence: int | None
 
 
 def _reason(exc: BaseException) -> str:

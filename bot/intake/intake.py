@@ -3,11 +3,13 @@
 It owns the chain of :mod:`bot.intake.chain`, the in-flight turns (tracked, not only the
 pipeline's background tasks) and the recovery of events a crash left unanswered.
 
-Lifecycle: :meth:`Intake.register` each adapter, :meth:`Intake.recover` once they are
-started, then adapters call :meth:`Intake.submit`. At shutdown :meth:`Intake.close_door`
-stops taking events (a platform redelivers them, or they were never claimed), and
-:meth:`Intake.drain` lets in-flight turns finish within a grace period; the rest are
-cancelled and left pending in the inbox for the next start.
+Lifecycle: :meth:`Intake.start` (this replica joins the others and keeps its leases),
+:meth:`Intake.register` each adapter, :meth:`Intake.recover` once they are started, then
+adapters call :meth:`Intake.submit`. When replicas share the store, the intake also takes
+over, every few seconds, the events of replicas that died (:mod:`bot.intake.cluster`).
+At shutdown :meth:`Intake.close_door` stops taking events (a platform redelivers them, or
+they were never claimed), and :meth:`Intake.drain` lets in-flight turns finish within a
+grace period; the rest are cancelled and released, for another replica or the next start.
 """
 
 from __future__ import annotations
@@ -40,13 +42,16 @@ from bot.intake.chain import (
     compose,
     has_spoken,
 )
+from bot.intake.cluster import Cluster, LeaseKeeper
 from bot.intake.codec import decode_message, decode_reply
 from bot.intake.commands import Commands
 from bot.intake.courier import Courier
 from bot.intake.delivery import GuardedReply
+from bot.intake.order import ConversationOrder
+from bot.intake.ratelimit import Buckets, LocalBuckets
 from bot.pipeline.orchestrator import Pipeline
 from bot.pipeline.wording import GIVEN_UP
-from bot.store import ConversationStore, FeedbackStore, Inbox
+from bot.store import Store
 
 _log = logging.getLogger(__name__)
 
@@ -61,22 +66,28 @@ class Intake:
         self,
         *,
         pipeline: Pipeline,
-        inbox: Inbox,
-        conversations: ConversationStore,
-        feedback: FeedbackStore,
+        store: Store,
         settings: IntakeSettings,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        inbox = store.inbox
         self._inbox = inbox
-        self._conversations = conversations
-        self._feedback = feedback
+        self._conversations = store.conversations
+        self._feedback = store.feedback
         self._settings = settings
         self._adapters: dict[str, Adapter[Any]] = {}
         self._turns = TaskTracker()
         self._open = True
-        # Recovery takes only events received before this process could take any.
-        self._started = datetime.now(UTC)
+        # The first recovery takes only events received before this process could take
+        # any; later ones (replicas sharing the store) go by leases alone.
+        self._started: datetime | None = datetime.now(UTC)
+        self._cluster = Cluster(store)
+        self._leases = LeaseKeeper(store, self._reap)
         busy: Counter[str] = Counter()
+        # Shared: counted, limited and ordered in the store, across the replicas.
+        shared = store.shared
+        queue_inbox = inbox if shared else None
+        buckets: Buckets = store.rate_limits if shared else LocalBuckets(clock)
         self._courier = Courier(
             inbox,
             first_pause_s=settings.delivery_backoff_s,
@@ -86,30 +97,44 @@ class Intake:
             pipeline=pipeline,
             inbox=inbox,
             courier=self._courier,
+            order=ConversationOrder(inbox, shared=shared),
             tasks=self._turns,
             busy=busy,
             settings=settings,
         )
-        queued = [Queue(busy)]
+        queued = [Queue(busy, queue_inbox)]
         self._recovered = compose(queued, start)
         self._fresh = compose(
             [
                 SeenRecently(),
                 IgnoreBots(respond_to_bots=settings.respond_to_bots),
-                FollowUps(conversations),
-                SkipEmpty(),
-                HandleCommands(Commands(conversations=conversations, reset=pipeline.reset), inbox),
+                FollowUps(store.conversations),
+                SkipEmpty(inbox),
+                HandleCommands(
+                    Commands(conversations=store.conversations, reset=pipeline.reset), inbox
+                ),
                 RateLimit(
                     per_minute=settings.rate_limit_per_minute,
                     burst=settings.rate_limit_burst,
-                    clock=clock,
+                    buckets=buckets,
                     started=self._started,
+                    inbox=inbox,
                 ),
                 InboxClaim(inbox),
                 *queued,
             ],
             start,
         )
+
+    @property
+    def cluster(self) -> Cluster:
+        """The replicas sharing the store (for adapters that divide work among them)."""
+        return self._cluster
+
+    async def start(self) -> None:
+        """Join the other replicas and keep this one's leases alive from now on."""
+        await self._cluster.start()
+        self._leases.start()
 
     @property
     def in_flight(self) -> int:
@@ -172,12 +197,13 @@ class Intake:
         told, once, in the reply the crash left half-done.
         """
         platforms = [name for name, adapter in self._adapters.items() if adapter.recovers]
+        since, self._started = self._started, None
         try:
             events = await self._inbox.recover(
                 platforms=platforms,
                 max_age_s=self._settings.inbox_max_age_s,
                 max_attempts=MAX_ATTEMPTS,
-                received_before=self._started,
+                received_before=since,
             )
         except StoreError:
             _log.exception("could not read the inbox; unanswered events wait for a restart")
@@ -203,6 +229,7 @@ class Intake:
                     reply,
                     reply_id=event.reply_id,
                     deliver_by=event.deliver_by,
+                    fence=event.fence,
                     at_once=True,
                 )
                 started += 1
@@ -222,8 +249,19 @@ class Intake:
             started += 1
         return started
 
+    async def _reap(self) -> None:
+        """Take over what replicas that died left (shared stores, every few seconds)."""
+        if not self._open:
+            return
+        started = await self.recover()
+        if started:
+            _log.info("took over %d event(s) whose replica stopped renewing its lease", started)
+
     async def _give_up(
-        self, message: InboundMessage[Any], adapter: Adapter[Any], reply_id: str | None
+        self,
+        message: InboundMessage[Any],
+        adapter: Adapter[Any],
+        reply_id: str | None,
     ) -> None:
         """Tell the author of a quarantined question, in the reply a crash left half-done."""
         reply = Reply(
@@ -249,6 +287,7 @@ class Intake:
         and is answered at the next start.
         """
         self.close_door()
+        await self._leases.stop_reaping()
         if self._turns:
             _log.info("waiting up to %.1f s for %d turn(s) in flight", grace_s, len(self._turns))
         finished = await self._turns.drain(grace_s=grace_s, final=True)
@@ -256,6 +295,8 @@ class Intake:
             _log.info("%d answer(s) wait for delivery at the next start", len(self._courier))
         # Held answers lose nothing by waiting: they stay in the outbox for the next start.
         await self._courier.close()
+        await self._leases.stop()
+        await self._cluster.leave()
         return finished
 
 

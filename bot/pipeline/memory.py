@@ -144,6 +144,11 @@ class Memory:
         self._pending_saves[conversation] = task
         task.add_done_callback(lambda t: self._forget_save(conversation, t))
 
+    async def saved(self, conversation: str) -> None:
+        """Return once the answer of the conversation's last turn is in the store (or its
+        save failed, logged)."""
+        await self._wait_pending_save(conversation)
+
     async def reset(self, conversation: str) -> bool:
         """Forget a conversation; waits for its running turn and pending save first."""
         async with self.turn(conversation):

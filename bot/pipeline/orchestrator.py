@@ -35,6 +35,7 @@ from bot.agents.embeddings import FloatArray
 from bot.agents.fetch import FetchAgent, provenance
 from bot.config import Settings
 from bot.contract import InboundMessage, Notice, Reply, Source, Status, TurnListener
+from bot.core.urls import redact
 from bot.domain import (
     SOURCE_LABELS,
     AnalysisReport,
@@ -113,7 +114,8 @@ class Pipeline:
     @property
     def _memory_hint(self) -> str:
         return (
-            f"The memory database {self._settings.memory.database} failed (see the log); "
+            f"The memory database {redact(self._settings.memory.database)} failed (see the "
+            "log); "
             "check that it is writable, or point [memory].database elsewhere."
         )
 

@@ -4,7 +4,9 @@
 vectors) and :mod:`bot.store.values` what comes back; a backend implements them all. The
 intake, the pipeline, the commands, the runtime and the CLI are typed to the protocols
 and never see SQL. :func:`open_store` picks the backend for ``[memory].database``: a path
-is an SQLite file, the embedded default (:mod:`bot.store.sqlite`).
+is an SQLite file, the embedded default (:mod:`bot.store.sqlite`); a ``postgresql://`` URL
+is a PostgreSQL database that several replicas share (:mod:`bot.store.postgres`). Both run
+the same statements (:mod:`bot.store.sql`).
 """
 
 from __future__ import annotations
@@ -33,17 +35,45 @@ __all__ = [
     "StoredTurn",
     "TurnStatus",
     "VectorStore",
+    "is_url",
     "open_store",
 ]
 
 
-async def open_store(database: str) -> Store:
+def is_url(database: str) -> bool:
+    """Whether ``database`` names a PostgreSQL server rather than an SQLite file."""
+    return database.startswith(URL_SCHEMES)
+
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+async def open_store(
+    database: str,
+    *,
+    replica: str | None = None,
+    lease_s: float | None = None,
+    pool_size: int | None = None,
+) -> Store:
     """Open the store ``database`` names and bring its schema up to date.
+
+    ``replica`` names this process among those sharing the store (default: host, pid and
+    a random tag); ``lease_s`` is how long its claims last unless renewed; ``pool_size``
+    bounds a server's connections.
 
     Raises:
         StoreError: it cannot be opened (the message says why).
     """
     # Imported here: only the backend in use is loaded (and with it its driver).
+    from bot.store.sql.store import DEFAULT_LEASE_S  # noqa: PLC0415
+
+    lease = DEFAULT_LEASE_S if lease_s is None else lease_s
+    if is_url(database):
+        from bot.store.postgres import DEFAULT_POOL_SIZE, PostgresStore  # noqa: PLC0415
+
+        return await PostgresStore.open(
+            database, replica=replica, lease_s=lease, pool_size=pool_size or DEFAULT_POOL_SIZE
+        )
     from bot.store.sqlite import SqliteStore  # noqa: PLC0415
 
-    return await SqliteStore.open(database)
+    return await SqliteStore.open(database, replica=replica, lease_s=lease)

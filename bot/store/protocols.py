@@ -23,6 +23,7 @@ from typing import Protocol
 
 from bot.contract import Rating, Source
 from bot.store.values import (
+    Backlog,
     Claim,
     ConversationInfo,
     ConversationState,
@@ -92,6 +93,14 @@ class Inbox(Protocol):
     ``attempts`` counts the processes that started on the event: a claim is attempt 1,
     each recovery adds one, and :meth:`release` takes back an attempt that a graceful
     shutdown cancelled.
+
+    Several processes may share one store. Each event is leased to the replica that
+    claimed or took it over, which keeps the lease alive (:meth:`renew`) while it works;
+    another replica takes it over (:meth:`recover`) only once the lease has run out, and
+    bumps its fence. The writes that follow (:meth:`hold`, :meth:`record_reply`,
+    :meth:`finish`, :meth:`release`) name the fence they were given and do nothing,
+    returning False, when the event has moved on: a replica that comes back late cannot
+    overwrite the new owner's work.
     """
 
     async def claim(
@@ -104,13 +113,22 @@ class Inbox(Protocol):
         became of it): that caller must not answer it.
         """
 
-    async def hold(self, platform: str, event_id: str, reply: str, *, deliver_by: datetime) -> None:
+    async def hold(
+        self,
+        platform: str,
+        event_id: str,
+        reply: str,
+        *,
+        deliver_by: datetime,
+        fence: int | None = None,
+    ) -> bool:
         """Keep the answer to a pending event until it is delivered (the outbox).
 
         ``reply`` is the intake's encoding of the answer; ``deliver_by`` when to give up.
         A crash from now on makes ``recover`` hand the answer back for delivery instead of
         the question for a new answer. Does nothing unless the event is pending or
-        already delivering (then the answer and time are replaced).
+        already delivering (then the answer and time are replaced). False when it did
+        nothing: the event is finished, or no longer this holder's (``fence``).
         """
 
     async def handled(self, platform: str, event_id: str) -> bool:
@@ -118,21 +136,43 @@ class Inbox(Protocol):
         handled; False when it had been already: a replay that must not run again.
         Records are kept a day."""
 
-    async def record_reply(self, platform: str, event_id: str, reply_id: str) -> None:
-        """Remember the platform's id of the reply posted for the event."""
+    async def record_reply(
+        self, platform: str, event_id: str, reply_id: str, *, fence: int | None = None
+    ) -> bool:
+        """Remember the platform's id of the reply posted for the event; False when the
+        event is unknown or no longer this holder's."""
 
-    async def finish(self, platform: str, event_id: str, outcome: EventOutcome) -> None:
+    async def finish(
+        self, platform: str, event_id: str, outcome: EventOutcome, *, fence: int | None = None
+    ) -> bool:
         """Close the event with its outcome, whatever its status was (an answer that
         arrives after :meth:`recover` expired the event still went out); an answer held
-        for delivery is dropped.
+        for delivery is dropped. False when the event is unknown or no longer this
+        holder's.
 
         Raises:
             ValueError: ``outcome`` is not an :data:`EventOutcome`.
         """
 
-    async def release(self, platform: str, event_id: str) -> None:
+    async def release(self, platform: str, event_id: str, *, fence: int | None = None) -> bool:
         """Take back the attempt of a pending event whose turn a graceful shutdown
-        cancelled: it did not crash anything, so it must not count towards quarantine."""
+        cancelled (it did not crash anything, so it must not count towards quarantine),
+        and let go of its lease, so another replica may take it at once."""
+
+    async def renew(self) -> int:
+        """Keep alive the lease of every unfinished event this replica holds; how many."""
+
+    async def let_go(self) -> int:
+        """Give up the lease of every unfinished event this replica holds (it is shutting
+        down gracefully), so another replica, or the next start, takes them at once;
+        how many."""
+
+    async def ahead(self, platform: str, event_id: str, *, elsewhere: bool = False) -> int:
+        """How many unanswered events of the event's conversation came before it (its
+        place in the queue); with ``elsewhere``, only those other replicas hold."""
+
+    async def backlog(self) -> Backlog:
+        """Events taken but not finished (pending, or delivering), and the oldest's age."""
 
     async def recover(
         self,
@@ -146,14 +186,15 @@ class Inbox(Protocol):
         """At start-up, take over the pending events no process is answering any more.
 
         In one transaction: pending events older than ``max_age_s`` (measured from
-        ``now``) expire, whatever their platform; pending events of ``platforms`` with
-        ``attempts >= max_attempts`` are quarantined and returned first, once, with no
-        claim; the others get one more attempt and are returned oldest first (one whose
-        turn a reset deleted gets a new pending turn); then the events of ``platforms``
+        ``now``) expire, whatever their platform. Of the events of ``platforms`` that no
+        live replica holds (their lease ran out, or the store says this process is alone):
+        pending ones with ``attempts >= max_attempts`` are quarantined and returned first,
+        once, with no claim; the other pending ones get one more attempt and are returned
+        oldest first (one whose turn a reset deleted gets a new pending turn); then those
         whose answer awaits delivery, with that answer (no attempt is counted: delivering
-        crashed nothing). With ``received_before``, only events received before it are
-        taken: the process's own start, so events its adapters already took are never
-        handed out twice. Records of handled commands older than a day are dropped.
+        crashed nothing). Each one taken is this replica's now, with a new fence. With
+        ``received_before``, only events received before it are taken. Records of
+        handled commands older than a day are dropped.
 
         Raises:
             ValueError: ``now`` or ``received_before`` is naive, or ``max_attempts`` < 1.
@@ -185,6 +226,36 @@ class VectorStore(Protocol):
         """Store ``(text hash, vector)`` pairs, then evict the oldest beyond ``max_entries``."""
 
 
+class RateLimits(Protocol):
+    """Per-user token buckets, shared by every process on the store."""
+
+    async def take(self, key: str, *, per_minute: float, burst: int) -> float:
+        """Take a token from ``key``'s bucket: 0.0 when there was one, else the seconds
+        until there is (nothing is taken then)."""
+
+
+class Replicas(Protocol):
+    """Who is alive, for what is divided among the replicas (a request budget, shards)."""
+
+    async def beat(self) -> int:
+        """Record this replica as alive; how many are (itself included)."""
+
+    async def leave(self) -> None:
+        """This replica stops (its share goes to the others at once)."""
+
+
+class Shards(Protocol):
+    """Which replica runs which shard of a platform's connection, by lease."""
+
+    async def hold(self, platform: str, count: int, *, want: int) -> frozenset[int]:
+        """Renew the shards of ``platform`` (of ``count``) this replica holds, take free or
+        expired ones until it holds ``want``, give back any beyond ``want`` (so a replica
+        that joins gets its share); the shards it holds now."""
+
+    async def release(self, platform: str) -> None:
+        """Give back every shard this replica holds."""
+
+
 class Store(Protocol):
     """One backend: each group of operations, and its lifecycle."""
 
@@ -201,8 +272,34 @@ class Store(Protocol):
     def vectors(self) -> VectorStore: ...
 
     @property
+    def rate_limits(self) -> RateLimits: ...
+
+    @property
+    def replicas(self) -> Replicas: ...
+
+    @property
+    def shards(self) -> Shards: ...
+
+    @property
+    def replica(self) -> str:
+        """This process's name among the replicas (the owner of its leases)."""
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may serve the same store at once (then what is kept in
+        process elsewhere must come from here: rate limits, the queue, shards)."""
+
+    @property
+    def lease_s(self) -> float:
+        """How long this replica's leases (events, shards) last unless renewed."""
+
+    @property
     def location(self) -> str:
         """Where the data lives, for operators' messages (a path, a URL without password)."""
+
+    async def health(self) -> str | None:
+        """None when the store answers and its schema is at this code's version; else
+        what is wrong, in a line for operators (readiness)."""
 
     async def take_ownership(self) -> None:
         """Take the store for a process that serves chat platforms (and recovers their

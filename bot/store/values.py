@@ -76,6 +76,9 @@ class Claim:
 
     turn_id: int
     conversation_started: datetime
+    # The event's fence as claimed: every write about the event checks it, so a replica
+    # whose event was taken over (its lease ran out) cannot overwrite the new owner's work.
+    fence: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +105,20 @@ class RecoveredEvent:
     claim: Claim | None
     reply: str | None = None
     deliver_by: datetime | None = None
+    # The fence this take-over was given (see Claim.fence).
+    fence: int = 0
 
     @property
     def quarantined(self) -> bool:
         return self.claim is None and self.reply is None
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Events taken but not finished: how many, and since when the oldest waits."""
+
+    events: int
+    oldest: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

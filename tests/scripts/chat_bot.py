@@ -201,6 +201,8 @@ async def serve(config: str, chat_url: str) -> int:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with await Runtime.start(settings) as runtime:
+        # It serves a chat platform, as `python -m bot` does: the one process on its file.
+        await runtime.store.take_ownership()
         adapter = HttpChatAdapter(http=runtime.http, base_url=chat_url)
         await runtime.add_adapter(adapter)
         recovered = await runtime.recover()

@@ -17,7 +17,7 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,22 +33,14 @@ _log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5_000
 
 
-def now_text() -> str:
-    return stamp(datetime.now(UTC))
-
-
 def stamp(moment: datetime) -> str:
     """A moment as stored: ISO-8601 in UTC with microseconds, so stamps sort as text."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def moment(text: object) -> datetime:
-    """A stored stamp back as an aware datetime."""
-    return datetime.fromisoformat(str(text))
-
-
-def placeholders(count: int) -> str:
-    return ", ".join("?" * count)
+def _param(value: Any) -> Any:
+    # SQLite has no timestamp type: the shared SQL's datetimes are stored as sortable text.
+    return stamp(value) if isinstance(value, datetime) else value
 
 
 async def fetchall(
@@ -77,6 +69,31 @@ async def rollback(conn: aiosqlite.Connection) -> None:
         # "no transaction is active": BEGIN itself failed, or COMMIT got through before a
         # cancellation reached us. Either way there is nothing left to undo.
         _log.debug("store rollback skipped: %s", exc)
+
+
+class SqliteConn:
+    """The shared SQL's :class:`~bot.store.sql.driver.Conn` on one ``aiosqlite`` connection."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def fetchall(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        return await fetchall(self._conn, _dialect(sql), [_param(p) for p in params])
+
+    async def fetchone(self, sql: str, *params: Any) -> sqlite3.Row | None:
+        return await fetchone(self._conn, _dialect(sql), [_param(p) for p in params])
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        return await write(self._conn, _dialect(sql), [_param(p) for p in params])
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._conn.executemany(_dialect(sql), [[_param(p) for p in row] for row in rows])
+
+
+def _dialect(sql: str) -> str:
+    # A write transaction here already holds the whole file (BEGIN IMMEDIATE): the row
+    # locks PostgreSQL needs are implied, and SQLite has no such clause.
+    return sql.replace(" FOR UPDATE", "")
 
 
 Migrate = Callable[[aiosqlite.Connection], Awaitable[None]]
@@ -130,6 +147,16 @@ class Database:
     def closed(self) -> bool:
         return self._writer is None
 
+    @property
+    def location(self) -> str:
+        return self.path
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether this process is the one serving the file (:meth:`take_ownership`), or
+        the database is private to it (``":memory:"``)."""
+        return self.path == ":memory:" or self._owner_fd is not None
+
     @classmethod
     async def open(cls, path: str | os.PathLike[str], migrate: Migrate) -> Database:
         """Open (creating if needed) the file at ``path`` and bring its schema up to date.
@@ -182,7 +209,7 @@ class Database:
     @contextlib.asynccontextmanager
     async def transaction(
         self, operation: str, key: str | None, *, write: bool
-    ) -> AsyncIterator[aiosqlite.Connection]:
+    ) -> AsyncIterator[SqliteConn]:
         """Hold one connection's lock and one transaction; translate SQLite errors here.
 
         Writes use BEGIN IMMEDIATE, taking SQLite's write lock up front: a deferred
@@ -203,7 +230,7 @@ class Database:
                     raise StoreError(f"{operation} on a closed store")
                 try:
                     await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                    yield conn
+                    yield SqliteConn(conn)
                     await conn.execute("COMMIT")
                     if probe:
                         self._busy_until = 0.0

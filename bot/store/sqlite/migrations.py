@@ -1,6 +1,6 @@
 """The SQLite schema, as the migrations that build it, and the step that applies them.
 
-Schema (version 6; ``PRAGMA user_version`` holds the version)::
+Schema (version 7; ``PRAGMA user_version`` holds the version)::
 
     conversations (v5; "sessions" before)    turns
     ┌────────────────────────────────┐       ┌──────────────────────────────────────────┐
@@ -29,6 +29,9 @@ Schema (version 6; ``PRAGMA user_version`` holds the version)::
     │ updated_at    TEXT  ISO-8601                                               │
     │ reply         TEXT NULL  the encoded answer awaiting delivery (v6)          │
     │ deliver_by    TEXT NULL  when its delivery is given up (v6)                 │
+    │ owner         TEXT NULL  the replica answering it (v7)                      │
+    │ lease_until   TEXT NULL  until when its owner holds it, unless renewed (v7) │
+    │ fence         INTEGER    bumped by every take-over; writes check it (v7)    │
     └────────────────────────────────────────────────────────────────────────────┘
     feedback (v3)  turn_id INTEGER FK turns ON DELETE CASCADE ┐ PK, user_id TEXT ┘,
                    rating 'up' | 'down', created_at TEXT: one vote per reader and turn
@@ -40,6 +43,9 @@ Schema (version 6; ``PRAGMA user_version`` holds the version)::
     stored_at INTEGER (a counter, for evicting the oldest), index embedding_cache_by_age
     handled (v6): platform, event_id (PK together), handled_at: commands answered, so a
     replay of one is recognised; index handled_by_age
+    replicas (v7): id PK, seen_at: each live replica's heartbeat
+    shards (v7): platform, shard (PK together), owner, lease_until: who runs which shard
+    rate_buckets (v7): key PK, tokens, counted_at: per-user buckets shared by replicas
 
 Timestamps are ISO-8601 in UTC with microseconds (``2024-05-01T12:00:00.123456+00:00``),
 so they sort as text. ``AUTOINCREMENT`` makes turn ids grow forever and never be reused,
@@ -193,6 +199,37 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
         "CREATE INDEX handled_by_age ON handled (handled_at)",
+    ),
+    (
+        # Several processes on one store: each event is leased to the replica answering
+        # it, which renews the lease while it works; another takes it over only once the
+        # lease has run out, and every write checks the fence it was given.
+        "ALTER TABLE inbox ADD COLUMN owner TEXT",
+        "ALTER TABLE inbox ADD COLUMN lease_until TEXT",
+        "ALTER TABLE inbox ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+        # Serves the turn order of a conversation and the queue count.
+        "CREATE INDEX inbox_by_conversation ON inbox (conversation, status, received_at)",
+        "CREATE INDEX inbox_by_owner ON inbox (owner, status)",
+        # Who is alive, for what is divided among the replicas.
+        "CREATE TABLE replicas (id TEXT NOT NULL PRIMARY KEY, seen_at TEXT NOT NULL)",
+        # Which replica runs which shard of a platform's connection.
+        """
+        CREATE TABLE shards (
+            platform    TEXT    NOT NULL,
+            shard       INTEGER NOT NULL CHECK (shard >= 0),
+            owner       TEXT    NOT NULL,
+            lease_until TEXT    NOT NULL,
+            PRIMARY KEY (platform, shard)
+        )
+        """,
+        # Per-user token buckets, when the rate limit is shared by several processes.
+        """
+        CREATE TABLE rate_buckets (
+            key        TEXT NOT NULL PRIMARY KEY,
+            tokens     REAL NOT NULL,
+            counted_at TEXT NOT NULL
+        )
+        """,
     ),
 )
 

@@ -1,17 +1,17 @@
-"""The embedding cache's vectors in SQLite, bounded by a counter of their age."""
+"""The embedding cache's vectors, bounded by a counter of their age."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bot.store.sqlite.database import Database, fetchall, fetchone, placeholders, write
+from bot.store.sql.driver import Database, placeholders
 
 # SQLite allows 999 parameters in older builds; a turn has a few dozen texts.
 _CHUNK = 500
 
 
-class SqliteVectors:
-    """:class:`~bot.store.protocols.VectorStore` on one SQLite database."""
+class SqlVectors:
+    """:class:`~bot.store.protocols.VectorStore` on a backend's database."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -21,11 +21,11 @@ class SqliteVectors:
         async with self._db.transaction("vectors", None, write=False) as conn:
             for start in range(0, len(hashes), _CHUNK):
                 chunk = list(hashes[start : start + _CHUNK])
-                rows = await fetchall(
-                    conn,
+                rows = await conn.fetchall(
                     "SELECT text_hash, vector FROM embedding_cache WHERE model = ? AND "
                     f"text_hash IN ({placeholders(len(chunk))})",
-                    (model, *chunk),
+                    model,
+                    *chunk,
                 )
                 found.update((str(r["text_hash"]), bytes(r["vector"])) for r in rows)
         return found
@@ -36,7 +36,7 @@ class SqliteVectors:
         if not vectors:
             return
         async with self._db.transaction("save_vectors", None, write=True) as conn:
-            row = await fetchone(conn, "SELECT COALESCE(MAX(stored_at), 0) FROM embedding_cache")
+            row = await conn.fetchone("SELECT COALESCE(MAX(stored_at), 0) FROM embedding_cache")
             counter = int(row[0]) if row is not None else 0
             await conn.executemany(
                 "INSERT INTO embedding_cache (model, text_hash, vector, stored_at) "
@@ -44,9 +44,8 @@ class SqliteVectors:
                 "DO UPDATE SET vector = excluded.vector, stored_at = excluded.stored_at",
                 [(model, h, v, counter + i) for i, (h, v) in enumerate(vectors, start=1)],
             )
-            await write(
-                conn,
+            await conn.execute(
                 "DELETE FROM embedding_cache WHERE stored_at <= "
                 "(SELECT COALESCE(MAX(stored_at), 0) FROM embedding_cache) - ?",
-                (max_entries,),
+                max_entries,
             )

@@ -1,4 +1,4 @@
-"""Conversations, their turns and readers' votes, in SQLite (see :mod:`.migrations`).
+"""Conversations, their turns and readers' votes, in the SQL both backends speak.
 
 A turn is stored in two steps so a crash mid-answer still leaves the question on record:
 the inbox's claim inserts it ``pending`` (:func:`start_turn`), and :meth:`finish_turn`
@@ -8,22 +8,13 @@ adds the answer and its numbered sources. Older turns are folded into a rolling
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import cast, get_args
-
-import aiosqlite
 
 from bot.contract import Rating, Source
 from bot.store.codec import decode_sources, encode_sources
-from bot.store.sqlite.database import (
-    Database,
-    fetchall,
-    fetchone,
-    moment,
-    now_text,
-    write,
-)
+from bot.store.sql.driver import Conn, Database, Row, moment, now
 from bot.store.values import (
     Claim,
     ConversationInfo,
@@ -48,34 +39,34 @@ _INFO_SELECT = (
 )
 
 
-async def start_turn(
-    conn: aiosqlite.Connection, conversation: str, question: str, now: str
-) -> Claim:
+async def start_turn(conn: Conn, conversation: str, question: str, at: datetime) -> Claim:
     """Create or touch the conversation and insert a pending turn for ``question``.
 
-    Runs inside the caller's write transaction (the inbox's claim and recovery). Raises
-    sqlite3.Error, which the transaction translates.
+    Runs inside the caller's write transaction (the inbox's claim and recovery). The
+    claim's fence is the first one; a take-over gives the right one.
     """
-    started = await fetchone(
-        conn,
+    started = await conn.fetchone(
         "INSERT INTO conversations (key, created_at, updated_at) VALUES (?, ?, ?) "
         "ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at "
         "RETURNING created_at",
-        (conversation, now, now),
+        conversation,
+        at,
+        at,
     )
-    turn = await fetchone(
-        conn,
+    turn = await conn.fetchone(
         "INSERT INTO turns (conversation, question, status, created_at) "
         "VALUES (?, ?, 'pending', ?) RETURNING id",
-        (conversation, question, now),
+        conversation,
+        question,
+        at,
     )
     if started is None or turn is None:  # pragma: no cover - RETURNING always gives a row
-        raise sqlite3.OperationalError("INSERT ... RETURNING returned no row")
+        raise AssertionError("INSERT ... RETURNING returned no row")
     return Claim(turn_id=int(turn["id"]), conversation_started=moment(started["created_at"]))
 
 
-class SqliteConversations:
-    """:class:`~bot.store.protocols.ConversationStore` on one SQLite database."""
+class SqlConversations:
+    """:class:`~bot.store.protocols.ConversationStore` on a backend's database."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -85,11 +76,11 @@ class SqliteConversations:
             head = await _head(conn, conversation)
             if head is None:
                 return ConversationState(conversation=conversation)
-            rows = await fetchall(
-                conn,
+            rows = await conn.fetchall(
                 f"SELECT {_TURN_COLUMNS} FROM turns "
                 "WHERE conversation = ? AND id > ? AND status = 'answered' ORDER BY id",
-                (conversation, head["summary_upto"]),
+                conversation,
+                head["summary_upto"],
             )
         return _state(conversation, head, rows)
 
@@ -99,8 +90,7 @@ class SqliteConversations:
             if head is None:
                 return None
             # A pending turn whose event was given up on will never be answered; say so.
-            rows = await fetchall(
-                conn,
+            rows = await conn.fetchall(
                 "SELECT t.id, t.question, t.answer, t.created_at, "
                 "       (SELECT COUNT(*) FROM feedback AS f "
                 "        WHERE f.turn_id = t.id AND f.rating = 'up') AS feedback_up, "
@@ -111,47 +101,52 @@ class SqliteConversations:
                 "            THEN i.status ELSE t.status END AS status "
                 "FROM turns AS t LEFT JOIN inbox AS i ON i.turn_id = t.id "
                 "WHERE t.conversation = ? ORDER BY t.id",
-                (conversation,),
+                conversation,
             )
         return _state(conversation, head, rows)
 
     async def finish_turn(
         self, turn_id: int, answer: str, *, sources: Sequence[Source] = ()
     ) -> bool:
-        now = now_text()
+        at = now()
         encoded = encode_sources(sources)
         async with self._db.transaction("finish_turn", None, write=True) as conn:
-            changed = await write(
-                conn,
+            changed = await conn.execute(
                 "UPDATE turns SET answer = ?, sources = ?, status = 'answered', answered_at = ? "
                 "WHERE id = ?",
-                (answer, encoded, now, turn_id),
+                answer,
+                encoded,
+                at,
+                turn_id,
             )
             if changed:
-                await write(
-                    conn,
+                await conn.execute(
                     "UPDATE conversations SET updated_at = ? "
                     "WHERE key = (SELECT conversation FROM turns WHERE id = ?)",
-                    (now, turn_id),
+                    at,
+                    turn_id,
                 )
         return changed > 0
 
     async def save_summary(self, conversation: str, summary: str, upto_turn_id: int) -> bool:
         async with self._db.transaction("save_summary", conversation, write=True) as conn:
-            changed = await write(
-                conn,
+            changed = await conn.execute(
                 "UPDATE conversations SET summary = ?, summary_upto = ? "
                 "WHERE key = ? AND summary_upto <= ? AND EXISTS ("
                 "  SELECT 1 FROM turns"
                 "  WHERE id = ? AND conversation = ? AND status = 'answered')",
-                (summary, upto_turn_id, conversation, upto_turn_id, upto_turn_id, conversation),
+                summary,
+                upto_turn_id,
+                conversation,
+                upto_turn_id,
+                upto_turn_id,
+                conversation,
             )
         return changed > 0
 
     async def list_all(self) -> list[ConversationInfo]:
         async with self._db.transaction("list_all", None, write=False) as conn:
-            rows = await fetchall(
-                conn,
+            rows = await conn.fetchall(
                 _INFO_SELECT + "GROUP BY c.key "
                 # The newest turn breaks ties between equal timestamps (a coarse clock).
                 "ORDER BY c.updated_at DESC, last_turn DESC, c.key",
@@ -160,18 +155,15 @@ class SqliteConversations:
 
     async def info(self, conversation: str) -> ConversationInfo | None:
         async with self._db.transaction("info", conversation, write=False) as conn:
-            row = await fetchone(
-                conn, _INFO_SELECT + "WHERE c.key = ? GROUP BY c.key", (conversation,)
-            )
+            row = await conn.fetchone(_INFO_SELECT + "WHERE c.key = ? GROUP BY c.key", conversation)
         return None if row is None else _info(row)
 
     async def last_sources(self, conversation: str) -> tuple[Source, ...]:
         async with self._db.transaction("last_sources", conversation, write=False) as conn:
-            row = await fetchone(
-                conn,
+            row = await conn.fetchone(
                 "SELECT sources FROM turns WHERE conversation = ? AND status = 'answered' "
                 "ORDER BY answered_at DESC, id DESC LIMIT 1",
-                (conversation,),
+                conversation,
             )
         return () if row is None else decode_sources(str(row["sources"]))
 
@@ -179,11 +171,11 @@ class SqliteConversations:
         async with self._db.transaction("reset", conversation, write=True) as conn:
             # The turns go with it: ON DELETE CASCADE, with foreign_keys on. Their inbox
             # rows stay (turn_id becomes NULL), so redeliveries are still recognised.
-            deleted = await write(conn, "DELETE FROM conversations WHERE key = ?", (conversation,))
+            deleted = await conn.execute("DELETE FROM conversations WHERE key = ?", conversation)
         return deleted > 0
 
 
-class SqliteFeedback:
+class SqlFeedback:
     """:class:`~bot.store.protocols.FeedbackStore`: votes kept with the answer's turn."""
 
     def __init__(self, db: Database) -> None:
@@ -193,25 +185,28 @@ class SqliteFeedback:
         if rating not in _RATINGS:
             raise ValueError(f"a rating is up or down, not {rating!r}")
         async with self._db.transaction("record_feedback", None, write=True) as conn:
-            changed = await write(
-                conn,
+            changed = await conn.execute(
                 "INSERT INTO feedback (turn_id, user_id, rating, created_at) "
                 "SELECT turn_id, ?, ?, ? FROM inbox "
                 "WHERE platform = ? AND event_id = ? AND turn_id IS NOT NULL "
                 "ON CONFLICT (turn_id, user_id) DO UPDATE "
                 "SET rating = excluded.rating, created_at = excluded.created_at",
-                (user_id, rating, now_text(), platform, event_id),
+                user_id,
+                rating,
+                now(),
+                platform,
+                event_id,
             )
         return changed > 0
 
 
-async def _head(conn: aiosqlite.Connection, conversation: str) -> sqlite3.Row | None:
-    return await fetchone(
-        conn, "SELECT summary, summary_upto FROM conversations WHERE key = ?", (conversation,)
+async def _head(conn: Conn, conversation: str) -> Row | None:
+    return await conn.fetchone(
+        "SELECT summary, summary_upto FROM conversations WHERE key = ?", conversation
     )
 
 
-def _state(conversation: str, head: sqlite3.Row, rows: Iterable[sqlite3.Row]) -> ConversationState:
+def _state(conversation: str, head: Row, rows: Iterable[Row]) -> ConversationState:
     return ConversationState(
         conversation=conversation,
         summary=str(head["summary"]),
@@ -220,7 +215,7 @@ def _state(conversation: str, head: sqlite3.Row, rows: Iterable[sqlite3.Row]) ->
     )
 
 
-def _turn(row: sqlite3.Row) -> StoredTurn:
+def _turn(row: Row) -> StoredTurn:
     raw = str(row["status"])
     status = cast(TurnStatus, raw) if raw in _TURN_STATUSES else "pending"
     return StoredTurn(
@@ -234,12 +229,12 @@ def _turn(row: sqlite3.Row) -> StoredTurn:
     )
 
 
-def _column(row: sqlite3.Row, name: str) -> int:
+def _column(row: Row, name: str) -> int:
     # ``name in row`` would search the values: a Row is a sequence, not a mapping.
     return int(row[name]) if name in row.keys() else 0  # noqa: SIM118
 
 
-def _info(row: sqlite3.Row) -> ConversationInfo:
+def _info(row: Row) -> ConversationInfo:
     return ConversationInfo(
         conversation=str(row["key"]),
         created_at=moment(row["created_at"]),
