@@ -8,8 +8,11 @@ is reported together (:class:`~bot.errors.StartupError`), so one run names them 
 then the slow step begins: the embedding pool loads the model in the background while the
 analysis agent, fetch agent, memory, pipeline and intake are built, and the first turn
 runs its keyword and fetch steps meanwhile (the pipeline waits for the model at its embed
-step). Then each adapter is started with the intake (:meth:`Runtime.add_adapter`), then
-the events a crash left unanswered are recovered (:meth:`Runtime.recover`).
+step). The intake joins the other replicas (when the store is shared) and starts keeping
+its leases; with ``[metrics].port`` set, /healthz, /readyz and /metrics are served from
+then on (:mod:`bot.ops`; not ready until every platform is connected). Then each adapter
+is started with the intake (:meth:`Runtime.add_adapter`), then the events a crash left
+unanswered are recovered (:meth:`Runtime.recover`).
 
 Shutdown (SIGTERM, Ctrl-C, the end of the command): the intake stops taking events; turns
 in flight get ``[intake].shutdown_grace_s`` to finish, and the rest stay pending in the
@@ -27,6 +30,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -39,9 +43,11 @@ from bot.agents.analysis import AnalysisAgent
 from bot.agents.embeddings import EmbeddingAgent
 from bot.agents.fetch import FetchAgent
 from bot.config import Settings, is_database_url
+from bot.core import metrics
 from bot.core.tasks import TaskTracker
 from bot.errors import StartupError, StoreError
 from bot.intake import Intake
+from bot.ops import OpsServer
 from bot.pipeline.llm import build_chat_model, check_llm, close_chat_model
 from bot.pipeline.memory import Memory
 from bot.pipeline.orchestrator import Pipeline
@@ -70,6 +76,8 @@ class Runtime:
     adapters: list[Adapter[Any]] = field(default_factory=list)
     # Lines for the operator's terminal: warnings, and what is loading in the background.
     notices: list[str] = field(default_factory=list)
+    # What /readyz and /metrics read (also without a server: tests and the CLI ask them).
+    probes: Probes | None = None
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _closed: bool = False
 
@@ -149,6 +157,14 @@ class Runtime:
             # Closed by drain() in close(), before the stack: turns in flight keep
             # their leases until they are done.
             await intake.start()
+            # At a failed start only; close() drains the intake before the stack unwinds.
+            _closing(stack, "intake's leases", intake.stop)
+            probes = Probes(store=store, intake=intake, embeddings=embeddings, expected=adapters)
+            if settings.metrics.port:
+                ops = OpsServer(settings.metrics, readiness=probes.problems, refresh=probes.refresh)
+                await ops.start()
+                # Last in, first out: the probes stop answering before anything closes.
+                _closing(stack, "health and metrics server", ops.close)
         except BaseException as exc:
             if isinstance(exc, StartupError):
                 for line in exc.lines:
@@ -169,6 +185,7 @@ class Runtime:
             llm_warning=llm_warning,
             adapters=list(adapters),
             notices=notices,
+            probes=probes,
             _stack=stack,
         )
 
@@ -184,6 +201,8 @@ class Runtime:
         self.intake.register(adapter)
         await adapter.start(port or self.intake)
         _closing(self._stack, f"{adapter.platform} adapter", adapter.close)
+        if self.probes is not None:
+            self.probes.started.append(adapter)
 
     def abandon(self) -> None:
         """For a forced exit (a second Ctrl-C): kill the child processes at once, so none
@@ -201,6 +220,8 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        if self.probes is not None:
+            self.probes.closing = True
         try:
             await self.intake.drain(self.settings.intake.shutdown_grace_s)
         except Exception:
@@ -217,6 +238,48 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+@dataclass(slots=True)
+class Probes:
+    """What the health endpoints ask of a running process (see :mod:`bot.ops`)."""
+
+    store: Store
+    intake: Intake
+    embeddings: EmbeddingAgent
+    # The chat platforms this process is to serve, and those connected so far.
+    expected: Sequence[Adapter[Any]]
+    started: list[Adapter[Any]] = field(default_factory=list)
+    closing: bool = False
+
+    async def problems(self) -> list[str]:
+        """Why this process should not get traffic now; empty when it should."""
+        found = ["shutting down"] if self.closing else []
+        store = await self.store.health()
+        if store is not None:
+            found.append(f"store {self.store.location}: {store}")
+        for adapter in self.expected:
+            if adapter not in self.started:
+                found.append(f"{adapter.platform}: not started yet")
+            elif not adapter.is_alive:
+                found.append(f"{adapter.platform}: not connected")
+        return found
+
+    async def refresh(self) -> None:
+        """Set the metrics that are levels, not counts, to what they are now."""
+        for adapter in self.started:
+            metrics.PLATFORM_CONNECTED.labels(adapter.platform).set(1 if adapter.is_alive else 0)
+        metrics.REPLICAS.set(self.intake.cluster.replicas)
+        stats = self.embeddings.cache_stats
+        metrics.EMBEDDING_CACHE.update(
+            memory_hits=stats.memory_hits, store_hits=stats.store_hits, misses=stats.misses
+        )
+        backlog = await self.store.inbox.backlog()
+        metrics.INBOX_PENDING.set(backlog.events)
+        age = (
+            0.0 if backlog.oldest is None else (datetime.now(UTC) - backlog.oldest).total_seconds()
+        )
+        metrics.INBOX_OLDEST_AGE.set(max(0.0, age))
 
 
 def _closing(

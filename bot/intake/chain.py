@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from typing import Any
 from bot.adapters.base import Adapter, Submission
 from bot.config import IntakeSettings
 from bot.contract import InboundMessage, Reply
+from bot.core import metrics
 from bot.core.tasks import TaskTracker
 from bot.errors import StoreError
 from bot.intake.codec import encode_message, encode_reply
@@ -386,7 +388,9 @@ class StartTurn:
             backoff_s=self._settings.delivery_backoff_s,
             on_reply_id=remember if claim is not None else None,
         )
+        started = time.perf_counter()
         reply = await self._pipeline.answer(message, guarded, claim=claim)
+        observe_turn(message.platform, reply, time.perf_counter() - started)
         if claim is None:
             await guarded.deliver(reply)  # nothing on record to retry from
             return reply
@@ -439,6 +443,20 @@ class StartTurn:
         except StoreError:
             _log.exception("could not %s event %s", what, message.event_id)
             return None
+
+
+def observe_turn(platform: str, reply: Reply, seconds: float) -> None:
+    """Count a finished turn: its steps' times, and what failed in it."""
+    metrics.TURNS.labels(platform, reply.status).inc()
+    metrics.TURN_STEP_SECONDS.labels("total").observe(seconds)
+    for name, took in reply.timings.items():
+        step = name.removesuffix("_s")  # "fetch_s" in ask --json; "fetch" as a label
+        if step != "total":  # measured here, around the whole pipeline
+            metrics.TURN_STEP_SECONDS.labels(step).observe(took)
+    if any(notice.kind == "llm_unavailable" for notice in reply.notices):
+        metrics.LLM_ERRORS.inc()
+    for source in reply.unavailable:
+        metrics.SOURCE_ERRORS.labels(source).inc()
 
 
 async def first_time(inbox: Inbox | None, message: InboundMessage[Any]) -> bool:

@@ -85,9 +85,9 @@ class Cluster:
 
     async def leave(self) -> None:
         """Stop beating and say so, so the others take this replica's share at once."""
-        await self._beat.stop()
-        if not self.shared:
+        if not self._beat.running:
             return
+        await self._beat.stop()
         try:
             await self._store.replicas.leave()
         except StoreError:
@@ -121,7 +121,9 @@ class LeaseKeeper:
     async def stop(self) -> None:
         """Stop, and let go of what this replica still holds (answers waiting in the
         outbox, questions a shutdown cut short): the others need not wait for the leases
-        to run out."""
+        to run out. Safe to repeat."""
+        if not self._renew.running:
+            return
         await self._reap.stop()
         await self._renew.stop()
         try:

@@ -20,6 +20,7 @@ from typing import Any
 
 from bot.adapters.base import Adapter
 from bot.contract import InboundMessage, Reply
+from bot.core import metrics
 from bot.core.tasks import TaskTracker
 from bot.errors import DeliveryFailed, StoreError
 from bot.pipeline.wording import UNDELIVERED
@@ -156,6 +157,7 @@ class Courier:
             attempts,
             self.deadline_s,
         )
+        metrics.UNDELIVERED.labels(message.platform).inc()
         try:
             await adapter.notify(message, UNDELIVERED, private=False)
         except Exception as exc:

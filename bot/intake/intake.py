@@ -25,6 +25,7 @@ from typing import Any
 from bot.adapters.base import Adapter, Submission
 from bot.config import IntakeSettings
 from bot.contract import InboundMessage, Platform, Rating, Reply
+from bot.core import metrics
 from bot.core.tasks import TaskTracker
 from bot.core.text import valid_text
 from bot.errors import StoreError
@@ -159,7 +160,9 @@ class Intake:
         if text != message.text:
             _log.info("%s event %s held bytes that are not text; replaced", *_event(message))
             message = dataclasses.replace(message, text=text)
-        return await self._fresh(Context(message, adapter))
+        submission = await self._fresh(Context(message, adapter))
+        metrics.count_event(message.platform, submission.outcome)
+        return submission
 
     async def feedback(
         self, platform: Platform, event_id: str, user_id: str, rating: Rating
@@ -232,9 +235,11 @@ class Intake:
                     fence=event.fence,
                     at_once=True,
                 )
+                metrics.TAKEN_OVER.inc()
                 started += 1
                 continue
             if event.claim is None:
+                metrics.QUARANTINED.inc()
                 await self._give_up(message, adapter, event.reply_id)
                 continue
             _log.info(
@@ -245,6 +250,7 @@ class Intake:
                 event.reply_id or "not posted",
             )
             context = Context(message, adapter, claim=event.claim, reply_id=event.reply_id)
+            metrics.TAKEN_OVER.inc()
             await self._recovered(context)
             started += 1
         return started
@@ -295,9 +301,13 @@ class Intake:
             _log.info("%d answer(s) wait for delivery at the next start", len(self._courier))
         # Held answers lose nothing by waiting: they stay in the outbox for the next start.
         await self._courier.close()
+        await self.stop()
+        return finished
+
+    async def stop(self) -> None:
+        """Stop keeping leases and beating, letting go of what is held. Safe to repeat."""
         await self._leases.stop()
         await self._cluster.leave()
-        return finished
 
 
 def _event(message: InboundMessage[Any]) -> tuple[str, str]:

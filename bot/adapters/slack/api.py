@@ -12,9 +12,13 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bot.core.metrics import PLATFORM_429
 from bot.errors import DeliveryFailed
 
 _log = logging.getLogger(__name__)
@@ -42,10 +46,28 @@ def web_client(
         session=session,
         retry_handlers=[
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            _CountingRateLimitHandler(max_retry_count=3),
             AsyncServerErrorRetryHandler(max_retry_count=2),
         ],
     )
+
+
+class _CountingRateLimitHandler(AsyncRateLimitErrorRetryHandler):
+    """The SDK's 429 handler, counting every 429 Slack sends (retried or not)."""
+
+    async def can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if response is not None and response.status_code == 429:
+            PLATFORM_429.labels("slack").inc()
+        return await super().can_retry_async(
+            state=state, request=request, response=response, error=error
+        )
 
 
 async def post_message(
