@@ -279,18 +279,22 @@ class Queue:
     for each other.
     """
 
-    def __init__(self, busy: Counter[str], inbox: Inbox | None = None) -> None:
+    def __init__(
+        self, busy: Counter[str], inbox: Inbox | None = None, *, tell: bool = True
+    ) -> None:
         self._busy = busy
         self._inbox = inbox
+        # Recovered events were told once, when first taken: not again by a take-over.
+        self._tell = tell
 
     async def __call__(self, context: Context, after: Next) -> Submission:
         key = context.message.conversation
         ahead = self._busy[key]
         self._busy[key] += 1
         try:
-            if self._inbox is not None and context.claim is not None:
+            if self._tell and self._inbox is not None and context.claim is not None:
                 ahead = await self._ahead(context)
-            if ahead:
+            if self._tell and ahead:
                 others = "yours is next" if ahead == 1 else f"yours is queued behind {ahead}"
                 await _notify(
                     context,

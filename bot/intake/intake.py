@@ -103,8 +103,7 @@ class Intake:
             busy=busy,
             settings=settings,
         )
-        queued = [Queue(busy, queue_inbox)]
-        self._recovered = compose(queued, start)
+        self._recovered = compose([Queue(busy, queue_inbox, tell=False)], start)
         self._fresh = compose(
             [
                 SeenRecently(),
@@ -122,7 +121,7 @@ class Intake:
                     inbox=inbox,
                 ),
                 InboxClaim(inbox),
-                *queued,
+                Queue(busy, queue_inbox),
             ],
             start,
         )

@@ -1,21 +1,25 @@
 """One turn at a time per conversation, in arrival order, across every replica.
 
-In one process a FIFO lock per conversation is the whole story: turns take it in the order
-they were claimed. When replicas share the store, a conversation's questions may be
-claimed by different replicas; then a turn also waits until no earlier unanswered question
-of its conversation is held by another replica (:meth:`~bot.store.protocols.Inbox.ahead`
-with ``elsewhere``). It polls, with a backoff, and holds no database transaction or lock
-while it waits or while the turn runs: an earlier question whose replica died is taken
-over when its lease runs out and answered first, then this one goes.
+A conversation's turns run one at a time, earliest received first. In one process that is
+a queue per conversation ordered by when each event was received. When replicas share
+the store, a conversation's questions may be claimed by different replicas; then a turn
+also waits until no earlier unanswered question of its conversation is held by another
+replica (:meth:`~bot.store.protocols.Inbox.ahead` with ``elsewhere``). That earlier one
+may come here after all: its replica died, and this one took it over when the lease ran
+out. It then goes first, though it joined the queue last. Nothing holds a database
+transaction or lock while a turn waits or runs; the wait polls the store, with a backoff,
+and wakes at once when the local queue changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from bot.contract import InboundMessage
@@ -24,12 +28,24 @@ from bot.store import Claim, Inbox
 
 _log = logging.getLogger(__name__)
 
-# Between two looks at the conversation's queue: short at first (the earlier turn may be
-# about to finish), then at most this often.
+# Between two looks at the other replicas' questions: short at first (the earlier turn
+# may be about to finish), then at most this often.
 FIRST_POLL_S = 0.05
 MAX_POLL_S = 1.0
 # A wait this long is logged once: an earlier question is stuck somewhere.
 LONG_WAIT_S = 60.0
+
+# A place in a conversation's queue: as the store orders events, then arrival here.
+Place = tuple[datetime, str, str, int]
+
+
+@dataclass
+class _Queue:
+    """One conversation's turns here: the one running, and those waiting."""
+
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    waiting: set[Place] = field(default_factory=set)
+    running: bool = False
 
 
 class ConversationOrder:
@@ -38,36 +54,55 @@ class ConversationOrder:
     def __init__(self, inbox: Inbox, *, shared: bool) -> None:
         self._inbox = inbox
         self._shared = shared
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._queues: dict[str, _Queue] = {}
+        self._arrivals = itertools.count()
 
     @contextlib.asynccontextmanager
     async def turn(self, message: InboundMessage[Any], claim: Claim | None) -> AsyncIterator[None]:
         """Hold the conversation for the turn of ``message``."""
-        lock = self._locks.get(message.conversation)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[message.conversation] = lock
-        async with lock:
-            if self._shared and claim is not None:
-                await self._wait_elsewhere(message)
+        key = message.conversation
+        queue = self._queues.setdefault(key, _Queue())
+        received = claim.received_at if claim is not None and claim.received_at else None
+        place: Place = (
+            received or datetime.now(UTC),
+            message.platform,
+            message.event_id,
+            next(self._arrivals),
+        )
+        running = False
+        try:
+            async with queue.changed:
+                queue.waiting.add(place)
+                queue.changed.notify_all()  # an earlier place may now stop a later one
+                await self._until_first(queue, place, message, elsewhere=claim is not None)
+                queue.waiting.discard(place)
+                queue.running = running = True
             yield
+        finally:
+            async with queue.changed:
+                queue.waiting.discard(place)
+                if running:
+                    queue.running = False
+                queue.changed.notify_all()
+                if not queue.waiting and not queue.running:
+                    self._queues.pop(key, None)
 
-    async def _wait_elsewhere(self, message: InboundMessage[Any]) -> None:
+    async def _until_first(
+        self, queue: _Queue, place: Place, message: InboundMessage[Any], *, elsewhere: bool
+    ) -> None:
+        """Return (holding ``queue.changed``) once ``place`` is first here and, when the
+        store is shared, nothing earlier of the conversation is unanswered elsewhere."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         pause = FIRST_POLL_S
         told = False
         while True:
-            try:
-                ahead = await self._inbox.ahead(message.platform, message.event_id, elsewhere=True)
-            except StoreError:
-                # Waiting blind could be forever; answering now only risks the order.
-                _log.exception(
-                    "could not read the queue of %s; answering %s without waiting",
-                    message.conversation,
-                    message.event_id,
-                )
+            if queue.running or place != min(queue.waiting):
+                await queue.changed.wait()
+                continue
+            if not (self._shared and elsewhere):
                 return
+            ahead = await self._ahead_elsewhere(message)
             if not ahead:
                 return
             if not told and loop.time() - started > LONG_WAIT_S:
@@ -81,5 +116,19 @@ class ConversationOrder:
                     ahead,
                     message.conversation,
                 )
-            await asyncio.sleep(pause)
+            # Woken early when the queue here changes (an earlier question taken over).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(queue.changed.wait(), pause)
             pause = min(pause * 2, MAX_POLL_S)
+
+    async def _ahead_elsewhere(self, message: InboundMessage[Any]) -> int:
+        try:
+            return await self._inbox.ahead(message.platform, message.event_id, elsewhere=True)
+        except StoreError:
+            # Waiting blind could be forever; answering now only risks the order.
+            _log.exception(
+                "could not read the queue of %s; answering %s without waiting",
+                message.conversation,
+                message.event_id,
+            )
+            return 0

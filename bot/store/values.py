@@ -79,6 +79,8 @@ class Claim:
     # The event's fence as claimed: every write about the event checks it, so a replica
     # whose event was taken over (its lease ran out) cannot overwrite the new owner's work.
     fence: int = 1
+    # When the event was first received: its place in its conversation's queue.
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

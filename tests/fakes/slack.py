@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import random
 import time
 import uuid
 from collections import deque
@@ -128,6 +129,8 @@ class FakeSlack(FakeServer):
         self._clock = itertools.count(1)
         self._tickets = itertools.count(1)
         self._sockets: set[web.WebSocketResponse] = set()
+        # Which open connection gets an envelope; seeded, so a run can be repeated.
+        self._pick = random.Random(0)
         self._changed = asyncio.Condition()
         self._client: aiohttp.ClientSession | None = None
 
@@ -351,7 +354,11 @@ class FakeSlack(FakeServer):
         kind: str = "events_api",
         retry_attempt: int = 0,
     ) -> str:
-        """Send one Socket Mode envelope to the connected client; returns its envelope id."""
+        """Send one Socket Mode envelope; returns its envelope id.
+
+        Like Slack with several open connections (an app may hold up to 10), each
+        envelope goes to one of them, picked at random, and a retry may land on another.
+        """
         async with self._changed:
             await self._changed.wait_for(lambda: bool(self._sockets))
         envelope_id = uuid.uuid4().hex
@@ -363,7 +370,8 @@ class FakeSlack(FakeServer):
             "retry_attempt": retry_attempt,
             "retry_reason": "timeout" if retry_attempt else "",
         }
-        await next(iter(self._sockets)).send_str(json.dumps(envelope))
+        socket = self._pick.choice(sorted(self._sockets, key=id))
+        await socket.send_str(json.dumps(envelope))
         return envelope_id
 
     async def wait_ack(self, envelope_id: str) -> None:
@@ -380,7 +388,11 @@ class FakeSlack(FakeServer):
         await self._touch()
         try:
             await ws.send_json(
-                {"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0FAKE"}}
+                {
+                    "type": "hello",
+                    "num_connections": len(self._sockets),
+                    "connection_info": {"app_id": "A0FAKE"},
+                }
             )
             async for frame in ws:
                 if frame.type == aiohttp.WSMsgType.TEXT:

@@ -139,6 +139,10 @@ class Database:
         return self._location
 
     @property
+    def dialect(self) -> str:
+        return "postgresql"
+
+    @property
     def exclusive(self) -> bool:
         # Any number of replicas may share the database: only leases say who is alive.
         return False

@@ -41,6 +41,10 @@ class Database(Protocol):
         """Where the data lives, for operators (a path, or a URL without its password)."""
 
     @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``: for the few statements that differ."""
+
+    @property
     def exclusive(self) -> bool:
         """True when this process is known to be the only one serving the data (then no
         other process's lease can be alive)."""

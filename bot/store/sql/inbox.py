@@ -73,7 +73,7 @@ class SqlInbox:
                 return None
             claim = await start_turn(conn, conversation, question, at)
             await _link_turn(conn, platform, event_id, claim.turn_id)
-        return claim
+        return dataclasses.replace(claim, received_at=at)
 
     async def hold(
         self,
@@ -341,6 +341,7 @@ async def _take_over(conn: Conn, taking: _Taking) -> list[RecoveredEvent]:
             claim = dataclasses.replace(fresh, fence=int(row["fence"]))
         else:
             claim = Claim(int(row["turn_id"]), started, int(row["fence"]))
+        claim = dataclasses.replace(claim, received_at=moment(row["received_at"]))
         recovered.append(_recovered(row, claim))
     return recovered
 

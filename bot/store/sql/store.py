@@ -73,6 +73,11 @@ class SqlStore:
         return self._db.location
 
     @property
+    def database(self) -> Database:
+        """The backend's database, for whole-store work (``store migrate``)."""
+        return self._db
+
+    @property
     def replica(self) -> str:
         return self._replica
 

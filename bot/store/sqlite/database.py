@@ -152,6 +152,10 @@ class Database:
         return self.path
 
     @property
+    def dialect(self) -> str:
+        return "sqlite"
+
+    @property
     def exclusive(self) -> bool:
         """Whether this process is the one serving the file (:meth:`take_ownership`), or
         the database is private to it (``":memory:"``)."""

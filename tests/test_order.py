@@ -1,0 +1,74 @@
+"""The order of a conversation's turns: one at a time, earliest received first, across
+replicas. Two stores on one database stand for two replicas (both backends)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.adapters.inmemory import InMemoryAdapter
+from bot.intake.order import ConversationOrder
+from bot.store import Claim, Store
+from tests.databases import TEST_LEASE_S, Backend
+
+DAY_S = 86_400.0
+
+
+async def claim(store: Store, event_id: str) -> Claim:
+    got = await store.inbox.claim("inmemory", event_id, "inmemory:general", "q", "{}")
+    assert got is not None
+    return got
+
+
+async def test_a_turn_waits_for_an_earlier_question_held_elsewhere_then_yields_to_it(
+    backend: Backend,
+) -> None:
+    adapter = InMemoryAdapter()
+    here = await backend.open(lease_s=60)
+    there = await backend.open()  # its lease is short: it "dies" at once
+    first = await claim(there, "e1")
+    second = await claim(here, "e2")
+    order = ConversationOrder(here.inbox, shared=True)
+    ran: list[str] = []
+
+    async def turn(event_id: str, held: Claim) -> None:
+        async with order.turn(adapter.message("q", event_id=event_id), held):
+            ran.append(event_id)
+            await asyncio.sleep(0.05)
+
+    later = asyncio.create_task(turn("e2", second))
+    await asyncio.sleep(0.3)
+    assert ran == [], "e1 is unanswered on another replica: e2 waits"
+
+    # That replica died; this one takes e1 over, and e1 goes first though it came last.
+    await asyncio.sleep(TEST_LEASE_S * 2)
+    (taken,) = await here.inbox.recover(platforms=["inmemory"], max_age_s=DAY_S)
+    assert taken.claim is not None and taken.claim.received_at == first.received_at
+    earlier = asyncio.create_task(turn("e1", taken.claim))
+    await asyncio.wait_for(asyncio.gather(earlier, later), 10)
+
+    assert ran == ["e1", "e2"]
+
+
+async def test_alone_turns_of_one_conversation_run_one_at_a_time_in_arrival_order(
+    backend: Backend,
+) -> None:
+    adapter = InMemoryAdapter()
+    store = await backend.open()
+    order = ConversationOrder(store.inbox, shared=False)
+    claims = [await claim(store, f"e{n}") for n in range(4)]
+    running = 0
+    ran: list[str] = []
+
+    async def turn(n: int) -> None:
+        nonlocal running
+        async with order.turn(adapter.message("q", event_id=f"e{n}"), claims[n]):
+            running += 1
+            assert running == 1
+            ran.append(f"e{n}")
+            await asyncio.sleep(0.01)
+            running -= 1
+
+    # Handed in out of order (a recovered one last): run in the order received.
+    await asyncio.gather(*(turn(n) for n in (0, 2, 1, 3)))
+
+    assert ran == ["e0", "e1", "e2", "e3"]
