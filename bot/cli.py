@@ -1,4 +1,4 @@
-"""Command line: ``python -m bot [ask|chat|demo|conversations] ...``.
+"""Command line: ``python -m bot [ask|chat|demo|conversations|store] ...``.
 
 This is the only module that configures logging and the only one that turns errors into
 exit codes. Every command takes ``--config PATH``.
@@ -30,10 +30,11 @@ from bot.adapters.terminal import TerminalAdapter, terminal_key
 from bot.config import LoggingSettings, Settings, load_settings
 from bot.contract import Reply
 from bot.core.text import valid_text
+from bot.core.urls import redact
 from bot.domain import human_time
-from bot.errors import ConfigError, ResearchAgentError, StartupError
+from bot.errors import ConfigError, ResearchAgentError, StartupError, StoreError
 from bot.runtime import Runtime
-from bot.store import open_store
+from bot.store import is_url, migrate_store, open_store
 
 _log = logging.getLogger(__name__)
 
@@ -103,6 +104,25 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("conversation", metavar="ID")
     reset = actions.add_parser("reset", parents=[common], help="forget one conversation")
     reset.add_argument("conversation", metavar="ID")
+
+    store = sub.add_parser("store", help="move the bot's data to another database")
+    store_actions = store.add_subparsers(dest="action", metavar="ACTION", required=True)
+    migrate = store_actions.add_parser(
+        "migrate",
+        parents=[common],
+        help="copy every conversation (and the inbox) into an empty database",
+        description="Copy the conversations, their summaries and votes, the inbox and the "
+        "embedding cache of FROM into the empty database TO: typically an SQLite file into "
+        "PostgreSQL, before several replicas share it. Stop the bot first.",
+    )
+    migrate.add_argument("source", metavar="FROM", help="an SQLite file or a postgresql:// URL")
+    migrate.add_argument(
+        "target",
+        metavar="TO",
+        nargs="?",
+        help="where to (default: the DATABASE_URL environment variable, which keeps the "
+        "password off the command line)",
+    )
     return parser
 
 
@@ -261,6 +281,8 @@ def _new_terminal_id(kind: str) -> str:
 
 async def _dispatch(args: argparse.Namespace, settings: Settings, running: _Running) -> int:
     command = args.command
+    if command == "store":
+        return await _migrate_store(args.source, args.target, sys.stdout)
     if command in ("conversations", "sessions"):
         return await _conversations(
             args.action, getattr(args, "conversation", None), settings, sys.stdout
@@ -419,6 +441,50 @@ async def _demo(runtime: Runtime) -> int:
     print("\nRunning summary of the conversation:")
     print(state.summary or "(no summary yet: the language model was not reachable)")
     return status
+
+
+async def _migrate_store(source: str, target: str | None, out: TextIO) -> int:
+    """``store migrate FROM [TO]``: FROM's data into the empty database TO."""
+    target = (target or os.environ.get("DATABASE_URL", "")).strip()
+    if not target:
+        print(
+            "Say where to: `python -m bot store migrate FROM TO`, or set DATABASE_URL.",
+            file=sys.stderr,
+        )
+        return 2
+    problem = await asyncio.to_thread(_migration_problem, source, target)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
+
+    def report(table: str, rows: int) -> None:
+        out.write(f"  {table}: {rows} row(s)\n")
+        out.flush()
+
+    out.write(f"Copying {redact(source)} into {redact(target)}:\n")
+    try:
+        await migrate_store(source, target, progress=report)
+    except StoreError as exc:
+        print(f"Nothing was copied: {exc}", file=sys.stderr)
+        return 1
+    out.write(
+        "Done. Point the bot at the new database (DATABASE_URL or [memory].database) and "
+        "start it; keep the old one until you have checked the conversations "
+        "(`python -m bot conversations list`).\n"
+    )
+    return 0
+
+
+def _migration_problem(source: str, target: str) -> str | None:
+    if not is_url(source) and not Path(source).is_file():
+        return f"There is no database file at {source}."
+    if source == target or (
+        not is_url(source)
+        and not is_url(target)
+        and Path(source).resolve() == Path(target).resolve()
+    ):
+        return "FROM and TO are the same database."
+    return None
 
 
 async def _conversations(

@@ -11,6 +11,8 @@ the same statements (:mod:`bot.store.sql`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bot.store.protocols import ConversationStore, FeedbackStore, Inbox, Store, VectorStore
 from bot.store.values import (
     Claim,
@@ -36,6 +38,7 @@ __all__ = [
     "TurnStatus",
     "VectorStore",
     "is_url",
+    "migrate_store",
     "open_store",
 ]
 
@@ -77,3 +80,29 @@ async def open_store(
     from bot.store.sqlite import SqliteStore  # noqa: PLC0415
 
     return await SqliteStore.open(database, replica=replica, lease_s=lease)
+
+
+async def migrate_store(
+    source: str, target: str, *, progress: Callable[[str, int], None] | None = None
+) -> dict[str, int]:
+    """Copy the conversations, the inbox and the caches of the store ``source`` names into
+    the empty store ``target`` names (an SQLite file into PostgreSQL, typically); both are
+    brought to the current schema first. Rows copied, by table.
+
+    Raises:
+        StoreError: either cannot be opened, the target holds conversations already, or
+            the copy failed (then nothing was written).
+    """
+    from bot.store.sql.store import SqlStore  # noqa: PLC0415
+    from bot.store.sql.transfer import copy_store  # noqa: PLC0415
+
+    stores: list[Store] = []
+    try:
+        for database in (source, target):
+            stores.append(await open_store(database))
+        origin, destination = stores
+        assert isinstance(origin, SqlStore) and isinstance(destination, SqlStore)
+        return await copy_store(origin.database, destination.database, progress=progress)
+    finally:
+        for store in reversed(stores):
+            await store.close()
