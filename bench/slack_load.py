@@ -152,21 +152,9 @@ async def burst(slack: FakeSlack, url: str, count: int) -> dict[str, Any]:
     return {"acks": acks, "sent_at": sent_at, "threads": threads}
 
 
-def answers(slack: FakeSlack, channel: str, threads: list[str]) -> dict[str, list[float]]:
+def answers(slack: FakeSlack, threads: list[str]) -> dict[str, list[float]]:
     """When each thread's final answer landed (the call that put the feedback buttons on)."""
-    done: dict[str, list[float]] = {ts: [] for ts in threads}
-    for call in slack.calls:
-        final = call.method == "chat.stopStream" or (
-            call.method in ("chat.update", "chat.postMessage")
-            and "feedback_buttons" in str(call.args.get("blocks", ""))
-        )
-        if not final:
-            continue
-        message = next((m for m in slack.messages if m.ts == call.args.get("ts")), None)
-        thread = call.args.get("thread_ts") or (message.thread_ts if message else None)
-        if thread in done:
-            done[thread].append(call.at)
-    return done
+    return {ts: slack.finished_at(ts) for ts in threads}
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -194,7 +182,7 @@ async def run(args: argparse.Namespace) -> None:
 def report(slack: FakeSlack, result: dict[str, Any], args: argparse.Namespace) -> None:
     acks: list[float] = result["acks"]
     threads: list[str] = result["threads"]
-    finals = answers(slack, "C0GENERAL", threads)
+    finals = answers(slack, threads)
     to_answer = [min(times) - result["sent_at"][ts] for ts, times in finals.items() if times]
     duplicates = sum(max(0, len(slack.in_thread("C0GENERAL", ts)) - 1) for ts in threads)
     unanswered = sum(1 for times in finals.values() if not times)

@@ -186,6 +186,23 @@ class FakeSlack(FakeServer):
             and m.ts != thread_ts
         ]
 
+    def finished_at(self, thread_ts: str) -> list[float]:
+        """When answers in the thread were finished: the loop times of the calls that
+        stopped a stream or put the feedback buttons on (the benches time answers so)."""
+        times = []
+        for call in self.calls:
+            final = call.method == "chat.stopStream" or (
+                call.method in ("chat.update", "chat.postMessage")
+                and "feedback_buttons" in str(call.args.get("blocks", ""))
+            )
+            if not final:
+                continue
+            message = self._find(str(call.args.get("channel", "")), str(call.args.get("ts", "")))
+            thread = call.args.get("thread_ts") or (message.thread_ts if message else None)
+            if thread == thread_ts:
+                times.append(call.at)
+        return times
+
     def ephemeral(self, user: str) -> list[Message]:
         return [m for m in self.messages if m.ephemeral_to == user]
 
