@@ -198,11 +198,19 @@ async def flood(
             asked.append(Asked(token, root, event))
             body = cluster.slack.callback(event)
             retries = pick.randrange(most_deliveries)
-            await deliver(body, 0)
-            await asyncio.gather(
-                *(_later(pick.uniform(0, 0.3), deliver(body, n)) for n in range(1, retries + 1)),
-                cluster.claimed(f"{CHANNEL}:{event['ts']}"),
-            )
+            copies = [deliver(body, 0)]
+            copies += [
+                _later(pick.uniform(0, 0.3), deliver(body, n)) for n in range(1, retries + 1)
+            ]
+            if root != event["ts"]:
+                # In a thread Slack also sends a `message` event for the same message (with
+                # its own envelope): keyed by the message, it counts once with the mention.
+                twin = cluster.slack.callback(
+                    {**event, "type": "message", "channel_type": "channel"}
+                )
+                copies.append(_later(pick.uniform(0, 0.3), deliver(twin, 0)))
+            await copies[0]
+            await asyncio.gather(*copies[1:], cluster.claimed(f"{CHANNEL}:{event['ts']}"))
         return asked
 
     return list(await asyncio.gather(*(one_thread(t) for t in range(threads))))
