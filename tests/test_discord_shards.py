@@ -16,6 +16,8 @@ import discord
 import discord.http
 import pytest
 
+from bot.adapters.discord.pacing import GLOBAL_BUDGET, SendBudget
+from bot.adapters.discord.reply import TYPING_SPARE
 from bot.adapters.discord.shards import GatewayPlan, ShardSet, gateway_plan
 from bot.contract import Platform
 from bot.errors import PlatformSetupError, StoreError
@@ -238,3 +240,28 @@ async def test_a_shard_that_cannot_connect_fails_the_start() -> None:
     with pytest.raises(discord.PrivilegedIntentsRequired):
         await shards.start()
     await shards.close()
+
+
+# ----------------------------------------------------------------------------- what replicas share
+
+
+def test_the_bots_request_budget_is_divided_among_the_live_replicas() -> None:
+    replicas, now = [1], [0.0]
+    budget = SendBudget(replicas=lambda: replicas[0], clock=lambda: now[0])
+
+    def burst() -> int:
+        """Requests that may go in one second (each in a channel of its own)."""
+        now[0] += 2.0
+        return sum(budget.take(channel, "create") for channel in range(100))
+
+    def typing() -> int:
+        now[0] += 2.0
+        return sum(budget.take_global(spare=TYPING_SPARE) for _ in range(100))
+
+    assert burst() == GLOBAL_BUDGET == 40
+    assert typing() == 40 - TYPING_SPARE
+    replicas[0] = 3  # two more joined: each takes a third
+    assert burst() == 13
+    assert typing() == 13 - 5, "typing leaves as large a part of it for answers"
+    replicas[0] = 1  # alone again
+    assert burst() == 40

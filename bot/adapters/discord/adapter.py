@@ -72,8 +72,9 @@ class DiscordAdapter:
         self._alive = False
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        # One budget for every request of every conversation.
-        self._budget = SendBudget()
+        # One budget for every request of every conversation, the bot's divided among
+        # the replicas.
+        self._budget = SendBudget(replicas=self._replicas)
         self._access = Access(
             admin_role_ids=settings.admin_role_ids, admin_user_ids=settings.admin_user_ids
         )
@@ -228,6 +229,9 @@ class DiscordAdapter:
 
     def _current_client(self) -> DiscordClient | None:
         return self._client
+
+    def _replicas(self) -> int:
+        return self._intake.cluster.replicas if self._intake is not None else 1
 
     def _user_id(self) -> int | None:
         return self._client.user_id if self._client is not None else None

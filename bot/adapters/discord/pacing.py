@@ -6,11 +6,16 @@ under both with a margin: a sliding window per channel and kind, and one per sec
 everything. A request waits for its slot (:meth:`SendBudget.acquire`) instead of being
 sent and refused; a 429 that arrives anyway closes the channel for its ``retry_after``
 (:meth:`SendBudget.hold`).
+
+The per-second budget is the bot's (its token's), not a process's: replicas sharing a
+store each take an equal part of it (``replicas``, live replicas as their heartbeats
+count them), so together they stay under Discord's limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -33,17 +38,29 @@ class SendBudget:
         per_second: int = GLOBAL_BUDGET,
         # Requests arrive later than they leave: a margin so arrivals stay in the window.
         margin_s: float = 0.25,
+        # How many replicas share the bot's budget (1 alone).
+        replicas: Callable[[], int] = lambda: 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._per_channel = per_channel
         self._window_s = window_s + margin_s
         self._per_second = per_second
         self._second_s = 1.0 + margin_s / 5
+        self._replicas = replicas
         self._clock = clock
         self._windows: dict[tuple[int, Kind], deque[float]] = defaultdict(deque)
         self._all: deque[float] = deque()
         self._held: dict[int, float] = {}
         self.waits = 0
+
+    @property
+    def per_second(self) -> int:
+        """This replica's part of the bot's requests a second."""
+        return max(1, self._per_second // max(1, self._replicas()))
+
+    def _spare(self, spare: int) -> int:
+        """``spare`` slots of the whole budget, as a part of this replica's."""
+        return math.ceil(spare * self.per_second / self._per_second)
 
     def delay(self, channel: int, kind: Kind, *, spare: int = 0) -> float:
         """Seconds until a request of ``kind`` in ``channel`` may go (0: now).
@@ -61,7 +78,7 @@ class SendBudget:
         over = len(window) - (self._per_channel - spare)
         if over >= 0:
             wait = max(wait, window[over] + self._window_s - now)
-        if len(self._all) >= self._per_second:
+        if len(self._all) >= self.per_second:
             wait = max(wait, self._all[0] + self._second_s - now)
         return wait
 
@@ -76,11 +93,12 @@ class SendBudget:
 
     def take_global(self, *, spare: int) -> bool:
         """A slot of the per-second budget only, for requests that can be skipped (typing
-        indicators), leaving ``spare`` slots for posts and edits."""
+        indicators), leaving ``spare`` slots (of the whole bot's budget; as much of this
+        replica's part) for posts and edits."""
         now = self._clock()
         while self._all and now - self._all[0] >= self._second_s:
             self._all.popleft()
-        if len(self._all) >= self._per_second - spare:
+        if len(self._all) >= self.per_second - self._spare(spare):
             return False
         self._all.append(now)
         return True
