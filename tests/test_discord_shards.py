@@ -16,6 +16,7 @@ import discord
 import discord.http
 import pytest
 
+from bot.adapters.discord.inbound import SHARED_NO_S, Answered
 from bot.adapters.discord.pacing import GLOBAL_BUDGET, SendBudget
 from bot.adapters.discord.reply import TYPING_SPARE
 from bot.adapters.discord.shards import GatewayPlan, ShardSet, gateway_plan
@@ -265,3 +266,29 @@ def test_the_bots_request_budget_is_divided_among_the_live_replicas() -> None:
     assert typing() == 13 - 5, "typing leaves as large a part of it for answers"
     replicas[0] = 1  # alone again
     assert burst() == 40
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "shared"])
+async def test_a_thread_not_answered_in_is_asked_again_only_when_replicas_share_the_store(
+    shared: bool,
+) -> None:
+    answered_elsewhere: set[str] = set()
+    lookups: list[str] = []
+
+    async def lookup(key: str) -> bool:
+        lookups.append(key)
+        return key in answered_elsewhere
+
+    now = [0.0]
+    answered = Answered(lookup, shared=lambda: shared, clock=lambda: now[0])
+    assert not await answered.has_answered("t")
+    assert not await answered.has_answered("t"), "believed for a moment either way"
+    assert lookups == ["t"]
+    answered_elsewhere.add("t")  # another replica answered there
+    now[0] += SHARED_NO_S
+    assert await answered.has_answered("t") == shared
+    now[0] += 3600
+    assert await answered.has_answered("t") == shared
+    assert lookups == (["t", "t"] if shared else ["t"]), "a yes is kept for good"
+    answered.answered_in("u")
+    assert await answered.has_answered("u") and "u" not in lookups

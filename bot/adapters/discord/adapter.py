@@ -78,7 +78,7 @@ class DiscordAdapter:
         self._access = Access(
             admin_role_ids=settings.admin_role_ids, admin_user_ids=settings.admin_user_ids
         )
-        self._answered = Answered(self._intake_has_answered)
+        self._answered = Answered(self._intake_has_answered, shared=self._shared)
         self._inbound = Inbound(
             settings,
             access=self._access,
@@ -229,6 +229,9 @@ class DiscordAdapter:
 
     def _current_client(self) -> DiscordClient | None:
         return self._client
+
+    def _shared(self) -> bool:
+        return self._intake.cluster.shared if self._intake is not None else False
 
     def _replicas(self) -> int:
         return self._intake.cluster.replicas if self._intake is not None else 1
