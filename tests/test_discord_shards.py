@@ -9,15 +9,23 @@ database or alone on SQLite.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
-from typing import cast
+from types import SimpleNamespace
+from typing import Any, cast
 
 import discord
 import discord.http
 import pytest
 
 from bot.adapters.discord.inbound import SHARED_NO_S, Answered
-from bot.adapters.discord.pacing import GLOBAL_BUDGET, SendBudget
+from bot.adapters.discord.pacing import (
+    GLOBAL_BUDGET,
+    HTTP_LOGGER,
+    RetriedLimits,
+    SendBudget,
+    note_429,
+)
 from bot.adapters.discord.reply import TYPING_SPARE
 from bot.adapters.discord.shards import GatewayPlan, ShardSet, gateway_plan
 from bot.contract import Platform
@@ -25,7 +33,14 @@ from bot.errors import PlatformSetupError, StoreError
 from bot.runtime import Runtime
 from tests.fakes.discord import FakeDiscord, Json, user
 from tests.fakes.ollama import FakeOllama
-from tests.test_discord import WAIT_S, Outcomes, SettingsFactory, World, discord_settings
+from tests.test_discord import (
+    WAIT_S,
+    Outcomes,
+    SettingsFactory,
+    World,
+    discord_429s,
+    discord_settings,
+)
 
 QUESTION = "What is the transformer architecture in deep learning?"
 
@@ -292,3 +307,32 @@ async def test_a_thread_not_answered_in_is_asked_again_only_when_replicas_share_
     assert lookups == (["t", "t"] if shared else ["t"]), "a yes is kept for good"
     answered.answered_in("u")
     assert await answered.has_answered("u") and "u" not in lookups
+
+
+def test_429s_are_counted_once_whoever_meets_them() -> None:
+    counted = discord_429s()
+    note_429(discord.RateLimited(45.0))  # too long for discord.py to wait: raised to us
+    refused: Any = SimpleNamespace(status=429, reason="Too Many Requests")
+    note_429(discord.HTTPException(refused, {"message": "banned", "code": 0}))  # no Via
+    missing: Any = SimpleNamespace(status=404, reason="Not Found")
+    note_429(discord.NotFound(missing, "gone"))
+    assert discord_429s() == counted + 2
+    handler = RetriedLimits()
+    handler.attach()
+    http = logging.getLogger(HTTP_LOGGER)
+    try:
+        # What discord.py logs for one 429 it retries, one it gives up on, a global one.
+        http.warning(
+            "We are being rate limited. %s %s responded with 429. Retrying in %.2f seconds.",
+            "PATCH", "/x", 0.5,
+        )  # fmt: skip
+        http.warning(
+            "We are being rate limited. %s %s responded with 429. Timeout of %.2f was too "
+            "long, erroring instead.", "PATCH", "/x", 45.0,
+        )  # fmt: skip
+        http.warning("Global rate limit has been hit. Retrying in %.2f seconds.", 0.5)
+    finally:
+        handler.detach()
+        handler.detach()
+    assert discord_429s() == counted + 3
+    assert handler not in http.handlers

@@ -31,7 +31,7 @@ from bot.adapters.discord.client import (
 from bot.adapters.discord.commands import SlashCommands
 from bot.adapters.discord.inbound import PLATFORM, Answered, Inbound
 from bot.adapters.discord.outbound import Outbound
-from bot.adapters.discord.pacing import SendBudget
+from bot.adapters.discord.pacing import RetriedLimits, SendBudget
 from bot.adapters.discord.permissions import Access
 from bot.adapters.discord.reply import DiscordReply
 from bot.adapters.discord.shards import GatewayClient, IdentifyPacer, ShardSet, gateway_plan
@@ -75,6 +75,7 @@ class DiscordAdapter:
         # One budget for every request of every conversation, the bot's divided among
         # the replicas.
         self._budget = SendBudget(replicas=self._replicas)
+        self._retried_limits = RetriedLimits()
         self._access = Access(
             admin_role_ids=settings.admin_role_ids, admin_user_ids=settings.admin_user_ids
         )
@@ -123,6 +124,7 @@ class DiscordAdapter:
         self._intake = intake
         discord.http.Route.BASE = self._settings.api_url.rstrip("/")
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._settings.gateway_url)
+        self._retried_limits.attach()
         self._client = client = self._new_client()
         try:
             await client.login(self._token.reveal())
@@ -166,6 +168,7 @@ class DiscordAdapter:
                 await self._client.close()
             except Exception:
                 _log.exception("closing the Discord client failed")
+        self._retried_limits.detach()
 
     def _new_client(self, shard_id: int | None = None, count: int | None = None) -> DiscordClient:
         return DiscordClient(

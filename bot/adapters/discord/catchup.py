@@ -15,7 +15,7 @@ import aiohttp
 import discord
 
 from bot.adapters.discord.inbound import Answered, thread_key
-from bot.adapters.discord.pacing import SendBudget
+from bot.adapters.discord.pacing import SendBudget, note_429
 from bot.config import DiscordSettings
 
 _log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class CatchUp:
             try:
                 handed += await self._read_back(client, place, since)
             except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+                note_429(exc)
                 _log.warning("Discord: could not read the history of %s: %s", place.id, exc)
         if handed:
             _log.info("Discord: handed in %d message(s) from history after (re)connecting", handed)

@@ -10,16 +10,25 @@ sent and refused; a 429 that arrives anyway closes the channel for its ``retry_a
 The per-second budget is the bot's (its token's), not a process's: replicas sharing a
 store each take an equal part of it (``replicas``, live replicas as their heartbeats
 count them), so together they stay under Discord's limit.
+
+Every 429 Discord sends is counted (``PLATFORM_429``): those our code sees
+(:func:`note_429`), and those discord.py waits out and retries by itself, which only its
+log tells of (:class:`RetriedLimits`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Literal
+
+import discord
+
+from bot.core.metrics import PLATFORM_429
 
 Kind = Literal["create", "edit"]
 
@@ -119,3 +128,38 @@ class SendBudget:
         """Discord said 429: nothing goes to ``channel`` for ``retry_after_s``."""
         until = self._clock() + retry_after_s
         self._held[channel] = max(self._held.get(channel, 0.0), until)
+
+
+def note_429(exc: BaseException) -> None:
+    """Count ``exc`` if it is Discord's 429 (one discord.py did not retry)."""
+    if isinstance(exc, discord.RateLimited) or (
+        isinstance(exc, discord.HTTPException) and exc.status == 429
+    ):
+        PLATFORM_429.labels("discord").inc()
+
+
+# What discord.py logs (discord/http.py, HTTPClient.request) for each 429 it waits out and
+# retries itself. One it gives up on ("... too long, erroring instead") raises
+# RateLimited, counted where it is caught.
+RETRIED_429 = "responded with 429. Retrying in"
+HTTP_LOGGER = "discord.http"
+
+
+class RetriedLimits(logging.Handler):
+    """Counts the 429s discord.py retries by itself, from its log records: nothing else
+    tells of them. Attached to its ``discord.http`` logger while the adapter runs; the
+    records exist only while that logger lets WARNING through (the default level does)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and RETRIED_429 in record.msg:
+            PLATFORM_429.labels("discord").inc()
+
+    def attach(self) -> None:
+        logging.getLogger(HTTP_LOGGER).addHandler(self)
+
+    def detach(self) -> None:
+        """Safe to call twice."""
+        logging.getLogger(HTTP_LOGGER).removeHandler(self)
