@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -31,8 +34,9 @@ from bot.adapters.discord.shards import GatewayPlan, ShardSet, gateway_plan
 from bot.contract import Platform
 from bot.errors import PlatformSetupError, StoreError
 from bot.runtime import Runtime
-from tests.fakes.discord import FakeDiscord, Json, user
+from tests.fakes.discord import TOKEN, Connection, FakeDiscord, Json, user
 from tests.fakes.ollama import FakeOllama
+from tests.processes import ServedBot, bot_env, bots, local_ports
 from tests.test_discord import (
     WAIT_S,
     Outcomes,
@@ -336,3 +340,119 @@ def test_429s_are_counted_once_whoever_meets_them() -> None:
         handler.detach()
     assert discord_429s() == counted + 3
     assert handler not in http.handlers
+
+
+# ----------------------------------------------------------------------------- real processes
+
+LEASE_S = 2.0  # short, so a dead replica's shard moves in seconds (at least 1 is allowed)
+PROCESS_WAIT_S = 60.0
+
+
+def replica_config(
+    write_config: Callable[..., Path], fake: FakeDiscord, *, database: str | None = None
+) -> Path:
+    """The bot's config for the fakes: two shards, and ``database`` (PostgreSQL) if given."""
+    config = write_config()
+    text = config.read_text(encoding="utf-8")
+    memory = f"[memory]\nlease_s = {LEASE_S}\n"
+    if database is not None:
+        text = re.sub(r'\[memory\]\ndatabase = "[^"]*"\n', "[memory]\n", text)
+        memory += f'database = "{database}"\n'
+    text = text.replace("[memory]\n", memory) + (
+        f'\n[discord]\napi_url = "{fake.api_url}"\ngateway_url = "{fake.gateway_url}"\n'
+        "edit_interval_s = 0.2\nshard_count = 2\n"
+    )
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+class Guilds:
+    """One guild on each of the two shards, questions asked there, the answers found."""
+
+    def __init__(self, fake: FakeDiscord) -> None:
+        self.fake = fake
+        self.channels = [first_channel(fake, fake.add_guild(f"shard {i}", shard=(i, 2)))
+                         for i in (0, 1)]  # fmt: skip
+        self.ann = user(fake.new_id(), "ann")
+
+    async def ask(self, shard_id: int) -> Json:
+        channel = self.channels[shard_id]
+        return await self.fake.send_message(
+            channel, f"<@{self.fake.bot_id}> {QUESTION}", author=self.ann
+        )
+
+    def replies(self, question: Json) -> list[Json]:
+        return [
+            m
+            for m in self.fake.bot_messages(int(question["channel_id"]))
+            if (m.get("message_reference") or {}).get("message_id") == question["id"]
+        ]
+
+    async def answered_once(self, question: Json) -> None:
+        def done() -> bool:
+            return any("**Sources" in str(m["content"]) for m in self.replies(question))
+
+        await asyncio.wait_for(self.fake.wait_for(done), PROCESS_WAIT_S)
+        assert len(self.replies(question)) == 1, "one reply, from one replica"
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        await asyncio.wait_for(self.fake.wait_for(predicate), PROCESS_WAIT_S)
+
+
+def each_shard_once(fake: FakeDiscord) -> bool:
+    live = fake.live()
+    return set(live) == {0, 1} and all(len(c) == 1 for c in live.values())
+
+
+def owner(connection: Connection, served: list[ServedBot]) -> ServedBot:
+    (found,) = [bot for bot in served if connection.port in local_ports(bot.proc.pid)]
+    return found
+
+
+async def test_two_replicas_on_postgres_divide_the_shards_and_one_takes_over_a_dead_ones(
+    write_config: Callable[..., Path], postgres_url: str, fake: FakeDiscord, ollama: FakeOllama
+) -> None:
+    fake.max_concurrency = 2  # each shard its own IDENTIFY key: no 5 s between them
+    guilds = Guilds(fake)
+    config = replica_config(write_config, fake, database=postgres_url)
+    env = bot_env(DISCORD_TOKEN=TOKEN)
+    async with bots() as served:
+        served.append(await ServedBot.start(config, env))
+        await guilds.until(lambda: each_shard_once(fake))  # alone, it runs both
+        served.append(await ServedBot.start(config, env))
+        # The first gives one shard back as it sees the second; the second takes it.
+        await guilds.until(lambda: each_shard_once(fake) and len(fake.identified()) == 3)
+        live = {shard_id: c for shard_id, (c,) in fake.live().items()}
+        owners = {shard_id: owner(c, served) for shard_id, c in live.items()}
+        assert owners[0] is not owners[1], "disjoint shards, one each"
+        for shard_id in (0, 1):
+            await guilds.answered_once(await guilds.ask(shard_id))
+
+        victim = owners[0]  # the one running shard 0 (DMs, slash commands sync)
+        survivor = owners[1]
+        killed_at = time.monotonic()
+        await victim.kill()
+        await guilds.until(lambda: each_shard_once(fake) and len(fake.identified()) == 4)
+        moved = fake.live()[0][0]
+        assert owner(moved, [survivor]) is survivor
+        assert moved.identified_at is not None
+        assert moved.identified_at - killed_at < 4 * LEASE_S, "within a few leases"
+        question = await guilds.ask(0)
+        await guilds.answered_once(question)
+        assert fake.too_early() == []
+
+
+async def test_alone_on_sqlite_one_process_runs_every_shard(
+    write_config: Callable[..., Path], fake: FakeDiscord, ollama: FakeOllama
+) -> None:
+    fake.max_concurrency = 2
+    guilds = Guilds(fake)
+    config = replica_config(write_config, fake)
+    async with bots() as served:
+        served.append(bot := await ServedBot.start(config, bot_env(DISCORD_TOKEN=TOKEN)))
+        assert each_shard_once(fake), "both ready before it says it is answering"
+        assert sorted(c.shard for c in fake.identified() if c.shard) == [(0, 2), (1, 2)]
+        ports = local_ports(bot.proc.pid)
+        assert all(c.port in ports for c in fake.identified()), "both from the one process"
+        for shard_id in (0, 1):
+            await guilds.answered_once(await guilds.ask(shard_id))
