@@ -63,6 +63,8 @@ class CatchUp:
                     places.append(thread)
         handed = 0
         for place in places:
+            if client.is_closed():
+                return  # the shard stopped (given to another replica, or shutdown)
             try:
                 handed += await self._read_back(client, place, since)
             except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
