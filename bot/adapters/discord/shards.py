@@ -17,7 +17,6 @@ shard can start or stop without touching the others:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -141,6 +140,8 @@ class ShardSet:
         self._lost = lost
         self._clock = clock
         self._running: dict[int, asyncio.Task[None]] = {}
+        # Every shard's task, stopping ones included, for close() to wait for.
+        self._tasks: set[asyncio.Task[None]] = set()
         self._ready: dict[int, asyncio.Future[None]] = {}
         # The shards start() waits for: a failure of theirs is start()'s to raise.
         self._awaited: frozenset[int] = frozenset()
@@ -204,15 +205,20 @@ class ShardSet:
         for shard_id in sorted(owned - set(self._running)):
             _log.info("Discord: starting shard %d of %d", shard_id, self._count)
             self._ready[shard_id] = asyncio.get_running_loop().create_future()
-            self._running[shard_id] = asyncio.create_task(
-                self._run(shard_id), name=f"discord-shard-{shard_id}"
-            )
+            task = asyncio.create_task(self._run(shard_id), name=f"discord-shard-{shard_id}")
+            self._running[shard_id] = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         """Stop every shard and release them, so another replica takes them at once.
         Safe to call twice."""
         await self._renew.stop()
-        await asyncio.gather(*(self._stop(shard_id) for shard_id in list(self._running)))
+        self._running.clear()
+        for task in self._tasks:
+            task.cancel()
+        # A renewal cancelled above may have left a shard stopping: wait for it too.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             await self._cluster.release_shards(PLATFORM)
         except StoreError:
@@ -227,20 +233,20 @@ class ShardSet:
         self._ready.pop(shard_id, None)
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # wait(), not await: a cancellation of the caller itself must not be swallowed.
+            await asyncio.wait({task})
 
     async def _run(self, shard_id: int) -> None:
         """One shard's life: log in, connect, wait until ready, run until stopped or lost."""
         ready = self._ready[shard_id]
         client: GatewayClient | None = None
         runner: asyncio.Task[None] | None = None
+        waiting: asyncio.Task[None] | None = None
         try:
             client = await self._launch(shard_id)
             runner = asyncio.create_task(client.connect(reconnect=True))
             waiting = asyncio.create_task(client.wait_until_ready())
             await asyncio.wait({runner, waiting}, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
             if not client.is_ready():
                 await runner  # it ended: raises why
                 raise PlatformSetupError("Discord closed the connection before it was ready")
@@ -253,6 +259,8 @@ class ShardSet:
         except Exception as exc:
             self._ended(shard_id, ready, exc)
         finally:
+            if waiting is not None:
+                waiting.cancel()
             if not ready.done():
                 ready.cancel()
             if client is not None:
@@ -277,5 +285,6 @@ async def _shut(client: GatewayClient, runner: asyncio.Task[None] | None) -> Non
         _log.exception("closing a Discord shard's client failed")
     if runner is not None:
         runner.cancel()
-        with contextlib.suppress(BaseException):
-            await runner
+        await asyncio.wait({runner})
+        if not runner.cancelled():
+            runner.exception()  # seen (it was logged or raised already)
