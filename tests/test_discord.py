@@ -25,6 +25,7 @@ from bot.adapters.discord import DiscordAdapter
 from bot.adapters.discord.render import LIMIT, split_message
 from bot.config import Secret, Settings, load_settings
 from bot.contract import InboundMessage, Platform, Rating, conversation_key
+from bot.core.metrics import REGISTRY
 from bot.errors import ConfigError, PlatformSetupError
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.runtime import Runtime
@@ -259,11 +260,21 @@ async def test_the_number_of_edits_stays_within_the_budget(
     assert all(1 <= edits <= 12 for edits in per_answer), per_answer
 
 
+def discord_429s() -> float:
+    """The 429s counted in the bot's metrics so far."""
+    found = REGISTRY.get_sample_value(
+        "research_agent_platform_rate_limited_total", {"platform": "discord"}
+    )
+    return found or 0.0
+
+
 async def test_a_429_on_an_edit_is_waited_out(world: World, ollama: FakeOllama) -> None:
     await world.start()
     world.fake.rate_limit_next("PATCH", r"/channels/\d+/messages/\d+$", retry_after=0.6)
+    counted = discord_429s()
     question = await world.ask(world.research, QUESTION)
     final = await world.final(world.research, question)
+    assert discord_429s() == counted + 1, "counted, though discord.py retried it itself"
     limited = [(t, s) for t, m, p, s in world.fake.timeline if m == "PATCH"]
     first_429 = next(t for t, status in limited if status == 429)
     after = [t for t, status in limited if t > first_429]

@@ -62,6 +62,12 @@ class Cluster(Protocol):
     def replicas(self) -> int:
         """Live replicas, this one included (1 when alone)."""
 
+    @property
+    def lease_s(self) -> float:
+        """How long this replica's leases (its shards among them) last unless renewed: a
+        holder renews about three times per lease, and a dead replica's share is taken
+        over about this long after it stopped."""
+
     async def pace(self, key: str, *, per_minute: float, burst: int = 1) -> float:
         """Take a slot of a rate every replica shares (Discord's IDENTIFY, say): 0.0 when
         taken, else the seconds to wait before asking again. Raises StoreError."""
@@ -70,7 +76,8 @@ class Cluster(Protocol):
         """Which of ``platform``'s ``count`` shards this replica runs now: its fair share,
         each shard run by one live replica (all of them when alone). Call it again every
         few seconds: it renews what this replica holds, takes over the shards of a
-        replica that died, and gives back extras when another joined. Raises StoreError."""
+        replica that died, and gives back extras when another joined (every
+        ``lease_s / 3`` keeps what it holds). Raises StoreError."""
 
     async def release_shards(self, platform: Platform) -> None:
         """Give back every shard of ``platform`` (at shutdown)."""

@@ -50,6 +50,10 @@ class Cluster:
     def replicas(self) -> int:
         return self._replicas
 
+    @property
+    def lease_s(self) -> float:
+        return self._store.lease_s
+
     async def start(self) -> None:
         """Join: the first beat now (so the count is right before adapters start), the
         next ones in the background."""

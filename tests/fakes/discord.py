@@ -7,9 +7,17 @@ interaction responses), records every REST request (``requests``) and every gate
 the client sent (``received``), and behaves the way discord.py relies on:
 
 * login: ``GET /users/@me`` (401 for a wrong token), ``GET /oauth2/applications/@me``;
-* gateway: HELLO, heartbeat ACKs, IDENTIFY answered with READY and one GUILD_CREATE per
-  guild, or closed with 4004 (bad token) or 4014 (the Message Content intent requested
-  but not enabled for the application); RESUME answered with RESUMED;
+* gateway: ``GET /gateway/bot`` (the URL, the recommended ``shards`` and the
+  ``session_start_limit`` with its ``max_concurrency``); HELLO, heartbeat ACKs, IDENTIFY
+  answered with READY and one GUILD_CREATE per guild of its shard, or closed with 4004
+  (bad token) or 4014 (the Message Content intent requested but not enabled for the
+  application); RESUME answered with RESUMED;
+* shards as Discord routes them: each connection is a :class:`Connection` holding the
+  ``shard: [id, count]`` its IDENTIFY named (``[0, 1]`` when it named none), and a
+  guild's events go only to the connection of shard ``(guild_id >> 22) % count``, a DM's
+  to shard 0; each IDENTIFY's arrival is recorded, and :meth:`FakeDiscord.too_early`
+  lists those that came within ``identify_window_s`` of another of the same rate-limit
+  key (``shard_id % max_concurrency``);
 * messages: create (with ``nonce`` + ``enforce_nonce`` returning the first message for a
   repeated nonce), edit, delete, history (``after`` / ``before`` / ``limit``, newest
   first), typing, threads from a message (error 160004 when one exists); the bot's own
@@ -32,7 +40,7 @@ import re
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,6 +72,36 @@ def user(user_id: int, name: str, *, bot: bool = False) -> Json:
         "avatar": None,
         "bot": bot,
     }
+
+
+@dataclass(slots=True, eq=False)
+class Connection:
+    """One gateway connection as the fake saw it: whose shard, since when, what it got."""
+
+    socket: web.WebSocketResponse
+    # The client's port: which process holds it can be read in /proc (tests/processes.py).
+    port: int
+    shard: tuple[int, int] | None = None  # [id, count] of its IDENTIFY (or its session's)
+    identified_at: float | None = None  # time.monotonic() of its IDENTIFY's arrival
+    session: str | None = None
+    ready: bool = False  # READY or RESUMED sent: events flow
+    closed_at: float | None = None
+    # The names of the dispatches it was sent, with the guild each was about.
+    events: list[tuple[str, int | None]] = field(default_factory=list)
+
+    @property
+    def live(self) -> bool:
+        return self.closed_at is None and not self.socket.closed
+
+    def serves(self, guild_id: int | None) -> bool:
+        """Whether Discord would send this guild's events (None: a DM's) down here."""
+        shard_id, count = self.shard or (0, 1)
+        return shard_of(guild_id, count) == shard_id
+
+
+def shard_of(guild_id: int | None, count: int) -> int:
+    """The shard a guild's events go to (DMs go to shard 0)."""
+    return 0 if guild_id is None else (guild_id >> 22) % count
 
 
 @dataclass(slots=True)
@@ -106,6 +144,13 @@ class FakeDiscord(FakeServer):
         self.followups: dict[str, list[Json]] = defaultdict(list)
         self.interactions: dict[str, Json] = {}
         self.identifies: list[Json] = []
+        # GET /gateway/bot: the shards Discord recommends, and how many may IDENTIFY at once
+        # (one per ``identify_window_s`` per key ``shard_id % max_concurrency``).
+        self.recommended_shards = 1
+        self.max_concurrency = 1
+        self.identify_window_s = 5.0
+        self.connections: list[Connection] = []
+        self._sessions: dict[str, tuple[int, int]] = {}
         self.received: list[Json] = []
         self.cannot_send: set[int] = set()
         self._storms: list[Storm] = []
@@ -120,7 +165,6 @@ class FakeDiscord(FakeServer):
         self._windows: dict[tuple[str, int], deque[float]] = defaultdict(deque)
         self._second: deque[float] = deque()
         self._nonces: dict[tuple[int, str], Json] = {}
-        self._sockets: set[web.WebSocketResponse] = set()
         self.gateway_connections = 0
         self._seq = 0
         self._session = 0
@@ -144,8 +188,20 @@ class FakeDiscord(FakeServer):
     def new_id(self) -> int:
         return self._snowflake()
 
-    def add_guild(self, name: str = "Research", *, channels: tuple[str, ...] = ("general",)) -> int:
+    def add_guild(
+        self,
+        name: str = "Research",
+        *,
+        channels: tuple[str, ...] = ("general",),
+        shard: tuple[int, int] | None = None,
+    ) -> int:
+        """A guild the bot is in; ``shard=(id, count)``: one whose events go to that shard."""
         guild_id = self._snowflake()
+        if shard is not None:
+            # A guild's shard is its snowflake's timestamp modulo the count: move the
+            # timestamp (by less than ``count`` ms) onto the wanted shard.
+            index, count = shard
+            guild_id += ((index - shard_of(guild_id, count)) % count) << 22
         self.guilds[guild_id] = {
             "id": str(guild_id),
             "name": name,
@@ -263,6 +319,32 @@ class FakeDiscord(FakeServer):
     def bot_messages(self, channel_id: int) -> list[Json]:
         return [m for m in self.in_channel(channel_id) if m["author"]["id"] == str(self.bot_id)]
 
+    def live(self) -> dict[int, list[Connection]]:
+        """The live, identified connections by shard id."""
+        found: dict[int, list[Connection]] = defaultdict(list)
+        for connection in self.connections:
+            if connection.live and connection.shard is not None:
+                found[connection.shard[0]].append(connection)
+        return dict(found)
+
+    def identified(self) -> list[Connection]:
+        """The connections that sent an IDENTIFY, in the order they sent it."""
+        done = [c for c in self.connections if c.identified_at is not None]
+        return sorted(done, key=lambda c: c.identified_at or 0.0)
+
+    def too_early(self) -> list[tuple[Connection, Connection]]:
+        """Pairs of IDENTIFYs of one rate-limit key closer than ``identify_window_s``."""
+        last: dict[int, tuple[float, Connection]] = {}
+        found = []
+        for connection in self.identified():
+            assert connection.shard is not None and connection.identified_at is not None
+            key = connection.shard[0] % self.max_concurrency
+            at, before = last.get(key, (-float("inf"), connection))
+            if connection.identified_at - at < self.identify_window_s:
+                found.append((before, connection))
+            last[key] = (connection.identified_at, connection)
+        return found
+
     def writes(self) -> list[Any]:
         """Message creates and edits, in the order they arrived (429s included)."""
         return [
@@ -297,11 +379,15 @@ class FakeDiscord(FakeServer):
     # ------------------------------------------------------------------ gateway side
 
     async def dispatch(self, event: str, data: Json) -> None:
+        """Send ``event`` down the connection(s) of the shard its guild belongs to."""
         self._seq += 1
         frame = json.dumps({"op": 0, "t": event, "s": self._seq, "d": data})
-        for socket in list(self._sockets):
-            if not socket.closed:
-                await socket.send_str(frame)
+        guild = data.get("guild_id")
+        guild_id = int(guild) if guild is not None else None
+        for connection in list(self.connections):
+            if connection.live and connection.ready and connection.serves(guild_id):
+                connection.events.append((event, guild_id))
+                await connection.socket.send_str(frame)
 
     def message_payload(
         self,
@@ -408,14 +494,17 @@ class FakeDiscord(FakeServer):
 
     async def kick(self) -> None:
         """Drop every gateway connection (the client reconnects and resumes)."""
-        for socket in list(self._sockets):
-            await socket.close(code=4000, message=b"unknown error")
+        for connection in list(self.connections):
+            if connection.live:
+                await connection.socket.close(code=4000, message=b"unknown error")
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()
         await socket.prepare(request)
         self.gateway_connections += 1
-        self._sockets.add(socket)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        connection = Connection(socket, port=int(peer[1]) if peer else 0)
+        self.connections.append(connection)
         try:
             await socket.send_json({"op": 10, "d": {"heartbeat_interval": 41250}})
             async for frame in socket:
@@ -423,48 +512,64 @@ class FakeDiscord(FakeServer):
                     continue
                 payload = json.loads(frame.data)
                 self.received.append(payload)
-                await self._on_frame(socket, payload)
+                await self._on_frame(connection, payload)
                 await self._notify()
         finally:
-            self._sockets.discard(socket)
+            connection.closed_at = time.monotonic()
+            await self._notify()
         return socket
 
-    async def _on_frame(self, socket: web.WebSocketResponse, payload: Json) -> None:
+    async def _on_frame(self, connection: Connection, payload: Json) -> None:
         op = payload.get("op")
         if op == 1:
-            await socket.send_json({"op": 11})
+            await connection.socket.send_json({"op": 11})
         elif op == 2:
-            await self._identify(socket, payload["d"])
+            await self._identify(connection, payload["d"])
         elif op == 6:
-            self._seq += 1
-            await socket.send_json({"op": 0, "t": "RESUMED", "s": self._seq, "d": {}})
+            session = str(payload["d"].get("session_id"))
+            connection.session, connection.shard = session, self._sessions.get(session)
+            connection.ready = True
+            await self._send_dispatch(connection, "RESUMED", {})
 
-    async def _identify(self, socket: web.WebSocketResponse, data: Json) -> None:
+    async def _identify(self, connection: Connection, data: Json) -> None:
         self.identifies.append(data)
+        shard_id, count = (int(n) for n in data.get("shard") or (0, 1))
+        connection.shard, connection.identified_at = (shard_id, count), time.monotonic()
+        socket = connection.socket
         if data.get("token") != self.token:
             await socket.close(code=4004, message=b"Authentication failed.")
             return
         if int(data.get("intents", 0)) & MESSAGE_CONTENT and not self.message_content_enabled:
             await socket.close(code=4014, message=b"Disallowed intent(s).")
             return
+        if not 0 <= shard_id < count:
+            await socket.close(code=4010, message=b"Invalid shard.")
+            return
         self._session += 1
+        connection.session = f"session-{self._session}"
+        self._sessions[connection.session] = connection.shard
+        guilds = [g for gid, g in self.guilds.items() if connection.serves(gid)]
         ready = {
             "v": 10,
             "user": self.bot_user,
-            "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
-            "session_id": f"session-{self._session}",
+            "guilds": [{"id": g["id"], "unavailable": True} for g in guilds],
+            "session_id": connection.session,
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.bot_id), "flags": 1 << 19},
             "private_channels": [],
             "relationships": [],
+            "shard": [shard_id, count],
         }
-        await self._send_dispatch(socket, "READY", ready)
-        for guild in self.guilds.values():
-            await self._send_dispatch(socket, "GUILD_CREATE", guild)
+        await self._send_dispatch(connection, "READY", ready)
+        connection.ready = True
+        for guild in guilds:
+            await self._send_dispatch(connection, "GUILD_CREATE", guild)
 
-    async def _send_dispatch(self, socket: web.WebSocketResponse, event: str, data: Json) -> None:
+    async def _send_dispatch(self, connection: Connection, event: str, data: Json) -> None:
         self._seq += 1
-        await socket.send_json({"op": 0, "t": event, "s": self._seq, "d": data})
+        guild = data.get("id") if event == "GUILD_CREATE" else data.get("guild_id")
+        connection.events.append((event, int(guild) if guild is not None else None))
+        await connection.socket.send_json({"op": 0, "t": event, "s": self._seq, "d": data})
 
     # ------------------------------------------------------------------ REST side
 
@@ -473,6 +578,7 @@ class FakeDiscord(FakeServer):
         api = "/api/v10"
         app.router.add_get(f"{api}/users/@me", self._me)
         app.router.add_get(f"{api}/oauth2/applications/@me", self._application)
+        app.router.add_get(f"{api}/gateway/bot", self._gateway_bot)
         app.router.add_get(f"{api}/channels/{{cid}}", self._get_channel)
         app.router.add_post(f"{api}/channels/{{cid}}/messages", self._create_message)
         app.router.add_get(f"{api}/channels/{{cid}}/messages", self._history)
@@ -576,6 +682,20 @@ class FakeDiscord(FakeServer):
                 "owner": user(self._snowflake(), "owner"),
                 "verify_key": "0" * 64,
                 "flags": (1 << 19) if self.message_content_enabled else 0,
+            }
+        )
+
+    async def _gateway_bot(self, request: web.Request) -> web.Response:
+        return _json(
+            {
+                "url": self.gateway_url.rstrip("/"),
+                "shards": self.recommended_shards,
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 1000 - len(self.identifies),
+                    "reset_after": 86_400_000,
+                    "max_concurrency": self.max_concurrency,
+                },
             }
         )
 

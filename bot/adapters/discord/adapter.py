@@ -2,14 +2,15 @@
 
 :class:`DiscordAdapter` is what the runtime and the intake see (the
 :class:`~bot.adapters.base.Adapter` protocol); each of its jobs is a collaborator's, built
-here and handed only what it needs. discord.py's ``Route.BASE`` and gateway URL are class
-attributes, so one process runs one Discord adapter.
+here and handed only what it needs. A client that never connects carries the REST calls
+(replies, edits); the gateway shards this replica runs each have a client of their own
+(:class:`~bot.adapters.discord.shards.ShardSet`). discord.py's ``Route.BASE`` and gateway
+URL are class attributes, so one process runs one Discord adapter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Mapping
 from typing import Any
@@ -30,13 +31,13 @@ from bot.adapters.discord.client import (
 from bot.adapters.discord.commands import SlashCommands
 from bot.adapters.discord.inbound import PLATFORM, Answered, Inbound
 from bot.adapters.discord.outbound import Outbound
-from bot.adapters.discord.pacing import SendBudget
+from bot.adapters.discord.pacing import RetriedLimits, SendBudget
 from bot.adapters.discord.permissions import Access
 from bot.adapters.discord.reply import DiscordReply
+from bot.adapters.discord.shards import GatewayClient, IdentifyPacer, ShardSet, gateway_plan
 from bot.adapters.discord.target import DiscordTarget, decode_target, encode_target
 from bot.config import DiscordSettings, Secret
 from bot.contract import InboundMessage, Platform
-from bot.errors import PlatformSetupError
 
 _log = logging.getLogger(__name__)
 
@@ -62,19 +63,23 @@ class DiscordAdapter:
         self._intake: IntakePort | None = None
         self._guild_ready_timeout_s = guild_ready_timeout_s
         self.rate_limit_per_minute = settings.rate_limit_per_minute
+        # REST only (never connects): replies, edits, threads, whichever shards run here.
         self._client: DiscordClient | None = None
-        self._runner: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        self._shards: ShardSet | None = None
+        self._pacer: IdentifyPacer | None = None
+        self._synced = False
         self._stopped = asyncio.Event()
         self._alive = False
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        # One budget for every request of every conversation.
-        self._budget = SendBudget()
+        # One budget for every request of every conversation, the bot's divided among
+        # the replicas.
+        self._budget = SendBudget(replicas=self._replicas)
+        self._retried_limits = RetriedLimits()
         self._access = Access(
             admin_role_ids=settings.admin_role_ids, admin_user_ids=settings.admin_user_ids
         )
-        self._answered = Answered(self._intake_has_answered)
+        self._answered = Answered(self._intake_has_answered, shared=self._shared)
         self._inbound = Inbound(
             settings,
             access=self._access,
@@ -87,7 +92,6 @@ class DiscordAdapter:
         self._catch_up = CatchUp(
             settings,
             max_age_s=inbox_max_age_s,
-            client=self._current_client,
             budget=self._budget,
             answered=self._answered,
             consider=self._inbound.consider,
@@ -107,7 +111,9 @@ class DiscordAdapter:
         return await check_credentials(self._settings.api_url, self._token)
 
     async def start(self, intake: IntakePort) -> None:
-        """Log in, sync the slash commands, connect; return once the gateway is ready.
+        """Log in, ask Discord how many shards, connect this replica's share of them;
+        return once those are ready (alone: every shard; with other replicas: perhaps
+        none yet, and the REST client answers all the same).
 
         Raises:
             PlatformSetupError: a bad token, the Message Content intent off, Discord
@@ -118,63 +124,95 @@ class DiscordAdapter:
         self._intake = intake
         discord.http.Route.BASE = self._settings.api_url.rstrip("/")
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._settings.gateway_url)
-        self._client = client = DiscordClient(
-            inbound=self._inbound,
-            commands=self._commands,
-            access=self._access,
-            answered=self._answered,
-            on_ready=self._on_ready,
-            guild_ready_timeout=self._guild_ready_timeout_s,
-        )
+        self._retried_limits.attach()
+        self._client = client = self._new_client()
         try:
             await client.login(self._token.reveal())
-            self._runner = asyncio.create_task(client.connect(reconnect=True), name="discord")
-            ready = asyncio.create_task(self._ready.wait())
-            await asyncio.wait({ready, self._runner}, return_when=asyncio.FIRST_COMPLETED)
-            ready.cancel()
-            if not self._ready.is_set():
-                await self._runner  # it ended: raises why
-                raise PlatformSetupError("Discord closed the connection before it was ready")
+            plan = await gateway_plan(client.http, self._settings.shard_count)
+            self._pacer = IdentifyPacer(intake.cluster, plan.max_concurrency)
+            self._shards = ShardSet(
+                intake.cluster, plan.count, launch=self._launch, lost=self._lost
+            )
+            await self._shards.start()
         except BaseException as exc:
-            await self._shut(client)
+            await self._shut()
             raise start_error(exc, self._settings.api_url) from exc
         self._alive = True
-        self._spawn(self._watch(self._runner), "discord-watch")
-        _log.info("Discord: connected as %s to %d server(s)", client.user, len(client.guilds))
+        _log.info(
+            "Discord: logged in as %s; shard(s) %s of %d run here",
+            client.user,
+            ", ".join(map(str, sorted(self._shards.running))) or "none yet",
+            plan.count,
+        )
 
     async def close(self) -> None:
         if self._closing:
             return
         self._closing = True
         self._alive = False
-        if self._client is not None:
-            await self._shut(self._client)
+        await self._shut()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
-    async def _shut(self, client: DiscordClient) -> None:
+    async def _shut(self) -> None:
         tasks = [task for task in self._tasks if task is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        try:
-            await client.close()
-        except Exception:
-            _log.exception("closing the Discord client failed")
-        if self._runner is not None:
-            with contextlib.suppress(BaseException):
-                await self._runner
+        if self._shards is not None:
+            await self._shards.close()
+        if self._client is not None:
+            try:
+                await self._client.close()
+            except Exception:
+                _log.exception("closing the Discord client failed")
+        self._retried_limits.detach()
 
-    async def _watch(self, runner: asyncio.Task[None]) -> None:
+    def _new_client(self, shard_id: int | None = None, count: int | None = None) -> DiscordClient:
+        return DiscordClient(
+            inbound=self._inbound,
+            commands=self._commands,
+            access=self._access,
+            answered=self._answered,
+            on_ready=self._on_ready,
+            guild_ready_timeout=self._guild_ready_timeout_s,
+            shard_id=shard_id,
+            shard_count=count,
+            before_identify=self._pacer.wait if self._pacer is not None else None,
+        )
+
+    async def _launch(self, shard_id: int) -> GatewayClient:
+        """The logged-in client of ``shard_id``; the replica that runs shard 0 syncs the
+        slash commands (once)."""
+        assert self._shards is not None
+        client = self._new_client(shard_id, self._shards.count)
         try:
-            await runner
-            _log.error("Discord: the gateway connection ended")
-        except discord.PrivilegedIntentsRequired:
+            await client.login(self._token.reveal())
+            if shard_id == 0 and not self._synced:
+                self._synced = True
+                await self._commands.sync(client.tree)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    def _lost(self, shard_id: int, exc: BaseException | None) -> None:
+        """A shard's connection ended for good: the adapter has stopped (its shards go to
+        the other replicas once the process is gone)."""
+        if self._closing:
+            return
+        if isinstance(exc, discord.PrivilegedIntentsRequired):
             _log.error("Discord: %s", INTENT_HELP)
-        except Exception:
-            _log.exception("Discord: the gateway connection was lost for good")
+        elif exc is None:
+            _log.error("Discord: the gateway connection of shard %d ended", shard_id)
+        else:
+            _log.error(
+                "Discord: the gateway connection of shard %d was lost for good",
+                shard_id,
+                exc_info=exc,
+            )
         self._alive = False
         self._stopped.set()
 
@@ -186,15 +224,20 @@ class DiscordAdapter:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _on_ready(self) -> None:
-        """The gateway is ready (at start-up, and again after a reconnect that re-identified)."""
-        self._ready.set()
-        self._spawn(self._catch_up.run(), "discord-catch-up")
+    def _on_ready(self, client: DiscordClient) -> None:
+        """A shard is ready (at its start, and again after a reconnect that re-identified)."""
+        self._spawn(self._catch_up.run(client), f"discord-catch-up:{client.shard_id}")
 
     # ------------------------------------------------------------------ what collaborators ask
 
     def _current_client(self) -> DiscordClient | None:
         return self._client
+
+    def _shared(self) -> bool:
+        return self._intake.cluster.shared if self._intake is not None else False
+
+    def _replicas(self) -> int:
+        return self._intake.cluster.replicas if self._intake is not None else 1
 
     def _user_id(self) -> int | None:
         return self._client.user_id if self._client is not None else None

@@ -2,7 +2,7 @@
 
 The history of research channels, and of the threads the bot answered in, is read back to
 the inbox's maximum age, and each message is handed in once more: the inbox drops those
-already taken.
+already taken. Each shard catches up its own guilds, on its own client, when it is ready.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import aiohttp
 import discord
 
 from bot.adapters.discord.inbound import Answered, thread_key
-from bot.adapters.discord.pacing import SendBudget
+from bot.adapters.discord.pacing import SendBudget, note_429
 from bot.config import DiscordSettings
 
 _log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ class CatchUp:
         settings: DiscordSettings,
         *,
         max_age_s: float,
-        client: Callable[[], discord.Client | None],
         budget: SendBudget,
         answered: Answered,
         consider: Callable[[discord.Message], Awaitable[None]],
@@ -40,15 +39,14 @@ class CatchUp:
         self._settings = settings
         self._research = frozenset(settings.research_channels)
         self._max_age_s = max_age_s
-        self._client = client
         self._budget = budget
         self._answered = answered
         self._consider = consider
 
-    async def run(self) -> None:
-        """Questions asked while the bot was away, from channel history, each handed in once."""
-        client = self._client()
-        if client is None or not self._max_age_s:
+    async def run(self, client: discord.Client) -> None:
+        """Questions asked while the bot was away, in the guilds ``client`` (a shard) sees,
+        from channel history, each handed in once."""
+        if not self._max_age_s:
             return
         since = datetime.now(UTC) - timedelta(seconds=self._max_age_s)
         places: list[discord.TextChannel | discord.Thread] = []
@@ -65,9 +63,12 @@ class CatchUp:
                     places.append(thread)
         handed = 0
         for place in places:
+            if client.is_closed():
+                return  # the shard stopped (given to another replica, or shutdown)
             try:
                 handed += await self._read_back(client, place, since)
             except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+                note_429(exc)
                 _log.warning("Discord: could not read the history of %s: %s", place.id, exc)
         if handed:
             _log.info("Discord: handed in %d message(s) from history after (re)connecting", handed)

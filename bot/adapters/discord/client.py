@@ -1,5 +1,7 @@
 """discord.py's client as this bot runs it: its intents, its events handed on, its start-up.
 
+One client per gateway shard (``shard_id``), and one that never connects for REST
+(replies, edits, commands): :mod:`bot.adapters.discord.shards` decides which shards run.
 Start-up fails with one :class:`~bot.errors.PlatformSetupError` line for a bad token or a
 Message Content intent that is not switched on; :func:`check_credentials` finds both
 before the gateway is even tried.
@@ -8,7 +10,7 @@ before the gateway is even tried.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -37,7 +39,11 @@ MESSAGE_CONTENT_FLAGS = (1 << 19) | (1 << 18)
 
 
 class DiscordClient(discord.Client):
-    """discord.py's client, handing each event to the collaborator whose job it is."""
+    """discord.py's client, handing each event to the collaborator whose job it is.
+
+    With ``shard_id`` it runs that shard of ``shard_count``, each IDENTIFY waiting for
+    ``before_identify`` (which paces them across replicas).
+    """
 
     def __init__(
         self,
@@ -46,8 +52,11 @@ class DiscordClient(discord.Client):
         commands: SlashCommands,
         access: Access,
         answered: Answered,
-        on_ready: Callable[[], None],
+        on_ready: Callable[[DiscordClient], None],
         guild_ready_timeout: float,
+        shard_id: int | None = None,
+        shard_count: int | None = None,
+        before_identify: Callable[[int | None], Awaitable[None]] | None = None,
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
@@ -61,7 +70,10 @@ class DiscordClient(discord.Client):
             max_ratelimit_timeout=30.0,
             guild_ready_timeout=guild_ready_timeout,
             chunk_guilds_at_startup=False,
+            shard_id=shard_id,
+            shard_count=shard_count,
         )
+        self._before_identify = before_identify
         self._inbound = inbound
         self._commands = commands
         self._access = access
@@ -75,10 +87,17 @@ class DiscordClient(discord.Client):
         return self.user.id if self.user is not None else None
 
     async def setup_hook(self) -> None:
-        await self._commands.set_up(self.tree)
+        # Every client answers the interactions of its shard; one syncs them (the adapter).
+        self._commands.register(self.tree)
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        if self._before_identify is None:
+            await super().before_identify_hook(shard_id, initial=initial)
+        else:
+            await self._before_identify(shard_id)
 
     async def on_ready(self) -> None:
-        self._on_ready()
+        self._on_ready(self)
 
     async def on_message(self, message: discord.Message) -> None:
         await self._inbound.consider(message)

@@ -33,8 +33,8 @@ class SlashCommands:
         self._access = access
         self._submit = submit
 
-    async def set_up(self, tree: app_commands.CommandTree[discord.Client]) -> None:
-        """Register /ask /reset /sources /session /help and sync them (``setup_hook``)."""
+    def register(self, tree: app_commands.CommandTree[discord.Client]) -> None:
+        """Register /ask /reset /sources /session /help (every client's ``setup_hook``)."""
 
         async def ask(interaction: discord.Interaction[Any], question: str) -> None:
             await self._run(interaction, "ask", question)
@@ -59,6 +59,10 @@ class SlashCommands:
                 # Only a hint to Discord's UI; the check that counts is Access.is_admin.
                 command.default_permissions = discord.Permissions(manage_guild=True)
             tree.add_command(command)
+
+    async def sync(self, tree: app_commands.CommandTree[discord.Client]) -> None:
+        """Send the registered commands to Discord (once, by the replica running shard 0);
+        a refusal is logged with its likely fix."""
         try:
             if self._settings.command_guild_ids:
                 for guild_id in self._settings.command_guild_ids:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +33,8 @@ _log = logging.getLogger(__name__)
 PLATFORM: Platform = "discord"
 SYSTEM_FREE = {discord.MessageType.default, discord.MessageType.reply}
 THREAD_NAME_CHARS = 90
+# With replicas sharing the store, how long "the bot has not answered there" is believed.
+SHARED_NO_S = 5.0
 
 Submit = Callable[[InboundMessage[DiscordTarget]], Awaitable[Submission]]
 
@@ -40,30 +43,54 @@ class Answered:
     """The conversations the bot has answered in: a follow-up there needs no mention.
 
     Remembered as the bot posts; anything not seen in this process is asked of the intake
-    once (``lookup``), and the answer kept.
+    (``lookup``). A yes is kept for good. A no is kept for good too when this process is
+    the only one answering; when replicas share the store (``shared``), another may answer
+    there at any moment, so a no is kept only :data:`SHARED_NO_S`, sparing the store a
+    lookup per message of a busy thread.
     """
 
-    def __init__(self, lookup: Callable[[str], Awaitable[bool]]) -> None:
+    def __init__(
+        self,
+        lookup: Callable[[str], Awaitable[bool]],
+        *,
+        shared: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._lookup = lookup
+        self._shared = shared
+        self._clock = clock
         self._answered: set[str] = set()
-        self._unanswered: set[str] = set()
+        self._unanswered: dict[str, float] = {}  # conversation -> when the lookup said no
 
     async def has_answered(self, key: str) -> bool:
         """Whether the bot has answered in conversation ``key``."""
         if key in self._answered:
             return True
-        if key in self._unanswered:
+        if self._fresh_no(key):
             return False
         if await self._lookup(key):
-            self._answered.add(key)
+            self.answered_in(key)
             return True
-        self._unanswered.add(key)
+        self._unanswered[key] = self._clock()
         return False
 
     def answered_in(self, key: str) -> None:
         """The bot has posted an answer in conversation ``key`` (its follow-ups need no mention)."""
         self._answered.add(key)
-        self._unanswered.discard(key)
+        self._unanswered.pop(key, None)
+
+    def _fresh_no(self, key: str) -> bool:
+        said = self._unanswered.get(key)
+        if said is None:
+            return False
+        if not self._shared():
+            return True
+        now = self._clock()
+        if now - said < SHARED_NO_S:
+            return True
+        # Stale: forget it, and every other one as stale, so the record stays small.
+        self._unanswered = {k: t for k, t in self._unanswered.items() if now - t < SHARED_NO_S}
+        return False
 
 
 class Inbound:

@@ -10,7 +10,7 @@ returns the first message.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import discord
 
@@ -21,6 +21,8 @@ from bot.adapters.discord.target import DiscordTarget, SlashState
 
 NO_MENTIONS = discord.AllowedMentions.none()
 ALREADY_THREADED = 160004
+# A day without messages archives a thread the bot started (Discord's default).
+THREAD_ARCHIVE_MINUTES: Literal[1440] = 1440
 
 
 class Surface(Protocol):
@@ -69,12 +71,19 @@ class Outbound:
     async def start_thread(self, target: DiscordTarget) -> discord.PartialMessageable | None:
         """The thread started from the question (``auto_thread``); None: answer in place."""
         assert target.message_id is not None
-        channel = self.partial(target.channel_id, target.guild_id)
-        question = channel.get_partial_message(target.message_id)
+        client = self._client()
+        assert client is not None
         try:
             await self._budget.acquire(target.channel_id, "create")
-            thread = await question.create_thread(name=target.thread_name)
-            return self.partial(thread.id, target.guild_id)
+            # The route itself: the REST client caches no guild, which a partial message's
+            # create_thread insists on, and only the thread's id is needed.
+            thread = await client.http.start_thread_with_message(
+                target.channel_id,
+                target.message_id,
+                name=target.thread_name,
+                auto_archive_duration=THREAD_ARCHIVE_MINUTES,
+            )
+            return self.partial(int(thread["id"]), target.guild_id)
         except discord.Forbidden as exc:
             self._access.missing_permission(target.channel_id, "create_public_threads", exc)
             return None

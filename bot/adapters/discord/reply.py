@@ -18,7 +18,7 @@ import aiohttp
 import discord
 
 from bot.adapters.discord.outbound import SlashSurface, Surface
-from bot.adapters.discord.pacing import SendBudget
+from bot.adapters.discord.pacing import SendBudget, note_429
 from bot.adapters.discord.permissions import Access
 from bot.adapters.discord.render import progress_line, render_reply, split_message
 from bot.contract import Reply
@@ -107,6 +107,7 @@ class DiscordReply:
                 # Not retried: the permission will not come back by itself.
                 self._access.missing_permission(self._surface.channel, "send", exc)
             except discord.RateLimited as exc:
+                note_429(exc)
                 self._budget.hold(self._surface.channel, exc.retry_after)
                 raise DeliveryFailed(
                     f"Discord rate limits channel {self._surface.channel}",
@@ -115,6 +116,7 @@ class DiscordReply:
             except discord.HTTPException as exc:
                 if exc.status != 429 and exc.status < 500:
                     raise
+                note_429(exc)
                 wait = _retry_after(exc)
                 if wait is not None:
                     self._budget.hold(self._surface.channel, wait)
@@ -145,11 +147,13 @@ class DiscordReply:
                 async with self._lock:
                     await self._sync(self._wanted, final=False)
             except discord.RateLimited as exc:
+                note_429(exc)
                 self._budget.hold(self._surface.channel, exc.retry_after)
             except discord.Forbidden as exc:
                 self._access.missing_permission(self._surface.channel, "send", exc)
                 return
-            except (discord.HTTPException, aiohttp.ClientError, OSError):
+            except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+                note_429(exc)
                 # The final edit carries everything; an update that failed is only late.
                 _log.warning("an update of %s failed; going on", self._label, exc_info=True)
             except Exception:
