@@ -9,12 +9,15 @@ injected latencies; the fake Slack runs on this script's event loop.
 * burst: ``--questions`` questions, each in a thread of its own, delivered at once and
   spread over the replicas (a third of them also redelivered to another replica, as
   Slack's retries land anywhere). Prints the wall time until every answer is finished,
-  the time to each answer (p50, p99), and the duplicates (must be 0). With 1 and with 2
-  replicas. On a machine with few cores, two replicas share the same cores: what is
-  measured is the cost or gain of coordination there, not a speed-up.
-* take-over: two replicas; a question is claimed by one, which is SIGKILLed at once
-  (mid-turn); the other finishes it once the lease (``--lease``) has run out. Prints the
-  time from the kill to the finished answer, against the lease.
+  the time to each answer (p50, p99), and the duplicates (must be 0). With 1 replica, and
+  with 2: once each taking every core for its embedding threads (the default), once with
+  the cores divided between them (``[embeddings].threads``). On a machine with few cores
+  two replicas share the same cores: what is measured is the cost of coordination and of
+  sharing there, not a speed-up.
+* take-over: two replicas; a question is taken by one, which is SIGKILLed as soon as its
+  reply is posted (mid-turn); the other finishes it, in that message, once the lease
+  (``--lease``) has run out. Prints the time from the kill to the finished answer, against
+  the lease, and the bot's messages in the thread (1: the one it had started).
 
     python bench/replicas.py [--questions 50] [--lease 5] [--backend hashing]
                              [--postgres URL]
@@ -89,7 +92,7 @@ class Replicas:
         self.bots: list[ServedBot] = []
         self.urls: list[str] = []
 
-    async def start(self, tmp: Path, database: str, count: int) -> None:
+    async def start(self, tmp: Path, database: str, count: int, *, divide: bool = True) -> None:
         configs = []
         for n in range(count):
             home = tmp / f"replica{n}"
@@ -106,6 +109,9 @@ class Replicas:
                 f'http_port = {port}\napi_url = "{self._slack.api_url}"\n\n'
                 "[intake]\nrate_limit_per_minute = 0\n",
             ).replace("[memory]\n", f"[memory]\nlease_s = {self._args.lease}\n")
+            # Replicas on one machine divide its cores, or their torch threads fight.
+            threads = max(1, len(os.sched_getaffinity(0)) // count) if divide else 0
+            text = text.replace("[embeddings]\n", f"[embeddings]\nthreads = {threads}\n")
             text = text.replace("[sources]\n", "[sources]\ncache_ttl_s = 0\n")
             (home / "config.toml").write_text(text, encoding="utf-8")
             configs.append(home / "config.toml")
@@ -124,11 +130,13 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def burst(args: argparse.Namespace, services: FakeServices, db: Server, count: int) -> str:
+async def burst(
+    args: argparse.Namespace, services: FakeServices, db: Server, count: int, *, divide: bool
+) -> str:
     async with FakeSlack() as slack:
         replicas = Replicas(args, services, slack)
         with tempfile.TemporaryDirectory() as tmp, fresh_database(db) as database:
-            await replicas.start(Path(tmp), database, count)
+            await replicas.start(Path(tmp), database, count, divide=divide)
             loop = asyncio.get_running_loop()
             sent: dict[str, float] = {}
 
@@ -158,9 +166,10 @@ async def burst(args: argparse.Namespace, services: FakeServices, db: Server, co
                 for ts in sent
             )
             await replicas.stop()
+    cores = "divided" if divide else "all each"
     return (
-        f"{count:>8} {args.questions:>9} {wall:>9.1f} {statistics.median(to_answer):>8.2f} "
-        f"{_p99(to_answer):>8.2f} {duplicates:>10}"
+        f"{count:>8} {cores:>9} {args.questions:>9} {wall:>9.1f} "
+        f"{statistics.median(to_answer):>8.2f} {_p99(to_answer):>8.2f} {duplicates:>10}"
     )
 
 
@@ -171,7 +180,7 @@ async def takeover(args: argparse.Namespace, services: FakeServices, db: Server)
             await replicas.start(Path(tmp), database, 2)
             event = slack.user_says(QUESTIONS[0])
             await slack.post_signed(replicas.urls[0], slack.callback(event))
-            await _claimed(database, f"{CHANNEL}:{event['ts']}")
+            await _replied(database, f"{CHANNEL}:{event['ts']}")
             await replicas.bots[0].kill()
             kill_at = asyncio.get_running_loop().time()
             await asyncio.wait_for(slack.until(lambda: bool(slack.finished_at(event["ts"]))), 600)
@@ -181,11 +190,14 @@ async def takeover(args: argparse.Namespace, services: FakeServices, db: Server)
     return f"{args.lease:>8.1f} {answered:>17.1f} {answers:>9}"
 
 
-async def _claimed(database: str, event_id: str) -> None:
+async def _replied(database: str, event_id: str) -> None:
+    """Until the replica has posted its reply and recorded the message's id: mid-turn."""
     conn = await asyncpg.connect(database)
     try:
         while True:
-            if await conn.fetchval("SELECT 1 FROM inbox WHERE event_id = $1", event_id):
+            if await conn.fetchval(
+                "SELECT 1 FROM inbox WHERE event_id = $1 AND reply_id IS NOT NULL", event_id
+            ):
                 return
             await asyncio.sleep(0.01)
     finally:
@@ -208,12 +220,12 @@ async def run(args: argparse.Namespace) -> None:
             )
             print()
             print("burst: every question at once, a third also redelivered elsewhere")
-            print(f"{'replicas':>8} {'questions':>9} {'wall s':>9} {'p50 s':>8} {'p99 s':>8} "
-                  f"{'duplicates':>10}")  # fmt: skip
-            for count in (1, 2):
-                print(await burst(args, services, db, count), flush=True)
+            print(f"{'replicas':>8} {'cores':>9} {'questions':>9} {'wall s':>9} {'p50 s':>8} "
+                  f"{'p99 s':>8} {'duplicates':>10}")  # fmt: skip
+            for count, divide in ((1, True), (2, False), (2, True)):
+                print(await burst(args, services, db, count, divide=divide), flush=True)
             print()
-            print("take-over: a replica SIGKILLed right after claiming a question")
+            print("take-over: a replica SIGKILLed as soon as its reply was posted")
             print(f"{'lease s':>8} {'kill to answer s':>17} {'messages':>9}")
             print(await takeover(args, services, db), flush=True)
     finally:

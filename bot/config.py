@@ -115,6 +115,10 @@ class EmbeddingSettings:
     # A local directory with the model's files; when set it wins over ``model``.
     model_path: str = ""
     workers: int = field(default=1, metadata=_between(1, 64))
+    # Threads each worker computes with; 0: the process's usable cores divided among the
+    # workers. Set it when several replicas share one machine's cores (their threads
+    # would otherwise oversubscribe the cores: see the README's replica benchmark).
+    threads: int = field(default=0, metadata=_between(0, 256))
     # An embedding call that takes longer is given up (the turn ranks without it) and its
     # workers are killed and replaced: a stopped or wedged worker must not hold turns.
     timeout_s: float = field(default=30.0, metadata=_between(0.5, 3600))

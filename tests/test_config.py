@@ -176,6 +176,7 @@ def test_a_database_password_in_the_file_is_refused_like_a_token(tmp_path: Path,
         ("[memory]\nlease_s = 0.1\n", {}, "[memory].lease_s"),
         ("[metrics]\nport = 70000\n", {}, "[metrics].port"),
         ("[discord]\nshard_count = -1\n", {}, "[discord].shard_count"),
+        ("[embeddings]\nthreads = -1\n", {}, "[embeddings].threads"),
     ],
 )
 def test_bad_database_and_replica_settings_fail_naming_them(

@@ -426,3 +426,11 @@ async def test_closing_while_the_model_loads_does_not_wait_for_it() -> None:
     assert time.monotonic() - started < 3
     with pytest.raises(EmbeddingError):
         await agent.embed(["x"])
+
+
+def test_threads_per_worker_default_to_the_cores_and_the_operator_can_set_them() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert EmbeddingAgent(_hashing_settings(workers=1)).threads_per_worker == cores
+    assert EmbeddingAgent(_hashing_settings(workers=cores + 1)).threads_per_worker == 1
+    # Replicas sharing one machine divide its cores among them.
+    assert EmbeddingAgent(_hashing_settings(workers=1, threads=1)).threads_per_worker == 1

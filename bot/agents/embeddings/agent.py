@@ -80,7 +80,10 @@ class EmbeddingAgent:
             stored_entries=settings.stored_cache_entries,
         )
         self._workers = WorkerPool(
-            settings.workers, label=self.label, make_config=self._worker_config
+            settings.workers,
+            label=self.label,
+            make_config=self._worker_config,
+            threads=settings.threads or None,
         )
 
     # ----------------------------------------------------------------- public API

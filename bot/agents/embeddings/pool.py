@@ -6,10 +6,10 @@ executor, aiosqlite's connection thread) and forking a threaded process can dead
 worker loads the model in the pool's initializer (:mod:`bot.agents.embeddings.worker`), and
 start-up runs one warm-up embedding in every worker before the pool takes work.
 
-Threads: each worker gets ``max(1, cpus // workers)`` torch threads (ONNX Runtime
-intra-op threads for the onnx backend) and one inter-op thread, so the pool as a whole
-never asks for more threads than the cores it may use; the event loop's process is idle
-while it waits. Measured on the 2-core development machine with
+Threads: each worker gets ``[embeddings].threads`` torch threads (ONNX Runtime intra-op
+threads for the onnx backend), by default ``max(1, cpus // workers)``, and one inter-op
+thread, so the pool as a whole never asks for more threads than the cores it may use; the
+event loop's process is idle while it waits. Measured on the 2-core development machine with
 all-MiniLM-L6-v2 and a turn of 21 article-sized texts: 1 worker x 2 threads took 1.3-1.9 s,
 1 worker x 1 thread 2.0-2.6 s, and 2 workers x 1 thread 2.3 s (a 21-text turn is a single
 batch of 32, so only one worker runs it). Hence the default of one worker using every core;
@@ -63,12 +63,18 @@ class WorkerPool:
     """
 
     def __init__(
-        self, workers: int, *, label: str, make_config: Callable[[], WorkerConfig]
+        self,
+        workers: int,
+        *,
+        label: str,
+        make_config: Callable[[], WorkerConfig],
+        threads: int | None = None,
     ) -> None:
         self._workers = workers
         self._label = label
         self._make_config = make_config
-        self._threads = max(1, _cpu_count() // workers)
+        # The operator's number wins: several replicas on one machine each see every core.
+        self._threads = threads or max(1, _cpu_count() // workers)
         self._executor: ProcessPoolExecutor | None = None
         self._generation = 0
         self._lock = asyncio.Lock()
