@@ -491,6 +491,8 @@ async def test_ahead_counts_the_unanswered_events_before_one(backend: Backend) -
     assert await here.inbox.finish("discord", "a", "answered")
     assert await there.inbox.hold("discord", "b", "held", deliver_by=later())
     assert await there.inbox.ahead("discord", "d") == 1
+    # Across replicas an answer not yet posted still goes first, whoever holds it.
+    assert await there.inbox.ahead("discord", "d", elsewhere=True) == 2
 
 
 async def test_backlog_counts_what_is_taken_and_not_finished(store: Store) -> None:

@@ -4,6 +4,7 @@ replicas. Two stores on one database stand for two replicas (both backends)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.intake.order import ConversationOrder
@@ -72,3 +73,38 @@ async def test_alone_turns_of_one_conversation_run_one_at_a_time_in_arrival_orde
     await asyncio.gather(*(turn(n) for n in (0, 2, 1, 3)))
 
     assert ran == ["e0", "e1", "e2", "e3"]
+
+
+async def test_a_turn_waits_for_an_earlier_answer_still_being_delivered_by_any_replica(
+    backend: Backend,
+) -> None:
+    adapter = InMemoryAdapter()
+    here = await backend.open(lease_s=60)
+    there = await backend.open()  # its lease is short: it "dies" at once
+    first = await claim(there, "e1")
+    second = await claim(here, "e2")
+    # The dead replica had its answer to e1 but had not posted it.
+    assert await there.inbox.hold(
+        "inmemory",
+        "e1",
+        "the answer",
+        deliver_by=first.received_at + timedelta(hours=1),
+        fence=first.fence,
+    )
+    order = ConversationOrder(here.inbox, shared=True)
+    ran: list[str] = []
+
+    async def turn() -> None:
+        async with order.turn(adapter.message("q", event_id="e2"), second):
+            ran.append("e2")
+
+    later = asyncio.create_task(turn())
+    await asyncio.sleep(TEST_LEASE_S * 2)
+    (taken,) = await here.inbox.recover(platforms=["inmemory"], max_age_s=DAY_S)
+    assert taken.reply == "the answer"
+    await asyncio.sleep(0.3)
+    assert ran == [], "e1's answer is held here now, not yet posted: e2 still waits"
+
+    assert await here.inbox.finish("inmemory", "e1", "answered", fence=taken.fence)
+    await asyncio.wait_for(later, 10)
+    assert ran == ["e2"]

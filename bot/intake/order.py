@@ -4,7 +4,8 @@ A conversation's turns run one at a time, earliest received first. In one proces
 a queue per conversation ordered by when each event was received. When replicas share
 the store, a conversation's questions may be claimed by different replicas; then a turn
 also waits until no earlier unanswered question of its conversation is held by another
-replica (:meth:`~bot.store.protocols.Inbox.ahead` with ``elsewhere``). That earlier one
+replica, and no earlier answer is still being delivered by any
+(:meth:`~bot.store.protocols.Inbox.ahead` with ``elsewhere``). That earlier one
 may come here after all: its replica died, and this one took it over when the lease ran
 out. It then goes first, though it joined the queue last. Nothing holds a database
 transaction or lock while a turn waits or runs; the wait polls the store, with a backoff,

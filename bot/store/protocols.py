@@ -169,7 +169,8 @@ class Inbox(Protocol):
 
     async def ahead(self, platform: str, event_id: str, *, elsewhere: bool = False) -> int:
         """How many unanswered events of the event's conversation came before it (its
-        place in the queue); with ``elsewhere``, only those other replicas hold."""
+        place in the queue); with ``elsewhere``, those other replicas hold and every
+        answer still being delivered, by any replica (its post must come first)."""
 
     async def backlog(self) -> Backlog:
         """Events taken but not finished (pending, or delivering), and the oldest's age."""

@@ -152,15 +152,21 @@ class SqlInbox:
             )
 
     async def ahead(self, platform: str, event_id: str, *, elsewhere: bool = False) -> int:
-        mine = "AND (o.owner IS NULL OR o.owner <> ?) " if elsewhere else ""
+        # Across replicas an earlier answer still being delivered counts too, whoever holds
+        # it: its post must come first, and if its replica died it will be taken over.
+        unanswered = (
+            "(o.status = 'delivering' OR (o.status = 'pending' "
+            "AND (o.owner IS NULL OR o.owner <> ?))) "
+            if elsewhere
+            else "o.status = 'pending' "
+        )
         params: tuple[Any, ...] = (platform, event_id) + ((self._replica,) if elsewhere else ())
         async with self._db.transaction("ahead", None, write=False) as conn:
             row = await conn.fetchone(
                 "SELECT COUNT(*) FROM inbox AS o JOIN inbox AS e "
                 "  ON e.platform = ? AND e.event_id = ? AND o.conversation = e.conversation "
-                "WHERE o.status = 'pending' "
-                "  AND (o.received_at, o.platform, o.event_id) "
-                "    < (e.received_at, e.platform, e.event_id) " + mine,
+                "WHERE " + unanswered + "AND (o.received_at, o.platform, o.event_id) "
+                "    < (e.received_at, e.platform, e.event_id)",
                 *params,
             )
         return int(row[0]) if row is not None else 0
