@@ -4,7 +4,7 @@ replicas. Two stores on one database stand for two replicas (both backends)."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.intake.order import ConversationOrder
@@ -88,7 +88,7 @@ async def test_a_turn_waits_for_an_earlier_answer_still_being_delivered_by_any_r
         "inmemory",
         "e1",
         "the answer",
-        deliver_by=first.received_at + timedelta(hours=1),
+        deliver_by=datetime.now(UTC) + timedelta(hours=1),
         fence=first.fence,
     )
     order = ConversationOrder(here.inbox, shared=True)
