@@ -489,6 +489,42 @@ async def test_the_slash_command_goes_through_the_shared_commands(
     assert "link to the thread" in hint
 
 
+async def test_an_unknown_command_lists_the_commands_instead_of_being_researched(
+    make_settings: SettingsFactory, slack: FakeSlack, ollama: FakeOllama
+) -> None:
+    async with serving(slack_settings(make_settings, slack, "http")) as (_rt, bot):
+        status, _ = await slack.post_signed(
+            bot.http_url, slack.command("foo bar", user="UBOB"), kind="command"
+        )
+        assert status == 200
+        await bot.settle()
+        await deliver(slack, bot, slack.user_says("/sauces", user="UBOB"), event_id="Ev-u1")
+        await bot.settle()
+    by_command, by_mention = (m.text for m in slack.ephemeral("UBOB"))
+    assert by_command.startswith("/research foo is not a command I know.")
+    assert by_mention.startswith("/sauces is not a command I know.")
+    for line in (by_command, by_mention):
+        assert "\n/research sources lists" in line and "\n/research reset" in line
+    assert ollama.chat_bodies() == [], "nothing was researched"
+
+
+async def test_a_slash_reset_by_a_member_is_refused_before_any_thread_link_is_asked_for(
+    make_settings: SettingsFactory, slack: FakeSlack
+) -> None:
+    slack.users["UADMIN"] = {"is_admin": True}
+    async with serving(slack_settings(make_settings, slack, "http")) as (_rt, bot):
+        for user in ("UBOB", "UADMIN"):
+            status, _ = await slack.post_signed(
+                bot.http_url, slack.command("reset", user=user), kind="command"
+            )
+            assert status == 200
+            await bot.settle()
+    [refusal] = (m.text for m in slack.ephemeral("UBOB"))
+    assert refusal.startswith("Sorry, only workspace admins and owners can reset")
+    [hint] = (m.text for m in slack.ephemeral("UADMIN"))
+    assert "`/research reset &lt;link to the thread&gt;`" in hint
+
+
 async def test_a_feedback_click_is_stored_with_the_turn_and_counted(
     make_settings: SettingsFactory, slack: FakeSlack
 ) -> None:
