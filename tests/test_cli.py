@@ -474,6 +474,20 @@ async def test_a_reset_that_fails_keeps_the_chat_going(make_settings: Any) -> No
     assert "StoreError" not in out.getvalue() and "closed" not in out.getvalue()
 
 
+async def test_an_unknown_slash_command_in_the_terminal_lists_the_commands(
+    make_settings: Any, ollama: FakeOllama
+) -> None:
+    async with await Runtime.start(make_settings()) as runtime:
+        out = io.StringIO()
+        adapter = TerminalAdapter(
+            session="typo", stdin=io.StringIO("/sauces please\n"), stdout=out, stderr=io.StringIO()
+        )
+        await runtime.add_adapter(adapter)
+        await adapter.run()
+    assert "/sauces is not a command I know. My commands are:\n/sources lists" in out.getvalue()
+    assert ollama.chat_bodies() == [], "nothing was researched"
+
+
 async def test_closing_the_terminal_adapter_ends_its_chat_loop(make_settings: Any) -> None:
     async with await Runtime.start(make_settings()) as runtime:
         read_end, write_end = os.pipe()  # input that never comes

@@ -339,6 +339,27 @@ async def test_system_messages_and_unaddressed_chatter_are_not_taken(
     assert taken == [probe["id"]]
 
 
+async def test_an_unknown_slash_command_typed_as_a_message_lists_the_commands(
+    world: World, ollama: FakeOllama
+) -> None:
+    await world.start()
+    typed = await world.ask(world.research, "/foo bar")
+    mentioned = await world.ask(world.general, world.mention("/sauces"))
+    ids = (typed["id"], mentioned["id"])
+    await world.outcomes.wait(lambda: all(world.outcomes.of(i) for i in ids))
+    assert [world.outcomes.of(i) for i in ids] == [["command"], ["command"]]
+    lines = [m["content"] for c in (world.research, world.general)
+             for m in world.fake.bot_messages(c)]  # fmt: skip
+    assert [line.split(" is not", 1)[0] for line in lines] == ["/foo", "/sauces"]
+    assert all("\n/sources lists" in line and "\n/reset" in line for line in lines)
+    assert ollama.chat_bodies() == [], "nothing was researched"
+
+    # Discord's own /ask, typed as text, is the question it carries.
+    question = await world.ask(world.general, world.mention("/ask " + QUESTION))
+    await world.final(world.general, question)
+    assert f"Question: {QUESTION}" in str(answer_calls(ollama)[0]["messages"])
+
+
 # ----------------------------------------------------------------------------- slash commands
 
 

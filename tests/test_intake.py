@@ -239,6 +239,23 @@ async def test_commands_answer_here_and_reset_is_for_admins(
     assert len(ollama.chat_bodies()) == calls, "no command reached the language model"
 
 
+async def test_an_unknown_slash_command_lists_the_commands_instead_of_being_researched(
+    bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    assert (await bot.deliver("/foo")).outcome == "command"
+    unknown = bot.service.in_channel("general")[-1]
+    assert unknown.private_to is not None
+    assert unknown.text.startswith("/foo is not a command I know.")
+    for command in ("/sources", "/session", "/reset", "/help"):
+        assert f"\n{command} " in unknown.text
+    await bot.deliver("/reset everything", author="alice", is_admin=True)
+    assert bot.service.in_channel("general")[-1].text.startswith("/reset takes nothing after it")
+    assert answer_calls(ollama) == [], "neither reached the language model"
+
+    reply = await bot.ask("/usr/bin is what?")  # a turn ran: a path is a question
+    assert reply.question == "/usr/bin is what?" and reply.status != "failed"
+
+
 # ----------------------------------------------------------------------------- untrusted text
 
 

@@ -21,7 +21,7 @@ from bot.intake.chain import (
     SkipEmpty,
     compose,
 )
-from bot.intake.commands import help_text, parse_command
+from bot.intake.commands import NotACommand, help_text, parse_command
 from bot.intake.delivery import GuardedReply
 from bot.intake.ratelimit import LocalBuckets, RateLimiter, describe_wait
 
@@ -249,6 +249,33 @@ def test_waits_read_naturally(seconds: float, text: str) -> None:
 )  # fmt: skip
 def test_commands_are_whole_messages(text: str, command: str | None) -> None:
     assert parse_command(text) == command
+
+
+@pytest.mark.parametrize(
+    ("text", "prefix", "parsed"),
+    [("/foo", "/", NotACommand("/foo")),
+     ("/Foo bar baz", "/", NotACommand("/Foo", "bar baz")),
+     ("/what?", "/", NotACommand("/what")),
+     ("/set-model llama", "/", NotACommand("/set-model", "llama")),
+     ("/reset now", "/", NotACommand("/reset", "now")),
+     ("@bot /foo", "/", None),  # an adapter removes its mention; this one was not
+     ("/usr/bin is what?", "/", None), ("/r/rust, what is it?", "/", None),
+     ("/2024 in review?", "/", None), ("/ what", "/", None), ("What is /foo?", "/", None),
+     ("foo", "", None), ("", "", None),
+     ("/research foo", "/research ", NotACommand("/research foo")),
+     ("/research What is Rust?", "/research ", NotACommand("/research What", "is Rust?")),
+     ("/research sources", "/research ", "sources"), ("/research", "/research ", "help"),
+     ("/foo", "/research ", NotACommand("/foo"))],
+)  # fmt: skip
+def test_a_slash_and_one_word_of_letters_is_written_as_a_command(
+    text: str, prefix: str, parsed: object
+) -> None:
+    assert parse_command(text, prefix) == parsed
+
+
+def test_a_known_command_given_arguments_is_told_apart_from_an_unknown_one() -> None:
+    assert NotACommand("/reset", "now").known and NotACommand("/research help", "me").known
+    assert not NotACommand("/foo").known and not NotACommand("/research foo").known
 
 
 def test_help_is_written_with_the_platforms_prefix() -> None:

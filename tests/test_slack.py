@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+import yaml  # type: ignore[import-untyped]  # PyYAML, which langchain-core requires
 
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.platforms import chat_adapters
 from bot.adapters.slack import RESET_SHORTCUT, SlackAdapter
+from bot.adapters.slack.commands import COMMAND
+from bot.adapters.slack.panel import SUGGESTED_PROMPTS
 from bot.adapters.slack.render import MESSAGE_CHARS, split_message, to_mrkdwn
 from bot.cli import _conversations, _serve
 from bot.config import Secret, Settings, load_settings
@@ -36,7 +39,7 @@ from bot.errors import ConfigError, PlatformSetupError, StartupError
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.runtime import Runtime
 from tests.fakes.ollama import FakeOllama, default_responder, split_tokens
-from tests.fakes.slack import BOT_USER, SIGNING_SECRET, TEAM, FakeSlack
+from tests.fakes.slack import ALL_SCOPES, BOT_USER, SIGNING_SECRET, TEAM, FakeSlack
 from tests.slack_helpers import SettlingSlackAdapter
 
 SettingsFactory = Callable[..., Settings]
@@ -259,26 +262,44 @@ async def test_a_direct_message_is_answered_in_its_thread(
     assert len(slack.in_thread("D0ALICE", dm["ts"])) == 1
 
 
-async def test_the_assistant_panel_suggests_prompts_and_shows_status(
-    make_settings: SettingsFactory, slack: FakeSlack
+async def test_the_agent_view_panel_suggests_prompts_and_its_messages_are_answered(
+    make_settings: SettingsFactory, slack: FakeSlack, caplog: pytest.LogCaptureFixture
 ) -> None:
+    async with serving(slack_settings(make_settings, slack)) as (_rt, bot):  # Socket Mode
+        await deliver(slack, bot, slack.home_opened(channel="D0PANEL"), event_id="Ev-ag1")
+        await deliver(slack, bot, slack.home_opened(channel="D0PANEL", tab="home"),
+                      event_id="Ev-ag2")  # fmt: skip
+        root = slack.dm_root(QUESTION, channel="D0PANEL")
+        await deliver(slack, bot, root, event_id="Ev-ag3")
+        await bot.settle()
+    [prompts] = slack.calls_to("assistant.threads.setSuggestedPrompts")
+    assert prompts.args["channel_id"] == "D0PANEL" and "thread_ts" not in prompts.args
+    assert [p["title"] for p in prompts.args["prompts"]] == ["What is it?", "Compare", "Latest"]
+    assert slack.calls_to("assistant.threads.setStatus")[0].args["thread_ts"] == root["ts"]
+    assert len(slack.in_thread("D0PANEL", root["ts"])) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_the_assistant_view_panel_still_suggests_prompts_and_shows_status(
+    make_settings: SettingsFactory, slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    slack.surface = "assistant"  # a workspace whose app still has features.assistant_view
     async with serving(slack_settings(make_settings, slack, "http")) as (_rt, bot):
-        thread = "1700000500.000100"
-        started = {
-            "type": "assistant_thread_started",
-            "assistant_thread": {"user_id": "UALICE", "channel_id": "D0PANEL",
-                                 "thread_ts": thread, "context": {}},
-            "event_ts": thread,
-        }  # fmt: skip
+        started = slack.assistant_thread_started(channel="D0PANEL")
+        thread = started["assistant_thread"]["thread_ts"]
         await deliver(slack, bot, started, event_id="Ev-as1")
         question = slack.user_says(QUESTION, channel="D0PANEL", thread_ts=thread,
                                    mention=False, channel_type="im")  # fmt: skip
         await deliver(slack, bot, question, event_id="Ev-as2")
+        # Subscribed to app_home_opened as well: Slack refuses a threadless call.
+        await deliver(slack, bot, slack.home_opened(channel="D0PANEL"), event_id="Ev-as3")
         await bot.settle()
-    prompts = slack.calls_to("assistant.threads.setSuggestedPrompts")
-    assert len(prompts) == 1 and prompts[0].args["thread_ts"] == thread
+    first, refused = slack.calls_to("assistant.threads.setSuggestedPrompts")
+    assert first.args["thread_ts"] == thread and first.args["channel_id"] == "D0PANEL"
+    assert "thread_ts" not in refused.args
     assert slack.calls_to("assistant.threads.setStatus")[0].args["thread_ts"] == thread
     assert len(slack.in_thread("D0PANEL", thread)) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "an expected no"
 
 
 # ----------------------------------------------------------------------------- text safety
@@ -489,6 +510,42 @@ async def test_the_slash_command_goes_through_the_shared_commands(
     assert "link to the thread" in hint
 
 
+async def test_an_unknown_command_lists_the_commands_instead_of_being_researched(
+    make_settings: SettingsFactory, slack: FakeSlack, ollama: FakeOllama
+) -> None:
+    async with serving(slack_settings(make_settings, slack, "http")) as (_rt, bot):
+        status, _ = await slack.post_signed(
+            bot.http_url, slack.command("foo bar", user="UBOB"), kind="command"
+        )
+        assert status == 200
+        await bot.settle()
+        await deliver(slack, bot, slack.user_says("/sauces", user="UBOB"), event_id="Ev-u1")
+        await bot.settle()
+    by_command, by_mention = (m.text for m in slack.ephemeral("UBOB"))
+    assert by_command.startswith("/research foo is not a command I know.")
+    assert by_mention.startswith("/sauces is not a command I know.")
+    for line in (by_command, by_mention):
+        assert "\n/research sources lists" in line and "\n/research reset" in line
+    assert ollama.chat_bodies() == [], "nothing was researched"
+
+
+async def test_a_slash_reset_by_a_member_is_refused_before_any_thread_link_is_asked_for(
+    make_settings: SettingsFactory, slack: FakeSlack
+) -> None:
+    slack.users["UADMIN"] = {"is_admin": True}
+    async with serving(slack_settings(make_settings, slack, "http")) as (_rt, bot):
+        for user in ("UBOB", "UADMIN"):
+            status, _ = await slack.post_signed(
+                bot.http_url, slack.command("reset", user=user), kind="command"
+            )
+            assert status == 200
+            await bot.settle()
+    [refusal] = (m.text for m in slack.ephemeral("UBOB"))
+    assert refusal.startswith("Sorry, only workspace admins and owners can reset")
+    [hint] = (m.text for m in slack.ephemeral("UADMIN"))
+    assert "`/research reset &lt;link to the thread&gt;`" in hint
+
+
 async def test_a_feedback_click_is_stored_with_the_turn_and_counted(
     make_settings: SettingsFactory, slack: FakeSlack
 ) -> None:
@@ -619,6 +676,22 @@ async def test_python_m_bot_serves_slack_when_its_tokens_are_set_and_sigterm_sto
     assert proc.returncode == 128 + signal.SIGTERM
     assert "answering on Slack" in err.decode() and "Stopped; bye." in err.decode()
     await slack.until(lambda: slack.connected == 0)
+
+
+def test_the_manifest_asks_for_what_the_adapter_serves() -> None:
+    manifest = yaml.safe_load((REPO / "slack-manifest.yaml").read_text(encoding="utf-8"))
+    features = manifest["features"]
+    assert "assistant_view" not in features, "replaced by agent_view for new apps"
+    assert features["agent_view"]["agent_description"]
+    prompts = [(p["title"], p["message"]) for p in features["agent_view"]["suggested_prompts"]]
+    assert prompts == list(SUGGESTED_PROMPTS), "the same prompts before the bot sets them"
+    assert features["app_home"]["messages_tab_enabled"] is True
+    events = manifest["settings"]["event_subscriptions"]["bot_events"]
+    assert "app_home_opened" in events
+    assert not [e for e in events if e.startswith("assistant_thread_")], "the old surface's"
+    assert [c["command"] for c in features["slash_commands"]] == [COMMAND]
+    assert [s["callback_id"] for s in features["shortcuts"]] == [RESET_SHORTCUT]
+    assert set(manifest["oauth_config"]["scopes"]["bot"]) == ALL_SCOPES, "what the fake grants"
 
 
 def test_the_slack_section_is_typed_and_checked(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@
       │    FollowUps       a message not addressed to the bot, in a conversation it has
       │                    no part in: ignored
       │    SkipEmpty       nothing left to answer: a hint, no turn
-      │ 2. HandleCommands  reset / sources / session / help, answered here
+      │ 2. HandleCommands  reset / sources / session / help, answered here; a message
+      │                    written like a command that is none (/foo) gets the list
       │ 3. RateLimit       per-user token bucket; over it, a reply saying when to retry
       │ 4. Inbox           claim (platform, event id) with the pending question, in one
       │                    transaction; a duplicate stops here
@@ -42,7 +43,7 @@ from bot.core import metrics
 from bot.core.tasks import TaskTracker
 from bot.errors import StoreError
 from bot.intake.codec import encode_message, encode_reply
-from bot.intake.commands import Commands, parse_command
+from bot.intake.commands import Commands, NotACommand, parse_command
 from bot.intake.courier import Courier
 from bot.intake.delivery import GuardedReply
 from bot.intake.order import ConversationOrder
@@ -169,6 +170,8 @@ class SkipEmpty:
 class HandleCommands:
     """Step 2: commands are answered here and never reach the pipeline.
 
+    Neither does a message written like a command that is none (``/foo``): researching
+    it would be a slow answer to a typo, so its author gets the list of commands.
     A command is answered once: a replay of its event (a platform's retry after a restart,
     a replayed signed request) is recognised durably, as the inbox recognises questions.
     """
@@ -179,12 +182,15 @@ class HandleCommands:
 
     async def __call__(self, context: Context, after: Next) -> Submission:
         message = context.message
-        command = parse_command(message.text)
+        command = parse_command(message.text, context.adapter.command_prefix)
         if command is None:
             return await after(context)
         if not await first_time(self._inbox, message):
             return Submission("duplicate")
-        reply = await self._commands.run(command, message, context.adapter)
+        if isinstance(command, NotACommand):
+            reply = self._commands.not_a_command(command, context.adapter)
+        else:
+            reply = await self._commands.run(command, message, context.adapter)
         await _notify(context, reply.text, private=reply.private)
         return Submission("command")
 

@@ -4,6 +4,12 @@ A command is a message whose whole text is one command word, with or without the
 platform's prefix (``/reset``, ``reset``, ``@bot reset`` once the adapter has removed the
 mention). Commands are answered by the intake and never reach the pipeline. ``reset`` is
 for admins; the adapter says who is one (``Author.is_admin``) and how to name them.
+
+A message that looks like a command but is none of these is answered too, with the list
+of commands, instead of being researched: ``/foo``, ``/foo and more``, ``/reset now``
+(a command takes nothing after it), and on Slack ``/research foo``. "Looks like a
+command" is a slash, then one word of letters (``-`` or ``_`` may join letters), then
+nothing or a space: ``/usr/bin is what?`` and ``/2024 in review`` stay questions.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ _log = logging.getLogger(__name__)
 
 Command = Literal["reset", "sources", "session", "help"]
 _COMMAND = re.compile(r"^[/!]?(reset|sources|session|help)[.!]?$", re.IGNORECASE)
+# A slash and one word of letters, then the end or a space (what follows is its arguments).
+_SLASH_WORD = re.compile(r"^/([a-z]+(?:[-_][a-z]+)*)[.!?]?(?:\s+(.*))?$", re.IGNORECASE | re.DOTALL)
 
 MEMORY_DOWN = "I could not reach my conversation memory just now; please try again."
 ADMIN_UNKNOWN = (
@@ -32,9 +40,50 @@ ADMIN_UNKNOWN = (
 )
 
 
-def parse_command(text: str) -> Command | None:
-    """The command a message's text is, or None for a question."""
-    match = _COMMAND.match(text.strip())
+@dataclass(frozen=True, slots=True)
+class NotACommand:
+    """A message written like a command that is none: ``typed`` is the command as written
+    (``/foo``, ``/research foo``), ``arguments`` what followed it."""
+
+    typed: str
+    arguments: str = ""
+
+    @property
+    def known(self) -> bool:
+        """Whether ``typed`` names a command (which was given arguments it does not take)."""
+        return _known(self.typed.rsplit(maxsplit=1)[-1]) is not None
+
+
+def parse_command(text: str, prefix: str = "/") -> Command | NotACommand | None:
+    """The command a message's text is; :class:`NotACommand` for one written like a
+    command that is none; None for a question.
+
+    ``prefix`` is the adapter's :attr:`~bot.adapters.base.Adapter.command_prefix`: a
+    message that starts with a longer one than ``/`` (Slack's ``/research ``) is a command
+    whatever word follows it.
+    """
+    text = text.strip()
+    command = _known(text)
+    if command is not None:
+        return command
+    head = prefix.strip()
+    if len(head) > 1 and (
+        text.lower() == head.lower() or text.lower().startswith(f"{head} ".lower())
+    ):
+        word, *rest = text[len(head) :].split(maxsplit=1) or ["help"]
+        arguments = rest[0].strip() if rest else ""
+        command = _known(word)
+        if command is not None and not arguments:
+            return command
+        return NotACommand(f"{head} {word}", arguments)
+    match = _SLASH_WORD.match(text)
+    if match is None:
+        return None
+    return NotACommand(f"/{match.group(1)}", (match.group(2) or "").strip())
+
+
+def _known(word: str) -> Command | None:
+    match = _COMMAND.match(word.strip())
     if match is None:
         return None
     name = match.group(1).lower()
@@ -78,6 +127,20 @@ class Commands:
             _log.exception("command %s failed in %s", command, message.conversation)
             return CommandReply(MEMORY_DOWN, private=True)
         return CommandReply(help_text(adapter.command_prefix))
+
+    @staticmethod
+    def not_a_command(written: NotACommand, adapter: Adapter[Any]) -> CommandReply:
+        """What to say to a message written like a command that is none: which commands
+        there are. It is the writer's business alone, like a refusal."""
+        if written.known:
+            opening = f"{written.typed} takes nothing after it; send it on its own."
+        else:
+            opening = f"{written.typed} is not a command I know."
+        return CommandReply(
+            f"{opening} My commands are:\n{command_list(adapter.command_prefix)}\n"
+            "Anything else you write to me is a question I research.",
+            private=True,
+        )
 
     async def _forget(self, message: InboundMessage[Any], adapter: Adapter[Any]) -> CommandReply:
         if message.author.is_admin is None:
@@ -142,9 +205,15 @@ def help_text(prefix: str) -> str:
     """What the bot does and which commands it knows, written with the platform's prefix."""
     return (
         "Ask me a research question and I will search Wikipedia and Hacker News and answer "
-        "with numbered sources.\n"
+        f"with numbered sources.\n{command_list(prefix)}"
+    )
+
+
+def command_list(prefix: str) -> str:
+    """One line per command, written with the platform's prefix."""
+    return (
         f"{prefix}sources lists the sources of my last answer here, with links and scores.\n"
         f"{prefix}session shows what I remember of this conversation.\n"
         f"{prefix}reset makes me forget this conversation (admins only).\n"
-        f"{prefix}help shows this."
+        f"{prefix}help shows what I do and these commands."
     )

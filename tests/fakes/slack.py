@@ -10,12 +10,19 @@ what a user would see: ``fake.in_thread(channel, thread_ts)``.
   with ``cant_update_message``), ``chat.delete``, ``chat.postEphemeral``, ``chat.startStream`` /
   ``appendStream`` / ``stopStream`` (``refuse_streaming = "error_code"`` refuses them),
   ``users.info`` (``users``), ``assistant.threads.setStatus`` / ``setSuggestedPrompts`` /
-  ``setTitle``. Errors are HTTP 200 with ``{"ok": false, "error": ...}`` as Slack's are;
-  ``rate_limit("chat.update", retry_after=1)`` answers that method's next call with 429,
-  ``server_error(method)`` with a 500, ``drop(method)`` resets the connection instead.
+  ``setTitle`` (``surface``: the app's AI panel, ``"agent"`` for ``features.agent_view`` or
+  ``"assistant"`` for ``features.assistant_view``, which refuses prompts set with no
+  thread with ``not_agent_app``). Errors are HTTP 200 with ``{"ok": false, "error": ...}``
+  as Slack's are; ``rate_limit("chat.update", retry_after=1)`` answers that method's next
+  call with 429, ``server_error(method)`` with a 500, ``drop(method)`` resets the
+  connection instead.
   ``revoked = True`` makes every bot-token call answer ``account_inactive``.
 * Socket Mode (``GET /link``): sends ``hello``; :meth:`push` sends an ``events_api`` (or
   other) envelope and :meth:`wait_ack` waits for the client's ``{"envelope_id"}``.
+* Events: :meth:`user_says` (a message), :meth:`dm_root` (one typed in the agent view),
+  :meth:`home_opened` (``app_home_opened``, the agent view's panel opened),
+  :meth:`assistant_thread_started` (the assistant view's), wrapped by :meth:`callback`
+  into the Events API body.
 * HTTP mode: :meth:`post_signed` delivers a payload to the bot's endpoint signed as Slack
   signs (``v0=HMAC-SHA256(secret, "v0:{ts}:{body}")``), with retry headers when asked.
 
@@ -36,7 +43,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
@@ -121,6 +128,7 @@ class FakeSlack(FakeServer):
         self.refuse_streaming: str | None = None
         self.uneditable: set[str] = set()
         self.revoked = False
+        self.surface: Literal["agent", "assistant"] = "agent"
         self.users: dict[str, dict[str, Any]] = {}
         self.messages: list[Message] = []
         self.calls: list[Call] = []
@@ -249,6 +257,44 @@ class FakeSlack(FakeServer):
         if thread_ts is not None:
             event["thread_ts"] = thread_ts
         return event
+
+    def dm_root(self, text: str, *, channel: str, user: str = "UALICE") -> dict[str, Any]:
+        """A message typed in the agent view's composer: a root that Slack threads on its
+        own, so its ``thread_ts`` is its own ``ts``."""
+        event = self.user_says(text, channel=channel, user=user, mention=False, channel_type="im")
+        event["thread_ts"] = event["ts"]
+        self.messages[-1].thread_ts = event["ts"]
+        return event
+
+    def home_opened(
+        self, *, channel: str, user: str = "UALICE", tab: str = "messages"
+    ) -> dict[str, Any]:
+        """The ``app_home_opened`` event of ``user`` opening a tab of the app (the agent
+        view's panel is its Messages tab); ``channel`` is their DM with the bot."""
+        event: dict[str, Any] = {
+            "type": "app_home_opened",
+            "user": user,
+            "channel": channel,
+            "tab": tab,
+            "event_ts": self.new_ts(),
+        }
+        if tab == "home":
+            event["view"] = {"id": "V0HOME", "team_id": TEAM, "type": "home", "blocks": []}
+        return event
+
+    def assistant_thread_started(self, *, channel: str, user: str = "UALICE") -> dict[str, Any]:
+        """The assistant view's panel opened: a new assistant thread in the DM ``channel``."""
+        thread_ts = self.new_ts()
+        return {
+            "type": "assistant_thread_started",
+            "assistant_thread": {
+                "user_id": user,
+                "context": {"channel_id": "C0GENERAL", "team_id": TEAM},
+                "channel_id": channel,
+                "thread_ts": thread_ts,
+            },
+            "event_ts": thread_ts,
+        }
 
     @staticmethod
     def callback(event: Mapping[str, Any], *, event_id: str | None = None) -> dict[str, Any]:
@@ -571,6 +617,12 @@ class FakeSlack(FakeServer):
         return _ok({})
 
     def _assistant_threads_setSuggestedPrompts(self, args: dict[str, Any]) -> web.Response:
+        if "assistant:write" not in self.scopes:
+            return _missing("assistant:write")
+        if not args.get("channel_id") or not args.get("prompts"):
+            return _error("invalid_arguments")
+        if not args.get("thread_ts") and self.surface == "assistant":
+            return _error("not_agent_app")
         return _ok({})
 
     def _assistant_threads_setTitle(self, args: dict[str, Any]) -> web.Response:

@@ -151,7 +151,8 @@ class Inbound:
             return None
         if message.author.id != me and not self._access.can_answer(channel, start_thread):
             return None
-        text = clean_text(message, me)
+        # "/ask <question>" typed as a message (the client sent it as text) is the question.
+        text = _TYPED_ASK.sub("", clean_text(message, me), count=1)
         if start_thread:
             # The thread will take the question's id: the conversation is known already.
             key = channel_key(guild_id, message.id, channel.id)
@@ -207,6 +208,7 @@ def thread_name(text: str) -> str:
 _USER = re.compile(r"<@!?(\d+)>")
 _ROLE = re.compile(r"<@&(\d+)>")
 _CHANNEL = re.compile(r"<#(\d+)>")
+_TYPED_ASK = re.compile(r"^/ask\s+(?=\S)", re.IGNORECASE)
 
 
 def clean_text(message: discord.Message, me: int) -> str:

@@ -3,7 +3,8 @@
 The path of an event through the package (each name a module of it):
 
     Slack ──(Socket Mode websocket | signed HTTP POST)──► app: AsyncApp, one listener a kind
-        │ inbound: a mention, a message (DM, follow-up), the assistant panel
+        │ inbound: a mention, a message (DM, follow-up, the AI panel's)
+        │ panel: the AI panel opened (agent or assistant view): suggested prompts
         │ commands: /research, the reset shortcut       feedback: a button click
         │ the listener decides what arrived; handoff spawns the rest in a tracked task;
         │ the listener returns: Bolt acks

@@ -29,6 +29,7 @@ from bot.adapters.slack.feedback import FeedbackButtons
 from bot.adapters.slack.handoff import Handoff
 from bot.adapters.slack.identity import Identity, check_identity
 from bot.adapters.slack.inbound import Inbound
+from bot.adapters.slack.panel import Panel
 from bot.adapters.slack.render import escape
 from bot.adapters.slack.reply import NativeStreaming, SlackReply
 from bot.adapters.slack.target import SlackTarget
@@ -218,8 +219,8 @@ class SlackAdapter:
                 admins=admins,
                 intake=intake,
                 handoff=handoff,
-                client=client,
             ),
+            panel=Panel(client=client, handoff=handoff, warn=self._warn_once),
             commands=SlashCommands(
                 identity=self._identity,
                 admins=admins,

@@ -15,6 +15,7 @@ from bot.adapters.slack.api import api_error
 from bot.adapters.slack.commands import COMMAND, RESET_SHORTCUT, SlashCommands
 from bot.adapters.slack.feedback import FEEDBACK_ACTION, FeedbackButtons
 from bot.adapters.slack.inbound import Inbound
+from bot.adapters.slack.panel import Panel
 from bot.config import SlackSettings
 from bot.errors import PlatformSetupError
 
@@ -27,6 +28,7 @@ def build_app(
     http: bool,
     signing_secret: str | None,
     inbound: Inbound,
+    panel: Panel,
     commands: SlashCommands,
     feedback: FeedbackButtons,
 ) -> AsyncApp:
@@ -43,11 +45,13 @@ def build_app(
     )
     app.event("app_mention")(inbound.on_mention)
     app.event("message")(inbound.on_message)
+    # The AI panel, on either of Slack's surfaces (a workspace has one or the other).
+    app.event("app_home_opened")(panel.on_home_opened)
     app.command(COMMAND)(commands.on_command)
     app.shortcut(RESET_SHORTCUT)(commands.on_reset_shortcut)
     app.action(FEEDBACK_ACTION)(feedback.on_click)
     assistant = AsyncAssistant()
-    assistant.thread_started(inbound.on_assistant_started)
+    assistant.thread_started(panel.on_assistant_thread_started)
     assistant.user_message(inbound.on_assistant_message)
     app.assistant(assistant)
     app.error(_on_error)

@@ -1,9 +1,10 @@
 """Slack's slash command and message shortcut, as messages for the shared commands.
 
 ``/research reset|sources|session|help [thread link]`` and the *Reset this thread*
-shortcut become :class:`~bot.contract.InboundMessage` with the command word as their
-text, so the intake answers them as it answers the word typed in a thread; their answers
-go to the asker alone.
+shortcut become :class:`~bot.contract.InboundMessage` with the command as their text
+(``/research reset``), so the intake answers them as it answers the word typed in a
+thread, and answers ``/research foo`` with the list of commands; their answers go to the
+asker alone.
 """
 
 from __future__ import annotations
@@ -68,41 +69,46 @@ class SlashCommands:
         """``/research reset|sources|session|help [thread link]``, via the shared commands.
 
         Slash commands cannot be typed in a thread, so one that concerns a thread's
-        conversation takes a link to the thread; without one only ``help`` makes sense.
+        conversation takes a link to the thread; without one only ``help`` makes sense,
+        and the asker is told how to name the thread. Any other word goes to the intake
+        too, which answers that it is no command and lists them.
         """
         words = str(body.get("text", "")).split()
         word = (words[0] if words else "help").lower()
         channel, user = str(body.get("channel_id", "")), str(body.get("user_id", ""))
         team = str(body.get("team_id") or self._me.team_id)
-        link = " ".join(words[1:])
-        thread = _thread_from_link(link)
-        if thread is not None:
-            channel, thread_ts = thread
-        elif word in ("reset", "sources", "session"):
-            await post_ephemeral(
-                self._client,
-                channel=channel,
-                user=user,
-                thread_ts=None,
-                text=escape(
-                    f"Slash commands cannot be used inside a thread, so tell me which one: "
-                    f"`/research {word} <link to the thread>` (Copy link on its first "
-                    f"message), or mention me in the thread with `{word}`."
-                ),
-            )
+        thread = _thread_from_link(" ".join(words[1:]))
+        if thread is None and word in ("sources", "session"):
+            await self._which_thread(channel, user, word)
             return
-        else:
-            thread_ts = COMMAND_THREAD  # help: about no conversation in particular
-        await self._intake.submit(
-            await self._synthetic(
-                word,
-                team,
-                channel,
-                thread_ts,
-                user,
-                event_id=str(body.get("trigger_id", "")),
-                private=True,
-            )
+        channel, thread_ts = thread or (channel, COMMAND_THREAD)
+        message = await self._synthetic(
+            f"{COMMAND} {word}",
+            team,
+            channel,
+            thread_ts,
+            user,
+            event_id=str(body.get("trigger_id", "")),
+            private=True,
+        )
+        if thread is None and word == "reset" and message.author.is_admin:
+            # Only one who may reset is told how to name the thread: anyone else is
+            # refused first, by the intake (the refusal is its to word), link or none.
+            await self._which_thread(channel, user, word)
+            return
+        await self._intake.submit(message)
+
+    async def _which_thread(self, channel: str, user: str, word: str) -> None:
+        await post_ephemeral(
+            self._client,
+            channel=channel,
+            user=user,
+            thread_ts=None,
+            text=escape(
+                f"Slash commands cannot be used inside a thread, so tell me which one: "
+                f"`{COMMAND} {word} <link to the thread>` (Copy link on its first "
+                f"message), or mention me in the thread with `{word}`."
+            ),
         )
 
     async def _reset_thread(self, body: Mapping[str, Any]) -> None:

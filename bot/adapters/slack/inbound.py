@@ -2,11 +2,13 @@
 
 What is answered: an ``app_mention`` in a channel or thread; later messages in a thread the
 bot answered in (``follow_up_in_threads``: handed in as follow-ups, which the intake answers
-only where the bot has a conversation); direct messages (``respond_to_dms``); and the
-assistant side panel (suggested prompts when a thread starts, then its messages). The
-answer always goes to the thread: the message's ``thread_ts``, or its own ``ts`` when it
-starts one, and each thread is its own conversation,
-``conversation_key("slack", team, channel, thread_ts)``.
+only where the bot has a conversation); top-level direct messages (``respond_to_dms``);
+and every message in a thread of a direct message, which is how the AI panel's messages
+come on either of Slack's surfaces (Bolt's Assistant middleware hands them to
+:meth:`Inbound.on_assistant_message`; the panel's suggested prompts are
+:mod:`~bot.adapters.slack.panel`'s). The answer always goes to the thread: the message's
+``thread_ts``, or its own ``ts`` when it starts one, and each thread is its own
+conversation, ``conversation_key("slack", team, channel, thread_ts)``.
 
 The event id is the message, ``"{channel}:{ts}"``, not the envelope's ``event_id``: a retry
 carries the same message, and so does the ``message`` event Slack sends next to an
@@ -19,8 +21,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from slack_sdk.web.async_client import AsyncWebClient
-
 from bot.adapters.base import IntakePort
 from bot.adapters.slack.admins import Admins
 from bot.adapters.slack.handoff import Handoff
@@ -29,12 +29,6 @@ from bot.adapters.slack.render import unescape
 from bot.adapters.slack.target import SlackTarget
 from bot.config import SlackSettings
 from bot.contract import Author, InboundMessage, conversation_key
-
-SUGGESTED_PROMPTS = (
-    ("What is it?", "What is the transformer architecture in deep learning?"),
-    ("Compare", "How do GPT and BERT differ?"),
-    ("Latest", "What is new in Rust on Hacker News?"),
-)
 
 
 class Inbound:
@@ -49,16 +43,13 @@ class Inbound:
         admins: Admins,
         intake: IntakePort,
         handoff: Handoff,
-        client: AsyncWebClient,
     ) -> None:
-        """``client`` is for the assistant panel's suggested prompts; nothing else here
-        calls Slack but through ``admins``."""
+        """Nothing here calls Slack but through ``admins``."""
         self._settings = settings
         self._me = identity
         self._admins = admins
         self._intake = intake
         self._handoff = handoff
-        self._client = client
 
     # ------------------------------------------------------------------ listeners
 
@@ -82,13 +73,6 @@ class Inbound:
                 self._take(event, body, follow_up=True), f"follow-up {event.get('ts')}"
             )
 
-    async def on_assistant_started(self, event: dict[str, Any]) -> None:
-        thread = event.get("assistant_thread", {})
-        self._handoff.spawn(
-            self._suggest(str(thread.get("channel_id", "")), str(thread.get("thread_ts", ""))),
-            "assistant thread start",
-        )
-
     async def on_assistant_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         self._handoff.spawn(
             self._take(event, body, follow_up=False, assistant=True),
@@ -96,14 +80,6 @@ class Inbound:
         )
 
     # ------------------------------------------------------------------ after the ack
-
-    async def _suggest(self, channel: str, thread_ts: str) -> None:
-        await self._client.assistant_threads_setSuggestedPrompts(
-            channel_id=channel,
-            thread_ts=thread_ts,
-            title="Ask me a research question",
-            prompts=[{"title": title, "message": text} for title, text in SUGGESTED_PROMPTS],
-        )
 
     async def _take(
         self,
