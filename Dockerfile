@@ -2,7 +2,7 @@
 #   docker build -t research-agent .
 #   docker run --rm --init -e DISCORD_TOKEN -e OLLAMA_HOST=http://host.docker.internal:11434 \
 #       --add-host=host.docker.internal:host-gateway -v research-data:/app/data \
-#       -v ./config.toml:/app/config.toml:ro research-agent
+#       -v "$PWD/config.toml:/app/config.toml:ro" research-agent
 # The settings are not in the image: mount a config.toml at /app/config.toml (without one,
 # every setting has its default). With no token and no terminal (-it) it exits at once with
 # status 2, naming the variables to set; `--wait-on-config-error` (compose.yaml passes it)

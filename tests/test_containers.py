@@ -295,7 +295,10 @@ def test_the_dockerfiles_install_of_the_project_builds_from_what_it_copies(
     """``pip install --no-deps .`` in the image, on exactly the files copied before it:
     the wheel holds every module (and the project's commands, once it declares any)."""
     instructions = dockerfile()
-    install = instructions.index(("RUN", "pip install --no-deps . && rm -rf build ./*.egg-info"))
+    (install,) = [
+        i for i, (keyword, args) in enumerate(instructions)
+        if keyword == "RUN" and "pip install --no-deps ." in args
+    ]  # fmt: skip
     source = tmp_path / "app"
     source.mkdir()
     for keyword, args in instructions[:install]:
