@@ -75,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="A research assistant that answers with cited sources.",
         parents=[_common_options(defaults=True)],
     )
+    parser.add_argument(
+        "--wait-on-config-error",
+        action="store_true",
+        help="when the configuration is wrong, or no chat platform token is set and no "
+        "terminal is attached, say so and wait until stopped instead of exiting with status "
+        "2 (for a container restarted on every exit, which would otherwise loop)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        metavar="PORT",
+        type=_port,
+        help="serve /healthz, /readyz and /metrics on this port ([metrics].port; 0: none)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     ask = sub.add_parser("ask", parents=[common], help="answer questions, one conversation")
@@ -132,11 +145,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
-        return 2
+        return _configuration_failed(args)
+    if args.metrics_port is not None:
+        metrics = dataclasses.replace(settings.metrics, port=args.metrics_port)
+        settings = dataclasses.replace(settings, metrics=metrics)
     _configure_logging(settings.logging, verbose=args.verbose)
     for note in settings.deprecations:
         _log.warning("configuration: %s", note)
         print(f"Configuration: {note}", file=sys.stderr)
+    if args.command is None and _nobody_to_serve(settings):
+        print(NOBODY_TO_SERVE, file=sys.stderr)
+        return _configuration_failed(args)
     try:
         return asyncio.run(_until_terminated(args, settings))
     except KeyboardInterrupt:
@@ -156,6 +175,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.error("cannot start: %s", exc, exc_info=_log.isEnabledFor(logging.DEBUG))
         print(f"Cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65_535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0 to 65535)")
+    return port
+
+
+WAITING = (
+    "Waiting until stopped (--wait-on-config-error) rather than exiting, which a restart "
+    "policy would answer with the same failure again and again. Fix the above, then start "
+    "the bot again: with Compose, `docker compose up -d` after changing .env, or "
+    "`docker compose restart bot` after changing config.toml or a secret's file."
+)
+
+
+def _configuration_failed(args: argparse.Namespace) -> int:
+    """Exit status 2, or with ``--wait-on-config-error`` wait to be stopped first.
+
+    A container's restart policy cannot tell this exit from a crash, and restarting cannot
+    fix a configuration: each restart would fail alike, in a loop. Waiting keeps the one
+    report at the end of the container's log, where the operator looks.
+    """
+    if not args.wait_on_config_error:
+        return 2
+    stops = {signal.SIGTERM, signal.SIGINT}
+    # Blocked, the signals wait for sigwait(): even as PID 1 in a container without an
+    # init, which the kernel spares every signal it has no handler for. Blocked before
+    # saying so, or a stop sent on reading that line could be lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    print(WAITING, file=sys.stderr, flush=True)
+    received = signal.sigwait(stops)
+    print("Stopped; bye.", file=sys.stderr)
+    return 128 + received
 
 
 class BoundedFormatter(logging.Formatter):
@@ -292,9 +346,6 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, running: _Runn
         # A low threshold so the running summary appears within three questions.
         memory = dataclasses.replace(settings.memory, summarize_after=2, keep_recent=1)
         settings = dataclasses.replace(settings, memory=memory)
-    if serving and _nobody_to_serve(settings):
-        print(NOBODY_TO_SERVE, file=sys.stderr)
-        return 2
     adapters = chat_adapters(settings) if serving else []
     async with await Runtime.start(settings, adapters=adapters) as runtime:
         running.runtime = runtime
