@@ -85,6 +85,14 @@ def test_scripts_venv_installs_the_research_agent_command(tmp_path: Path) -> Non
     shown = run(str(command), "conversations", "show", "nope", cwd=tmp_path)
     assert shown.returncode == 1, shown.stderr
     assert "`research-agent conversations list` shows them." in shown.stdout
+    # scripts/run (in the same venv) names itself as it was typed.
+    script = str(source / "scripts" / "run")
+    config = str(tmp_path / "config.toml")
+    via_run = run(
+        script, "sessions", "show", "nope", "--config", config, cwd=tmp_path, VENV=str(venv)
+    )
+    assert via_run.returncode == 1, via_run.stderr
+    assert f"`{script} conversations list` shows them." in via_run.stdout
 
 
 def test_the_image_install_puts_the_package_and_the_command_in_place(tmp_path: Path) -> None:
