@@ -114,7 +114,7 @@ _SIGNALS = {130: "Ctrl-C", 143: "SIGTERM (an answer in flight is finished first)
 
 
 def _statuses(statuses: Mapping[int, str]) -> str:
-    """An ``exit status:`` paragraph for a help text: the command's own, then start-up's."""
+    """An ``exit status:`` paragraph for a help text: the command's own and start-up's, by code."""
     merged = {**_STARTING, **statuses}
     return "\n".join(["exit status:", *(f"  {code:<3}  {merged[code]}" for code in sorted(merged))])
 
