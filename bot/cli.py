@@ -1,5 +1,7 @@
-"""Command line: ``python -m bot [ask|chat|demo|conversations|store] ...``.
+"""Command line: ``research-agent [ask|chat|demo|conversations|store] ...``.
 
+The same command line is ``research-agent`` (the console script), ``scripts/run`` and
+``python -m bot``; usage lines and hints name the one the user ran (:func:`invoked_as`).
 This is the only module that configures logging and the only one that turns errors into
 exit codes. Every command takes ``--config PATH``.
 """
@@ -17,17 +19,18 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from bot import __version__
 from bot.adapters.base import Adapter
 from bot.adapters.platforms import chat_adapters
 from bot.adapters.render import render_reply
 from bot.adapters.terminal import TerminalAdapter, terminal_key
-from bot.config import LoggingSettings, Settings, load_settings
+from bot.config import LoggingSettings, Settings, config_report, env_secret, load_settings
 from bot.contract import Reply
 from bot.core.text import valid_text
 from bot.core.urls import redact
@@ -45,6 +48,26 @@ DEMO_QUESTIONS = (
 )
 
 
+# scripts/run exports its own name here, since the process it starts is ``python -m bot``.
+PROG_VARIABLE = "RESEARCH_AGENT_PROG"
+CONSOLE_SCRIPT = "research-agent"
+
+
+def invoked_as(argv0: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The command the user ran, for usage lines and hints: a hint must name something
+    that works where the user typed it (``python -m bot`` fails outside the venv).
+
+    ``scripts/run`` names itself in :data:`PROG_VARIABLE`; the console script is seen in
+    ``argv[0]``; anything else was ``python -m bot``.
+    """
+    env = os.environ if env is None else env
+    named = env.get(PROG_VARIABLE, "").strip()
+    if named:
+        return named
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    return CONSOLE_SCRIPT if Path(argv0).name == CONSOLE_SCRIPT else "python -m bot"
+
+
 def _common_options(defaults: bool) -> argparse.ArgumentParser:
     """``--config`` and ``-v``, accepted before or after any (sub)command.
 
@@ -56,7 +79,8 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
         "--config",
         metavar="PATH",
         default=None if defaults else argparse.SUPPRESS,
-        help="settings file (default ./config.toml)",
+        help="the settings file (default: ./config.toml; every key has a default, and a "
+        "missing ./config.toml means all defaults)",
     )
     common.add_argument(
         "-v",
@@ -68,13 +92,53 @@ def _common_options(defaults: bool) -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.HelpFormatter):
+    """Paragraphs are wrapped to the terminal; one with indented lines (the exit statuses)
+    is kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = text.split("\n\n")
+        return "\n\n".join(
+            paragraph
+            if any(line.startswith(" ") for line in paragraph.splitlines())
+            else super(_HelpFormatter, self)._fill_text(paragraph, width, indent)
+            for paragraph in paragraphs
+        )
+
+
+_STARTING = {
+    1: "it cannot start (each problem is listed, with its fix)",
+    2: "a configuration error (every problem is listed), or bad arguments",
+}
+_SIGNALS = {130: "Ctrl-C", 143: "SIGTERM (an answer in flight is finished first)"}
+
+
+def _statuses(statuses: Mapping[int, str]) -> str:
+    """An ``exit status:`` paragraph for a help text: the command's own and start-up's, by code."""
+    merged = {**_STARTING, **statuses}
+    return "\n".join(["exit status:", *(f"  {code:<3}  {merged[code]}" for code in sorted(merged))])
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``prog`` is what usage lines call it (default: :func:`invoked_as`)."""
+    prog = invoked_as() if prog is None else prog
     common = _common_options(defaults=False)
+    formatter = _HelpFormatter
     parser = argparse.ArgumentParser(
-        prog="python -m bot",
-        description="A research assistant that answers with cited sources.",
+        prog=prog,
+        description="A research assistant that answers with cited sources from Wikipedia "
+        "and Hacker News, in Discord, Slack and the terminal.",
+        epilog=f"With no command, {prog} serves the chat platforms whose tokens are set in "
+        "the environment: DISCORD_TOKEN; SLACK_BOT_TOKEN with SLACK_APP_TOKEN (Socket Mode) "
+        "or SLACK_SIGNING_SECRET (HTTP mode); each may be given as NAME_FILE, the path of a "
+        f"file holding it. With none set it opens the terminal chat (`{prog} chat`) if there "
+        "is a terminal; with no terminal either it exits at once (status 2), naming the "
+        f"variables to set.\n\n`{prog} COMMAND -h` describes each command.\n\n"
+        + _statuses({0: "done", 3: "ask, demo: no question could be answered", **_SIGNALS}),
+        formatter_class=formatter,
         parents=[_common_options(defaults=True)],
     )
+    parser.add_argument("--version", action="version", version=f"research-agent {__version__}")
     parser.add_argument(
         "--wait-on-config-error",
         action="store_true",
@@ -90,19 +154,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    ask = sub.add_parser("ask", parents=[common], help="answer questions, one conversation")
+    ask = sub.add_parser(
+        "ask",
+        parents=[common],
+        help="answer questions, one conversation",
+        description="Answer the questions in order, all in one conversation, so a later "
+        "question can refer to an earlier one. Progress goes to stderr, answers to stdout.",
+        epilog=_statuses(
+            {
+                0: "at least one question was answered (even degraded), or only commands run",
+                3: "no question could be answered (each failed, an empty one included)",
+            }
+        ),
+        formatter_class=formatter,
+    )
     ask.add_argument(
-        "--session", metavar="ID", help="the terminal conversation to continue (default: a new one)"
+        "--session",
+        metavar="ID",
+        help="continue the terminal conversation ID (terminal:ID); default: a new "
+        "conversation for this run",
     )
-    ask.add_argument("--json", action="store_true", help="one JSON object per question")
-    ask.add_argument("questions", nargs="+", metavar="QUESTION")
+    ask.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per question, each on its own line, in the order "
+        "asked (status answered, degraded, failed or command); the README lists the fields",
+    )
+    ask.add_argument(
+        "questions",
+        nargs="+",
+        metavar="QUESTION",
+        help='a question, quoted ("What is BERT?"); a /command works too',
+    )
 
-    chat = sub.add_parser("chat", parents=[common], help="interactive chat in the terminal")
+    chat = sub.add_parser(
+        "chat",
+        parents=[common],
+        help="interactive chat in the terminal",
+        description="Chat in the terminal: each line is a question, or a command (/help "
+        "lists them). /quit or Ctrl-D leaves. Lines may also come from a pipe.",
+        epilog=_statuses({0: "/quit, Ctrl-D or the end of the input", **_SIGNALS}),
+        formatter_class=formatter,
+    )
     chat.add_argument(
-        "--session", metavar="ID", default="default", help="the terminal conversation to resume"
+        "--session",
+        metavar="ID",
+        default="default",
+        help="the terminal conversation to resume, terminal:ID (default: %(default)s)",
     )
 
-    sub.add_parser("demo", parents=[common], help="three-question demo with a visible summary")
+    sub.add_parser(
+        "demo",
+        parents=[common],
+        help="three-question demo with a visible summary",
+        description="Ask three questions in a new conversation, then show the running "
+        "summary the bot keeps of it.",
+        epilog=_statuses({0: "done", 3: "no question could be answered"}),
+        formatter_class=formatter,
+    )
 
     # "sessions" was the command's first name; it still works.
     conversations = sub.add_parser(
@@ -110,15 +219,44 @@ def build_parser() -> argparse.ArgumentParser:
         aliases=["sessions"],
         parents=[common],
         help="list, show or reset conversations",
+        description="The stored conversations of every platform. A conversation is one "
+        "Discord channel or thread, one Slack thread or one terminal session, named by its "
+        "key (slack:T1:C2:1700000000.0001, terminal:default); for a terminal session its "
+        "id (default) is enough. `sessions` is this command's older name.",
+        epilog=_statuses({0: "done", 1: "show, reset: no such conversation; or it cannot start"}),
+        formatter_class=formatter,
     )
     actions = conversations.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("list", parents=[common], help="every conversation")
-    show = actions.add_parser("show", parents=[common], help="one conversation's transcript")
-    show.add_argument("conversation", metavar="ID")
-    reset = actions.add_parser("reset", parents=[common], help="forget one conversation")
-    reset.add_argument("conversation", metavar="ID")
+    actions.add_parser(
+        "list",
+        parents=[common],
+        help="every conversation",
+        description="Every conversation: its key, its number of turns, whether older turns "
+        "are summarised, and when it was last active.",
+    )
+    show = actions.add_parser(
+        "show",
+        parents=[common],
+        help="one conversation's transcript",
+        description="One conversation's transcript: its running summary, then each turn, "
+        "numbered from 1. Exit status 1: no such conversation.",
+    )
+    show.add_argument("conversation", metavar="ID", help="a key, or a terminal session id")
+    reset = actions.add_parser(
+        "reset",
+        parents=[common],
+        help="forget one conversation",
+        description="Forget one conversation, also while the bot runs: its next question "
+        "starts afresh. Exit status 1: no such conversation.",
+    )
+    reset.add_argument("conversation", metavar="ID", help="a key, or a terminal session id")
 
-    store = sub.add_parser("store", help="move the bot's data to another database")
+    store = sub.add_parser(
+        "store",
+        parents=[common],
+        help="move the bot's data to another database",
+        description="Move the bot's data to another database.",
+    )
     store_actions = store.add_subparsers(dest="action", metavar="ACTION", required=True)
     migrate = store_actions.add_parser(
         "migrate",
@@ -127,14 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Copy the conversations, their summaries and votes, the inbox and the "
         "embedding cache of FROM into the empty database TO: typically an SQLite file into "
         "PostgreSQL, before several replicas share it. Stop the bot first.",
+        epilog=_statuses(
+            {
+                0: "copied",
+                1: "the copy failed; nothing was copied",
+                2: "no TO, no file at FROM, FROM and TO the same, or a configuration error",
+            }
+        ),
+        formatter_class=formatter,
     )
     migrate.add_argument("source", metavar="FROM", help="an SQLite file or a postgresql:// URL")
     migrate.add_argument(
         "target",
         metavar="TO",
         nargs="?",
-        help="where to (default: the DATABASE_URL environment variable, which keeps the "
-        "password off the command line)",
+        help="where to (default: the DATABASE_URL environment variable, or the file "
+        "DATABASE_URL_FILE names, which keep the password off the command line)",
     )
     return parser
 
@@ -144,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        print(f"Configuration error: {exc}", file=sys.stderr)
+        print(config_report(exc), file=sys.stderr)
         return _configuration_failed(args)
     if args.metrics_port is not None:
         metrics = dataclasses.replace(settings.metrics, port=args.metrics_port)
@@ -154,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.warning("configuration: %s", note)
         print(f"Configuration: {note}", file=sys.stderr)
     if args.command is None and _nobody_to_serve(settings):
-        print(NOBODY_TO_SERVE, file=sys.stderr)
+        print(nobody_to_serve(invoked_as()), file=sys.stderr)
         return _configuration_failed(args)
     try:
         return asyncio.run(_until_terminated(args, settings))
@@ -392,11 +538,13 @@ async def _serve(runtime: Runtime, adapters: Sequence[Adapter[Any]]) -> int:
     return 1
 
 
-NOBODY_TO_SERVE = (
-    "Nothing to serve: no chat platform token is set and no terminal is attached; set "
-    "DISCORD_TOKEN, or SLACK_BOT_TOKEN and SLACK_APP_TOKEN (or run `python -m bot chat` "
-    "in a terminal)."
-)
+def nobody_to_serve(prog: str) -> str:
+    """Why running with no command, no token and no terminal stops, and what to set."""
+    return (
+        "Nothing to serve: no chat platform token is set and no terminal is attached; set "
+        f"DISCORD_TOKEN, or SLACK_BOT_TOKEN and SLACK_APP_TOKEN (or run `{prog} chat` in a "
+        "terminal)."
+    )
 
 
 def _nobody_to_serve(settings: Settings) -> bool:
@@ -431,9 +579,10 @@ def reply_json(reply: Reply) -> dict[str, Any]:
     """One ``ask --json`` line; ``answer`` is the complete text a terminal user reads."""
     return {
         "question": reply.question,
-        "answer": render_reply(reply, operator=True),
+        "answer": render_reply(reply, operator=True, plain=True),
         "body": reply.body,
         "status": reply.status,
+        "reason": failure_reason(reply),
         "topics": list(reply.topics),
         "sources": [dataclasses.asdict(s) for s in reply.sources],
         "unavailable": list(reply.unavailable),
@@ -450,6 +599,38 @@ def reply_json(reply: Reply) -> dict[str, Any]:
     }
 
 
+def failure_reason(reply: Reply) -> str | None:
+    """Why a failed reply failed, in one line; None for an answer, even a degraded one."""
+    if reply.status != "failed":
+        return None
+    if not reply.question.strip():
+        return "the question is empty"
+    if not reply.sources and reply.unavailable:
+        return f"no source could be reached ({', '.join(reply.unavailable)})"
+    if reply.notices:
+        return reply.notices[-1].user
+    return "answering failed; the log says why"
+
+
+def _unasked_json(terminal: TerminalAdapter, question: str) -> dict[str, Any]:
+    """The ``ask --json`` line of a question that started no turn: a command (status
+    ``command``, its answer), the empty question or another refusal (``failed``)."""
+    said = "\n".join(terminal.notified)
+    command = terminal.last_outcome == "command"
+    reply = Reply(
+        question=question,
+        body=said,
+        conversation=terminal.conversation,
+        status="answered" if command else "failed",
+    )
+    line = reply_json(reply)
+    if command:
+        line["status"] = "command"
+    elif question.strip():
+        line["reason"] = f"not asked ({terminal.last_outcome})"
+    return line
+
+
 async def _ask(runtime: Runtime, session: str, questions: Sequence[str], *, as_json: bool) -> int:
     terminal = TerminalAdapter(session=session, quiet=as_json)
     # Arguments that were not UTF-8 hold surrogates, which not even print() takes.
@@ -461,9 +642,13 @@ async def _ask(runtime: Runtime, session: str, questions: Sequence[str], *, as_j
             print(f"{'' if i == 0 else chr(10)}Q: {question}\n")
         reply = await terminal.ask(question)
         if reply is None:
-            # A command (its answer is already printed), or nothing to ask (the hint is).
-            if not question.strip():
+            # A command (its answer is already printed), or nothing to ask (the hint is):
+            # one JSON line per question all the same, so line n answers question n.
+            line = _unasked_json(terminal, question)
+            if line["status"] == "failed":
                 statuses.append("failed")
+            if as_json:
+                print(json.dumps(line, ensure_ascii=False), flush=True)
             continue
         statuses.append(reply.status)
         if as_json:
@@ -496,10 +681,13 @@ async def _demo(runtime: Runtime) -> int:
 
 async def _migrate_store(source: str, target: str | None, out: TextIO) -> int:
     """``store migrate FROM [TO]``: FROM's data into the empty database TO."""
-    target = (target or os.environ.get("DATABASE_URL", "")).strip()
+    prog = invoked_as()
+    # The configuration was loaded, so DATABASE_URL(_FILE) is known to be usable.
+    target = (target or env_secret("DATABASE_URL", os.environ) or "").strip()
     if not target:
         print(
-            "Say where to: `python -m bot store migrate FROM TO`, or set DATABASE_URL.",
+            f"Say where to: `{prog} store migrate FROM TO`, or set DATABASE_URL "
+            "(or DATABASE_URL_FILE).",
             file=sys.stderr,
         )
         return 2
@@ -521,7 +709,7 @@ async def _migrate_store(source: str, target: str | None, out: TextIO) -> int:
     out.write(
         "Done. Point the bot at the new database (DATABASE_URL or [memory].database) and "
         "start it; keep the old one until you have checked the conversations "
-        "(`python -m bot conversations list`).\n"
+        f"(`{prog} conversations list`).\n"
     )
     return 0
 
@@ -562,7 +750,7 @@ async def _conversations(
         candidates = (conversation, terminal_key(conversation))
         missing = (
             f"No conversation named {conversation!r}. "
-            "`python -m bot conversations list` shows them.\n"
+            f"`{invoked_as()} conversations list` shows them.\n"
         )
         if action == "reset":
             for candidate in candidates:
@@ -579,10 +767,13 @@ async def _conversations(
             out.write(missing)
             return 1
         out.write(f"Conversation {state.conversation}\n")
+        # Turns are numbered as the user counts them, from 1; their ids run across every
+        # conversation of the database.
         if state.summary:
-            out.write(f"\nSummary (up to turn {state.summary_upto}):\n{state.summary}\n")
-        for turn in state.turns:
-            out.write(f"\n[{turn.id}] {human_time(turn.created_at)} you: {turn.question}\n")
+            covered = sum(1 for turn in state.turns if turn.id <= state.summary_upto)
+            out.write(f"\nSummary (up to turn {covered}):\n{state.summary}\n")
+        for n, turn in enumerate(state.turns, start=1):
+            out.write(f"\n[{n}] {human_time(turn.created_at)} you: {turn.question}\n")
             out.write(_answer_line(turn.status, turn.answer))
             if turn.feedback_up or turn.feedback_down:
                 out.write(f"feedback: {turn.feedback_up} up, {turn.feedback_down} down\n")

@@ -2,8 +2,10 @@
 
 Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the
 key (``[llm].temperature must be between 0 and 2``), so a typo fails before anything
-connects. Tokens never live in the file: they come from environment variables and are
-wrapped in :class:`Secret`, whose ``repr`` hides them.
+connects; every problem of the file and the environment is reported in one error, so a
+file with three mistakes takes one run to fix, not three. Tokens never live in the file:
+they come from environment variables, or from files those name (``DISCORD_TOKEN_FILE``, as
+Docker secrets give them), and are wrapped in :class:`Secret`, whose ``repr`` hides them.
 """
 
 from __future__ import annotations
@@ -303,6 +305,15 @@ class Settings:
 
 
 _ENV_ONLY = {"discord_token", "slack_bot_token", "slack_app_token", "slack_signing_secret"}
+# The environment variables that hold secrets: each may instead be given as NAME_FILE, the
+# path of a file holding the value (Docker and Compose secrets, the official images' way).
+SECRET_VARIABLES = (
+    "DISCORD_TOKEN",
+    "SLACK_BOT_TOKEN",
+    "SLACK_APP_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "DATABASE_URL",
+)
 # Not settable in the file: filled from the environment, or by the loader itself.
 _NOT_IN_FILE = _ENV_ONLY | {"deprecations"}
 # Keys a release dropped, by section: still accepted (and ignored), with a warning that
@@ -315,7 +326,35 @@ _DROPPED: Mapping[tuple[str, str], str] = {
 }
 # Where each secret comes from, for the refusal of a token written into the file.
 ENV_VARIABLES = {name: name.upper() for name in _ENV_ONLY}
+# The short names a token gets under its platform's table (``[discord] token = "..."``).
+_SECTION_TOKENS: Mapping[str, Mapping[str, str]] = {
+    "discord": {"token": "DISCORD_TOKEN", "bot_token": "DISCORD_TOKEN"},
+    "slack": {
+        "token": "SLACK_BOT_TOKEN",
+        "bot_token": "SLACK_BOT_TOKEN",
+        "app_token": "SLACK_APP_TOKEN",
+        "signing_secret": "SLACK_SIGNING_SECRET",
+    },
+}
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    """One thing wrong with the configuration; ``key`` is where (``memory.keep_recent``)."""
+
+    key: str
+    message: str
+
+
+class _Problems(list[_Problem]):
+    """The problems found so far; loading goes on past each one to find the rest."""
+
+    def add(self, key: str, message: str) -> None:
+        self.append(_Problem(key, message))
+
+    def about(self, section: str) -> bool:
+        return any(p.key == section or p.key.startswith(f"{section}.") for p in self)
 
 
 def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -327,8 +366,13 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
     fill the secrets.
     Relative paths in the file are resolved against the file's directory.
 
+    Each secret may be given as ``NAME_FILE`` instead, a file holding it
+    (:func:`env_secret`).
+
     Raises:
-        ConfigError: unreadable file, TOML syntax error, unknown key, bad type or range.
+        ConfigError: unreadable file or TOML syntax error (alone: nothing else can be
+            checked); else every unknown key, bad type or range, token in the file and bad
+            environment variable, all in one error.
     """
     env = os.environ if env is None else env
     explicit = path is not None
@@ -343,40 +387,65 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
             raise ConfigError(f"config file {file} cannot be read: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file} is not valid TOML: {exc}") from exc
-    _refuse_tokens(raw, file)
-    _refuse_database_password(raw, file)
+    problems = _Problems()
+    _take_tokens(raw, file, problems)
+    _refuse_database_password(raw, file, problems)
 
     deprecations = _drop_removed_keys(raw)
-    settings = dataclasses.replace(_build(Settings, raw, ""), deprecations=deprecations)
-    _check_together(settings)
-    settings = _apply_env(settings, env)
+    settings = dataclasses.replace(_build(Settings, raw, "", problems), deprecations=deprecations)
+    if not problems.about("memory"):
+        # Compared only when both values are the file's: a bad one was replaced by its
+        # default, and comparing that would report a problem the file does not have.
+        _check_together(settings, problems)
+    settings = _apply_env(settings, env, problems)
+    if problems:
+        raise ConfigError(*(problem.message for problem in problems))
     return _resolve_paths(settings, file.resolve().parent)
 
 
-def _refuse_tokens(raw: Mapping[str, Any], file: Path) -> None:
-    """A token in the file is refused, naming the environment variable it belongs in.
+def config_report(exc: ConfigError) -> str:
+    """What a command line prints for ``exc``: its one problem, or each numbered."""
+    if len(exc.problems) <= 1:
+        return f"Configuration error: {exc}"
+    numbered = "\n".join(f"  {n}. {problem}" for n, problem in enumerate(exc.problems, 1))
+    return f"Configuration errors; {len(exc.problems)} problems to fix:\n{numbered}"
 
-    Both spellings count (``discord_token`` and ``DISCORD_TOKEN``): whoever pastes a token
-    into the file should learn where it goes, not that the key is unknown.
+
+def _take_tokens(raw: dict[str, Any], file: Path, problems: _Problems) -> None:
+    """Take every token out of the file's tables, each refused naming its variable.
+
+    Both spellings count (``discord_token`` and ``DISCORD_TOKEN``), at the top level or in
+    any table, and so do the short names under a platform's own table (``[discord] token``,
+    ``[slack] app_token``): whoever pastes a token into the file should learn where it
+    goes, not that the key is unknown.
     """
-    for key in raw:
-        name = ENV_VARIABLES.get(key.lower())
-        if name is not None:
-            raise ConfigError(
-                f"{key} does not belong in {file.name}: tokens come from the environment; "
-                f"remove it there and set the {name} environment variable instead"
+    tables = [("", raw), *((name, table) for name, table in raw.items() if isinstance(table, dict))]
+    for where, table in tables:
+        short = _SECTION_TOKENS.get(where, {})
+        for key in list(table):
+            name = ENV_VARIABLES.get(key.lower()) or short.get(key.lower())
+            if name is None:
+                continue
+            del table[key]
+            shown = f"[{where}].{key}" if where else key
+            problems.add(
+                f"{where}.{key}" if where else key,
+                f"{shown} does not belong in {file.name}: tokens come from the environment; "
+                f"remove it there and set the {name} environment variable instead (or "
+                f"{name}_FILE, the path of a file holding it)",
             )
 
 
-def _refuse_database_password(raw: Mapping[str, Any], file: Path) -> None:
+def _refuse_database_password(raw: Mapping[str, Any], file: Path, problems: _Problems) -> None:
     """A database password in the file is refused like a token: it belongs in DATABASE_URL."""
     memory = raw.get("memory")
     database = memory.get("database") if isinstance(memory, dict) else None
     if isinstance(database, str) and is_database_url(database) and _has_password(database):
-        raise ConfigError(
+        problems.add(
+            "memory.database",
             f"[memory].database in {file.name} holds a password: passwords come from the "
             "environment; remove it there and set the DATABASE_URL environment variable "
-            "to the whole URL instead"
+            "to the whole URL instead",
         )
 
 
@@ -407,12 +476,13 @@ def _drop_removed_keys(raw: dict[str, Any]) -> tuple[str, ...]:
     return tuple(notes)
 
 
-def _check_together(settings: Settings) -> None:
+def _check_together(settings: Settings, problems: _Problems) -> None:
     memory = settings.memory
     if memory.keep_recent >= memory.summarize_after:
-        raise ConfigError(
+        problems.add(
+            "memory.keep_recent",
             f"[memory].keep_recent ({memory.keep_recent}) must be smaller than "
-            f"[memory].summarize_after ({memory.summarize_after})"
+            f"[memory].summarize_after ({memory.summarize_after})",
         )
 
 
@@ -432,26 +502,70 @@ def ollama_url(host: str) -> str:
     return urlunsplit(parts).rstrip("/")
 
 
-def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
+def env_secret(name: str, env: Mapping[str, str]) -> str | None:
+    """The secret ``name`` from the environment: its value, or the contents of the file
+    ``NAME_FILE`` names (surrounding whitespace and the final newline removed), as Docker
+    and Compose secrets give it; None when neither is set.
+
+    Raises:
+        ConfigError: both are set, or the file cannot be read, is not text, or is empty.
+            The message names the variable and the path, never the secret.
+    """
+    value = env.get(name, "").strip()
+    variable = f"{name}_FILE"
+    path = env.get(variable, "").strip()
+    if not path:
+        return value or None
+    if value:
+        raise ConfigError(
+            f"{name} and {variable} are both set; set only one of them ({variable} is the "
+            "path of a file holding the value, as Docker secrets give it)"
+        )
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{variable} names {path}, which cannot be read ({reason})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable} names {path}, which is not UTF-8 text") from None
+    if not text.strip():
+        raise ConfigError(f"{variable} names {path}, which is empty")
+    return text.strip()
+
+
+def _apply_env(settings: Settings, env: Mapping[str, str], problems: _Problems) -> Settings:
     host = env.get("OLLAMA_HOST", "").strip()
     if host:
-        llm = dataclasses.replace(settings.llm, base_url=ollama_url(host))
-        settings = dataclasses.replace(settings, llm=llm)
+        try:
+            llm = dataclasses.replace(settings.llm, base_url=ollama_url(host))
+            settings = dataclasses.replace(settings, llm=llm)
+        except ConfigError as exc:
+            problems.add("env.OLLAMA_HOST", str(exc))
+
+    secrets: dict[str, str | None] = {}
+    for name in SECRET_VARIABLES:
+        try:
+            secrets[name] = env_secret(name, env)
+        except ConfigError as exc:
+            problems.add(f"env.{name}", str(exc))
+            secrets[name] = None
 
     def secret(name: str) -> Secret | None:
-        value = env.get(name, "").strip()
+        value = secrets[name]
         return Secret(value) if value else None
 
-    database = env.get("DATABASE_URL", "").strip()
+    database = secrets["DATABASE_URL"]
     if database:
         if not is_database_url(database) or not _names_server(database):
-            raise ConfigError(
+            problems.add(
+                "env.DATABASE_URL",
                 "DATABASE_URL must be a PostgreSQL URL such as "
                 "postgresql://user:password@host:5432/dbname (an SQLite file is set with "
-                "[memory].database)"
+                "[memory].database)",
             )
-        memory = dataclasses.replace(settings.memory, database=database)
-        settings = dataclasses.replace(settings, memory=memory)
+        else:
+            memory = dataclasses.replace(settings.memory, database=database)
+            settings = dataclasses.replace(settings, memory=memory)
     return dataclasses.replace(
         settings,
         discord_token=secret("DISCORD_TOKEN"),
@@ -478,28 +592,39 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     return dataclasses.replace(settings, memory=memory, embeddings=emb, logging=log)
 
 
-def _build(cls: type[_T], table: object, where: str) -> _T:
-    """Instantiate dataclass ``cls`` from a TOML table, checking every key."""
+def _build(cls: type[_T], table: object, where: str, problems: _Problems) -> _T:
+    """Instantiate dataclass ``cls`` from a TOML table, checking every key.
+
+    A key that is unknown or whose value is wrong goes to ``problems`` and keeps its
+    default, so the keys after it are checked too.
+    """
     label = f"[{where}]" if where else "the top level"
     if not isinstance(table, dict):
-        raise ConfigError(f"{label} must be a table")
+        problems.add(where, f"{label} must be a table")
+        return cls()
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     allowed = [name for name in fields if name not in _NOT_IN_FILE]
     values: dict[str, Any] = {}
     for key, value in table.items():
-        if key not in allowed:
-            raise ConfigError(
-                f"unknown key {key!r} in {label}; expected one of: {', '.join(allowed)}"
-            )
         name = f"{where}.{key}" if where else key
-        values[key] = _check(hints[key], value, name, fields[key].metadata)
+        if key not in allowed:
+            problems.add(
+                name, f"unknown key {key!r} in {label}; expected one of: {', '.join(allowed)}"
+            )
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+            values[key] = _build(hint, value, name, problems)
+            continue
+        try:
+            values[key] = _check(hint, value, name, fields[key].metadata)
+        except ConfigError as exc:
+            problems.add(name, str(exc))
     return cls(**values)
 
 
 def _check(hint: Any, value: Any, name: str, meta: Mapping[str, Any]) -> Any:
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _build(hint, value, name)
     shown = f"[{name.rsplit('.', 1)[0]}].{name.rsplit('.', 1)[-1]}" if "." in name else name
     origin = typing.get_origin(hint)
     if origin is Literal:

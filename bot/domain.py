@@ -48,10 +48,19 @@ class Article:
 
 @dataclass(frozen=True, slots=True)
 class FetchResult:
-    """What the fetch agent found for one turn, and which sources failed."""
+    """What the fetch agent found for one turn, and which sources failed.
+
+    ``failures`` says, for each source of ``unavailable``, which host failed and how (the
+    DNS lookup, a refused connection, a timeout, an HTTP status): for the operator only.
+    """
 
     articles: tuple[Article, ...]
     unavailable: tuple[str, ...] = ()
+    failures: tuple[tuple[str, str], ...] = ()
+
+    def failure(self, source: str) -> str:
+        """How ``source`` (a label) failed, for the operator; ``""`` when it did not."""
+        return dict(self.failures).get(source, "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ SDK and library errors are translated into these at the boundary that called the
 ``httpx``, ``ollama`` or ``sqlite3`` errors directly.
 
     ResearchAgentError
-    ├── ConfigError            config.toml or the environment is wrong; names the key
+    ├── ConfigError            config.toml or the environment is wrong; names each key
     ├── StartupError           start-up checks failed; every problem found, one line each
     ├── SourceUnavailable      one source failed this turn (timeout, HTTP error, garbage)
     ├── LLMError
@@ -34,7 +34,15 @@ class ResearchAgentError(Exception):
 
 
 class ConfigError(ResearchAgentError):
-    """The configuration is invalid; the message names the offending key."""
+    """The configuration is invalid; each of ``problems`` names an offending key or variable.
+
+    The loader reports every problem of a file and its environment in one error, so one
+    run names everything to fix; ``str(exc)`` joins them with "; ".
+    """
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class StartupError(ResearchAgentError):

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import ollama
 
-from bot.config import load_settings
+from bot.config import config_report, load_settings
 from bot.errors import ConfigError
 
 # Progress is printed at most this often: a pull of a few GB streams thousands of updates.
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        print(f"Configuration error: {exc}", file=sys.stderr)
+        print(config_report(exc), file=sys.stderr)
         return 2
     model, host = settings.llm.model, settings.llm.base_url
     client = ollama.Client(host=host)

@@ -26,3 +26,20 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ "$requirements" -
     touch "$stamp"
     echo "Dependencies installed in $((SECONDS - started)) s ($(du -sh "$VENV" | cut -f1) in $VENV)." >&2
 fi
+# The project itself, editable, so `$VENV/bin/research-agent` runs this checkout; reinstalled
+# only when pyproject.toml changes (the code itself is read from the checkout). The venv's
+# own setuptools builds it when it is recent enough (70.1 builds wheels on its own): no
+# download; an older one makes pip fetch a current one to build with.
+project_stamp="$VENV/.installed-project"
+if [ ! -x "$VENV/bin/research-agent" ] || [ ! -f "$project_stamp" ] \
+    || [ pyproject.toml -nt "$project_stamp" ]; then
+    echo "Installing the research-agent command into $VENV ..." >&2
+    isolation=()
+    if "$VENV/bin/python" -c 'import setuptools, sys
+major, minor = (int(part) for part in setuptools.__version__.split(".")[:2])
+sys.exit((major, minor) < (70, 1))' 2>/dev/null; then
+        isolation=(--no-build-isolation)
+    fi
+    "$VENV/bin/python" -m pip install --quiet --no-deps ${isolation[@]+"${isolation[@]}"} -e . >&2
+    touch "$project_stamp"
+fi

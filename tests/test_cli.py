@@ -26,14 +26,24 @@ import pytest
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
+from bot import __version__
 from bot.adapters.base import Adapter, Submission
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.terminal import TerminalAdapter
-from bot.cli import MAX_LOG_MESSAGE, BoundedFormatter, build_parser
+from bot.cli import (
+    MAX_LOG_MESSAGE,
+    PROG_VARIABLE,
+    BoundedFormatter,
+    build_parser,
+    invoked_as,
+    main,
+    nobody_to_serve,
+)
 from bot.config import Settings, load_settings
 from bot.contract import InboundMessage
 from bot.errors import StartupError
 from bot.pipeline.prompts import SYNTHESIS_MARKER
+from bot.pipeline.wording import EMPTY_HINT
 from bot.runtime import Runtime
 from bot.store.sqlite import SqliteStore
 from tests.fakes.base import Fault
@@ -53,8 +63,10 @@ class Run:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_TOKEN")}
-    env.pop("OLLAMA_HOST", None)
+    secrets = ("_TOKEN", "_SECRET", "_TOKEN_FILE", "_SECRET_FILE", "DATABASE_URL_FILE")
+    env = {k: v for k, v in os.environ.items() if not k.endswith(secrets)}
+    for name in ("OLLAMA_HOST", "DATABASE_URL", PROG_VARIABLE):
+        env.pop(name, None)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
     return env
 
@@ -199,6 +211,27 @@ async def test_a_config_typo_fails_before_starting_and_names_the_key(tmp_path: P
     assert run.code == 2
     assert "Configuration error: unknown key 'modle' in [llm]" in run.err
     assert "Traceback" not in run.err
+
+
+async def test_every_config_problem_is_reported_in_one_run(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[llm]\nmodle = 'llama3.2'\ntemperature = 5\n[discord]\ntoken = 'tok-123'\n",
+        encoding="utf-8",
+    )
+    secret = tmp_path / "token"
+    secret.write_text("tok-456\n", encoding="utf-8")
+    env = child_env(DISCORD_TOKEN="tok-456", DISCORD_TOKEN_FILE=str(secret))
+    run = await bot("ask", "--config", str(config), "hello", env=env)
+    assert run.code == 2, run.err
+    lines = run.err.splitlines()
+    assert lines[0] == "Configuration errors; 4 problems to fix:"
+    assert lines[1].startswith("  1. [discord].token does not belong in config.toml")
+    assert lines[2].startswith("  2. unknown key 'modle' in [llm]")
+    assert lines[3] == "  3. [llm].temperature must be between 0 and 2, not 5.0"
+    assert lines[4].startswith("  4. DISCORD_TOKEN and DISCORD_TOKEN_FILE are both set")
+    assert len(lines) == 5
+    assert "tok-" not in run.err
 
 
 async def test_a_missing_embedding_model_names_every_fix(
@@ -868,3 +901,141 @@ async def test_a_question_cut_off_in_the_terminal_is_not_answered_later_and_show
     assert again.code == 0 and "Sources:" not in again.out, "not answered out of the blue"
     shown = await bot("conversations", "show", "cut", "--config", str(config))
     assert "What is BERT?" in shown.out and "(no answer saved)" in shown.out
+
+
+# ----------------------------------------------------------------------------- first hour
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        ([], ["With no command, research-agent serves the chat platforms", "NAME_FILE",
+              "opens the terminal chat (`research-agent chat`)", "3 ask, demo: no question",
+              "143 SIGTERM", "--version", "default: ./config.toml"]),
+        (["ask"], ["QUESTION", "default: a new conversation", "--json",
+                   "3 no question could be answered", "1 it cannot start"]),
+        (["chat"], ["(default: default)", "/quit", "130 Ctrl-C"]),
+        (["demo"], ["running summary", "0 done"]),
+        (["conversations"], ["`sessions` is this command's older name", "terminal:default",
+                             "1 show, reset: no such conversation"]),
+        (["conversations", "list"], ["when it was last active"]),
+        (["conversations", "show"], ["numbered from 1", "Exit status 1: no such conversation"]),
+        (["sessions", "reset"], ["also while the bot runs", "Exit status 1"]),
+        (["store", "migrate"], ["FROM", "DATABASE_URL_FILE", "1 the copy failed"]),
+    ],
+)  # fmt: skip
+def test_every_command_has_a_help_with_its_arguments_defaults_and_exit_statuses(
+    argv: list[str], says: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser("research-agent").parse_args([*argv, "-h"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: research-agent")
+    words = " ".join(shown.split())  # as wrapped for any terminal width
+    for text in says:
+        assert text in words, text
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"research-agent {__version__}\n"
+
+
+def test_hints_name_the_command_the_user_ran() -> None:
+    assert invoked_as("/srv/app/.venv/bin/research-agent", {}) == "research-agent"
+    assert invoked_as("/srv/app/bot/__main__.py", {}) == "python -m bot"
+    assert invoked_as("/srv/app/bot/__main__.py", {PROG_VARIABLE: "scripts/run"}) == "scripts/run"
+    assert "(or run `scripts/run chat` in a terminal)" in nobody_to_serve("scripts/run")
+    assert build_parser("scripts/run").format_usage().startswith("usage: scripts/run ")
+
+
+async def test_a_hint_names_what_scripts_run_exported(write_config: Callable[..., Path]) -> None:
+    config = str(write_config())
+    env = child_env(**{PROG_VARIABLE: "./scripts/run"})
+    missing = await bot("conversations", "show", "nope", "--config", config, env=env)
+    assert missing.code == 1
+    assert "`./scripts/run conversations list` shows them." in missing.out
+    plain = await bot("conversations", "show", "nope", "--config", config)
+    assert "`python -m bot conversations list` shows them." in plain.out
+
+
+async def test_ask_json_prints_one_line_per_question_an_empty_one_and_a_command_included(
+    write_config: Callable[..., Path],
+) -> None:
+    run = await bot(
+        "ask", "--json", "--config", str(write_config()), "", "What is BERT?", "/help", "  ",
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    empty, answered, command, blank = (json.loads(line) for line in run.out.splitlines())
+    assert (empty["question"], empty["status"]) == ("", "failed")
+    assert empty["reason"] == "the question is empty"
+    assert empty["answer"] == empty["body"] == EMPTY_HINT
+    assert empty["conversation"] == answered["conversation"] == command["conversation"]
+    assert set(empty) == set(answered), "the same fields on every line"
+    assert (answered["status"], answered["reason"]) == ("answered", None)
+    assert (command["status"], command["reason"]) == ("command", None)
+    assert "/reset makes me forget this conversation" in command["answer"]
+    assert (blank["question"], blank["status"]) == ("  ", "failed")
+
+    only_empty = await bot("ask", "--json", "--config", str(write_config()), "")
+    assert only_empty.code == 3
+    assert json.loads(only_empty.out)["reason"] == "the question is empty"
+
+
+async def test_with_no_source_reachable_the_terminal_says_which_host_failed_and_how(
+    write_config: Callable[..., Path], wikipedia: FakeWikipedia, hackernews: FakeHackerNews
+) -> None:
+    config = write_config()
+    refused = f"127.0.0.1:{closed_port()}"
+    text = config.read_text(encoding="utf-8").replace(wikipedia.url, f"http://{refused}")
+    config.write_text(text.replace(hackernews.url, "http://nonexistent.invalid"), "utf-8")
+
+    run = await bot("ask", "--config", str(config), "What is BERT?")
+    assert run.code == 3, run.err
+    assert (
+        f"Wikipedia was unavailable for this question. {refused}: connection refused "
+        "(after 2 attempts); check the network, or [sources.wikipedia].api_url"
+    ) in run.out.splitlines()
+    assert (
+        "Hacker News was unavailable for this question. nonexistent.invalid: DNS lookup failed ("
+    ) in run.out
+    assert not [line for line in run.out.splitlines() if line.startswith("_")], "no Markdown"
+    assert "… Searching Wikipedia and Hacker News" in run.err
+    assert "Analysing and ranking" not in run.err, "nothing to analyse"
+
+    as_json = await bot("ask", "--json", "--config", str(config), "What is BERT?")
+    (result,) = (json.loads(line) for line in as_json.out.splitlines())
+    assert result["status"] == "failed"
+    assert result["reason"] == "no source could be reached (Wikipedia, Hacker News)"
+    operator = {n["user"]: n["operator"] for n in result["notice_details"]}
+    assert operator["Wikipedia was unavailable for this question."].startswith(refused)
+    assert result["notices"] == [
+        "Wikipedia was unavailable for this question.",
+        "Hacker News was unavailable for this question.",
+    ]
+
+
+async def test_conversations_show_numbers_the_turns_as_the_user_counts_them(
+    write_config: Callable[..., Path],
+) -> None:
+    config = write_config()
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace("[memory]\n", "[memory]\nsummarize_after = 2\nkeep_recent = 1\n"), "utf-8"
+    )
+    first = await bot("ask", "--config", str(config), "--session", "a", "What is GPT?", "And BERT?")
+    assert first.code == 0, first.err
+    run = await bot(
+        "ask", "--config", str(config), "--session", "b",
+        "What is BERT?", "Who made it?", "When was it released?",
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    shown = await bot("conversations", "show", "b", "--config", str(config))
+    assert shown.code == 0, shown.err
+    numbers = [line.split("]")[0] for line in shown.out.splitlines() if line.startswith("[")]
+    assert numbers == ["[1", "[2", "[3"], shown.out
+    (summary,) = (line for line in shown.out.splitlines() if line.startswith("Summary"))
+    assert summary in {f"Summary (up to turn {n}):" for n in (1, 2)}, summary

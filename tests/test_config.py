@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Secret, load_settings
+from bot.config import Secret, config_report, env_secret, load_settings
 from bot.errors import ConfigError
 
 
@@ -192,3 +192,129 @@ def test_replica_settings_default_to_one_process_and_no_metrics(tmp_path: Path) 
     assert (settings.memory.pool_size, settings.memory.lease_s) == (10, 30.0)
     assert settings.metrics.port == 0
     assert settings.discord.shard_count == 0
+
+
+# ------------------------------------------------------------------- every problem at once
+
+
+def test_every_problem_of_the_file_and_the_environment_is_reported_at_once(
+    tmp_path: Path,
+) -> None:
+    text = (
+        "discord = 3\n"
+        '[llm]\nmodle = "x"\ntemperature = 5\n'
+        "[memory]\nkeep_recent = -1\nsummarize_after = 4\n"
+        '[sources]\ntimeout_s = "fast"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), env={"OLLAMA_HOST": "http://"})
+    problems = caught.value.problems
+    assert problems == (
+        "[discord] must be a table",
+        "unknown key 'modle' in [llm]; expected one of: base_url, model, temperature, "
+        "timeout_s, first_token_timeout_s, call_timeout_s, context_tokens, max_tokens",
+        "[llm].temperature must be between 0 and 2, not 5.0",
+        "[memory].keep_recent must be between 0 and 10000, not -1",
+        "[sources].timeout_s must be a number, not 'fast'",
+        "OLLAMA_HOST='http://' names no host",
+    ), "and no comparison of keep_recent's default with the file's summarize_after"
+    assert str(caught.value) == "; ".join(problems)
+    report = config_report(caught.value)
+    assert report.startswith("Configuration errors; 6 problems to fix:\n  1. [discord] must")
+    assert "\n  6. OLLAMA_HOST" in report
+
+
+def test_one_problem_is_reported_on_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, "[llm]\ntemperature = 5\n"), env={})
+    assert config_report(caught.value) == (
+        "Configuration error: [llm].temperature must be between 0 and 2, not 5.0"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "variable"),
+    [
+        ('[discord]\ntoken = "abc"\n', "DISCORD_TOKEN"),
+        ('[discord]\nDISCORD_TOKEN = "abc"\n', "DISCORD_TOKEN"),
+        ('[slack]\ntoken = "xoxb"\n', "SLACK_BOT_TOKEN"),
+        ('[slack]\nbot_token = "xoxb"\n', "SLACK_BOT_TOKEN"),
+        ('[slack]\napp_token = "xapp"\n', "SLACK_APP_TOKEN"),
+        ('[slack]\nsigning_secret = "s"\n', "SLACK_SIGNING_SECRET"),
+        ('[llm]\nslack_bot_token = "xoxb"\n', "SLACK_BOT_TOKEN"),
+    ],
+)
+def test_a_token_under_a_platforms_table_is_refused_like_a_top_level_one(
+    tmp_path: Path, text: str, variable: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), env={})
+    (problem,) = caught.value.problems  # not "unknown key" as well
+    assert "does not belong in config.toml: tokens come from the environment" in problem
+    assert f"set the {variable} environment variable instead" in problem
+    assert f"{variable}_FILE" in problem
+    assert "abc" not in problem and "xoxb" not in problem
+
+
+# ------------------------------------------------------------------- secrets as files
+
+
+@pytest.mark.parametrize(
+    ("variable", "attribute"),
+    [
+        ("DISCORD_TOKEN", "discord_token"),
+        ("SLACK_BOT_TOKEN", "slack_bot_token"),
+        ("SLACK_APP_TOKEN", "slack_app_token"),
+        ("SLACK_SIGNING_SECRET", "slack_signing_secret"),
+    ],
+)
+def test_each_token_can_come_from_a_file(tmp_path: Path, variable: str, attribute: str) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("tok-123\n", encoding="utf-8")  # as `echo tok-123 > secret` writes it
+    settings = load_settings(write(tmp_path, ""), env={f"{variable}_FILE": str(secret)})
+    value = getattr(settings, attribute)
+    assert isinstance(value, Secret) and value.reveal() == "tok-123"
+    assert "tok-123" not in repr(settings)
+
+
+def test_the_database_url_can_come_from_a_file(tmp_path: Path) -> None:
+    url = "postgresql://bot:s3cret@db:5432/research"
+    secret = tmp_path / "database-url"
+    secret.write_text(f"{url}\n", encoding="utf-8")
+    settings = load_settings(write(tmp_path, ""), env={"DATABASE_URL_FILE": str(secret)})
+    assert settings.memory.database == url
+    assert env_secret("DATABASE_URL", {"DATABASE_URL_FILE": str(secret)}) == url
+    assert env_secret("DATABASE_URL", {"DATABASE_URL": f" {url} "}) == url
+    assert env_secret("DATABASE_URL", {}) is None
+
+
+def test_secret_files_that_cannot_be_used_are_reported_without_the_secret(
+    tmp_path: Path,
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("tok-123\n", encoding="utf-8")
+    empty = tmp_path / "empty"
+    empty.write_text("\n", encoding="utf-8")
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe")
+    env = {
+        "DISCORD_TOKEN": "tok-123",
+        "DISCORD_TOKEN_FILE": str(token),
+        "SLACK_BOT_TOKEN_FILE": str(tmp_path / "missing"),
+        "SLACK_APP_TOKEN_FILE": str(tmp_path),  # a directory
+        "SLACK_SIGNING_SECRET_FILE": str(empty),
+        "DATABASE_URL_FILE": str(binary),
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, ""), env=env)
+    assert caught.value.problems == (
+        "DISCORD_TOKEN and DISCORD_TOKEN_FILE are both set; set only one of them "
+        "(DISCORD_TOKEN_FILE is the path of a file holding the value, as Docker secrets give "
+        "it)",
+        f"SLACK_BOT_TOKEN_FILE names {tmp_path / 'missing'}, which cannot be read "
+        "(No such file or directory)",
+        f"SLACK_APP_TOKEN_FILE names {tmp_path}, which cannot be read (Is a directory)",
+        f"SLACK_SIGNING_SECRET_FILE names {empty}, which is empty",
+        f"DATABASE_URL_FILE names {binary}, which is not UTF-8 text",
+    )
+    assert "tok-123" not in str(caught.value)

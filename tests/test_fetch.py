@@ -331,7 +331,13 @@ async def test_wrong_json_shape_is_a_failure(session: aiohttp.ClientSession) -> 
         agent = agent_for(session, wiki, hn)
         result = await agent.fetch(["python"])
 
-    assert result == FetchResult(articles=(), unavailable=("Wikipedia", "Hacker News"))
+    assert (result.articles, result.unavailable) == ((), ("Wikipedia", "Hacker News"))
+    host = wiki.url.removeprefix("http://")
+    assert result.failure("Wikipedia") == (
+        f"{host}: 'query.pages' is neither a list nor an object; "
+        "check the network, or [sources.wikipedia].api_url"
+    )
+    assert "response has no 'hits' list" in result.failure("Hacker News")
 
 
 async def test_api_error_body_is_a_failure_and_not_cached(
@@ -496,3 +502,52 @@ async def test_no_keywords_no_requests(
 
     assert await agent.fetch(keywords) == FetchResult(articles=())
     assert wiki.requests == [] and hn.requests == []
+
+
+# ------------------------------------------------------------- how a source failed, and where
+
+
+async def test_a_refused_connection_names_the_host_and_says_refused(
+    session: aiohttp.ClientSession, hn: FakeHackerNews
+) -> None:
+    closed = await FakeWikipedia().start()
+    host = closed.url.removeprefix("http://")
+    await closed.close()
+    agent = agent_for(session, closed, hn, retries=1)
+
+    result = await agent.fetch(["python"])
+
+    assert result.failure("Wikipedia") == (
+        f"{host}: connection refused (after 2 attempts); "
+        "check the network, or [sources.wikipedia].api_url"
+    )
+    assert result.failure("Hacker News") == ""
+
+
+async def test_an_unresolvable_host_is_a_dns_failure(
+    session: aiohttp.ClientSession, wiki: FakeWikipedia
+) -> None:
+    settings = make_settings(
+        wiki.url + "/w/api.php", "http://nonexistent.invalid/api/v1", retries=0
+    )
+    result = await FetchAgent(session, settings).fetch(["python"])
+
+    assert result.unavailable == ("Hacker News",)
+    failure = result.failure("Hacker News")
+    assert failure.startswith("nonexistent.invalid: DNS lookup failed (")
+    assert failure.endswith("); check the network, or [sources.hackernews].api_url")
+    assert "attempts" not in failure
+
+
+async def test_a_timeout_says_how_long_it_waited(
+    session: aiohttp.ClientSession, wiki: FakeWikipedia, hn: FakeHackerNews
+) -> None:
+    hn.always_fail = Fault.hang()
+    agent = agent_for(session, wiki, hn, timeout_s=0.2)
+
+    result = await agent.fetch(["python", "gpt"])
+
+    host = hn.url.removeprefix("http://")
+    assert result.failure("Hacker News") == (
+        f"{host}: no answer within 0.2 s; check the network, or [sources.hackernews].api_url"
+    ), "two requests failed the same way: said once"

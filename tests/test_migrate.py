@@ -99,6 +99,22 @@ async def test_the_target_comes_from_database_url_and_the_password_is_never_show
     assert "s3cret" not in run.out + run.err and "***" in run.out
 
 
+async def test_the_target_may_come_from_database_url_file(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    await filled(tmp_path / "bot.db")
+    secret = tmp_path / "database-url"
+    secret.write_text(postgres_url.replace("postgres@", "postgres:s3cret@", 1) + "\n", "utf-8")
+
+    run = await bot(
+        "store", "migrate", str(tmp_path / "bot.db"), env=child_env(DATABASE_URL_FILE=str(secret))
+    )
+
+    assert run.code == 0, run.err
+    assert "conversations: 2 row(s)" in run.out
+    assert "s3cret" not in run.out + run.err
+
+
 async def test_a_target_with_conversations_is_refused_and_left_alone(
     tmp_path: Path, postgres_url: str
 ) -> None:

@@ -289,6 +289,11 @@ async def test_one_source_down_is_named_and_the_other_still_answers(
     assert result.status == "degraded"
     assert "Wikipedia was unavailable" in user_view(bot)
     assert result.sources and all(s.source == "Hacker News" for s in result.sources)
+    # Which host failed, and how, is for the operator: never in the chat.
+    host = wikipedia.url.removeprefix("http://")
+    (notice,) = result.notices
+    assert notice.operator.startswith(f"{host}: HTTP 500")
+    assert host not in user_view(bot) and "HTTP 500" not in user_view(bot)
 
 
 async def test_garbage_from_a_source_is_survived(

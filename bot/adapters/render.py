@@ -8,7 +8,9 @@
     _Wikipedia was unavailable for this question._
 
 The terminal is the operator's own window, so it shows each notice's operator hint (how
-to fix it); a chat adapter passes ``operator=False`` and shows only the user line.
+to fix it); a chat adapter passes ``operator=False`` and shows only the user line. A
+terminal does not render Markdown either: it passes ``plain=True``, and the notices lose
+their underscores.
 """
 
 from __future__ import annotations
@@ -40,12 +42,16 @@ def mark_weak(body: str, weak: Sequence[WeakCitation]) -> str:
     return body
 
 
-def weak_line(weak: Sequence[WeakCitation]) -> str:
+def _italic(text: str, *, plain: bool) -> str:
+    return text if plain else f"_{text}_"
+
+
+def weak_line(weak: Sequence[WeakCitation], *, plain: bool = False) -> str:
     """One italic line naming the weakly supported citations; ``""`` when there are none."""
     if not weak:
         return ""
     marks = ", ".join(f"[{n}?]" for n in sorted({w.n for w in weak}))
-    return f"_Marked {marks}: the cited source barely supports that sentence._"
+    return _italic(f"Marked {marks}: the cited source barely supports that sentence.", plain=plain)
 
 
 def listed_sources(sources: Sequence[Source]) -> tuple[bool, list[Source]]:
@@ -65,23 +71,30 @@ def sources_footer(sources: Sequence[Source]) -> str:
     return "\n".join([heading, *(f"[{s.n}] {s.title} — {s.url}" for s in chosen)])
 
 
-def notice_lines(notices: Sequence[Notice], *, operator: bool) -> str:
+def notice_lines(notices: Sequence[Notice], *, operator: bool, plain: bool = False) -> str:
     """One italic line per notice; with ``operator``, its hint follows the user line."""
     return "\n".join(
-        f"_{n.user} {n.operator}_" if operator and n.operator else f"_{n.user}_" for n in notices
+        _italic(f"{n.user} {n.operator}" if operator and n.operator else n.user, plain=plain)
+        for n in notices
     )
 
 
-def render_tail(reply: Reply, *, operator: bool) -> str:
-    """What follows the body: the Sources list, then the notices, each after a blank line."""
+def render_tail(reply: Reply, *, operator: bool, plain: bool = False) -> str:
+    """What follows the body: the Sources list, then the notices, each after a blank line.
+
+    ``plain``: no Markdown emphasis, for a terminal.
+    """
     blocks = [
         sources_footer(reply.sources),
-        weak_line(reply.weak_citations),
-        notice_lines(reply.notices, operator=operator),
+        weak_line(reply.weak_citations, plain=plain),
+        notice_lines(reply.notices, operator=operator, plain=plain),
     ]
     return "".join(f"\n\n{block}" for block in blocks if block)
 
 
-def render_reply(reply: Reply, *, operator: bool) -> str:
-    """The whole reply as one Markdown text, weak citations marked ``[n?]``."""
-    return mark_weak(reply.body, reply.weak_citations) + render_tail(reply, operator=operator)
+def render_reply(reply: Reply, *, operator: bool, plain: bool = False) -> str:
+    """The whole reply as one text, weak citations marked ``[n?]``: Markdown, or with
+    ``plain`` the text a terminal shows."""
+    return mark_weak(reply.body, reply.weak_citations) + render_tail(
+        reply, operator=operator, plain=plain
+    )

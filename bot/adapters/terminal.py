@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from bot.adapters.base import IntakePort
+from bot.adapters.base import IntakePort, Outcome
 from bot.adapters.render import render_tail
 from bot.contract import Author, InboundMessage, Platform, Reply, conversation_key
 
@@ -92,7 +92,8 @@ class TerminalReply:
         if self._quiet:
             return
         # The body streamed already, unless the turn failed before it could.
-        self._write(("" if self._streamed else reply.body) + render_tail(reply, operator=True))
+        body = "" if self._streamed else reply.body
+        self._write(body + render_tail(reply, operator=True, plain=True))
         self._streamed = True
         self.clear_status()
 
@@ -143,6 +144,10 @@ class TerminalAdapter:
         self._quiet = quiet
         self._editor = editor
         self._reader: _LineReader | None = None
+        # What the intake did with the last line, and what it said back without a turn (a
+        # command's answer, the empty line's hint): ``ask --json`` reports both.
+        self.last_outcome: Outcome | None = None
+        self.notified: list[str] = []
         self._alive = False
         self._stopped = asyncio.Event()
         # Event ids need only be unique per process and run: the pid and a counter.
@@ -187,6 +192,7 @@ class TerminalAdapter:
     async def notify(
         self, message: InboundMessage[TerminalTarget], text: str, *, private: bool
     ) -> None:
+        self.notified.append(text)
         # ``ask --json`` keeps stdout for JSON; a command's answer goes to stderr there.
         (self._err if self._quiet else self._out).write(f"{text}\n")
 
@@ -204,6 +210,7 @@ class TerminalAdapter:
         """Submit one line and wait for its answer; None when no turn ran (a command)."""
         if self._intake is None:
             raise RuntimeError("the terminal adapter is not started")
+        self.notified = []
         submission = await self._intake.submit(
             InboundMessage(
                 text=text,
@@ -215,6 +222,7 @@ class TerminalAdapter:
                 target=TerminalTarget(self._session),
             )
         )
+        self.last_outcome = submission.outcome
         if submission.done is None:
             return None
         # Shielded: Ctrl-C or SIGTERM cancels this wait, not the turn, which shutdown then

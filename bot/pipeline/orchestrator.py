@@ -229,10 +229,14 @@ class Pipeline:
         )
         articles = list(fetched.articles)
         for name in fetched.unavailable:
-            turn.notices.append(Notice("source_unavailable", unavailable_line(name)))
+            turn.notices.append(
+                Notice("source_unavailable", unavailable_line(name), fetched.failure(name))
+            )
 
-        loading = " (the embedding model is still loading)" if self._relevance.loading else ""
-        await turn.listener.on_progress(f"Analysing and ranking {len(articles)} articles{loading}")
+        if articles:  # with none, there is nothing to analyse or rank, and nothing to say
+            loading = " (the embedding model is still loading)" if self._relevance.loading else ""
+            count = f"{len(articles)} article{'' if len(articles) == 1 else 's'}"
+            await turn.listener.on_progress(f"Analysing and ranking {count}{loading}")
         report, ranked = await _both(
             turn.clock.time("analysis_s", self._analyze(articles, topics)),
             turn.clock.time(

@@ -7,6 +7,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from types import ModuleType
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -59,15 +61,15 @@ class FetchAgent:
         outcomes = [(r.source, t.result()) for r, t in zip(requests, tasks, strict=True)]
         return _assemble(outcomes)
 
-    async def _attempt(self, request: Request) -> Parsed | None:
-        """One request's articles, or ``None`` (logged) if it failed."""
+    async def _attempt(self, request: Request) -> Parsed | str:
+        """One request's articles, or (logged) how it failed: ``host: reason``."""
         try:
             return await self._client.get(request)
         except SourceUnavailable as exc:
             _log.warning(
                 "%s request failed: %s (params %s)", request.source, exc.reason, request.params
             )
-            return None
+            return f"{urlsplit(request.url).netloc}: {exc.reason}"
 
 
 def provenance(article: Article) -> tuple[str, str]:
@@ -96,17 +98,21 @@ def _unique_terms(keywords: Sequence[str]) -> list[str]:
     return terms
 
 
-def _assemble(outcomes: Sequence[tuple[str, Parsed | None]]) -> FetchResult:
+def _assemble(outcomes: Sequence[tuple[str, Parsed | str]]) -> FetchResult:
     articles: list[Article] = []
     unavailable: list[str] = []
-    for source in (module.LABEL for module in _SOURCES):
+    failures: list[tuple[str, str]] = []
+    for module in _SOURCES:
+        source = module.LABEL
         batches = [parsed for name, parsed in outcomes if name == source]
         if not batches:
             continue  # disabled
-        arrived = [parsed for parsed in batches if parsed is not None]
+        arrived = [parsed for parsed in batches if not isinstance(parsed, str)]
         if not arrived:
             _log.warning("%s unavailable this turn: all %d requests failed", source, len(batches))
             unavailable.append(source)
+            reasons = dict.fromkeys(reason for reason in batches if isinstance(reason, str))
+            failures.append((source, _operator_line(module, list(reasons))))
             continue
         if len(arrived) < len(batches):
             _log.warning(
@@ -116,7 +122,15 @@ def _assemble(outcomes: Sequence[tuple[str, Parsed | None]]) -> FetchResult:
                 len(batches),
             )
         articles.extend(_dedupe(arrived))
-    return FetchResult(articles=tuple(articles), unavailable=tuple(unavailable))
+    return FetchResult(
+        articles=tuple(articles), unavailable=tuple(unavailable), failures=tuple(failures)
+    )
+
+
+def _operator_line(module: ModuleType, reasons: Sequence[str]) -> str:
+    """Which host failed and how, and where to look: the operator's half of the notice."""
+    section = f"[sources.{module.__name__.rsplit('.', 1)[-1]}]"
+    return f"{'; '.join(reasons)}; check the network, or {section}.api_url"
 
 
 def _dedupe(batches: Sequence[Parsed]) -> list[Article]:

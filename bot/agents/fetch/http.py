@@ -4,7 +4,9 @@ round trip for identical requests in flight at once.
 Every request has its own timeout, a body-size cap and a bounded number of retries with
 exponential backoff on 429, 5xx and connection errors (``Retry-After`` honoured, capped).
 Successful parsed answers are kept in a small TTL cache. Every library, HTTP or payload
-error leaves as :class:`~bot.errors.SourceUnavailable`.
+error leaves as :class:`~bot.errors.SourceUnavailable`, whose reason says how it failed in
+words an operator acts on: the DNS lookup failed, the connection was refused, no answer
+within the timeout, an HTTP status.
 """
 
 from __future__ import annotations
@@ -167,9 +169,10 @@ class JsonClient:
                 return await self._get_once(request)
             except _Retryable as exc:
                 if retries >= self._settings.retries:
-                    raise SourceUnavailable(
-                        request.source, f"{exc.reason} (after {retries + 1} attempts)"
-                    ) from (exc.__cause__ or exc)
+                    tries = f" (after {retries + 1} attempts)" if retries else ""
+                    raise SourceUnavailable(request.source, exc.reason + tries) from (
+                        exc.__cause__ or exc
+                    )
                 delay = self._delay(retries, exc.retry_after)
                 retries += 1
                 _log.info("%s: %s; retry %d in %.2f s", request.source, exc.reason, retries, delay)
@@ -195,12 +198,31 @@ class JsonClient:
                 body = await _read_capped(source, response, self._settings.max_body_bytes)
         except TimeoutError as exc:
             # Not retried: a hanging server would hold the turn for (retries + 1) timeouts.
-            raise SourceUnavailable(source, f"no answer within {self._timeout.total} s") from exc
+            raise SourceUnavailable(source, f"no answer within {self._timeout.total:g} s") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise _Retryable(f"connection failed: {exc!r}") from exc
+            raise _Retryable(connection_failure(exc)) from exc
         except aiohttp.ClientError as exc:
             raise SourceUnavailable(source, f"request failed: {exc!r}") from exc
         return _decode_json(source, body)
+
+
+def connection_failure(exc: aiohttp.ClientError) -> str:
+    """How a connection failed, as the operator needs to know it: DNS, refused, reset."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"DNS lookup failed ({_os_reason(exc.os_error)})"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "connection refused"
+        return f"cannot connect ({_os_reason(exc.os_error)})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer broke off"
+    return f"connection failed: {exc!r}"
+
+
+def _os_reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
 
 
 def _check_status(source: str, response: aiohttp.ClientResponse) -> None:
