@@ -5,8 +5,10 @@ against the fake Ollama playing the real models' misbehaviours (tests/fakes/misb
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.render import ATTRIBUTED_HEADING, mark_attributed, render_reply
 from bot.cli import reply_json
-from bot.config import Settings
+from bot.config import Settings, load_settings
 from bot.contract import Attribution, Reply
 from bot.intake.codec import decode_reply, encode_reply
 from bot.pipeline import citations
@@ -123,6 +125,8 @@ def test_uncited_claims_are_attributed_above_the_threshold_only() -> None:
         Attribution(2, claims[0], 0.8)
     ]
     assert citations.attribute(claims, vectors, passages, threshold=0.85) == []
+    bullets = "Two facts:\n- Mercury has no moons at all\n- It is the smallest planet [1]"
+    assert citations.uncited_claims(bullets) == ["- Mercury has no moons at all"]
 
 
 def test_attributed_citations_render_in_place_and_survive_the_outbox() -> None:
@@ -273,3 +277,24 @@ async def test_a_turn_with_no_source_is_degraded(bot: InMemoryAdapter) -> None:
     assert reply.sources == ()
     assert reply.status == "degraded" and kinds(reply) == ["no_sources"]
     assert reply.notices[0].user == ""
+
+
+async def test_with_the_real_embedding_model_only_the_uncited_answer_is_attributed(
+    write_config: Callable[..., Path], ollama: FakeOllama
+) -> None:
+    settings = load_settings(write_config(backend="sentence-transformers"), env={})
+    settings = dataclasses.replace(
+        settings, analysis=dataclasses.replace(settings.analysis, enabled=False)
+    )
+    async with await Runtime.start(settings) as runtime:
+        bot = InMemoryAdapter()
+        await runtime.add_adapter(bot)
+        well = await bot.ask(QUESTION)
+        ollama.responder = misbehaving.uncited
+        uncited = await bot.ask("How does attention work in transformers?")
+
+    # The well-behaved model's "Some details may not be covered by these sources" (its
+    # invalid citation removed) is uncited, and rightly stays so.
+    assert well.status == "answered" and well.attributions == (), well.attributions
+    assert uncited.status == "degraded" and uncited.attributions, uncited.body
+    assert all(a.support >= settings.citations.attribution_threshold for a in uncited.attributions)

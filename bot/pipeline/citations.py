@@ -107,9 +107,12 @@ def weak(
 
 
 def uncited_claims(body: str) -> list[str]:
-    """The sentences of ``body`` that cite nothing and make a claim (verbatim slices)."""
+    """The sentences of ``body`` that cite nothing and make a claim (verbatim slices).
+
+    Each line is split on its own: a bullet point is a claim even without a full stop.
+    """
     out = []
-    for sentence in sentences(body):
+    for sentence in (s for line in body.splitlines() for s in sentences(line)):
         if _CITATION.search(sentence) or sentence.rstrip().endswith(("?", ":")):
             continue
         if len(sentence.split()) >= MIN_CLAIM_WORDS:
