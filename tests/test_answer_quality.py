@@ -18,6 +18,7 @@ from bot.adapters.render import ATTRIBUTED_HEADING, mark_attributed, render_repl
 from bot.cli import reply_json
 from bot.config import Settings, load_settings
 from bot.contract import Attribution, Reply
+from bot.core import metrics
 from bot.intake.codec import decode_reply, encode_reply
 from bot.pipeline import citations
 from bot.pipeline.answer import SAID_NOTHING
@@ -232,7 +233,11 @@ async def test_a_placeholder_answer_says_nothing_was_written(
     bot: InMemoryAdapter, ollama: FakeOllama
 ) -> None:
     ollama.responder = misbehaving.placeholder
+    counted = {"kind": "answer_empty"}
+    before = metrics.REGISTRY.get_sample_value("research_agent_turn_notices_total", counted)
     reply = await bot.ask(QUESTION)
+    after = metrics.REGISTRY.get_sample_value("research_agent_turn_notices_total", counted)
+    assert (after or 0) - (before or 0) == 1, "operators count the turns it degrades"
 
     assert reply.body == SAID_NOTHING
     assert reply.status == "degraded" and "answer_empty" in kinds(reply)
