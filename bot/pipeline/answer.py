@@ -130,7 +130,7 @@ class AnswerWriter:
             or "(none)",
             "sources": prompts.format_sources(sources),
             "analysis": prompts.describe_report(report),
-            "notes": "\n".join(n.user for n in turn.notices) or "(none)",
+            "notes": "\n".join(n.user for n in turn.notices if n.user) or "(none)",
         }
         layout = LayoutFilter(self._prompt_lines(inputs, sources))
         answer_filter = AnswerFilter([s.n for s, _ in sources], layout)
@@ -155,7 +155,11 @@ class AnswerWriter:
                             self._settings.max_tokens,
                             turn.conversation,
                         )
-                        turn.notices.append(Notice("answer_cut", ANSWER_LONG))
+                        hint = (
+                            "The answer reached [chat].max_answer_chars; raise it, or lower "
+                            "[chat].answer_words."
+                        )
+                        turn.notices.append(Notice("answer_cut", ANSWER_LONG, operator=hint))
                         break
                     room -= len(text)
                     await turn.emit(safety.feed(answer_filter.feed(text)))

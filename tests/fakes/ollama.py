@@ -8,7 +8,8 @@ Routes (what ``ollama`` 0.6 and ``langchain-ollama`` 1.1 use, shaped like Ollama
   durations (ns), ``prompt_eval_count`` and ``eval_count`` (one per chunk); ``stream`` false
   answers the whole reply as one object. No messages: a ``done_reason`` ``"load"`` reply.
   ``options.num_predict`` (when positive) stops the reply after that many chunks (the
-  fake's tokens), and then ``done_reason`` is ``"length"``, as Ollama does.
+  fake's tokens), and then ``done_reason`` is ``"length"``, as Ollama does (unless
+  ``honours_num_predict`` is False: a server that ignores it).
 * ``POST /api/generate``: the same with ``"response"`` instead of ``"message"``.
 * ``GET /api/tags``, ``POST /api/show``, ``GET /api/ps``, ``GET /api/version``, ``GET /``.
 * A model that is not in :attr:`FakeOllama.models` gets HTTP 404
@@ -325,8 +326,8 @@ class FakeOllama(FakeServer):
     Attributes tests may set or read at any time:
 
     * ``models``: pulled model names (``"x"`` means ``"x:latest"``);
-    * ``responder``, ``chunk_delay_s``, and the base class's ``latency_s``, ``faults``,
-      ``always_fail``, ``requests``;
+    * ``responder``, ``chunk_delay_s``, ``honours_num_predict``, and the base class's
+      ``latency_s``, ``faults``, ``always_fail``, ``requests``;
     * ``replies``: the full text of every model reply started, in order;
     * ``aborted_streams`` and the event ``stream_aborted``: streams the client hung up on.
     """
@@ -344,6 +345,7 @@ class FakeOllama(FakeServer):
         self.responder: Responder = responder or default_responder
         self.chunk_delay_s = chunk_delay_s
         self.latency_s = latency_s
+        self.honours_num_predict = True
         self.replies: list[str] = []
         self.aborted_streams = 0
         self.stream_aborted = asyncio.Event()
@@ -543,7 +545,8 @@ class FakeOllama(FakeServer):
         except Exception as exc:  # a test's responder is broken: make it loud
             return _error(500, f"responder failed: {exc!r}")
         chunks = _Limited(
-            iter(split_tokens(reply) if isinstance(reply, str) else reply), _num_predict(body)
+            iter(split_tokens(reply) if isinstance(reply, str) else reply),
+            _num_predict(body) if self.honours_num_predict else None,
         )
         turn = _Turn(
             model, chat, chunks, failing, prompt_tokens(body), started, self._delay_for(body)
