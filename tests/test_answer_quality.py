@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bot.adapters.discord.render import render_reply as discord_render
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.adapters.render import ATTRIBUTED_HEADING, mark_attributed, render_reply
+from bot.adapters.slack.render import render_mrkdwn as slack_render
 from bot.cli import reply_json
 from bot.config import Settings, load_settings
-from bot.contract import Attribution, Reply
+from bot.contract import Attribution, Notice, Reply, Source
 from bot.core import metrics
 from bot.intake.codec import decode_reply, encode_reply
 from bot.pipeline import citations
@@ -162,6 +164,28 @@ async def test_a_call_stopped_by_its_token_limit_says_length(
         assert limits == [5, settings.max_tokens]
     finally:
         await close_chat_model(llm)
+
+
+def test_every_platform_shows_the_bots_citations_in_place_and_says_so() -> None:
+    source = Source(1, "Mercury (planet)", "https://en.wikipedia.org/wiki/Mercury", "Wikipedia",
+                    0.9, cited=True)  # fmt: skip
+    reply = Reply(
+        question="q",
+        body="Mercury is the closest planet to the Sun. Nothing more",
+        conversation="inmemory:x",
+        sources=(source,),
+        notices=(Notice("answer_uncited", "The bot cited.", "op"), Notice("no_sources", "")),
+        attributions=(Attribution(1, "Mercury is the closest planet to the Sun.", 0.8),),
+    )
+    for shown in (discord_render(reply), slack_render(reply), render_reply(reply, operator=False)):
+        assert "Mercury is the closest planet to the Sun [1]." in shown, shown
+        assert "(some citations added by the bot)" in shown
+        assert "The bot cited." in shown
+        # The operator-only notice leaves no empty line of emphasis behind.
+        assert not {"__", "**"} & {line.strip() for line in shown.splitlines()}, shown
+    plain = dataclasses.replace(reply, attributions=())
+    for shown in (discord_render(plain), slack_render(plain), render_reply(plain, operator=False)):
+        assert "[1]" not in shown.split("\n")[0] and "added by the bot" not in shown
 
 
 @pytest.fixture
