@@ -586,13 +586,15 @@ def reply_json(reply: Reply) -> dict[str, Any]:
         "topics": list(reply.topics),
         "sources": [dataclasses.asdict(s) for s in reply.sources],
         "unavailable": list(reply.unavailable),
-        "notices": [n.user for n in reply.notices],
+        "notices": [n.user for n in reply.notices if n.user],
         "notice_details": [
             {"kind": n.kind, "user": n.user, "operator": n.operator} for n in reply.notices
         ],
         "neutralised": {"links": reply.neutralised.links, "mentions": reply.neutralised.mentions},
         "timings": {k: round(v, 4) for k, v in reply.timings.items()},
         "weak_citations": [dataclasses.asdict(w) for w in reply.weak_citations],
+        # Citations the bot added to sentences the model left uncited, not the model's own.
+        "attributed": [dataclasses.asdict(a) for a in reply.attributions],
         "conversation": reply.conversation,
         # The field's first name, kept for scripts that read it.
         "session": reply.conversation,

@@ -72,6 +72,8 @@ class LLMSettings:
     # Sent as num_predict, and enforced on the stream too (a server may ignore it): a model
     # stuck in a loop must not hold a conversation forever.
     max_tokens: int = field(default=1024, metadata=_between(16, 100_000))
+    # The running summary's call: at most five sentences.
+    summary_max_tokens: int = field(default=256, metadata=_between(16, 100_000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,10 @@ class CitationSettings:
     # Below this similarity of a sentence to its source's best passage, a citation is weak
     # (bench/citations.py: 0.40 flags 59% of unsupported citations, 4.8% of supported ones).
     threshold: float = field(default=0.40, metadata=_between(-1, 1))
+    # Give each sentence the model left uncited the source that supports it best, when that
+    # support reaches attribution_threshold; renderings say these citations are the bot's.
+    attribute: bool = True
+    attribution_threshold: float = field(default=0.60, metadata=_between(-1, 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +189,8 @@ class ChatSettings:
     max_sources_in_prompt: int = field(default=5, metadata=_between(1, 20))
     # The longest answer body; the model's stream is cut there, and the answer says so.
     max_answer_chars: int = field(default=6000, metadata=_between(200, 100_000))
+    # The answer's length the prompt asks for, in words; [llm].max_tokens is the hard cap.
+    answer_words: int = field(default=150, metadata=_between(20, 5000))
     # A whole turn, from its start to its answer: past it the user gets what was written
     # so far (or the sources), and the conversation moves on.
     turn_timeout_s: float = field(default=300.0, metadata=_between(5, 7200))

@@ -32,6 +32,11 @@ NoticeKind = Literal[
     "llm_unavailable",
     "answer_cut",
     "ranking_unavailable",
+    # The answer's quality: the model cited nothing, echoed its prompt, said nothing.
+    "answer_uncited",
+    "answer_echo",
+    "answer_empty",
+    "no_sources",
 ]
 
 TargetT = TypeVar("TargetT")
@@ -158,12 +163,28 @@ class WeakCitation:
 
 
 @dataclass(frozen=True, slots=True)
+class Attribution:
+    """A citation the bot added to a sentence the model left uncited.
+
+    ``sentence`` is the sentence as it stands in the body (without the citation);
+    ``support`` is its best similarity to one of source ``n``'s passages, at least the
+    configured attribution threshold. Renderings add ``[n]`` to the sentence and say that
+    the bot added it.
+    """
+
+    n: int
+    sentence: str
+    support: float
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     """Something the reader of an answer should know, in two registers.
 
     ``user`` is safe in a public channel: no hosts, URLs, config keys or shell commands.
     ``operator`` says how to fix it (``ollama pull llama3.2``, ``[llm].timeout_s``) and goes
-    only to the log and to the terminal, never into a chat.
+    only to the log and to the terminal, never into a chat. An empty ``user`` line makes a
+    notice for operators only (the body already tells the reader), counted all the same.
     """
 
     kind: NoticeKind
@@ -202,6 +223,8 @@ class Reply:
     timings: Mapping[str, float] = field(default_factory=dict)
     # Citations checked against their sources and found weak (empty when not checked).
     weak_citations: tuple[WeakCitation, ...] = ()
+    # Citations the bot added to sentences the model left uncited (not part of ``body``).
+    attributions: tuple[Attribution, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -103,6 +103,7 @@ async def test_a_server_that_ignores_num_predict_is_cut_and_the_answer_says_so(
             yield chunk
 
     answering(ollama, endless)
+    ollama.honours_num_predict = False
     settings = make_settings(chat={"max_answer_chars": 5000})
     async with await Runtime.start(settings) as runtime:
         bot = await start(runtime)
@@ -118,6 +119,7 @@ async def test_the_token_cap_holds_for_many_small_chunks(
     make_settings: SettingsFactory, ollama: FakeOllama
 ) -> None:
     answering(ollama, lambda: iter(["a "] * 5000))
+    ollama.honours_num_predict = False  # the bot's own count must hold
     settings = make_settings(llm={"max_tokens": 100})
     async with await Runtime.start(settings) as runtime:
         bot = await start(runtime)

@@ -52,6 +52,12 @@ TURN_STEP_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
     registry=REGISTRY,
 )
+TURN_NOTICES = Counter(
+    "research_agent_turn_notices",
+    "Turns with a notice, by its kind: why a turn was degraded (answer_uncited, answer_cut...)",
+    ["kind"],
+    registry=REGISTRY,
+)
 LLM_ERRORS = Counter(
     "research_agent_llm_errors",
     "Turns in which the language model failed (down, too slow, or an error)",

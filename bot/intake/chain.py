@@ -463,6 +463,8 @@ def observe_turn(platform: str, reply: Reply, seconds: float) -> None:
         step = name.removesuffix("_s")  # "fetch_s" in ask --json; "fetch" as a label
         if step != "total":  # measured here, around the whole pipeline
             metrics.TURN_STEP_SECONDS.labels(step).observe(took)
+    for kind in dict.fromkeys(notice.kind for notice in reply.notices):
+        metrics.TURN_NOTICES.labels(kind).inc()
     if any(notice.kind == "llm_unavailable" for notice in reply.notices):
         metrics.LLM_ERRORS.inc()
     for source in reply.unavailable:

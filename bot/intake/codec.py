@@ -15,6 +15,7 @@ from typing import Any
 
 from bot.adapters.base import Adapter
 from bot.contract import (
+    Attribution,
     Author,
     InboundMessage,
     Neutralised,
@@ -91,6 +92,7 @@ def encode_reply(reply: Reply) -> str:
             "neutralised": [reply.neutralised.links, reply.neutralised.mentions],
             "timings": dict(reply.timings),
             "weak_citations": [[w.n, w.sentence, w.support] for w in reply.weak_citations],
+            "attributions": [[a.n, a.sentence, a.support] for a in reply.attributions],
         },
         ensure_ascii=False,
     )
@@ -118,6 +120,11 @@ def decode_reply(data: str) -> Reply:
             weak_citations=tuple(
                 WeakCitation(int(n), str(sentence), float(support))
                 for n, sentence, support in raw["weak_citations"]
+            ),
+            # Replies stored before attributions existed have none.
+            attributions=tuple(
+                Attribution(int(n), str(sentence), float(support))
+                for n, sentence, support in raw.get("attributions", ())
             ),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -1,9 +1,14 @@
 """Writing the answer: streamed from the model through the filters, or, when the model is
 down, made from the best sources' first sentences.
 
-The model's output is untrusted: it goes through the answer filter (invalid citations and
-reasoning blocks out) and the safety filter (links that are not sources made inert,
-mentions neutralised) before the listener sees a character of it.
+The model's output is untrusted: it goes through the answer filter (reasoning blocks, lines
+copied from the prompt and invalid citations out) and the safety filter (links that are
+not sources made inert, mentions neutralised) before the listener sees a character of it.
+
+The answer is bounded three ways: the prompt asks for ``[chat].answer_words`` words, the
+call may generate ``[llm].max_tokens`` tokens (a model stopped there says
+``done_reason: "length"``, and the answer says it was cut), and the stream is cut at
+``[chat].max_answer_chars`` whatever the server does.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from bot.domain import AnalysisReport, FetchResult
 from bot.errors import LLMError, LLMTimeout
 from bot.pipeline import prompts
 from bot.pipeline.answer_filter import AnswerFilter
-from bot.pipeline.llm import stream_llm
+from bot.pipeline.layout import LayoutFilter, PromptLines
+from bot.pipeline.llm import FinishReason, call_options, finish_reason, stream_llm
 from bot.pipeline.safety import SafetyFilter, neutralise
 from bot.pipeline.turn import Numbered, Turn
 from bot.pipeline.wording import (
     ANSWER_CUT,
+    ANSWER_ECHOED,
     ANSWER_LONG,
     ANSWER_SLOW,
     LLM_DOWN,
@@ -43,10 +50,12 @@ SAID_NOTHING = "I could not write an answer from these sources; here they are."
 
 
 class Body(NamedTuple):
-    """The answer as streamed, and the source numbers it cites."""
+    """The answer as streamed, the source numbers it cites, and whether the model wrote it
+    (not the bot's own words: nothing found, or the sources while the model is down)."""
 
     text: str
     cited: list[int]
+    written: bool = False
 
 
 class AnswerWriter:
@@ -57,7 +66,8 @@ class AnswerWriter:
         self._chat = chat
         # Streamed without StrOutputParser: its per-chunk overhead (~0.3 ms) was measured
         # to be most of the streaming cost; the chunk's ``.text`` is the same string.
-        self._chain = prompts.SYNTHESIS_PROMPT | llm
+        self._prompt = prompts.SYNTHESIS_PROMPT.partial(words=str(chat.answer_words))
+        self._chain = self._prompt | llm.bind(**call_options(settings))
 
     async def write(
         self,
@@ -86,11 +96,19 @@ class AnswerWriter:
         await turn.emit(body)
         return Body(body, [s.n for s, _ in listed])
 
-    async def _texts(self, inputs: Mapping[str, Any]) -> AsyncGenerator[str, None]:
-        """The model's answer as text chunks; closing this closes the model's stream."""
+    async def _texts(
+        self, inputs: Mapping[str, Any], ending: list[FinishReason]
+    ) -> AsyncGenerator[str, None]:
+        """The model's answer as text chunks; closing this closes the model's stream.
+
+        Why the model stopped, when its last chunk says, is appended to ``ending``.
+        """
         chunks = self._chain.astream(dict(inputs))
         try:
             async for chunk in chunks:
+                reason = finish_reason(chunk)
+                if reason is not None:
+                    ending.append(reason)
                 yield chunk.text
         finally:
             close = getattr(chunks, "aclose", None)
@@ -112,18 +130,21 @@ class AnswerWriter:
             or "(none)",
             "sources": prompts.format_sources(sources),
             "analysis": prompts.describe_report(report),
-            "notes": "\n".join(n.user for n in turn.notices) or "(none)",
+            "notes": "\n".join(n.user for n in turn.notices if n.user) or "(none)",
         }
-        answer_filter = AnswerFilter([s.n for s, _ in sources])
+        layout = LayoutFilter(self._prompt_lines(inputs, sources))
+        answer_filter = AnswerFilter([s.n for s, _ in sources], layout)
+        ending: list[FinishReason] = []
         safety = SafetyFilter([s.url for s, _ in sources])
         # Bounds on what the model may send, whatever the server does with num_predict.
         room, chunks_left = self._chat.max_answer_chars, self._settings.max_tokens
         try:
             async with contextlib.aclosing(
-                stream_llm(self._texts(inputs), self._settings, deadline=turn.deadline)
+                stream_llm(self._texts(inputs, ending), self._settings, deadline=turn.deadline)
             ) as texts:
                 async for text in texts:
-                    chunks_left -= 1
+                    # The last chunk, which only says why the model stopped, is no token.
+                    chunks_left -= 1 if text else 0
                     if chunks_left < 0 or len(text) > room:
                         if chunks_left >= 0:
                             await turn.emit(safety.feed(answer_filter.feed(text[:room])))
@@ -134,11 +155,17 @@ class AnswerWriter:
                             self._settings.max_tokens,
                             turn.conversation,
                         )
-                        turn.notices.append(Notice("answer_cut", ANSWER_LONG))
+                        hint = (
+                            "The answer reached [chat].max_answer_chars; raise it, or lower "
+                            "[chat].answer_words."
+                        )
+                        turn.notices.append(Notice("answer_cut", ANSWER_LONG, operator=hint))
                         break
                     room -= len(text)
                     await turn.emit(safety.feed(answer_filter.feed(text)))
             await turn.emit(safety.feed(answer_filter.flush()) + safety.flush())
+            if ending[-1:] == ["length"]:
+                self._cut_at_token_limit(turn)
         except LLMError as error:
             _log.warning("answer generation failed: %s", error)
             turn.llm_error = error
@@ -149,9 +176,53 @@ class AnswerWriter:
             turn.notices.append(Notice("answer_cut", cut, operator=error.hint))
         finally:
             turn.neutralised += safety.neutralised
+        self._copied(turn, layout)
         body = turn.shown
         if not body:
-            # A model that streams only whitespace or a think block said nothing usable.
+            # Only whitespace, a think block, or lines copied from the prompt: nothing usable.
+            turn.notices.append(
+                Notice("answer_empty", "", operator="the model's answer had nothing to show")
+            )
             body = SAID_NOTHING
             await turn.emit(body)
-        return Body(body, answer_filter.cited)
+        return Body(body, answer_filter.cited, written=True)
+
+    def _prompt_lines(self, inputs: Mapping[str, Any], sources: Sequence[Numbered]) -> PromptLines:
+        """The lines of this turn's prompt the answer must not copy."""
+        system = self._prompt.format_messages(**inputs)[0].text
+        sections = [inputs["sources"], inputs["analysis"], inputs["notes"]]
+        return PromptLines.of(system, sections, [(s.n, s.title) for s, _ in sources])
+
+    def _cut_at_token_limit(self, turn: Turn) -> None:
+        _log.warning(
+            "answer cut at the token limit ([llm].max_tokens %d) in %s",
+            self._settings.max_tokens,
+            turn.conversation,
+        )
+        if not any(n.kind == "answer_cut" for n in turn.notices):
+            hint = (
+                f"The model reached [llm].max_tokens ({self._settings.max_tokens}) before "
+                "it finished; raise it, or lower [chat].answer_words."
+            )
+            turn.notices.append(Notice("answer_cut", ANSWER_LONG, operator=hint))
+
+    @staticmethod
+    def _copied(turn: Turn, layout: LayoutFilter) -> None:
+        """Log what the layout filter dropped; an echo of the instructions is a notice."""
+        if not layout.dropped:
+            return
+        _log.info(
+            "dropped %d line(s) the model copied from its prompt in %s: %r",
+            len(layout.dropped),
+            turn.conversation,
+            layout.dropped[:5],
+        )
+        if layout.echoed:
+            turn.notices.append(
+                Notice(
+                    "answer_echo",
+                    ANSWER_ECHOED,
+                    operator=f"the model echoed {layout.echoed_lines} lines of the system "
+                    "prompt; a chat (instruct) model follows it, a base model does not.",
+                )
+            )

@@ -1,8 +1,10 @@
 """The streaming filter between the model's answer tokens and the user.
 
-One job: :class:`AnswerFilter` cleans the answer while it streams, in two stages: the
-first drops ``<think>`` reasoning blocks, the second keeps citations of sources that exist
-and removes the others.
+One job: :class:`AnswerFilter` cleans the answer while it streams, in stages: the first
+drops ``<think>`` reasoning blocks, an optional :class:`~bot.pipeline.layout.LayoutFilter`
+drops what the model copied from its prompt, and the last keeps citations of sources that
+exist and removes the others, with the connecting word they leave dangling ("as [1] or
+[9];" becomes "as [1];").
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 
+from bot.pipeline.layout import LayoutFilter
 from bot.pipeline.text import THINK_CLOSE, THINK_TAG, THINK_TAGS
 
 __all__ = ["AnswerFilter"]
@@ -22,6 +25,9 @@ _MAX_CITATION_TAIL = 40
 _MAX_RANGE = 50
 _HSPACE = " \t"
 _PUNCT_AFTER_CITATION = ".,;:!?)]}\n"
+# Words and marks that join citations ("[1] or [2]", "[1], [2]"): held back until the next
+# token says whether the citation they lead to was removed, leaving them dangling.
+_JOINERS = frozenset({"or", "and", "as", "see", "e.g.", "cf.", ",", ";", "&", "/"})
 
 
 def _tag_prefix_len(text: str, tags: Sequence[str]) -> int:
@@ -32,6 +38,11 @@ def _tag_prefix_len(text: str, tags: Sequence[str]) -> int:
         if any(len(t) > size and t.startswith(suffix) for t in tags):
             return size
     return 0
+
+
+def _may_join(run: str) -> bool:
+    lowered = run.lower()
+    return any(word.startswith(lowered) for word in _JOINERS)
 
 
 def _citation_numbers(group: str) -> list[int]:
@@ -102,6 +113,7 @@ class _CitationFilter:
         self._held_space = ""  # spaces that may precede a citation to be removed
         self._removed = False  # the last thing seen was a removed citation
         self._last = ""  # the last character emitted ("" at the start)
+        self._joiner = ""  # a joining word held back, with the space before it
 
     def feed(self, chunk: str, *, final: bool = False) -> str:
         text = self._pending + chunk
@@ -140,12 +152,15 @@ class _CitationFilter:
                 j = i
                 while j < n and text[j] not in _HSPACE and text[j] != "[":
                     j += 1
+                if j == n and not final and _may_join(text[i:j]):
+                    self._pending = text[i:]  # "o" may become "or", "or" may become "orange"
+                    break
                 self._plain(text[i:j], out)
                 i = j
         if final:
             if not self._removed:
-                out.append(self._held_space)
-            self._held_space = ""
+                out.append(self._joiner + self._held_space)
+            self._joiner = self._held_space = ""
         return "".join(out)
 
     def _space(self, run: str) -> None:
@@ -160,6 +175,16 @@ class _CitationFilter:
     def _plain(self, text: str, out: list[str]) -> None:
         if self._removed and text[0] in _PUNCT_AFTER_CITATION:
             self._held_space = ""  # "word [9]." -> "word."
+            self._joiner = ""  # "[1] or [9];" -> "[1];"
+        if text.lower() in _JOINERS:
+            out.append(self._joiner)  # an earlier one is followed by this, not by a gap
+            self._joiner = self._held_space + text
+            self._held_space = ""
+            self._removed = False
+            self._last = text[-1]
+            return
+        out.append(self._joiner)
+        self._joiner = ""
         out.append(self._held_space)
         out.append(text)
         self._held_space = ""
@@ -188,15 +213,24 @@ class AnswerFilter:
       ``[1, 2]``), tidying the space they leave (``word [9].`` becomes ``word.``);
     * strips leading whitespace of the answer.
 
+    * drops a joining word ("or", "and", ",") left dangling by a removed citation
+      (``as [1] or [12];`` becomes ``as [1];``);
+    * with a ``layout`` filter, drops the lines the model copied from its prompt.
+
     Only a short ambiguous tail is held back (a partial tag, a possible citation start of
-    at most 40 characters, or trailing spaces); everything else is returned at once.
+    at most 40 characters, a joining word, trailing spaces, or a line that may still turn
+    out to be copied from the prompt); everything else is returned at once.
     Feeding the same text in any chunking gives the same output.
     """
 
-    def __init__(self, valid: Collection[int]) -> None:
+    def __init__(self, valid: Collection[int], layout: LayoutFilter | None = None) -> None:
         self._think = _ThinkStripper()
+        self._layout = layout
         self._citations = _CitationFilter(valid)
         self._done = False
+
+    def _after_think(self, text: str, *, final: bool = False) -> str:
+        return text if self._layout is None else self._layout.feed(text, final=final)
 
     def feed(self, chunk: str) -> str:
         """Take the next chunk of the answer; return the text that is safe to show now.
@@ -206,14 +240,15 @@ class AnswerFilter:
         """
         if self._done:
             raise RuntimeError("AnswerFilter.feed() after flush()")
-        return self._citations.feed(self._think.feed(chunk))
+        return self._citations.feed(self._after_think(self._think.feed(chunk)))
 
     def flush(self) -> str:
         """End the stream and return whatever was held back (cleaned). Safe to call twice."""
         if self._done:
             return ""
         self._done = True
-        return self._citations.feed(self._think.feed("", final=True), final=True)
+        text = self._after_think(self._think.feed("", final=True), final=True)
+        return self._citations.feed(text, final=True)
 
     @property
     def cited(self) -> list[int]:

@@ -7,6 +7,11 @@ citation is the best cosine with one passage; below ``[citations].threshold`` th
 is weak: the reply lists it and renderers show ``[n?]``. The threshold is calibrated by
 ``bench/citations.py`` on a labelled set of supported and unsupported cited sentences.
 
+A sentence the model left uncited is attributed (:func:`attribute`): given the source whose
+passage supports it best, when that support reaches ``[citations].attribution_threshold``
+(calibrated by the same bench: a claim must find its own source among many namesakes).
+Below it, the sentence stays uncited. The same passage vectors serve both checks.
+
 Embedding goes through the shared pool and its vector cache: the passages are embedded while
 the answer is being written (they are known as soon as the sources are numbered), so only
 the few cited sentences are left for after the answer.
@@ -21,13 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from bot.contract import WeakCitation
+from bot.contract import Attribution, WeakCitation
 
 FloatArray = npt.NDArray[np.float32]
 
 PASSAGE_SENTENCES = 2
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 _BEFORE_PUNCTUATION = re.compile(r"\s+([.!?,;:])")
+# A sentence this short, a question or a lead-in to a list makes no claim to attribute.
+MIN_CLAIM_WORDS = 5
 _BOUNDARY = re.compile(r"[.!?](?:\s*\[\d+(?:\s*,\s*\d+)*\])*(?=\s+[\"'(]?[A-Z0-9])")
 
 
@@ -96,4 +103,36 @@ def weak(
             score = support(vector, vectors)
             if score < threshold:
                 out.append(WeakCitation(n, sentence.original, round(score, 4)))
+    return out
+
+
+def uncited_claims(body: str) -> list[str]:
+    """The sentences of ``body`` that cite nothing and make a claim (verbatim slices).
+
+    Each line is split on its own: a bullet point is a claim even without a full stop.
+    """
+    out = []
+    for sentence in (s for line in body.splitlines() for s in sentences(line)):
+        if _CITATION.search(sentence) or sentence.rstrip().endswith(("?", ":")):
+            continue
+        if len(sentence.split()) >= MIN_CLAIM_WORDS:
+            out.append(sentence)
+    return out
+
+
+def attribute(
+    claims: Sequence[str],
+    vectors: FloatArray,
+    passage_vectors: dict[int, FloatArray],
+    threshold: float,
+) -> list[Attribution]:
+    """Each claim's best-supporting source, when its support reaches ``threshold``."""
+    out = []
+    for claim, vector in zip(claims, vectors, strict=True):
+        scores = {n: support(vector, vs) for n, vs in passage_vectors.items()}
+        if not scores:
+            break
+        best = max(scores, key=lambda n: (scores[n], -n))
+        if scores[best] >= threshold:
+            out.append(Attribution(best, claim, round(scores[best], 4)))
     return out

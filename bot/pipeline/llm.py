@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import httpx
 import ollama
+from langchain_core.messages import BaseMessage
 from langchain_ollama import ChatOllama
 
 from bot.config import LLMSettings
@@ -45,6 +46,47 @@ def build_chat_model(settings: LLMSettings) -> ChatOllama:
         client_kwargs={"timeout": httpx.Timeout(settings.timeout_s, connect=5.0)},
         **extra,
     )
+
+
+def call_options(
+    settings: LLMSettings,
+    *,
+    max_tokens: int | None = None,
+    json_schema: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``.bind()`` arguments of one kind of call: its own token limit (``num_predict``,
+    ``[llm].max_tokens`` when not given) and, optionally, a JSON schema for its reply.
+
+    langchain-ollama sends only its own fields as Ollama's ``options`` unless it is given an
+    ``options`` dict, which then replaces them all: so the dict repeats the client's.
+    """
+    options: dict[str, Any] = {
+        "temperature": settings.temperature,
+        "num_predict": settings.max_tokens if max_tokens is None else max_tokens,
+    }
+    if settings.context_tokens:
+        options["num_ctx"] = settings.context_tokens
+    bound: dict[str, Any] = {"options": options}
+    if json_schema is not None:
+        bound["format"] = dict(json_schema)
+    return bound
+
+
+FinishReason = Literal["stop", "length"]
+
+
+def finish_reason(chunk: BaseMessage) -> FinishReason | None:
+    """Why the model stopped, from a streamed chunk: ``"length"`` when its token limit cut
+    it, ``"stop"`` when it ended by itself, None on a chunk that does not say (all but the
+    last). Ollama says it as ``done_reason``; OpenAI-compatible servers as ``finish_reason``.
+    """
+    metadata = chunk.response_metadata or {}
+    reason = metadata.get("done_reason") or metadata.get("finish_reason")
+    if reason == "length":
+        return "length"
+    if reason == "stop":
+        return "stop"
+    return None
 
 
 async def close_chat_model(llm: ChatOllama) -> None:

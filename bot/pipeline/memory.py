@@ -31,7 +31,7 @@ from bot.core.tasks import TaskTracker
 from bot.errors import LLMError, StoreError
 from bot.pipeline import prompts
 from bot.pipeline.answer_filter import AnswerFilter
-from bot.pipeline.llm import complete_llm
+from bot.pipeline.llm import call_options, complete_llm
 from bot.store import Claim, ConversationState, ConversationStore
 
 _log = logging.getLogger(__name__)
@@ -114,7 +114,9 @@ class Memory:
         self._recent = RecentTurns(per_conversation=RECENT_TURNS)
         self._pending_saves: dict[str, asyncio.Task[Any]] = {}
         self._summarizing: set[str] = set()
-        self._summary_chain = prompts.SUMMARY_PROMPT | llm | StrOutputParser()
+        # Five sentences at most: the call needs a few hundred tokens, not the answer's.
+        limit = call_options(llm_settings, max_tokens=llm_settings.summary_max_tokens)
+        self._summary_chain = prompts.SUMMARY_PROMPT | llm.bind(**limit) | StrOutputParser()
 
     @contextlib.asynccontextmanager
     async def turn(self, conversation: str) -> AsyncIterator[None]:

@@ -50,7 +50,7 @@ from bot.pipeline.answer import AnswerWriter
 from bot.pipeline.keywords import parse_keywords
 from bot.pipeline.llm import complete_llm
 from bot.pipeline.memory import RECENT_TURNS, Memory
-from bot.pipeline.relevance import Relevance
+from bot.pipeline.relevance import CitationCheck, Relevance
 from bot.pipeline.safety import neutralise
 from bot.pipeline.turn import Numbered, Turn
 from bot.pipeline.wording import (
@@ -60,6 +60,8 @@ from bot.pipeline.wording import (
     NOT_RESTORED,
     NOT_SAVED,
     TURN_SLOW,
+    UNCITED,
+    UNCITED_ATTRIBUTED,
     question_cut_line,
     unavailable_line,
 )
@@ -81,6 +83,10 @@ _DEGRADING = frozenset(
         "llm_unavailable",
         "answer_cut",
         "ranking_unavailable",
+        "answer_uncited",
+        "answer_echo",
+        "answer_empty",
+        "no_sources",
     }
 )
 
@@ -244,6 +250,10 @@ class Pipeline:
             ),
         )
         sources = self._number(turn, ranked[: self._settings.chat.max_sources_in_prompt])
+        if not sources:
+            turn.notices.append(
+                Notice("no_sources", "", operator=f"nothing found for: {', '.join(topics)}")
+            )
 
         await turn.listener.on_progress("Writing the answer")
         # The passages are known now: they are embedded while the answer is written.
@@ -253,17 +263,24 @@ class Pipeline:
             body = await turn.clock.time(
                 "synthesis_s", self._writer.write(turn, state, sources, fetched, report)
             )
-            weak = (
+            checked = (
                 await turn.clock.time(
-                    "citations_s", self._relevance.weak_citations(body.text, passages)
+                    "citations_s",
+                    self._relevance.check_citations(body.text, passages, attribute=body.written),
                 )
                 if passages is not None
-                else []
+                else CitationCheck([], [])
             )
         finally:
             if passages is not None:
                 passages.cancel()
-        cited = set(body.cited)
+        cut = any(n.kind == "answer_cut" for n in turn.notices)
+        if body.written and not body.cited and not cut:
+            # (A cut answer may not have reached its first citation: the cut is the news.)
+            uncited = UNCITED_ATTRIBUTED if checked.attributed else UNCITED
+            hint = f"{len(checked.attributed)} sentence(s) attributed by the bot"
+            turn.notices.append(Notice("answer_uncited", uncited, operator=hint))
+        cited = set(body.cited) | {a.n for a in checked.attributed}
         reply = Reply(
             question=turn.question,
             body=body.text,
@@ -275,7 +292,8 @@ class Pipeline:
             unavailable=fetched.unavailable + ((LANGUAGE_MODEL,) if turn.llm_error else ()),
             neutralised=turn.neutralised,
             timings=turn.clock.laps,
-            weak_citations=tuple(weak),
+            weak_citations=tuple(checked.weak),
+            attributions=tuple(checked.attributed),
         )
         self._memory.remember(turn.conversation, turn.claim, reply)
         return reply

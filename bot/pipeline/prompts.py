@@ -38,6 +38,9 @@ __all__ = [
 # Prompt templates
 # ---------------------------------------------------------------------------------------
 
+# The answer's length the prompt asks for unless told otherwise ([chat].answer_words).
+DEFAULT_ANSWER_WORDS = 150
+
 TOPIC_MARKER = "You choose search keywords for a research assistant."
 SYNTHESIS_MARKER = "You are a research assistant that answers from numbered sources."
 SUMMARY_MARKER = "You keep the running summary of a conversation."
@@ -71,8 +74,8 @@ SYNTHESIS_PROMPT = ChatPromptTemplate.from_messages(
         (
             "system",
             SYNTHESIS_MARKER + "\n"
-            "Answer the user's question briefly and accurately, in a short paragraph or a few "
-            "bullet points, using ONLY the numbered sources.\n"
+            "Answer the user's question briefly and accurately, in at most {words} words: a "
+            "short paragraph or a few bullet points, using ONLY the numbered sources.\n"
             "Cite a source right after the claim it supports, as [1] or [2]; cite only "
             "numbers that appear in the sources.\n"
             "If the sources do not cover the question, or cover only part of it, say so "
@@ -93,9 +96,10 @@ SYNTHESIS_PROMPT = ChatPromptTemplate.from_messages(
             "Question: {question}",
         ),
     ]
-)
+).partial(words=str(DEFAULT_ANSWER_WORDS))
 """The answer. Variables: ``question``, ``summary``, ``history``, ``sources``, ``analysis``,
-``notes``; every one but ``question`` may be empty."""
+``notes``; every one but ``question`` may be empty. ``words``, the length asked for, is
+``[chat].answer_words`` when given (:data:`DEFAULT_ANSWER_WORDS` otherwise)."""
 
 SUMMARY_PROMPT = ChatPromptTemplate.from_messages(
     [

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from bot.agents.embeddings import EmbeddingAgent, FloatArray
 from bot.config import CitationSettings, RankingSettings
-from bot.contract import Notice, WeakCitation
+from bot.contract import Attribution, Notice, WeakCitation
 from bot.domain import Article, RankedArticle
 from bot.errors import EmbeddingError
 from bot.pipeline import citations, ranking
@@ -28,6 +29,13 @@ _log = logging.getLogger(__name__)
 
 PassageVectors = dict[int, FloatArray]
 """Each numbered source's passage vectors, by source number."""
+
+
+class CitationCheck(NamedTuple):
+    """What the check found: weak citations, and citations added to uncited sentences."""
+
+    weak: list[WeakCitation]
+    attributed: list[Attribution]
 
 
 class Relevance:
@@ -110,20 +118,34 @@ class Relevance:
             start += len(parts)
         return out
 
-    async def weak_citations(
-        self, body: str, passages: Awaitable[PassageVectors | None]
-    ) -> list[WeakCitation]:
-        """The body's citations that their sources barely support (see bot.pipeline.citations)."""
+    async def check_citations(
+        self, body: str, passages: Awaitable[PassageVectors | None], *, attribute: bool
+    ) -> CitationCheck:
+        """The body's citations that their sources barely support, and, with ``attribute``
+        (and ``[citations].attribute``), sources for the sentences it left uncited (see
+        bot.pipeline.citations). The sentences of both are embedded in one batch."""
         cited = citations.cited_sentences(body)
+        claims = citations.uncited_claims(body) if attribute and self._citations.attribute else []
         vectors = await passages
-        if not cited or vectors is None:
-            return []
+        if not (cited or claims) or vectors is None:
+            return CitationCheck([], [])
         try:
-            sentence_vectors = await self._embeddings.embed([c.text for c in cited])
+            embedded = await self._embeddings.embed([c.text for c in cited] + claims)
         except EmbeddingError:
             _log.warning("citations not checked: embedding the sentences failed", exc_info=True)
-            return []
+            return CitationCheck([], [])
+        sentence_vectors, claim_vectors = embedded[: len(cited)], embedded[len(cited) :]
         weak = citations.weak(cited, sentence_vectors, vectors, self._citations.threshold)
         if weak:
             _log.info("weak citations: %s", [(w.n, w.support) for w in weak])
-        return weak
+        added = citations.attribute(
+            claims, claim_vectors, vectors, self._citations.attribution_threshold
+        )
+        if claims:
+            _log.info(
+                "attributed %d of %d uncited sentences: %s",
+                len(added),
+                len(claims),
+                [(a.n, a.support) for a in added],
+            )
+        return CitationCheck(weak, added)

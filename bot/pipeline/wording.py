@@ -19,6 +19,7 @@ from bot.pipeline.text import truncate_words
 __all__ = [
     "ANSWER_BROKEN",
     "ANSWER_CUT",
+    "ANSWER_ECHOED",
     "ANSWER_LONG",
     "ANSWER_SLOW",
     "EMPTY_HINT",
@@ -31,6 +32,8 @@ __all__ = [
     "NOT_RESTORED",
     "NOT_SAVED",
     "TURN_SLOW",
+    "UNCITED",
+    "UNCITED_ATTRIBUTED",
     "UNDELIVERED",
     "fallback_answer",
     "first_sentence",
@@ -52,6 +55,11 @@ ANSWER_BROKEN = "Something went wrong while I was writing this answer; it may be
 LLM_SLOW = "The language model was too slow to answer, so this lists sources only."
 ANSWER_SLOW = "The answer was cut off because the language model was taking too long."
 ANSWER_LONG = "The answer was cut off at its maximum length."
+ANSWER_ECHOED = "The language model repeated its instructions; I left them out of this answer."
+UNCITED = "The language model did not say which source supports what."
+UNCITED_ATTRIBUTED = (
+    "The language model did not cite its sources; the citations here were added by the bot."
+)
 TURN_SLOW = "This took too long, so I stopped; the answer may be incomplete."
 GIVEN_UP = (
     "Sorry, I could not answer this question: trying to answer it made me fail twice, so I "

@@ -7,6 +7,9 @@ Routes (what ``ollama`` 0.6 and ``langchain-ollama`` 1.1 use, shaped like Ollama
   line per chunk, then a ``"done": true`` line with ``done_reason`` ``"stop"``, the
   durations (ns), ``prompt_eval_count`` and ``eval_count`` (one per chunk); ``stream`` false
   answers the whole reply as one object. No messages: a ``done_reason`` ``"load"`` reply.
+  ``options.num_predict`` (when positive) stops the reply after that many chunks (the
+  fake's tokens), and then ``done_reason`` is ``"length"``, as Ollama does (unless
+  ``honours_num_predict`` is False: a server that ignores it).
 * ``POST /api/generate``: the same with ``"response"`` instead of ``"message"``.
 * ``GET /api/tags``, ``POST /api/show``, ``GET /api/ps``, ``GET /api/version``, ``GET /``.
 * A model that is not in :attr:`FakeOllama.models` gets HTTP 404
@@ -323,8 +326,8 @@ class FakeOllama(FakeServer):
     Attributes tests may set or read at any time:
 
     * ``models``: pulled model names (``"x"`` means ``"x:latest"``);
-    * ``responder``, ``chunk_delay_s``, and the base class's ``latency_s``, ``faults``,
-      ``always_fail``, ``requests``;
+    * ``responder``, ``chunk_delay_s``, ``honours_num_predict``, and the base class's
+      ``latency_s``, ``faults``, ``always_fail``, ``requests``;
     * ``replies``: the full text of every model reply started, in order;
     * ``aborted_streams`` and the event ``stream_aborted``: streams the client hung up on.
     """
@@ -342,6 +345,7 @@ class FakeOllama(FakeServer):
         self.responder: Responder = responder or default_responder
         self.chunk_delay_s = chunk_delay_s
         self.latency_s = latency_s
+        self.honours_num_predict = True
         self.replies: list[str] = []
         self.aborted_streams = 0
         self.stream_aborted = asyncio.Event()
@@ -540,7 +544,10 @@ class FakeOllama(FakeServer):
             reply = self.responder(body)
         except Exception as exc:  # a test's responder is broken: make it loud
             return _error(500, f"responder failed: {exc!r}")
-        chunks = iter(split_tokens(reply) if isinstance(reply, str) else reply)
+        chunks = _Limited(
+            iter(split_tokens(reply) if isinstance(reply, str) else reply),
+            _num_predict(body) if self.honours_num_predict else None,
+        )
         turn = _Turn(
             model, chat, chunks, failing, prompt_tokens(body), started, self._delay_for(body)
         )
@@ -578,7 +585,8 @@ class FakeOllama(FakeServer):
 
     def _final(self, turn: _Turn, content: str, eval_count: int) -> dict[str, Any]:
         line = self._line(turn.model, content, turn.chat)
-        line |= self._done("stop", turn.prompt_count, eval_count, turn.started)
+        reason = "length" if turn.chunks.cut else "stop"
+        line |= self._done(reason, turn.prompt_count, eval_count, turn.started)
         if not turn.chat:
             line["context"] = [1, 2, 3]
         return line
@@ -646,13 +654,41 @@ class FakeOllama(FakeServer):
         return response
 
 
+def _num_predict(body: Mapping[str, Any]) -> int | None:
+    """The request's token limit; None when unlimited (absent, or Ollama's -1 and -2)."""
+    options = body.get("options")
+    limit = options.get("num_predict") if isinstance(options, dict) else None
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+class _Limited:
+    """The reply's chunks, stopped after ``limit`` of them; ``cut`` says that happened."""
+
+    def __init__(self, chunks: Iterator[str], limit: int | None) -> None:
+        self._chunks = chunks
+        self._left = limit
+        self.cut = False
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        if self._left is not None:
+            if self._left == 0:
+                # Only a reply that had more to say was cut by the limit.
+                self.cut = next(self._chunks, None) is not None
+                raise StopIteration
+            self._left -= 1
+        return next(self._chunks)
+
+
 @dataclass(slots=True)
 class _Turn:
     """One model request being answered."""
 
     model: str
     chat: bool
-    chunks: Iterator[str]
+    chunks: _Limited
     failing: bool
     prompt_count: int
     started: int

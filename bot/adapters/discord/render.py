@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from bot.adapters.render import listed_sources
+from bot.adapters.render import listed_sources, marked_body
 from bot.adapters.split import code_spans
 from bot.adapters.split import split_message as split_parts
 from bot.contract import Notice, Reply, Source
@@ -29,6 +29,7 @@ from bot.contract import Notice, Reply, Source
 LIMIT = 2000
 CITED_HEADING = "**Sources**"
 CONSULTED_HEADING = "**Sources consulted** (none cited directly)"
+ATTRIBUTED_HEADING = "**Sources** (some citations added by the bot)"
 
 _BARE_URL = re.compile(r"(?<![<(])\bhttps?://[^\s<>()\[\]]+(?:\([^\s<>()]*\)[^\s<>()\[\]]*)*")
 _MASKED_TARGET = re.compile(r"\]\((https?://[^\s<>()]*(?:\([^\s<>()]*\)[^\s<>()]*)*)\)")
@@ -46,22 +47,28 @@ def escape(text: str) -> str:
     return _MARKDOWN.sub(r"\\\1", text)
 
 
-def sources_block(sources: Sequence[Source]) -> str:
+def sources_block(sources: Sequence[Source], *, attributed: bool = False) -> str:
     if not sources:
         return ""
     cited, chosen = listed_sources(sources)
-    heading = CITED_HEADING if cited else CONSULTED_HEADING
+    heading = CONSULTED_HEADING if not cited else CITED_HEADING
+    if cited and attributed:
+        heading = ATTRIBUTED_HEADING
     lines = [f"[{s.n}] [{escape(s.title)}](<{s.url}>) · {s.source}" for s in chosen]
     return "\n".join([heading, *lines])
 
 
 def notices_block(notices: Iterable[Notice]) -> str:
-    return "\n".join(f"*{escape(n.user)}*" for n in notices)
+    return "\n".join(f"*{escape(n.user)}*" for n in notices if n.user)
 
 
 def render_reply(reply: Reply) -> str:
     """The complete reply as Discord shows it (before splitting)."""
-    blocks = [no_previews(reply.body), sources_block(reply.sources), notices_block(reply.notices)]
+    blocks = [
+        no_previews(marked_body(reply)),
+        sources_block(reply.sources, attributed=bool(reply.attributions)),
+        notices_block(reply.notices),
+    ]
     return "\n\n".join(block for block in blocks if block.strip())
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from bot.adapters.render import listed_sources
+from bot.adapters.render import ATTRIBUTED_HEADING, listed_sources, marked_body
 from bot.adapters.split import split_message as split_parts
 from bot.contract import Notice, Reply, Source
 
@@ -96,9 +96,11 @@ def to_mrkdwn(markdown: str) -> str:
     return "\n".join(lines)
 
 
-def _source_lines(sources: Sequence[Source], *, markdown: bool) -> list[str]:
+def _source_lines(sources: Sequence[Source], *, markdown: bool, attributed: bool) -> list[str]:
     cited, chosen = listed_sources(sources)
     heading = "Sources:" if cited else "Sources consulted (none cited):"
+    if cited and attributed:
+        heading = ATTRIBUTED_HEADING
     if markdown:
         rows = [f"[{s.n}] [{escape(s.title)}]({escape(s.url)})" for s in chosen]
         return [f"**{heading}**", *rows]
@@ -107,15 +109,17 @@ def _source_lines(sources: Sequence[Source], *, markdown: bool) -> list[str]:
 
 def _notice_lines(notices: Sequence[Notice]) -> list[str]:
     # Only the user line: a chat is no place for hosts, config keys or commands.
-    return [f"_{escape(n.user)}_" for n in notices]
+    return [f"_{escape(n.user)}_" for n in notices if n.user]
 
 
 def render_mrkdwn(reply: Reply) -> str:
     """The whole reply in mrkdwn: body, numbered Sources with links, notices."""
-    blocks = [to_mrkdwn(reply.body)]
+    blocks = [to_mrkdwn(marked_body(reply))]
+    attributed = bool(reply.attributions)
     if reply.sources:
-        blocks.append("\n".join(_source_lines(reply.sources, markdown=False)))
-    if reply.notices:
+        lines = _source_lines(reply.sources, markdown=False, attributed=attributed)
+        blocks.append("\n".join(lines))
+    if _notice_lines(reply.notices):
         blocks.append("\n".join(_notice_lines(reply.notices)))
     return "\n\n".join(block for block in blocks if block)
 
@@ -123,9 +127,11 @@ def render_mrkdwn(reply: Reply) -> str:
 def markdown_tail(reply: Reply) -> str:
     """What follows the streamed body in a native stream: Sources and notices, Markdown."""
     blocks = []
+    attributed = bool(reply.attributions)
     if reply.sources:
-        blocks.append("\n".join(_source_lines(reply.sources, markdown=True)))
-    if reply.notices:
+        lines = _source_lines(reply.sources, markdown=True, attributed=attributed)
+        blocks.append("\n".join(lines))
+    if _notice_lines(reply.notices):
         blocks.append("\n".join(_notice_lines(reply.notices)))
     return "".join(f"\n\n{block}" for block in blocks)
 

@@ -1,0 +1,82 @@
+"""Responders for the fake Ollama that answer like the real models seen in the logs.
+
+Each plays one misbehaviour of a small or base model at the answer prompt
+(``SYNTHESIS_PROMPT``, recognised by its marker) and answers every other prompt as
+:func:`tests.fakes.ollama.default_responder` does, so a whole turn runs:
+
+* :func:`uncited`: a correct answer from the sources' opening sentences, citing nothing;
+* :func:`copied_sources`: a cited answer, then a second sources list in the prompt's
+  layout ("[1] Title (Wikipedia)" and an invented URL) and a "Source statistics:" line;
+* :func:`placeholder`: the prompt's placeholder ``(none)`` and nothing else;
+* :func:`echo`: the whole prompt, system message first, as a base model continues it;
+* :func:`rambling`: a cited answer that goes on and on (for the token limit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bot.pipeline.prompts import SYNTHESIS_MARKER
+from tests.fakes.ollama import (
+    _opening,
+    _parse_sources,
+    _prompt_parts,
+    default_responder,
+    split_tokens,
+)
+
+__all__ = ["copied_sources", "echo", "placeholder", "rambling", "uncited"]
+
+Responder = Callable[[dict[str, Any]], list[str]]
+
+
+def _at_answer(write: Callable[[str, str], str]) -> Responder:
+    """A responder that writes the answer with ``write(system, user)``, and plays the
+    default model for every other prompt."""
+
+    def respond(body: dict[str, Any]) -> list[str]:
+        system, user = _prompt_parts(body)
+        if SYNTHESIS_MARKER not in f"{system}\n{user}":
+            return default_responder(body)
+        return split_tokens(write(system, user))
+
+    return respond
+
+
+def _openings(user: str) -> list[tuple[int, str, str]]:
+    return [(n, title, _opening(text)) for n, title, text in _parse_sources(user) if text]
+
+
+@_at_answer
+def uncited(system: str, user: str) -> str:
+    said = [f"{opening}." for _, _, opening in _openings(user)[:2]]
+    return " ".join(said) + " I hope this helps with your question."
+
+
+@_at_answer
+def copied_sources(system: str, user: str) -> str:
+    sources = _parse_sources(user)
+    n1, _, text1 = sources[0]
+    lines = [f"{_opening(text1)} [{n1}].", "", "Sources:"]
+    for n, title, _ in sources[:2]:
+        slug = title.replace(" ", "_")
+        lines += [f"[{n}] {title} (Wikipedia)", f"https://en.wikipedia.org/wiki/{slug}_(invented)"]
+    lines += ["", "Source statistics: 5 articles; average keyword relevance 0.42"]
+    return "\n".join(lines)
+
+
+@_at_answer
+def placeholder(system: str, user: str) -> str:
+    return "(none)"
+
+
+@_at_answer
+def echo(system: str, user: str) -> str:
+    return f"{system}\n\n{user}"
+
+
+@_at_answer
+def rambling(system: str, user: str) -> str:
+    (n1, _, text1), *_ = _parse_sources(user)
+    return " ".join(f"{_opening(text1)} [{n1}]." for _ in range(200))

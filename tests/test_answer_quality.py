@@ -1,0 +1,329 @@
+"""Answers that cite, stay bounded and say when they are not good: the layout filter, the
+attribution of uncited sentences, the token limit, and the turn's status, end to end
+against the fake Ollama playing the real models' misbehaviours (tests/fakes/misbehaving.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.adapters.discord.render import render_reply as discord_render
+from bot.adapters.inmemory import InMemoryAdapter
+from bot.adapters.render import ATTRIBUTED_HEADING, mark_attributed, render_reply
+from bot.adapters.slack.render import render_mrkdwn as slack_render
+from bot.cli import reply_json
+from bot.config import Settings, load_settings
+from bot.contract import Attribution, Notice, Reply, Source
+from bot.core import metrics
+from bot.intake.codec import decode_reply, encode_reply
+from bot.pipeline import citations
+from bot.pipeline.answer import SAID_NOTHING
+from bot.pipeline.answer_filter import AnswerFilter
+from bot.pipeline.layout import LayoutFilter, PromptLines
+from bot.pipeline.llm import build_chat_model, call_options, close_chat_model, finish_reason
+from bot.pipeline.prompts import SYNTHESIS_MARKER
+from bot.runtime import Runtime
+from tests.fakes import misbehaving
+from tests.fakes.ollama import FakeOllama
+
+QUESTION = "What is the transformer architecture in deep learning?"
+SYSTEM = (
+    f"{SYNTHESIS_MARKER}\nAnswer briefly, in at most 150 words.\n"
+    "Cite a source right after the claim it supports, as [1] or [2].\nAny section may be empty."
+)
+SOURCES = (
+    "[1] Rust (programming language) (Wikipedia)\nhttps://en.wikipedia.org/wiki/Rust\n"
+    "Rust is a general-purpose programming language.\n\n"
+    "[2] Rust 1.0 is out (Hacker News)\nhttps://news.ycombinator.com/item?id=1\n"
+    "(900 points, 300 comments, posted 2015-05-15) Rust 1.0 is out."
+)
+PROMPT = PromptLines.of(
+    SYSTEM, [SOURCES, "2 articles", "(none)"], [(1, "Rust (programming language)")]
+)
+
+
+def run(text: str, chunks: list[str] | None = None) -> tuple[str, LayoutFilter, list[int]]:
+    layout = LayoutFilter(PROMPT)
+    answer_filter = AnswerFilter({1, 2}, layout)
+    pieces = chunks if chunks is not None else [text]
+    out = "".join(answer_filter.feed(p) for p in pieces) + answer_filter.flush()
+    return out, layout, answer_filter.cited
+
+
+LAYOUT_CASES = [
+    # A second sources list, with invented URLs and the bot's own heading.
+    (
+        "Rust is fast [1].\n\nSources:\n[1] Rust (programming language) (Wikipedia)\n"
+        "https://en.wikipedia.org/wiki/Rust_(invented)\n[3] Made Up (Wikipedia)\n"
+        "https://example.org/made-up",
+        "Rust is fast [1].",
+        [1],
+    ),
+    # The bot's headings and placeholders, in Markdown dress.
+    (
+        "**Source statistics:** 2 articles\nRust is fast [1].\n- (none)\n## Notes:\n",
+        "Rust is fast [1].",
+        [1],
+    ),
+    ("(none)", "", []),
+    # A line that only starts like a heading or an entry, or quotes a source, stays.
+    (
+        "Sources differ on this [1].\n[2] says 1.0 is out.\nRust is a general-purpose "
+        "programming language, they say [1].",
+        "Sources differ on this [1].\n[2] says 1.0 is out.\nRust is a general-purpose "
+        "programming language, they say [1].",
+        [1, 2],
+    ),
+    # Blank lines around a dropped line go with it.
+    ("First [1].\n\n(none)\n\nSecond [2].\n\n", "First [1].\n\nSecond [2].", [1, 2]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected", "cited"), LAYOUT_CASES)
+def test_the_layout_filter_drops_copied_lines_in_any_chunking(
+    text: str, expected: str, cited: list[int]
+) -> None:
+    assert run(text)[::2] == (expected, cited)
+    assert run(text, list(text))[::2] == (expected, cited)
+    rng = random.Random(text)
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(1, 6))))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        assert run(text, pieces)[::2] == (expected, cited), pieces
+
+
+def test_an_echo_of_the_instructions_is_dropped_and_named() -> None:
+    out, layout, _ = run(f"{SYSTEM}\n\n{SOURCES}\n\nRust is a language [1].")
+    assert out == "Rust is a language [1]."
+    assert layout.echoed and layout.echoed_lines == 4
+    # One instruction line quoted is not an echo.
+    out, layout, _ = run("Any section may be empty.\nRust [1].")
+    assert out == "Rust [1]." and not layout.echoed
+
+
+def test_the_layout_filter_lets_prose_stream_at_once() -> None:
+    layout = LayoutFilter(PROMPT)
+    assert layout.feed("Rust is a language") == "Rust is a language"
+    assert layout.feed(" that is fast.\nSour") == " that is fast."
+    assert layout.feed("ces:") == ""
+    assert layout.feed("\nAnd more") == "\nAnd more"
+
+
+def test_uncited_claims_are_attributed_above_the_threshold_only() -> None:
+    body = "Mercury is the planet closest to the Sun. Short one. Is it hot? It is hot [2]."
+    claims = citations.uncited_claims(body)
+    assert claims == ["Mercury is the planet closest to the Sun."]
+    passages = {
+        1: np.array([[0.1, 0.9], [0.3, 0.7]], dtype=np.float32),
+        2: np.array([[0.8, 0.2]], dtype=np.float32),
+    }
+    vectors = np.array([[1.0, 0.0]], dtype=np.float32)
+    assert citations.attribute(claims, vectors, passages, threshold=0.5) == [
+        Attribution(2, claims[0], 0.8)
+    ]
+    assert citations.attribute(claims, vectors, passages, threshold=0.85) == []
+    bullets = "Two facts:\n- Mercury has no moons at all\n- It is the smallest planet [1]"
+    assert citations.uncited_claims(bullets) == ["- Mercury has no moons at all"]
+
+
+def test_attributed_citations_render_in_place_and_survive_the_outbox() -> None:
+    body = "Mercury is the closest planet. It is small!\nNo claim here"
+    added = (Attribution(1, "Mercury is the closest planet.", 0.7),)
+    assert mark_attributed(body, added) == (
+        "Mercury is the closest planet [1]. It is small!\nNo claim here"
+    )
+    reply = Reply(question="q", body=body, conversation="inmemory:x", attributions=added)
+    assert decode_reply(encode_reply(reply)) == reply
+    line = reply_json(reply)
+    assert line["attributed"] == [
+        {"n": 1, "sentence": "Mercury is the closest planet.", "support": 0.7}
+    ]
+    assert "_Added by the bot: [1] after “Mercury is the closest planet.”._" in line["answer"]
+
+
+async def test_a_call_stopped_by_its_token_limit_says_length(
+    make_settings: Callable[..., Settings], ollama: FakeOllama
+) -> None:
+    settings = make_settings().llm
+    llm = build_chat_model(settings)
+    try:
+        reasons = []
+        for limit in (5, None):
+            chain = llm.bind(**call_options(settings, max_tokens=limit))
+            chunks = [chunk async for chunk in chain.astream("one two three four five six seven")]
+            reasons.append([finish_reason(c) for c in chunks if finish_reason(c)])
+        assert reasons == [["length"], ["stop"]]
+        assert ollama.replies == ["one two three four five", "one two three four five six seven"]
+        limits = [body["options"]["num_predict"] for body in ollama.chat_bodies()]
+        assert limits == [5, settings.max_tokens]
+    finally:
+        await close_chat_model(llm)
+
+
+def test_every_platform_shows_the_bots_citations_in_place_and_says_so() -> None:
+    source = Source(1, "Mercury (planet)", "https://en.wikipedia.org/wiki/Mercury", "Wikipedia",
+                    0.9, cited=True)  # fmt: skip
+    reply = Reply(
+        question="q",
+        body="Mercury is the closest planet to the Sun. Nothing more",
+        conversation="inmemory:x",
+        sources=(source,),
+        notices=(Notice("answer_uncited", "The bot cited.", "op"), Notice("no_sources", "")),
+        attributions=(Attribution(1, "Mercury is the closest planet to the Sun.", 0.8),),
+    )
+    for shown in (discord_render(reply), slack_render(reply), render_reply(reply, operator=False)):
+        assert "Mercury is the closest planet to the Sun [1]." in shown, shown
+        assert "(some citations added by the bot)" in shown
+        assert "The bot cited." in shown
+        # The operator-only notice leaves no empty line of emphasis behind.
+        assert not {"__", "**"} & {line.strip() for line in shown.splitlines()}, shown
+    plain = dataclasses.replace(reply, attributions=())
+    for shown in (discord_render(plain), slack_render(plain), render_reply(plain, operator=False)):
+        assert "[1]" not in shown.split("\n")[0] and "added by the bot" not in shown
+
+
+@pytest.fixture
+async def runtime(make_settings: Callable[..., Settings]) -> AsyncIterator[Runtime]:
+    async with await Runtime.start(make_settings(analysis={"enabled": False})) as rt:
+        yield rt
+
+
+@pytest.fixture
+async def bot(runtime: Runtime) -> InMemoryAdapter:
+    adapter = InMemoryAdapter()
+    await runtime.add_adapter(adapter)
+    return adapter
+
+
+def shown(bot: InMemoryAdapter) -> str:
+    return bot.service.posts[bot.replies[-1].reply_id or ""].text
+
+
+def kinds(reply: Reply) -> list[str]:
+    return [n.kind for n in reply.notices]
+
+
+async def test_a_well_behaved_answer_is_answered_with_nothing_added(
+    bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    reply = await bot.ask(QUESTION)
+    assert reply.status == "answered" and reply.notices == ()
+    assert reply.attributions == ()
+    assert ATTRIBUTED_HEADING not in shown(bot)
+    answer = ollama.chat_bodies()[-1]
+    assert answer["options"]["num_predict"] == 1024
+    assert "in at most 150 words" in answer["messages"][0]["content"]
+
+
+async def test_an_uncited_answer_gets_the_bots_citations_and_is_degraded(
+    bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    ollama.responder = misbehaving.uncited
+    reply = await bot.ask(QUESTION)
+
+    assert reply.status == "degraded"
+    assert "answer_uncited" in kinds(reply)
+    assert reply.attributions, reply.body
+    numbers = {s.n for s in reply.sources}
+    for added in reply.attributions:
+        assert added.n in numbers and added.sentence in reply.body
+        assert added.sentence != "I hope this helps with your question."
+    assert "[" not in reply.body, "the body stays what the model wrote"
+    text = shown(bot)
+    assert ATTRIBUTED_HEADING in text
+    first = reply.attributions[0]
+    assert f"{first.sentence[:-1]} [{first.n}]." in text
+    assert {s.n for s in reply.sources if s.cited} == {a.n for a in reply.attributions}
+    assert [a["n"] for a in reply_json(reply)["attributed"]] == [a.n for a in reply.attributions]
+
+
+async def test_a_copied_sources_list_is_stripped(bot: InMemoryAdapter, ollama: FakeOllama) -> None:
+    ollama.responder = misbehaving.copied_sources
+    reply = await bot.ask(QUESTION)
+
+    assert "Sources:" in ollama.replies[-1]
+    assert reply.body.endswith("[1].") and "\n" not in reply.body, reply.body
+    assert "invented" not in shown(bot) and "Source statistics" not in shown(bot)
+    assert reply.status == "answered", reply.notices
+
+
+async def test_a_placeholder_answer_says_nothing_was_written(
+    bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    ollama.responder = misbehaving.placeholder
+    counted = {"kind": "answer_empty"}
+    before = metrics.REGISTRY.get_sample_value("research_agent_turn_notices_total", counted)
+    reply = await bot.ask(QUESTION)
+    after = metrics.REGISTRY.get_sample_value("research_agent_turn_notices_total", counted)
+    assert (after or 0) - (before or 0) == 1, "operators count the turns it degrades"
+
+    assert reply.body == SAID_NOTHING
+    assert reply.status == "degraded" and "answer_empty" in kinds(reply)
+    # An operator-only notice: counted, but no line in the chat.
+    assert shown(bot).endswith(render_reply(reply, operator=False).split("\n\n")[-1])
+    assert "had nothing" not in shown(bot)
+    assert "had nothing" in render_reply(reply, operator=True)
+
+
+async def test_an_echoed_prompt_is_dropped_and_degrades_the_turn(
+    bot: InMemoryAdapter, ollama: FakeOllama
+) -> None:
+    ollama.responder = misbehaving.echo
+    reply = await bot.ask(QUESTION)
+
+    assert SYNTHESIS_MARKER in ollama.replies[-1]
+    assert SYNTHESIS_MARKER not in reply.body and "Question:" not in reply.body
+    assert reply.status == "degraded"
+    assert "answer_echo" in kinds(reply)
+
+
+async def test_an_answer_cut_by_the_token_limit_says_so(
+    make_settings: Callable[..., Settings], ollama: FakeOllama
+) -> None:
+    ollama.responder = misbehaving.rambling
+    settings = make_settings(analysis={"enabled": False}, llm={"max_tokens": 60})
+    async with await Runtime.start(settings) as runtime:
+        bot = InMemoryAdapter()
+        await runtime.add_adapter(bot)
+        reply = await bot.ask(QUESTION)
+
+    assert len(ollama.replies[-1].split()) < 60
+    assert reply.status == "degraded"
+    (cut,) = [n for n in reply.notices if n.kind == "answer_cut"]
+    assert "[llm].max_tokens (60)" in cut.operator
+    assert cut.user in shown(bot)
+
+
+async def test_a_turn_with_no_source_is_degraded(bot: InMemoryAdapter) -> None:
+    reply = await bot.ask("xqzv wmbt plorf?")
+
+    assert reply.sources == ()
+    assert reply.status == "degraded" and kinds(reply) == ["no_sources"]
+    assert reply.notices[0].user == ""
+
+
+async def test_with_the_real_embedding_model_only_the_uncited_answer_is_attributed(
+    write_config: Callable[..., Path], ollama: FakeOllama
+) -> None:
+    settings = load_settings(write_config(backend="sentence-transformers"), env={})
+    settings = dataclasses.replace(
+        settings, analysis=dataclasses.replace(settings.analysis, enabled=False)
+    )
+    async with await Runtime.start(settings) as runtime:
+        bot = InMemoryAdapter()
+        await runtime.add_adapter(bot)
+        well = await bot.ask(QUESTION)
+        ollama.responder = misbehaving.uncited
+        uncited = await bot.ask("How does attention work in transformers?")
+
+    # The well-behaved model's "Some details may not be covered by these sources" (its
+    # invalid citation removed) is uncited, and rightly stays so.
+    assert well.status == "answered" and well.attributions == (), well.attributions
+    assert uncited.status == "degraded" and uncited.attributions, uncited.body
+    assert all(a.support >= settings.citations.attribution_threshold for a in uncited.attributions)
