@@ -144,7 +144,8 @@ def test_attributed_citations_render_in_place_and_survive_the_outbox() -> None:
     assert line["attributed"] == [
         {"n": 1, "sentence": "Mercury is the closest planet.", "support": 0.7}
     ]
-    assert "_Added by the bot: [1] after “Mercury is the closest planet.”._" in line["answer"]
+    # The terminal's text: plain, no Markdown emphasis.
+    assert "\n\nAdded by the bot: [1] after “Mercury is the closest planet.”." in line["answer"]
 
 
 async def test_a_call_stopped_by_its_token_limit_says_length(
