@@ -1,8 +1,10 @@
-"""The one place that knows how ``ChatOllama`` is built, checked, closed and how it fails.
+"""The pipeline's one door to the language model: building, checking and closing it, and
+every call's deadlines.
 
 The pipeline only sees a LangChain ``BaseChatModel`` and the project's own
-:class:`~bot.errors.LLMError` subclasses; ``httpx`` and ``ollama`` errors are translated
-here, each into a one-line hint that tells the user how to fix it.
+:class:`~bot.errors.LLMError` subclasses. What differs between servers (Ollama, or an
+OpenAI-compatible one, as ``[llm].provider`` says) lives in :mod:`bot.pipeline.providers`:
+the functions here hand each job to the configured provider.
 
 Every call has deadlines of its own, because a server's per-read timeout does not bound a
 call: a model that trickles one chunk every few seconds never trips it. A streamed call
@@ -15,114 +17,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, TypeVar
 
 import aiohttp
-import httpx
-import ollama
-from langchain_ollama import ChatOllama
+from langchain_core.language_models import BaseChatModel
 
 from bot.config import LLMSettings
-from bot.errors import LLMError, LLMTimeout, LLMUnavailable, ModelNotFound
+from bot.errors import LLMError, LLMTimeout
+from bot.pipeline.providers import Provider, provider_for
 
-_log = logging.getLogger(__name__)
-_T = TypeVar("_T")
-
-
-def build_chat_model(settings: LLMSettings) -> ChatOllama:
-    """Create the single ``ChatOllama`` client used for every call of the process."""
-    extra: dict[str, Any] = {"num_predict": settings.max_tokens}
-    if settings.context_tokens:
-        extra["num_ctx"] = settings.context_tokens
-    return ChatOllama(
-        base_url=settings.base_url,
-        model=settings.model,
-        temperature=settings.temperature,
-        # Connecting should fail fast (Ollama is usually local); generating may take long.
-        client_kwargs={"timeout": httpx.Timeout(settings.timeout_s, connect=5.0)},
-        **extra,
-    )
+__all__ = [
+    "Provider",
+    "build_chat_model",
+    "check_llm",
+    "close_chat_model",
+    "complete_llm",
+    "provider_for",
+    "stream_llm",
+    "translate_llm_error",
+]
 
 
-async def close_chat_model(llm: ChatOllama) -> None:
-    """Close both httpx clients that ``ChatOllama`` opens in its validator.
+def build_chat_model(settings: LLMSettings) -> BaseChatModel:
+    """Create the single chat model used for every call of the process."""
+    return provider_for(settings).build()
 
-    langchain-ollama exposes no public close, so this reaches for its private clients;
-    without it every shutdown leaks a connection pool.
-    """
-    async_client = getattr(llm, "_async_client", None)
-    if async_client is not None:
-        await async_client.close()
-    sync_client = getattr(llm, "_client", None)
-    if sync_client is not None:
-        sync_client._client.close()
+
+async def close_chat_model(llm: BaseChatModel, settings: LLMSettings) -> None:
+    """Close the HTTP clients of a model :func:`build_chat_model` made."""
+    await provider_for(settings).close(llm)
 
 
 def translate_llm_error(exc: BaseException, settings: LLMSettings) -> LLMError | None:
-    """Map an exception raised by a ChatOllama call to an ``LLMError``, or None if foreign."""
-    where = settings.base_url
-    if isinstance(exc, ollama.ResponseError):
-        if exc.status_code == 404 and "not found" in str(exc.error).lower():
-            return ModelNotFound(
-                f"model {settings.model!r} not found at {where}: {exc.error}",
-                hint=f"The model '{settings.model}' is not available in Ollama; "
-                f"run `ollama pull {settings.model}` and ask again.",
-            )
-        return LLMUnavailable(
-            f"Ollama at {where} answered {exc.status_code}: {exc.error}",
-            hint="The language model returned an error; please try again in a moment.",
-        )
-    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-        return LLMUnavailable(
-            f"Ollama at {where} timed out after {settings.timeout_s:g}s: {exc!r}",
-            hint=f"The language model did not answer within {settings.timeout_s:g} s; "
-            "try again, or raise [llm].timeout_s.",
-        )
-    if isinstance(exc, httpx.HTTPError | OSError):
-        return LLMUnavailable(
-            f"Ollama at {where} is unreachable: {exc!r}",
-            hint=f"The language model at {where} is not reachable; start it with "
-            "`ollama serve` (or set OLLAMA_HOST / [llm].base_url).",
-        )
-    if isinstance(exc, ValueError):
-        # Not JSON, or an empty stream (ollama and langchain-ollama raise ValueError
-        # subclasses): something answers at base_url, but not like Ollama.
-        return LLMUnavailable(
-            f"unreadable reply from {where}: {exc!r}",
-            hint=f"The language model at {where} sent a reply I could not read; "
-            "check that [llm].base_url points at Ollama.",
-        )
-    return None
+    """Map an exception raised by a model call to an ``LLMError``, or None if foreign."""
+    return provider_for(settings).translate(exc)
 
 
 async def check_llm(session: aiohttp.ClientSession, settings: LLMSettings) -> str | None:
-    """Ask Ollama which models are pulled; return a one-line warning if it will not work.
+    """Ask the server which models it serves; return a one-line warning if it will not work.
 
     Runs once at start-up so the operator learns about a missing model immediately,
     not at the first question. Never raises.
     """
-    url = settings.base_url.rstrip("/") + "/api/tags"
-    try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-            resp.raise_for_status()
-            payload = await resp.json(content_type=None)
-        names = {m.get("name", "") for m in payload.get("models", []) if isinstance(m, dict)}
-    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
-        _log.info("Ollama check at %s failed: %r", url, exc)
-        return (
-            f"Ollama is not reachable at {settings.base_url}: start it with `ollama serve` "
-            "(answers will list sources only until then)."
-        )
-    wanted = settings.model if ":" in settings.model else f"{settings.model}:latest"
-    if settings.model not in names and wanted not in names:
-        return (
-            f"The model '{settings.model}' is not pulled in Ollama: run "
-            f"`ollama pull {settings.model}` (answers will list sources only until then)."
-        )
-    return None
+    return await provider_for(settings).check(session)
 
 
 async def complete_llm(
