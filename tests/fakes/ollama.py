@@ -124,6 +124,8 @@ class FakeOllama(FakeServer):
     * ``aborted_streams`` and the event ``stream_aborted``: streams the client hung up on.
     """
 
+    chat_path = "/api/chat"  # where the chat model posts (FakeOpenAI has its own)
+
     def __init__(
         self,
         *,
