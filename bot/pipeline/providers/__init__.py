@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessageChunk
+from langchain_core.messages import BaseMessage
 
 from bot.config import LLMSettings
 from bot.errors import LLMError
@@ -55,7 +55,7 @@ class Provider(Protocol):
         schema its reply must follow (structured output). Empty when neither is given."""
         ...
 
-    def finish_reason(self, chunk: BaseMessageChunk) -> str | None:
+    def finish_reason(self, chunk: BaseMessage) -> str | None:
         """Why the model stopped, from the last chunk of a stream: ``"stop"``, ``"length"``
         (cut at the token limit) ...; None on the chunks before it."""
         ...

@@ -15,7 +15,7 @@ import aiohttp
 import httpx
 import ollama
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessageChunk
+from langchain_core.messages import BaseMessage
 from langchain_ollama import ChatOllama
 
 from bot.config import LLMSettings
@@ -137,7 +137,7 @@ class OllamaProvider:
             bound["format"] = dict(json_schema)
         return bound
 
-    def finish_reason(self, chunk: BaseMessageChunk) -> str | None:
+    def finish_reason(self, chunk: BaseMessage) -> str | None:
         """Ollama's ``done_reason`` on the final line (``"length"``: cut at num_predict)."""
         reason = chunk.response_metadata.get("done_reason")
         return str(reason) if reason else None

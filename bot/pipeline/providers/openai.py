@@ -19,7 +19,7 @@ import aiohttp
 import httpx2
 import openai
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessageChunk
+from langchain_core.messages import BaseMessage
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
@@ -216,7 +216,7 @@ class OpenAIProvider:
             }
         return {"extra_body": body}
 
-    def finish_reason(self, chunk: BaseMessageChunk) -> str | None:
+    def finish_reason(self, chunk: BaseMessage) -> str | None:
         """The choice's ``finish_reason`` (``"length"``: cut at max_tokens)."""
         reason = chunk.response_metadata.get("finish_reason")
         return str(reason) if reason else None
