@@ -29,6 +29,7 @@ from bot.pipeline.llm import (
 from tests.fakes.base import Fault
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeOpenAI
+from tests.fakes.scripted import requested_schema
 from tests.test_cli import bot, child_env
 
 SCHEMA: dict[str, Any] = {
@@ -315,7 +316,7 @@ async def test_openai_bind_options_limit_tokens_and_ask_for_a_schema(
     assert "".join(c.text for c in chunks) == "one two three"
     assert [provider.finish_reason(c) for c in chunks if provider.finish_reason(c)] == ["length"]
     body = openai_server.chat_bodies()[-1]
-    assert body["max_tokens"] == 3
+    assert body["max_tokens"] == 3 and requested_schema(body) == SCHEMA
     assert body["response_format"] == {
         "type": "json_schema",
         "json_schema": {"name": "search_keywords", "schema": SCHEMA},
@@ -325,6 +326,7 @@ async def test_openai_bind_options_limit_tokens_and_ask_for_a_schema(
     chunks = [c async for c in plain.astream("short")]
     assert [provider.finish_reason(c) for c in chunks if provider.finish_reason(c)] == ["stop"]
     assert openai_server.chat_bodies()[-1]["max_tokens"] == settings.max_tokens
+    assert requested_schema({"response_format": {"type": "json_object"}}) is None
 
 
 async def test_ollama_bind_options_send_num_predict_and_format(
@@ -339,7 +341,8 @@ async def test_ollama_bind_options_send_num_predict_and_format(
     assert [provider.finish_reason(c) for c in chunks if provider.finish_reason(c)] == ["stop"]
     body = ollama.chat_bodies()[-1]
     assert body["options"] == {"temperature": 0.3, "num_predict": 5, "num_ctx": 2048}
-    assert body["format"] == SCHEMA
+    assert body["format"] == SCHEMA and requested_schema(body) == SCHEMA
+    assert requested_schema({"format": "json"}) is None
 
 
 async def test_close_closes_the_openai_clients(openai_server: FakeOpenAI) -> None:

@@ -234,7 +234,6 @@ class FakeOpenAI(FakeServer):
         return self.chunk_delay_s
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
         refused = self._unauthorised(request)
         if refused is not None:
             return refused
@@ -276,7 +275,6 @@ class FakeOpenAI(FakeServer):
             failing=failing,
             prompt_count=prompt_tokens(body),
             delay_s=self._delay_for(body),
-            started=started,
         )
         if body.get("stream") is True:
             options = body.get("stream_options") or {}
@@ -432,7 +430,6 @@ class _Turn:
     failing: bool
     prompt_count: int
     delay_s: float
-    started: float
 
     def envelope(self, kind: str) -> dict[str, Any]:
         return {

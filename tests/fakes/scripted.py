@@ -36,6 +36,7 @@ __all__ = [
     "default_responder",
     "derive_keywords",
     "prompt_tokens",
+    "requested_schema",
     "split_tokens",
 ]
 
@@ -63,6 +64,24 @@ def prompt_tokens(body: Mapping[str, Any]) -> int:
         texts.extend(str(m.get("content") or "") for m in messages if isinstance(m, dict))
     texts.extend(str(body.get(key) or "") for key in ("system", "prompt"))
     return max(1, sum(len(re.findall(r"\w+|[^\w\s]", t)) for t in texts))
+
+
+def requested_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a request wants the reply to follow, whichever API asked: Ollama's
+    ``format`` (a schema), or OpenAI's ``response_format`` of type ``json_schema``. None
+    for free text (Ollama's ``format: "json"`` and OpenAI's ``json_object`` name no schema).
+
+    A reply mode for structured output reads the schema here, so both fakes honour it alike.
+    """
+    ollama_format = body.get("format")
+    if isinstance(ollama_format, dict):
+        return ollama_format
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        return schema if isinstance(schema, dict) else None
+    return None
 
 
 # ---------------------------------------------------------------------------------------
