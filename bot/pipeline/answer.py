@@ -123,6 +123,9 @@ class AnswerWriter:
                 stream_llm(self._texts(inputs), self._settings, deadline=turn.deadline)
             ) as texts:
                 async for text in texts:
+                    if not text:
+                        # No token: OpenAI's first (role) and last (finish) chunks are empty.
+                        continue
                     chunks_left -= 1
                     if chunks_left < 0 or len(text) > room:
                         if chunks_left >= 0:

@@ -30,6 +30,7 @@ Switches, besides the base class's ``latency_s``, ``faults`` and ``always_fail``
   ``tests/fakes/ollama.py``; the replies come from the same scripted model
   (``tests/fakes/scripted.py``), so a test gets the same answer from either fake. A stream
   that fails sends ``data: {"error": {...}}`` (what the SDK raises as ``APIError``);
+* ``ignore_max_tokens`` streams past ``max_tokens``, as a server that ignores it does;
 * :meth:`FakeOpenAI.rate_limit` answers 429 ``rate_limit_exceeded`` with ``retry-after``;
   :meth:`FakeOpenAI.server_busy` answers 503, as an overloaded server does.
 """
@@ -97,6 +98,7 @@ class FakeOpenAI(FakeServer):
         self.chunk_delay_s = chunk_delay_s
         self.latency_s = latency_s
         self.api_key = api_key
+        self.ignore_max_tokens = False
         self.replies: list[str] = []
         self.aborted_streams = 0
         self.stream_aborted = asyncio.Event()
@@ -271,7 +273,9 @@ class FakeOpenAI(FakeServer):
             id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
             model=model,
             chunks=iter(split_tokens(reply) if isinstance(reply, str) else reply),
-            limit=limit if isinstance(limit, int) and limit > 0 else None,
+            limit=limit
+            if isinstance(limit, int) and limit > 0 and not self.ignore_max_tokens
+            else None,
             failing=failing,
             prompt_count=prompt_tokens(body),
             delay_s=self._delay_for(body),
