@@ -17,6 +17,7 @@ import pytest
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
+from bot import pull_model
 from bot.config import OPENAI_COMPATIBLE_URL, LLMSettings, Secret, load_settings
 from bot.errors import ConfigError, LLMError, LLMUnavailable, ModelNotFound
 from bot.pipeline.llm import (
@@ -371,3 +372,12 @@ async def test_the_environment_points_one_command_at_an_openai_compatible_server
         bodies = server.chat_bodies()
     assert len(bodies) == 2 and {b["model"] for b in bodies} == {"smollm2"}
     assert ollama.requests == [], "the file's Ollama is not asked at all"
+
+
+async def test_pull_model_has_nothing_to_pull_from_an_openai_compatible_server(
+    tmp_path: Path, openai_server: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path, f'[llm]\nprovider = "openai"\nbase_url = "{openai_server.base_url}"\n')
+    assert pull_model.main(["--config", str(config)]) == 0
+    assert "nothing to pull" in capsys.readouterr().out
+    assert openai_server.requests == []
