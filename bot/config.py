@@ -79,8 +79,8 @@ class LLMSettings:
     # Sent as Ollama's num_ctx; 0 leaves the model's default. Ollama only: an
     # OpenAI-compatible server fixes its context when it starts (vLLM --max-model-len).
     context_tokens: int = field(default=0, metadata=_between(0, 1_000_000))
-    # Sent as num_predict (Ollama) or max_completion_tokens (OpenAI), and enforced on the
-    # stream too (a server may ignore it): a model stuck in a loop must not hold a
+    # Sent as num_predict (Ollama) or max_tokens (an OpenAI-compatible server), and enforced
+    # on the stream too (a server may ignore it): a model stuck in a loop must not hold a
     # conversation forever.
     max_tokens: int = field(default=1024, metadata=_between(16, 100_000))
     # OPENAI_API_KEY, for the "openai" provider; never from the file. A local server
