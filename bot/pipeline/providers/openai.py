@@ -65,8 +65,8 @@ class OpenAIProvider:
             timeout=timeout,
             # One chunk may take as long as one read (langchain-openai's own default is 120 s).
             stream_chunk_timeout=settings.timeout_s,
-            # Clients of the bot's own, closed by close(): the defaults are shared by every
-            # ChatOpenAI of the process, across event loops.
+            # Clients of the bot's own, closed by close(): langchain-openai's default may be
+            # a cached client that every ChatOpenAI of the process shares.
             http_client=openai.DefaultHttpxClient(timeout=timeout),
             http_async_client=openai.DefaultAsyncHttpxClient(timeout=timeout),
         )
