@@ -132,6 +132,13 @@ def test_the_key_comes_from_the_environment_and_stays_hidden(tmp_path: Path) -> 
     assert "sk-secret" not in repr(settings)
 
 
+def test_the_key_may_come_from_a_file_as_docker_secrets_give_it(tmp_path: Path) -> None:
+    secret = tmp_path / "openai_api_key"
+    secret.write_text("sk-from-file\n", encoding="utf-8")
+    settings = load_settings(write(tmp_path, ""), env={"OPENAI_API_KEY_FILE": str(secret)})
+    assert settings.llm.api_key is not None and settings.llm.api_key.reveal() == "sk-from-file"
+
+
 def test_one_command_switches_provider_url_and_model(tmp_path: Path) -> None:
     config = write(tmp_path, '[llm]\nbase_url = "http://gpu:11434"\nmodel = "llama3.2"\n')
     env = {
