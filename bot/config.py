@@ -39,6 +39,10 @@ WS_URL: dict[str, bool] = {"ws_url": True}  # must be ws(s)://host...
 NONEMPTY: dict[str, bool] = {"nonempty": True}
 PATH: dict[str, bool] = {"path": True}  # must start with "/"
 OLLAMA_PORT = 11434
+OLLAMA_URL = "http://localhost:11434"
+# vLLM's default (`vllm serve MODEL`); llama.cpp's server and LM Studio say theirs.
+OPENAI_COMPATIBLE_URL = "http://localhost:8000/v1"
+LLMProvider = Literal["ollama", "openai"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,12 @@ class Secret:
 
 @dataclass(frozen=True, slots=True)
 class LLMSettings:
-    base_url: str = field(default="http://localhost:11434", metadata=URL)
+    # "ollama", or "openai": any server of OpenAI's chat completions API (vLLM, llama.cpp's
+    # server, LM Studio, a LiteLLM proxy), whose key comes from OPENAI_API_KEY only.
+    provider: LLMProvider = "ollama"
+    # Ollama's root, or the OpenAI-compatible API's root (usually ending in /v1); unset, it
+    # is the chosen provider's usual local address.
+    base_url: str = field(default=OLLAMA_URL, metadata=URL)
     model: str = field(default="llama3.2", metadata=NONEMPTY)
     temperature: float = field(default=0.2, metadata=_between(0, 2))
     # How long one read from the server may take (connecting fails after 5 s).
@@ -67,13 +76,18 @@ class LLMSettings:
     # model that trickles a chunk every few seconds never trips the per-read timeout.
     first_token_timeout_s: float = field(default=60.0, metadata=_between(1, 3600))
     call_timeout_s: float = field(default=180.0, metadata=_between(1, 7200))
-    # Sent as Ollama's num_ctx; 0 leaves the model's default.
+    # Sent as Ollama's num_ctx; 0 leaves the model's default. Ollama only: an
+    # OpenAI-compatible server fixes its context when it starts (vLLM --max-model-len).
     context_tokens: int = field(default=0, metadata=_between(0, 1_000_000))
-    # Sent as num_predict, and enforced on the stream too (a server may ignore it): a model
-    # stuck in a loop must not hold a conversation forever.
+    # Sent as num_predict (Ollama) or max_tokens (an OpenAI-compatible server), and enforced
+    # on the stream too (a server may ignore it): a model stuck in a loop must not hold a
+    # conversation forever.
     max_tokens: int = field(default=1024, metadata=_between(16, 100_000))
     # The running summary's call: at most five sentences.
     summary_max_tokens: int = field(default=256, metadata=_between(16, 100_000))
+    # OPENAI_API_KEY, for the "openai" provider; never from the file. A local server
+    # needs none.
+    api_key: Secret | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,9 +335,10 @@ SECRET_VARIABLES = (
     "SLACK_APP_TOKEN",
     "SLACK_SIGNING_SECRET",
     "DATABASE_URL",
+    "OPENAI_API_KEY",
 )
 # Not settable in the file: filled from the environment, or by the loader itself.
-_NOT_IN_FILE = _ENV_ONLY | {"deprecations"}
+_NOT_IN_FILE = _ENV_ONLY | {"deprecations", "api_key"}
 # Keys a release dropped, by section: still accepted (and ignored), with a warning that
 # names the release and what replaces them.
 _DROPPED: Mapping[tuple[str, str], str] = {
@@ -333,7 +348,7 @@ _DROPPED: Mapping[tuple[str, str], str] = {
     ),
 }
 # Where each secret comes from, for the refusal of a token written into the file.
-ENV_VARIABLES = {name: name.upper() for name in _ENV_ONLY}
+ENV_VARIABLES = {name: name.upper() for name in _ENV_ONLY} | {"openai_api_key": "OPENAI_API_KEY"}
 # The short names a token gets under its platform's table (``[discord] token = "..."``).
 _SECTION_TOKENS: Mapping[str, Mapping[str, str]] = {
     "discord": {"token": "DISCORD_TOKEN", "bot_token": "DISCORD_TOKEN"},
@@ -343,6 +358,7 @@ _SECTION_TOKENS: Mapping[str, Mapping[str, str]] = {
         "app_token": "SLACK_APP_TOKEN",
         "signing_secret": "SLACK_SIGNING_SECRET",
     },
+    "llm": {"api_key": "OPENAI_API_KEY"},
 }
 _T = TypeVar("_T")
 
@@ -368,7 +384,10 @@ class _Problems(list[_Problem]):
 def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read ``path`` (default ``./config.toml``; a missing default file means defaults).
 
-    ``env`` defaults to ``os.environ``: ``OLLAMA_HOST`` overrides ``[llm].base_url``,
+    ``env`` defaults to ``os.environ``: ``LLM_PROVIDER``, ``LLM_BASE_URL`` and
+    ``LLM_MODEL`` override ``[llm]``'s ``provider``, ``base_url`` and ``model``;
+    ``OLLAMA_HOST`` overrides ``[llm].base_url`` for Ollama (``LLM_BASE_URL`` wins);
+    ``OPENAI_API_KEY`` is the OpenAI-compatible server's key;
     ``DATABASE_URL`` overrides ``[memory].database``,
     ``DISCORD_TOKEN``, ``SLACK_BOT_TOKEN``, ``SLACK_APP_TOKEN`` and ``SLACK_SIGNING_SECRET``
     fill the secrets.
@@ -405,6 +424,13 @@ def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None 
         # Compared only when both values are the file's: a bad one was replaced by its
         # default, and comparing that would report a problem the file does not have.
         _check_together(settings, problems)
+    llm_table = raw.get("llm")
+    settings = _apply_llm_env(
+        settings,
+        env,
+        problems,
+        base_url_in_file=isinstance(llm_table, dict) and "base_url" in llm_table,
+    )
     settings = _apply_env(settings, env, problems)
     if problems:
         raise ConfigError(*(problem.message for problem in problems))
@@ -541,15 +567,50 @@ def env_secret(name: str, env: Mapping[str, str]) -> str | None:
     return text.strip()
 
 
-def _apply_env(settings: Settings, env: Mapping[str, str], problems: _Problems) -> Settings:
+def _apply_llm_env(
+    settings: Settings, env: Mapping[str, str], problems: _Problems, *, base_url_in_file: bool
+) -> Settings:
+    """``[llm]`` as the environment changes it, so one command tries another server.
+
+    ``LLM_PROVIDER``, ``LLM_BASE_URL`` and ``LLM_MODEL`` override the file; ``OLLAMA_HOST``
+    counts for Ollama only (a shell that exports it for Ollama must not redirect an
+    OpenAI-compatible server), and ``LLM_BASE_URL`` wins over it. A provider chosen without
+    a URL anywhere gets its usual local address.
+    """
+    llm = settings.llm
+    provider = env.get("LLM_PROVIDER", "").strip().lower() or llm.provider
+    if provider not in typing.get_args(LLMProvider):
+        problems.add(
+            "env.LLM_PROVIDER", f"LLM_PROVIDER must be 'ollama' or 'openai', not {provider!r}"
+        )
+        provider = llm.provider
+    base_url = env.get("LLM_BASE_URL", "").strip().rstrip("/")
+    parts = urlsplit(base_url)
+    if base_url and (parts.scheme not in {"http", "https"} or not parts.netloc):
+        problems.add(
+            "env.LLM_BASE_URL",
+            "LLM_BASE_URL must be an http(s) URL such as http://localhost:8080/v1, "
+            f"not {base_url!r}",
+        )
+        base_url = ""
     host = env.get("OLLAMA_HOST", "").strip()
-    if host:
+    if not base_url and provider == "ollama" and host:
         try:
-            llm = dataclasses.replace(settings.llm, base_url=ollama_url(host))
-            settings = dataclasses.replace(settings, llm=llm)
+            base_url = ollama_url(host)
         except ConfigError as exc:
             problems.add("env.OLLAMA_HOST", str(exc))
+    if not base_url and not base_url_in_file:
+        base_url = OLLAMA_URL if provider == "ollama" else OPENAI_COMPATIBLE_URL
+    llm = dataclasses.replace(
+        llm,
+        provider=typing.cast(LLMProvider, provider),
+        base_url=base_url or llm.base_url,
+        model=env.get("LLM_MODEL", "").strip() or llm.model,
+    )
+    return dataclasses.replace(settings, llm=llm)
 
+
+def _apply_env(settings: Settings, env: Mapping[str, str], problems: _Problems) -> Settings:
     secrets: dict[str, str | None] = {}
     for name in SECRET_VARIABLES:
         try:
@@ -574,8 +635,10 @@ def _apply_env(settings: Settings, env: Mapping[str, str], problems: _Problems) 
         else:
             memory = dataclasses.replace(settings.memory, database=database)
             settings = dataclasses.replace(settings, memory=memory)
+    llm = dataclasses.replace(settings.llm, api_key=secret("OPENAI_API_KEY"))
     return dataclasses.replace(
         settings,
+        llm=llm,
         discord_token=secret("DISCORD_TOKEN"),
         slack_bot_token=secret("SLACK_BOT_TOKEN"),
         slack_app_token=secret("SLACK_APP_TOKEN"),

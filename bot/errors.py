@@ -2,16 +2,16 @@
 
 SDK and library errors are translated into these at the boundary that called the SDK
 (``raise SourceUnavailable(...) from exc``), so the pipeline never catches ``aiohttp``,
-``httpx``, ``ollama`` or ``sqlite3`` errors directly.
+``httpx``, ``ollama``, ``openai`` or ``sqlite3`` errors directly.
 
     ResearchAgentError
     ├── ConfigError            config.toml or the environment is wrong; names each key
     ├── StartupError           start-up checks failed; every problem found, one line each
     ├── SourceUnavailable      one source failed this turn (timeout, HTTP error, garbage)
     ├── LLMError
-    │   ├── LLMUnavailable     Ollama cannot be reached
+    │   ├── LLMUnavailable     the LLM server (Ollama, OpenAI-compatible) cannot be used
     │   ├── LLMTimeout         ... or answers too slowly (first token, whole call, turn)
-    │   └── ModelNotFound      Ollama answers but the model is not pulled
+    │   └── ModelNotFound      the server answers but lacks the model (not pulled, not served)
     ├── StoreError             the store (the database) failed
     ├── AnalysisError          the analysis subprocess failed or printed garbage
     │   └── AnalysisTimeout    ... or ran past its hard timeout and was killed
@@ -84,7 +84,8 @@ class LLMError(ResearchAgentError):
 
 
 class LLMUnavailable(LLMError):
-    """Ollama is unreachable (refused, timed out, or answering with server errors)."""
+    """The LLM server is unreachable, refuses the bot (a key, a rate limit), or answers
+    with errors or garbage."""
 
 
 class LLMTimeout(LLMError):
@@ -92,7 +93,7 @@ class LLMTimeout(LLMError):
 
 
 class ModelNotFound(LLMError):
-    """Ollama is up but the configured model has not been pulled."""
+    """The LLM server is up but lacks the configured model (not pulled, not served)."""
 
 
 class StoreError(ResearchAgentError):

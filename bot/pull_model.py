@@ -35,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(config_report(exc), file=sys.stderr)
         return 2
     model, host = settings.llm.model, settings.llm.base_url
+    if settings.llm.provider != "ollama":
+        # An OpenAI-compatible server loads the models it was started with; none pulls.
+        print(f"[llm].provider is {settings.llm.provider!r}: nothing to pull.", flush=True)
+        return 0
     client = ollama.Client(host=host)
     try:
         if _is_pulled(client.list().models, model):

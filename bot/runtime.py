@@ -1,11 +1,12 @@
 """Builds every long-lived resource once, hands them to the pipeline, closes them in reverse.
 
 Start-up, cheap checks first: the HTTP session and LLM client are built, then at once, and
-concurrently: Ollama is asked for its models, the store is opened (is the database
-writable?), the embedding model is looked for (no process started yet), and every chat
-adapter checks its token (:meth:`~bot.adapters.base.Adapter.check`). Every problem found
-is reported together (:class:`~bot.errors.StartupError`), so one run names them all. Only
-then the slow step begins: the embedding pool loads the model in the background while the
+concurrently: the LLM server (Ollama, or an OpenAI-compatible one) is asked for its
+models, the store is opened (is the database writable?), the embedding model is looked
+for (no process started yet), and every chat adapter checks its token
+(:meth:`~bot.adapters.base.Adapter.check`). Every problem found is reported together
+(:class:`~bot.errors.StartupError`), so one run names them all. Only then the slow step
+begins: the embedding pool loads the model in the background while the
 analysis agent, fetch agent, memory, pipeline and intake are built, and the first turn
 runs its keyword and fetch steps meanwhile (the pipeline waits for the model at its embed
 step). The intake joins the other replicas (when the store is shared) and starts keeping
@@ -36,7 +37,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
-from langchain_ollama import ChatOllama
+from langchain_core.language_models import BaseChatModel
 
 from bot.adapters.base import Adapter, IntakePort
 from bot.agents.analysis import AnalysisAgent
@@ -66,7 +67,7 @@ class Runtime:
     settings: Settings
     pipeline: Pipeline
     http: aiohttp.ClientSession
-    llm: ChatOllama
+    llm: BaseChatModel
     store: Store
     embeddings: EmbeddingAgent
     analysis: AnalysisAgent | None
@@ -97,7 +98,7 @@ class Runtime:
             http = aiohttp.ClientSession(raise_for_status=False)
             _closing(stack, "http session", http.close)
             llm = build_chat_model(settings.llm)
-            _closing(stack, "llm client", lambda: close_chat_model(llm))
+            _closing(stack, "llm client", lambda: close_chat_model(llm, settings.llm))
             embeddings = EmbeddingAgent(
                 settings.embeddings, log_file=settings.logging.file, onnx_dir=_onnx_dir(settings)
             )

@@ -15,6 +15,7 @@ from bot.config import Settings, load_settings
 from tests.databases import Backend, Server, fresh_database, sqlite_path, start_server
 from tests.fakes.hackernews import FakeHackerNews
 from tests.fakes.ollama import FakeOllama
+from tests.fakes.openai import FakeOpenAI
 from tests.fakes.wikipedia import FakeWikipedia
 
 # Nothing in the tests may reach for a model hub.
@@ -71,6 +72,36 @@ async def ollama() -> AsyncIterator[FakeOllama]:
 
 
 @pytest.fixture
+async def openai_server() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+FakeLLM = FakeOllama | FakeOpenAI
+LLM_PROVIDERS = ["ollama", "openai"]
+
+
+@pytest.fixture
+def llm_provider() -> str:
+    """The ``[llm].provider`` of the fakes' config. A module runs its tests once per
+    provider by overriding it: ``@pytest.fixture(params=LLM_PROVIDERS)``."""
+    return "ollama"
+
+
+@pytest.fixture
+def llm(llm_provider: str, request: pytest.FixtureRequest) -> FakeLLM:
+    """The fake LLM server of the test's provider (the ``ollama`` fixture for Ollama)."""
+    fake = request.getfixturevalue("ollama" if llm_provider == "ollama" else "openai_server")
+    assert isinstance(fake, FakeOllama | FakeOpenAI)
+    return fake
+
+
+def llm_base_url(fake: FakeLLM) -> str:
+    """``[llm].base_url`` for a fake: Ollama's root, or the OpenAI API's ``/v1``."""
+    return fake.base_url if isinstance(fake, FakeOpenAI) else fake.url
+
+
+@pytest.fixture
 async def wikipedia() -> AsyncIterator[FakeWikipedia]:
     async with FakeWikipedia() as fake:
         yield fake
@@ -90,11 +121,16 @@ def config_text(
     database: Path,
     backend: str = "hashing",
     extra: str = "",
+    llm_provider: str = "ollama",
 ) -> str:
-    """A config.toml pointing every base URL at the fakes (fast timeouts, no retries' waits)."""
+    """A config.toml pointing every base URL at the fakes (fast timeouts, no retries' waits).
+
+    ``ollama_url`` is the LLM server's base URL, of ``llm_provider``'s kind.
+    """
     model_path = local_model_path() if backend == "sentence-transformers" else ""
     return f"""
 [llm]
+provider = "{llm_provider}"
 base_url = "{ollama_url}"
 model = "llama3.2"
 timeout_s = 10
@@ -128,14 +164,19 @@ file = "{database.parent / "bot.log"}"
 
 @pytest.fixture
 def write_config(
-    tmp_path: Path, ollama: FakeOllama, wikipedia: FakeWikipedia, hackernews: FakeHackerNews
+    tmp_path: Path,
+    llm: FakeLLM,
+    llm_provider: str,
+    wikipedia: FakeWikipedia,
+    hackernews: FakeHackerNews,
 ) -> Callable[..., Path]:
     """``write_config(backend=...)`` writes tmp_path/config.toml pointing at the fakes."""
 
     def write(*, backend: str = "hashing") -> Path:
         path = tmp_path / "config.toml"
         text = config_text(
-            ollama_url=ollama.url,
+            ollama_url=llm_base_url(llm),
+            llm_provider=llm_provider,
             wikipedia_url=wikipedia.url,
             hackernews_url=hackernews.url,
             database=tmp_path / "bot.db",

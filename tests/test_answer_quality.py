@@ -158,13 +158,15 @@ async def test_a_call_stopped_by_its_token_limit_says_length(
         for limit in (5, None):
             chain = llm.bind(**call_options(settings, max_tokens=limit))
             chunks = [chunk async for chunk in chain.astream("one two three four five six seven")]
-            reasons.append([finish_reason(c) for c in chunks if finish_reason(c)])
+            reasons.append(
+                [finish_reason(settings, c) for c in chunks if finish_reason(settings, c)]
+            )
         assert reasons == [["length"], ["stop"]]
         assert ollama.replies == ["one two three four five", "one two three four five six seven"]
         limits = [body["options"]["num_predict"] for body in ollama.chat_bodies()]
         assert limits == [5, settings.max_tokens]
     finally:
-        await close_chat_model(llm)
+        await close_chat_model(llm, settings)
 
 
 def test_every_platform_shows_the_bots_citations_in_place_and_says_so() -> None:

@@ -1,7 +1,8 @@
 """Deadlines and caps: a slow or runaway language model never holds a conversation.
 
-The real runtime against the fake Ollama, which can trickle its chunks
-(``chunk_delay_s``), be slow to its first byte (``latency_s``) and stream without end.
+The real runtime against each fake LLM server (Ollama, OpenAI-compatible), which can
+trickle its chunks (``chunk_delay_s``), be slow to its first byte (``latency_s``) and
+stream without end.
 """
 
 from __future__ import annotations
@@ -20,15 +21,22 @@ from bot.pipeline.orchestrator import BACKSTOP_S
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.pipeline.wording import ANSWER_LONG, ANSWER_SLOW, LLM_SLOW, TURN_SLOW
 from bot.runtime import Runtime
+from tests.conftest import LLM_PROVIDERS, FakeLLM
 from tests.fakes.base import Fault
-from tests.fakes.ollama import FakeOllama, default_responder
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.scripted import default_responder
 from tests.fakes.wikipedia import FakeWikipedia
 
 SettingsFactory = Callable[..., Settings]
 QUESTION = "What is the transformer architecture in deep learning?"
 
 
-def answering(ollama: FakeOllama, answer: Callable[[], Iterator[str]]) -> None:
+@pytest.fixture(params=LLM_PROVIDERS)
+def llm_provider(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def answering(llm: FakeLLM, answer: Callable[[], Iterator[str]]) -> None:
     """Keyword and summary calls as usual; the answer call streams ``answer()``."""
 
     def responder(body: dict[str, Any]) -> Any:
@@ -36,7 +44,15 @@ def answering(ollama: FakeOllama, answer: Callable[[], Iterator[str]]) -> None:
             return answer()
         return default_responder(body)
 
-    ollama.responder = responder
+    llm.responder = responder
+
+
+def ignore_token_limit(llm: FakeLLM) -> None:
+    """The server streams past the call's token limit: the bot's own count must hold."""
+    if isinstance(llm, FakeOpenAI):
+        llm.ignore_max_tokens = True
+    else:
+        llm.honours_num_predict = False
 
 
 async def start(runtime: Runtime) -> InMemoryAdapter:
@@ -46,13 +62,13 @@ async def start(runtime: Runtime) -> InMemoryAdapter:
 
 
 async def test_a_trickling_model_is_cut_at_the_turn_deadline_and_the_next_question_goes_on(
-    make_settings: SettingsFactory, ollama: FakeOllama
+    make_settings: SettingsFactory, llm: FakeLLM
 ) -> None:
     def trickle() -> Iterator[str]:
         while True:
             yield " slowly"
 
-    answering(ollama, trickle)
+    answering(llm, trickle)
     settings = make_settings(
         chat={"turn_timeout_s": 6.0},
         llm={"first_token_timeout_s": 30.0, "call_timeout_s": 600.0, "timeout_s": 30.0},
@@ -60,7 +76,7 @@ async def test_a_trickling_model_is_cut_at_the_turn_deadline_and_the_next_questi
     async with await Runtime.start(settings) as runtime:
         bot = await start(runtime)
         # A chunk every half second: no read ever times out.
-        ollama.pace(SYNTHESIS_MARKER, 0.5)
+        llm.pace(SYNTHESIS_MARKER, 0.5)
         started = time.monotonic()
         first = asyncio.create_task(bot.ask(QUESTION))
         # The first turn holds the conversation (its reply is up) before the second comes.
@@ -72,19 +88,19 @@ async def test_a_trickling_model_is_cut_at_the_turn_deadline_and_the_next_questi
         assert reply.status == "degraded"
         assert reply.body.startswith("slowly")
         assert [n.user for n in reply.notices if n.kind == "answer_cut"] == [ANSWER_SLOW]
-        ollama.pace(SYNTHESIS_MARKER, 0.0)
-        answering(ollama, lambda: iter(["BERT is a model [1]."]))
+        llm.pace(SYNTHESIS_MARKER, 0.0)
+        answering(llm, lambda: iter(["BERT is a model [1]."]))
         later = await asyncio.wait_for(second, 30)
         assert later.status == "answered", "the conversation moved on"
 
 
 async def test_a_model_slow_to_start_gives_the_sources_with_a_notice(
-    make_settings: SettingsFactory, ollama: FakeOllama
+    make_settings: SettingsFactory, llm: FakeLLM
 ) -> None:
     settings = make_settings(llm={"first_token_timeout_s": 1.0, "timeout_s": 30.0})
     async with await Runtime.start(settings) as runtime:
         bot = await start(runtime)
-        ollama.latency_s = 3.0  # before every reply's first byte
+        llm.latency_s = 3.0  # before every reply's first byte
         started = time.monotonic()
         reply = await asyncio.wait_for(bot.ask(QUESTION), 30)
     assert time.monotonic() - started < 3.0, "the keyword call gave up after 1 s"
@@ -95,15 +111,15 @@ async def test_a_model_slow_to_start_gives_the_sources_with_a_notice(
 
 
 async def test_a_server_that_ignores_num_predict_is_cut_and_the_answer_says_so(
-    make_settings: SettingsFactory, ollama: FakeOllama, caplog: pytest.LogCaptureFixture
+    make_settings: SettingsFactory, llm: FakeLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
     def endless() -> Iterator[str]:
         chunk = "x" * 1000 + " "
         for _ in range(10_000):  # 10 MB, were it all read
             yield chunk
 
-    answering(ollama, endless)
-    ollama.honours_num_predict = False
+    answering(llm, endless)
+    ignore_token_limit(llm)
     settings = make_settings(chat={"max_answer_chars": 5000})
     async with await Runtime.start(settings) as runtime:
         bot = await start(runtime)
@@ -116,10 +132,10 @@ async def test_a_server_that_ignores_num_predict_is_cut_and_the_answer_says_so(
 
 
 async def test_the_token_cap_holds_for_many_small_chunks(
-    make_settings: SettingsFactory, ollama: FakeOllama
+    make_settings: SettingsFactory, llm: FakeLLM
 ) -> None:
-    answering(ollama, lambda: iter(["a "] * 5000))
-    ollama.honours_num_predict = False  # the bot's own count must hold
+    answering(llm, lambda: iter(["a "] * 5000))
+    ignore_token_limit(llm)  # the bot's own count must hold
     settings = make_settings(llm={"max_tokens": 100})
     async with await Runtime.start(settings) as runtime:
         bot = await start(runtime)
@@ -129,7 +145,7 @@ async def test_the_token_cap_holds_for_many_small_chunks(
 
 
 async def test_a_step_that_overruns_the_turn_deadline_is_stopped_and_the_user_told(
-    make_settings: SettingsFactory, ollama: FakeOllama, wikipedia: FakeWikipedia
+    make_settings: SettingsFactory, llm: FakeLLM, wikipedia: FakeWikipedia
 ) -> None:
     # A source that hangs, with its own timeout far past the turn's: only the turn's
     # deadline (and its backstop) can end this turn.

@@ -1,6 +1,7 @@
-"""End to end: the real runtime (ChatOllama, aiohttp, aiosqlite, subprocess, process pool)
-against the fakes, driven through the intake and the in-memory adapter. Nothing of the
-project is mocked.
+"""End to end: the real runtime (ChatOllama or ChatOpenAI, aiohttp, aiosqlite, subprocess,
+process pool) against the fakes, driven through the intake and the in-memory adapter.
+Nothing of the project is mocked. Every test runs once per ``[llm].provider``: against the
+fake Ollama and the fake OpenAI-compatible server, which answer alike.
 
 The hashing embedding backend keeps these fast; tests/test_embeddings.py and
 tests/test_cli.py cover the real sentence-transformers model.
@@ -27,14 +28,23 @@ from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.pipeline.wording import FAILURE_LINE
 from bot.runtime import Runtime
 from bot.store.sqlite import SqliteStore
+from tests.conftest import LLM_PROVIDERS, FakeLLM, llm_base_url
 from tests.fakes.base import Fault
 from tests.fakes.hackernews import FakeHackerNews
-from tests.fakes.ollama import FakeOllama, default_responder
+from tests.fakes.scripted import default_responder
 from tests.fakes.wikipedia import FakeWikipedia
 
 SettingsFactory = Callable[..., Settings]
 QUESTION = "What is the transformer architecture in deep learning?"
 GENERAL = conversation_key("inmemory", "general")
+# What the operator is told to do, by provider: the server is down; the model is missing.
+UNREACHABLE_FIX = {"ollama": "ollama serve", "openai": "set [llm].base_url"}
+MISSING_MODEL_FIX = {"ollama": "ollama pull mistral", "openai": "start your server with it"}
+
+
+@pytest.fixture(params=LLM_PROVIDERS)
+def llm_provider(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
@@ -71,7 +81,7 @@ def citations(text: str) -> set[int]:
 
 
 async def test_a_turn_answers_with_citations_that_map_to_real_links(
-    bot: InMemoryAdapter, ollama: FakeOllama, wikipedia: FakeWikipedia, hackernews: FakeHackerNews
+    bot: InMemoryAdapter, llm: FakeLLM, wikipedia: FakeWikipedia, hackernews: FakeHackerNews
 ) -> None:
     result = await bot.ask(QUESTION)
 
@@ -107,7 +117,7 @@ async def test_a_turn_answers_with_citations_that_map_to_real_links(
         "synthesis_s",
     }
     # Keyword extraction, then synthesis: two LLM calls, with the sources in the second.
-    topic_call, answer_call = ollama.chat_bodies()
+    topic_call, answer_call = llm.chat_bodies()
     assert topic_call["stream"] is True
     prompt = answer_call["messages"][-1]["content"]
     assert "[1]" in prompt
@@ -117,16 +127,16 @@ async def test_a_turn_answers_with_citations_that_map_to_real_links(
 
 
 async def test_the_question_survives_a_turn_that_dies_during_generation(
-    runtime: Runtime, bot: InMemoryAdapter, ollama: FakeOllama
+    runtime: Runtime, bot: InMemoryAdapter, llm: FakeLLM
 ) -> None:
     def hang_the_next_call(body: dict[str, Any]) -> list[str]:
-        ollama.faults.append(Fault.hang())  # the answer call, which comes next, never returns
+        llm.faults.append(Fault.hang())  # the answer call, which comes next, never returns
         return default_responder(body)
 
-    ollama.responder = hang_the_next_call
+    llm.responder = hang_the_next_call
     submission = await bot.deliver(QUESTION)
     assert submission.done is not None
-    await ollama.wait_for_requests(2, "/api/chat")
+    await llm.wait_for_requests(2, llm.chat_path)
     transcript = await runtime.store.conversations.transcript(GENERAL)
     assert transcript is not None
     assert [(t.question, t.status) for t in transcript.turns] == [(QUESTION, "pending")]
@@ -139,33 +149,33 @@ async def test_the_question_survives_a_turn_that_dies_during_generation(
     assert (await runtime.store.conversations.load(GENERAL)).turns == ()
 
 
-async def test_follow_ups_see_the_conversation(bot: InMemoryAdapter, ollama: FakeOllama) -> None:
+async def test_follow_ups_see_the_conversation(bot: InMemoryAdapter, llm: FakeLLM) -> None:
     await bot.ask("What is BERT?")
     await bot.ask("How is it different from GPT?")
-    synthesis = ollama.chat_bodies()[-1]["messages"][-1]["content"]
+    synthesis = llm.chat_bodies()[-1]["messages"][-1]["content"]
     assert "What is BERT?" in synthesis
     history = synthesis.split("Recent conversation:\n")[1].split("\n\nSources:\n")[0]
     assert "What is BERT?" in history
     assert "Sources" not in history and "https://" not in history, "bodies only, no footer"
-    topic_prompt = ollama.chat_bodies()[-2]["messages"][-1]["content"]
+    topic_prompt = llm.chat_bodies()[-2]["messages"][-1]["content"]
     assert "What is BERT?" in topic_prompt
 
 
 async def test_follow_ups_resolve_after_a_restart(
-    make_settings: SettingsFactory, ollama: FakeOllama
+    make_settings: SettingsFactory, llm: FakeLLM
 ) -> None:
     settings = make_settings()
     async with await Runtime.start(settings) as first_process:
         await (await chat(first_process)).ask("What is BERT?")
-    ollama.requests.clear()
+    llm.requests.clear()
     async with await Runtime.start(settings) as second_process:
         await (await chat(second_process)).ask("Who created it?")
-    topic_prompt = ollama.chat_bodies()[0]["messages"][-1]["content"]
+    topic_prompt = llm.chat_bodies()[0]["messages"][-1]["content"]
     assert "What is BERT?" in topic_prompt
 
 
 async def test_a_reset_by_another_connection_is_not_undone_by_the_cache(
-    runtime: Runtime, bot: InMemoryAdapter, ollama: FakeOllama
+    runtime: Runtime, bot: InMemoryAdapter, llm: FakeLLM
 ) -> None:
     await bot.ask("What is BERT?")
     await runtime.pipeline.memory.settle()
@@ -175,16 +185,16 @@ async def test_a_reset_by_another_connection_is_not_undone_by_the_cache(
         assert await other.conversations.reset(GENERAL)
     finally:
         await other.close()
-    ollama.requests.clear()
+    llm.requests.clear()
     await bot.ask("Who created it?")
-    for body in ollama.chat_bodies():
+    for body in llm.chat_bodies():
         assert "What is BERT?" not in body["messages"][-1]["content"]
 
 
 async def test_an_llm_that_answers_garbage_degrades_like_one_that_is_down(
-    bot: InMemoryAdapter, ollama: FakeOllama
+    bot: InMemoryAdapter, llm: FakeLLM
 ) -> None:
-    ollama.always_fail = Fault.garbage()  # HTTP 200, not JSON: not Ollama at all
+    llm.always_fail = Fault.garbage()  # HTTP 200, not JSON: not the LLM server at all
     result = await bot.ask(QUESTION)
     assert result.status == "degraded"
     assert "sent a reply I could not read" in operator_view(result)
@@ -195,22 +205,22 @@ async def test_an_llm_that_answers_garbage_degrades_like_one_that_is_down(
 
 
 async def test_turns_of_one_conversation_run_one_at_a_time_others_overlap(
-    bot: InMemoryAdapter, ollama: FakeOllama
+    bot: InMemoryAdapter, llm: FakeLLM
 ) -> None:
-    ollama.latency_s = 0.05
+    llm.latency_s = 0.05
     await asyncio.gather(
         bot.ask("What is BERT?", channel="a"), bot.ask("What is GPT?", channel="a")
     )
-    questions = [_question_of(body) for body in ollama.chat_bodies()]
+    questions = [_question_of(body) for body in llm.chat_bodies()]
     # Same conversation: topic and answer of one turn, then of the other; never interleaved.
     assert questions[0] == questions[1] and questions[2] == questions[3]
     assert questions[0] != questions[2]
 
-    ollama.requests.clear()
+    llm.requests.clear()
     await asyncio.gather(
         bot.ask("What is BERT?", channel="b"), bot.ask("What is GPT?", channel="c")
     )
-    questions = [_question_of(body) for body in ollama.chat_bodies()]
+    questions = [_question_of(body) for body in llm.chat_bodies()]
     # Different conversations: both keyword calls arrive before either answer call.
     assert questions[0] != questions[1]
 
@@ -222,42 +232,45 @@ def _question_of(body: dict[str, Any]) -> str:
 
 
 async def test_an_unreachable_llm_gives_sources_and_a_fix_for_the_operator_only(
-    make_settings: SettingsFactory, ollama: FakeOllama
+    make_settings: SettingsFactory, llm: FakeLLM, llm_provider: str
 ) -> None:
-    closed_port = ollama.url
-    await ollama.close()
+    closed_port = llm_base_url(llm)
+    await llm.close()
     settings = make_settings(llm={"base_url": closed_port})
+    fix = UNREACHABLE_FIX[llm_provider]
     async with await Runtime.start(settings) as rt:
-        assert rt.llm_warning is not None and "ollama serve" in rt.llm_warning
+        assert rt.llm_warning is not None and fix in rt.llm_warning
         bot = await chat(rt)
         result = await bot.ask(QUESTION)
         shown = user_view(bot)
     assert result.status == "degraded"
-    assert "ollama serve" in operator_view(result)
+    assert fix in operator_view(result)
     assert result.sources, "the fallback answer still lists the best sources"
     for source in result.cited:
         assert operator_view(result).count(source.url) == 1, "each source is listed once"
     assert "Traceback" not in operator_view(result) and "ConnectError" not in operator_view(result)
     # A chat user gets the sources and a fixed line: no host, no command.
     assert "language model is unavailable" in shown
-    assert "ollama" not in shown.lower() and closed_port not in shown and "127.0.0.1" not in shown
+    assert "ollama" not in shown.lower() and "openai" not in shown.lower()
+    assert closed_port not in shown and "127.0.0.1" not in shown
 
 
 async def test_a_model_that_is_not_pulled_says_how_to_pull_it(
-    make_settings: SettingsFactory,
+    make_settings: SettingsFactory, llm_provider: str
 ) -> None:
+    fix = MISSING_MODEL_FIX[llm_provider]
     async with await Runtime.start(make_settings(llm={"model": "mistral"})) as rt:
-        assert rt.llm_warning is not None and "ollama pull mistral" in rt.llm_warning
+        assert rt.llm_warning is not None and fix in rt.llm_warning
         bot = await chat(rt)
         result = await bot.ask(QUESTION)
         shown = user_view(bot)
-    assert "ollama pull mistral" in operator_view(result)
-    assert "ollama" not in shown.lower()
+    assert fix in operator_view(result)
+    assert "ollama" not in shown.lower() and "openai" not in shown.lower()
     assert result.sources
 
 
 async def test_an_llm_failing_mid_answer_keeps_what_was_written(
-    bot: InMemoryAdapter, ollama: FakeOllama
+    bot: InMemoryAdapter, llm: FakeLLM
 ) -> None:
     def answer_then_fail(body: dict[str, Any]) -> Any:
         chunks = default_responder(body)
@@ -270,7 +283,7 @@ async def test_an_llm_failing_mid_answer_keeps_what_was_written(
 
         return stream()
 
-    ollama.responder = answer_then_fail
+    llm.responder = answer_then_fail
     result = await bot.ask(QUESTION)
     assert result.status == "degraded"
     assert result.body.strip()
@@ -328,7 +341,7 @@ async def test_a_dead_embedding_worker_is_replaced_between_turns(
 
 
 async def test_a_broken_analysis_worker_leaves_the_turn_going(
-    make_settings: SettingsFactory, tmp_path: Path, ollama: FakeOllama
+    make_settings: SettingsFactory, tmp_path: Path, llm: FakeLLM
 ) -> None:
     script = tmp_path / "crash.py"
     script.write_text("import sys\nsys.exit(3)\n", encoding="utf-8")
@@ -337,13 +350,11 @@ async def test_a_broken_analysis_worker_leaves_the_turn_going(
         rt.analysis._script = script  # the configured worker, swapped for one that crashes
         result = await (await chat(rt)).ask(QUESTION)
     assert result.ok and result.sources
-    assert (
-        "Source statistics:\n(not available)" in ollama.chat_bodies()[-1]["messages"][-1]["content"]
-    )
+    assert "Source statistics:\n(not available)" in llm.chat_bodies()[-1]["messages"][-1]["content"]
 
 
 async def test_an_overlong_message_is_cut_and_the_answer_says_so(
-    runtime: Runtime, bot: InMemoryAdapter, ollama: FakeOllama
+    runtime: Runtime, bot: InMemoryAdapter, llm: FakeLLM
 ) -> None:
     huge = "Tell me about transformers. " + "x" * 40_000
     result = await bot.ask(huge)
@@ -351,7 +362,7 @@ async def test_an_overlong_message_is_cut_and_the_answer_says_so(
     assert result.ok
     assert len(result.question) <= limit
     assert f"first {limit:,}" in user_view(bot)
-    assert all(len(b["messages"][-1]["content"]) < limit + 20_000 for b in ollama.chat_bodies())
+    assert all(len(b["messages"][-1]["content"]) < limit + 20_000 for b in llm.chat_bodies())
     await runtime.pipeline.memory.settle()
     # Nothing is lost: the store keeps the message as it was sent.
     state = await runtime.store.conversations.load(GENERAL)
@@ -359,17 +370,17 @@ async def test_an_overlong_message_is_cut_and_the_answer_says_so(
 
 
 async def test_an_empty_message_gets_a_hint_and_stores_nothing(
-    runtime: Runtime, bot: InMemoryAdapter, ollama: FakeOllama
+    runtime: Runtime, bot: InMemoryAdapter, llm: FakeLLM
 ) -> None:
     submission = await bot.deliver("   \n ")
     assert submission.outcome == "empty" and submission.done is None
     assert "Ask me a research question" in bot.service.in_channel("general")[-1].text
-    assert ollama.requests_to("/api/chat") == []
+    assert llm.requests_to(llm.chat_path) == []
     assert await runtime.store.conversations.list_all() == []
 
 
 async def test_long_histories_are_summarised_in_the_background(
-    make_settings: SettingsFactory, ollama: FakeOllama
+    make_settings: SettingsFactory, llm: FakeLLM
 ) -> None:
     settings = make_settings(memory={"summarize_after": 2, "keep_recent": 1})
     async with await Runtime.start(settings) as rt:
@@ -382,7 +393,7 @@ async def test_long_histories_are_summarised_in_the_background(
         assert state.summary_upto > 0
         assert all(turn.id > state.summary_upto for turn in state.turns)
         summary_calls = [
-            b for b in ollama.chat_bodies() if "running summary" in str(b["messages"][0]["content"])
+            b for b in llm.chat_bodies() if "running summary" in str(b["messages"][0]["content"])
         ]
         assert summary_calls
 

@@ -106,7 +106,7 @@ class AnswerWriter:
         chunks = self._chain.astream(dict(inputs))
         try:
             async for chunk in chunks:
-                reason = finish_reason(chunk)
+                reason = finish_reason(self._settings, chunk)
                 if reason is not None:
                     ending.append(reason)
                 yield chunk.text
@@ -143,8 +143,10 @@ class AnswerWriter:
                 stream_llm(self._texts(inputs, ending), self._settings, deadline=turn.deadline)
             ) as texts:
                 async for text in texts:
-                    # The last chunk, which only says why the model stopped, is no token.
-                    chunks_left -= 1 if text else 0
+                    if not text:
+                        # No token: OpenAI's first (role) and last (finish) chunks are empty.
+                        continue
+                    chunks_left -= 1
                     if chunks_left < 0 or len(text) > room:
                         if chunks_left >= 0:
                             await turn.emit(safety.feed(answer_filter.feed(text[:room])))

@@ -1,8 +1,10 @@
-"""The one place that knows how ``ChatOllama`` is built, checked, closed and how it fails.
+"""The pipeline's one door to the language model: building, checking and closing it, and
+every call's deadlines.
 
 The pipeline only sees a LangChain ``BaseChatModel`` and the project's own
-:class:`~bot.errors.LLMError` subclasses; ``httpx`` and ``ollama`` errors are translated
-here, each into a one-line hint that tells the user how to fix it.
+:class:`~bot.errors.LLMError` subclasses. What differs between servers (Ollama, or an
+OpenAI-compatible one, as ``[llm].provider`` says) lives in :mod:`bot.pipeline.providers`:
+the functions here hand each job to the configured provider.
 
 Every call has deadlines of its own, because a server's per-read timeout does not bound a
 call: a model that trickles one chunk every few seconds never trips it. A streamed call
@@ -15,37 +17,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import aiohttp
-import httpx
-import ollama
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
-from langchain_ollama import ChatOllama
 
 from bot.config import LLMSettings
-from bot.errors import LLMError, LLMTimeout, LLMUnavailable, ModelNotFound
+from bot.errors import LLMError, LLMTimeout
+from bot.pipeline.providers import Provider, provider_for
 
-_log = logging.getLogger(__name__)
-_T = TypeVar("_T")
+__all__ = [
+    "FinishReason",
+    "Provider",
+    "build_chat_model",
+    "call_options",
+    "check_llm",
+    "close_chat_model",
+    "complete_llm",
+    "finish_reason",
+    "provider_for",
+    "stream_llm",
+    "translate_llm_error",
+]
 
 
-def build_chat_model(settings: LLMSettings) -> ChatOllama:
-    """Create the single ``ChatOllama`` client used for every call of the process."""
-    extra: dict[str, Any] = {"num_predict": settings.max_tokens}
-    if settings.context_tokens:
-        extra["num_ctx"] = settings.context_tokens
-    return ChatOllama(
-        base_url=settings.base_url,
-        model=settings.model,
-        temperature=settings.temperature,
-        # Connecting should fail fast (Ollama is usually local); generating may take long.
-        client_kwargs={"timeout": httpx.Timeout(settings.timeout_s, connect=5.0)},
-        **extra,
-    )
+def build_chat_model(settings: LLMSettings) -> BaseChatModel:
+    """Create the single chat model used for every call of the process."""
+    return provider_for(settings).build()
 
 
 def call_options(
@@ -54,34 +55,20 @@ def call_options(
     max_tokens: int | None = None,
     json_schema: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``.bind()`` arguments of one kind of call: its own token limit (``num_predict``,
-    ``[llm].max_tokens`` when not given) and, optionally, a JSON schema for its reply.
-
-    langchain-ollama sends only its own fields as Ollama's ``options`` unless it is given an
-    ``options`` dict, which then replaces them all: so the dict repeats the client's.
-    """
-    options: dict[str, Any] = {
-        "temperature": settings.temperature,
-        "num_predict": settings.max_tokens if max_tokens is None else max_tokens,
-    }
-    if settings.context_tokens:
-        options["num_ctx"] = settings.context_tokens
-    bound: dict[str, Any] = {"options": options}
-    if json_schema is not None:
-        bound["format"] = dict(json_schema)
-    return bound
+    """The ``.bind()`` arguments of one kind of call: its own token limit
+    (``[llm].max_tokens`` when not given) and, optionally, a JSON schema for its reply, as
+    the configured server takes them."""
+    limit = settings.max_tokens if max_tokens is None else max_tokens
+    return provider_for(settings).bind_options(max_tokens=limit, json_schema=json_schema)
 
 
 FinishReason = Literal["stop", "length"]
 
 
-def finish_reason(chunk: BaseMessage) -> FinishReason | None:
+def finish_reason(settings: LLMSettings, chunk: BaseMessage) -> FinishReason | None:
     """Why the model stopped, from a streamed chunk: ``"length"`` when its token limit cut
-    it, ``"stop"`` when it ended by itself, None on a chunk that does not say (all but the
-    last). Ollama says it as ``done_reason``; OpenAI-compatible servers as ``finish_reason``.
-    """
-    metadata = chunk.response_metadata or {}
-    reason = metadata.get("done_reason") or metadata.get("finish_reason")
+    it, ``"stop"`` when it ended by itself, None on a chunk that does not say."""
+    reason = provider_for(settings).finish_reason(chunk)
     if reason == "length":
         return "length"
     if reason == "stop":
@@ -89,82 +76,23 @@ def finish_reason(chunk: BaseMessage) -> FinishReason | None:
     return None
 
 
-async def close_chat_model(llm: ChatOllama) -> None:
-    """Close both httpx clients that ``ChatOllama`` opens in its validator.
-
-    langchain-ollama exposes no public close, so this reaches for its private clients;
-    without it every shutdown leaks a connection pool.
-    """
-    async_client = getattr(llm, "_async_client", None)
-    if async_client is not None:
-        await async_client.close()
-    sync_client = getattr(llm, "_client", None)
-    if sync_client is not None:
-        sync_client._client.close()
+async def close_chat_model(llm: BaseChatModel, settings: LLMSettings) -> None:
+    """Close the HTTP clients of a model :func:`build_chat_model` made."""
+    await provider_for(settings).close(llm)
 
 
 def translate_llm_error(exc: BaseException, settings: LLMSettings) -> LLMError | None:
-    """Map an exception raised by a ChatOllama call to an ``LLMError``, or None if foreign."""
-    where = settings.base_url
-    if isinstance(exc, ollama.ResponseError):
-        if exc.status_code == 404 and "not found" in str(exc.error).lower():
-            return ModelNotFound(
-                f"model {settings.model!r} not found at {where}: {exc.error}",
-                hint=f"The model '{settings.model}' is not available in Ollama; "
-                f"run `ollama pull {settings.model}` and ask again.",
-            )
-        return LLMUnavailable(
-            f"Ollama at {where} answered {exc.status_code}: {exc.error}",
-            hint="The language model returned an error; please try again in a moment.",
-        )
-    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-        return LLMUnavailable(
-            f"Ollama at {where} timed out after {settings.timeout_s:g}s: {exc!r}",
-            hint=f"The language model did not answer within {settings.timeout_s:g} s; "
-            "try again, or raise [llm].timeout_s.",
-        )
-    if isinstance(exc, httpx.HTTPError | OSError):
-        return LLMUnavailable(
-            f"Ollama at {where} is unreachable: {exc!r}",
-            hint=f"The language model at {where} is not reachable; start it with "
-            "`ollama serve` (or set OLLAMA_HOST / [llm].base_url).",
-        )
-    if isinstance(exc, ValueError):
-        # Not JSON, or an empty stream (ollama and langchain-ollama raise ValueError
-        # subclasses): something answers at base_url, but not like Ollama.
-        return LLMUnavailable(
-            f"unreadable reply from {where}: {exc!r}",
-            hint=f"The language model at {where} sent a reply I could not read; "
-            "check that [llm].base_url points at Ollama.",
-        )
-    return None
+    """Map an exception raised by a model call to an ``LLMError``, or None if foreign."""
+    return provider_for(settings).translate(exc)
 
 
 async def check_llm(session: aiohttp.ClientSession, settings: LLMSettings) -> str | None:
-    """Ask Ollama which models are pulled; return a one-line warning if it will not work.
+    """Ask the server which models it serves; return a one-line warning if it will not work.
 
     Runs once at start-up so the operator learns about a missing model immediately,
     not at the first question. Never raises.
     """
-    url = settings.base_url.rstrip("/") + "/api/tags"
-    try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-            resp.raise_for_status()
-            payload = await resp.json(content_type=None)
-        names = {m.get("name", "") for m in payload.get("models", []) if isinstance(m, dict)}
-    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
-        _log.info("Ollama check at %s failed: %r", url, exc)
-        return (
-            f"Ollama is not reachable at {settings.base_url}: start it with `ollama serve` "
-            "(answers will list sources only until then)."
-        )
-    wanted = settings.model if ":" in settings.model else f"{settings.model}:latest"
-    if settings.model not in names and wanted not in names:
-        return (
-            f"The model '{settings.model}' is not pulled in Ollama: run "
-            f"`ollama pull {settings.model}` (answers will list sources only until then)."
-        )
-    return None
+    return await provider_for(settings).check(session)
 
 
 async def complete_llm(

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.pipeline.prompts import SYNTHESIS_MARKER
-from tests.fakes.ollama import (
+from tests.fakes.scripted import (
     _opening,
     _parse_sources,
     _prompt_parts,

@@ -1,0 +1,187 @@
+"""Benchmark: what a REAL language model does to retrieval and answers, end to end.
+
+Runs the labelled conversations of ``bench/retrieval.py`` (tests/fakes/confusable.py:
+chat-style questions with follow-ups, each with its gold source) through the real pipeline
+(the runtime, the intake, the fetch agent against the fakes serving the set's articles and
+stories, the embedding pool with the real model), with the LLM a real model server you
+started: Ollama, or anything Ollama-compatible such as ``../shared/realllm/ollama_shim.py``.
+Nothing here is scripted, so the figures are what a user of that model would get:
+
+* hit@1: the gold source ranked first among the turn's sources;
+* uncited: answers that cite no source (attributed citations counted apart, when the
+  pipeline adds them);
+* keyword replies: the topics searched, and how many came from the question itself;
+* answer length in words, against the prompt's target; turns cut at the token limit;
+* statuses (answered, degraded, failed) with their notices; seconds per turn.
+
+Run by hand (CI has no model):
+
+    python bench/real_model.py --base-url http://127.0.0.1:11434 [--model llama3.2]
+        [--turns 30] [--backend sentence-transformers|hashing]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bot.adapters.inmemory import InMemoryAdapter
+from bot.config import Settings, load_settings
+from bot.contract import Reply
+from bot.runtime import Runtime
+from tests.conftest import config_text
+from tests.fakes import confusable
+from tests.fakes.hackernews import FakeHackerNews
+from tests.fakes.wikipedia import FakeWikipedia
+
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    question: str
+    gold: tuple[str, ...]
+    reply: Reply
+    seconds: float
+
+    @property
+    def hit(self) -> bool:
+        return bool(self.reply.sources) and self.reply.sources[0].title in self.gold
+
+    @property
+    def cited(self) -> bool:
+        return any(s.cited for s in self.reply.sources)
+
+    @property
+    def words(self) -> int:
+        return len(_WORD.findall(self.reply.body))
+
+
+def settings_for(tmp: Path, args: argparse.Namespace, urls: tuple[str, str]) -> Settings:
+    path = tmp / "config.toml"
+    path.write_text(
+        config_text(
+            ollama_url=args.base_url,
+            wikipedia_url=urls[0],
+            hackernews_url=urls[1],
+            database=tmp / "bench.db",
+            backend=args.backend,
+        ),
+        encoding="utf-8",
+    )
+    settings = load_settings(path, env={})
+    # A small model on a shared CPU is slow: the test config's 10 s read timeout is not.
+    llm = dataclasses.replace(settings.llm, model=args.model, timeout_s=600.0, call_timeout_s=900.0)
+    chat = dataclasses.replace(settings.chat, turn_timeout_s=1800.0)
+    return dataclasses.replace(settings, llm=llm, chat=chat)
+
+
+async def collect(args: argparse.Namespace) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    async with (
+        FakeWikipedia(confusable.pages()) as wiki,
+        FakeHackerNews(confusable.stories()) as hn,
+    ):
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = settings_for(Path(tmp), args, (wiki.url, hn.url))
+            async with await Runtime.start(settings) as runtime:
+                bot = InMemoryAdapter()
+                await runtime.add_adapter(bot)
+                for n, conversation in enumerate(confusable.conversations()):
+                    for turn in conversation.turns:
+                        if len(outcomes) >= args.turns:
+                            return outcomes
+                        started = time.perf_counter()
+                        reply = await bot.ask(turn.question, channel=f"c{n}")
+                        seconds = time.perf_counter() - started
+                        outcomes.append(Outcome(turn.question, turn.gold, reply, seconds))
+                        if args.verbose:
+                            show(outcomes[-1])
+                    await runtime.pipeline.memory.settle()
+    return outcomes
+
+
+def show(o: Outcome) -> None:
+    mark = "hit " if o.hit else "miss"
+    print(
+        f"[{mark}] {o.seconds:5.1f} s {o.reply.status:<8} {o.words:4d} words "
+        f"{'cited' if o.cited else 'UNCITED'}  {o.question}\n"
+        f"        topics: {'; '.join(o.reply.topics)}\n"
+        f"        first: {o.reply.sources[0].title if o.reply.sources else '-'}"
+        f"  gold: {', '.join(o.gold)}",
+        flush=True,
+    )
+
+
+def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> None:
+    n = len(outcomes)
+    if not n:
+        print("no turns ran")
+        return
+    words = sorted(o.words for o in outcomes)
+    seconds = [o.seconds for o in outcomes]
+    statuses = Counter(o.reply.status for o in outcomes)
+    notices = Counter(notice.kind for o in outcomes for notice in o.reply.notices)
+    own_words = sum(
+        1 for o in outcomes for topic in o.reply.topics if _shares_words(topic, o.question)
+    )
+    topics = sum(len(o.reply.topics) for o in outcomes)
+    print(f"model {args.model} at {args.base_url}; {n} turns")
+    print(f"hit@1            {sum(o.hit for o in outcomes) / n:.2f}")
+    print(f"uncited answers  {sum(not o.cited for o in outcomes)} of {n}")
+    print(
+        f"topics searched  {topics} ({topics / n:.1f} per turn), "
+        f"{own_words} sharing a word with the question"
+    )
+    print(
+        f"answer words     median {statistics.median(words):.0f}, p90 "
+        f"{words[min(n - 1, int(n * 0.9))]}, max {words[-1]}"
+    )
+    print(
+        f"seconds per turn median {statistics.median(seconds):.1f}, max {max(seconds):.1f}, "
+        f"total {sum(seconds):.0f}"
+    )
+    print("statuses         " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+    if notices:
+        print("notices          " + ", ".join(f"{k} {v}" for k, v in sorted(notices.items())))
+
+
+def _shares_words(topic: str, question: str) -> bool:
+    theirs = {w.lower() for w in _WORD.findall(question) if len(w) > 3}
+    return any(w.lower() in theirs for w in _WORD.findall(topic))
+
+
+async def run(args: argparse.Namespace) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    outcomes = await collect(args)
+    print()
+    report(outcomes, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-url", required=True, help="the model server's base URL")
+    parser.add_argument("--model", default="llama3.2")
+    parser.add_argument("--turns", type=int, default=30, help="how many labelled turns to run")
+    parser.add_argument(
+        "--backend", choices=("sentence-transformers", "hashing"), default="sentence-transformers"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every turn")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
