@@ -70,6 +70,9 @@ class LLMSettings:
     # Sent as num_predict, and enforced on the stream too (a server may ignore it): a model
     # stuck in a loop must not hold a conversation forever.
     max_tokens: int = field(default=1024, metadata=_between(16, 100_000))
+    # The keyword call's own limit: a few keywords fit in a few dozen tokens, and a model
+    # that answers the question instead must not spend the answer's budget doing it.
+    keyword_max_tokens: int = field(default=64, metadata=_between(16, 1024))
 
 
 @dataclass(frozen=True, slots=True)

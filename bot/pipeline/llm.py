@@ -47,6 +47,33 @@ def build_chat_model(settings: LLMSettings) -> ChatOllama:
     )
 
 
+def call_options(
+    settings: LLMSettings,
+    *,
+    max_tokens: int | None = None,
+    json_schema: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments to ``.bind()`` on the chat model for one kind of call.
+
+    ``max_tokens`` replaces ``[llm].max_tokens`` for the call (Ollama's ``num_predict``);
+    ``json_schema`` asks for a reply in that shape (Ollama's ``format``, which it enforces
+    with a grammar; a server that ignores it replies as it likes, so the caller still
+    checks). The only provider-specific part of a call's options.
+    """
+    # langchain-ollama sends a per-call ``options`` instead of the model's own, not merged
+    # with them, so the model's settings are repeated here.
+    options: dict[str, Any] = {
+        "temperature": settings.temperature,
+        "num_predict": settings.max_tokens if max_tokens is None else max_tokens,
+    }
+    if settings.context_tokens:
+        options["num_ctx"] = settings.context_tokens
+    kwargs: dict[str, Any] = {"options": options}
+    if json_schema is not None:
+        kwargs["format"] = json_schema
+    return kwargs
+
+
 async def close_chat_model(llm: ChatOllama) -> None:
     """Close both httpx clients that ``ChatOllama`` opens in its validator.
 
