@@ -21,6 +21,12 @@ Switches, besides the base class's ``latency_s`` (before the first byte) and ``f
   ``{"error": ...}`` line (as when a model crashes mid-generation);
 * ``chunk_delay_s`` is slept before every streamed line but the first;
   :meth:`FakeOllama.pace` sets it for the replies to one prompt only (by its marker);
+* ``format`` (``"json"`` or a JSON schema) is honoured as Ollama's grammar honours it: the
+  reply is JSON of that shape, whatever the responder wrote (``tests/fakes/grammar.py``:
+  JSON of the right shape passes, anything else is poured into it line by line);
+  ``honours_format = False`` plays a server that ignores ``format`` (an older Ollama, or
+  another server). ``options.num_predict`` is ignored, as by some servers: the client's
+  own cut is what the tests check;
 * :meth:`FakeOllama.fail_midstream` sends a couple of chunks, then an ``{"error": ...}``
   line; :meth:`FakeOllama.server_busy` answers 503 ``server busy`` (queue full).
 
@@ -30,7 +36,9 @@ the ``*_MARKER`` phrases that open their system messages (``bot/pipeline/prompts
 reads the section labels of their human messages (``Question:``, ``Sources:``,
 ``New exchanges:`` ...), so changing those prompts means checking this module:
 
-* ``TOPIC_PROMPT``: a preamble line, then 1-3 numbered, quoted keywords derived from the
+* ``TOPIC_PROMPT`` (which asks for JSON; this model ignores that, and with ``format`` the
+  fake's grammar pours its lines into the schema): a preamble line, then 1-3 numbered,
+  quoted keywords derived from the
   question (content words; a follow-up with "it"/"its"/"they"... borrows the topic of the
   last ``User:`` line of the context), one with a trailing explanation, then a closing
   remark;
@@ -57,6 +65,7 @@ from aiohttp import web
 
 from bot.pipeline.prompts import SUMMARY_MARKER, SYNTHESIS_MARKER, TOPIC_MARKER
 from tests.fakes.base import FakeServer
+from tests.fakes.grammar import conform
 
 __all__ = [
     "BUSY_ERROR",
@@ -323,8 +332,8 @@ class FakeOllama(FakeServer):
     Attributes tests may set or read at any time:
 
     * ``models``: pulled model names (``"x"`` means ``"x:latest"``);
-    * ``responder``, ``chunk_delay_s``, and the base class's ``latency_s``, ``faults``,
-      ``always_fail``, ``requests``;
+    * ``responder``, ``chunk_delay_s``, ``honours_format``, and the base class's
+      ``latency_s``, ``faults``, ``always_fail``, ``requests``;
     * ``replies``: the full text of every model reply started, in order;
     * ``aborted_streams`` and the event ``stream_aborted``: streams the client hung up on.
     """
@@ -352,6 +361,7 @@ class FakeOllama(FakeServer):
         self._busy_left: int | None = 0
         self._closing = asyncio.Event()
         self._paces: dict[str, float] = {}
+        self.honours_format = True
 
     # -- switches ------------------------------------------------------------------------
 
@@ -541,6 +551,8 @@ class FakeOllama(FakeServer):
         except Exception as exc:  # a test's responder is broken: make it loud
             return _error(500, f"responder failed: {exc!r}")
         chunks = iter(split_tokens(reply) if isinstance(reply, str) else reply)
+        if body.get("format") and self.honours_format:
+            chunks = _conformed(chunks, body["format"])
         turn = _Turn(
             model, chat, chunks, failing, prompt_tokens(body), started, self._delay_for(body)
         )
@@ -644,6 +656,21 @@ class FakeOllama(FakeServer):
         except _Closing:
             pass
         return response
+
+
+def _conformed(chunks: Iterator[str], schema: object) -> Iterator[str]:
+    """The reply as a grammar for ``schema`` lets it through (see tests/fakes/grammar.py).
+
+    The whole reply is needed to shape it; a responder that breaks midway breaks the
+    stream after what it wrote, as without ``format``.
+    """
+    parts: list[str] = []
+    try:
+        parts.extend(chunks)
+    except Exception:
+        yield from parts
+        raise
+    yield from split_tokens(conform("".join(parts), schema))
 
 
 @dataclass(slots=True)
