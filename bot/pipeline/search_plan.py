@@ -53,21 +53,6 @@ _WORD = re.compile(r"[\w][\w'’+#.-]*")
 _REFERENCES = frozenset(
     "it its it's they them their theirs there this that these those he him his she her".split()
 )
-# Frequent words that are not stop words but name no topic either; longest-first would
-# otherwise search "still" before "java" in "does java still need the jvm to run?".
-_COMMON = frozenset(
-    """
-    actually again always anything around because before best better between called
-    came come comes could different does doing done during each either else enough even
-    ever every everything first found getting going gone good great happen happens
-    happened kind keep later least less long make makes making maybe mean might most much
-    must need needs never new next often old only other others over own people probably
-    quite rather real really right same say says should since something sometimes start
-    started still such sure take takes than thing think those though through today
-    together too true try trying under until usually want wants way ways well went what
-    whatever while without work works would year years yet
-    """.split()
-)
 # "Sure, here are...", "I think...", "Note: ...": a reply to the reader, not a keyword.
 _CHATTY = re.compile(
     r"^(?:sure|okay|ok|certainly|here(?:'s| is| are)|i\b|i'm|let me|note|based on|"
@@ -98,10 +83,10 @@ def verdict(keyword: str, related: frozenset[str]) -> Verdict:
     """Whether ``keyword`` can be used as is; ``related``: the stemmed words (see
     :func:`bot.pipeline.ranking.terms`) of the question and the recent conversation."""
     words = keyword.split()
-    if len(words) > MAX_KEYWORD_WORDS or len(keyword) > MAX_KEYWORD_CHARS:
-        return "too long"
     if _is_prose(keyword, words):
         return "prose"
+    if len(words) > MAX_KEYWORD_WORDS or len(keyword) > MAX_KEYWORD_CHARS:
+        return "too long"
     if not related.intersection(terms(keyword)):
         return "off topic"
     return "ok"
@@ -113,9 +98,11 @@ def _is_prose(keyword: str, words: Sequence[str]) -> bool:
     if len(words) >= 4 and keyword[-1] in ".!?:":
         return True
     # A phrase that is mostly function words is a sentence's start ("the answer to this
-    # question is"), not a title ("Attention Is All You Need" is 3 of 5).
+    # question is"), unless it is written like a title ("There Will Be Blood").
+    if len(words) < 4 or all(w[:1].isupper() or not w[:1].isalpha() for w in words):
+        return False
     filler = sum(1 for w in words if w.casefold().strip(".,:;!?") in STOPWORDS)
-    return len(words) >= 4 and filler / len(words) > 0.6
+    return filler / len(words) > 0.6
 
 
 def question_terms(question: str, limit: int = QUESTION_TERMS) -> list[str]:
@@ -123,8 +110,7 @@ def question_terms(question: str, limit: int = QUESTION_TERMS) -> list[str]:
 
     Content words (stop and filler words removed, a possessive's "'s" dropped), longest
     first: with no word statistics at hand, length is the cheap proxy for rarity (long
-    words are the rare ones), and rare words are the ones that find the topic. Frequent
-    words that name nothing ("still", "people") come after the rest.
+    words are the rare ones), and rare words are the ones that find the topic.
     """
     seen: dict[str, str] = {}
     for raw in _WORD.findall(question):
@@ -135,8 +121,7 @@ def question_terms(question: str, limit: int = QUESTION_TERMS) -> list[str]:
         if folded in STOPWORDS or folded in FILLER_WORDS or folded in seen:
             continue
         seen[folded] = word
-    # Common words last, not dropped: "how long is a year there?" has nothing else.
-    ranked = sorted(seen.values(), key=lambda w: (w.casefold() in _COMMON, -len(w)))
+    ranked = sorted(seen.values(), key=len, reverse=True)  # stable: ties keep their order
     return ranked[:limit]
 
 
