@@ -1,7 +1,9 @@
 """Search keywords for a question, from the model's reply to the topic prompt.
 
-One job: :func:`parse_keywords` turns a (messy) reply to
-:data:`~bot.pipeline.prompts.TOPIC_PROMPT` into search keywords, and falls back to the
+One job: reading a (messy) reply to :data:`~bot.pipeline.prompts.TOPIC_PROMPT`.
+:func:`reply_keywords` reads the reply the pipeline gets (JSON, JSON cut off by the token
+limit, or text) and :func:`extract_keywords` a text one; whether a keyword is any good is
+:mod:`bot.pipeline.search_plan`'s question. :func:`parse_keywords` also falls back to the
 question's own content words when the reply holds none. Links are dropped from the
 question; platform mentions (``<@123>``, ``<#C1|general>``, ``<!here>``) are not: removing
 the bot's own mention from an inbound question is the platform adapters' job.
