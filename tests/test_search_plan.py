@@ -105,6 +105,11 @@ def test_a_follow_up_searches_and_ranks_with_the_question_before_it() -> None:
     assert plan_search([], previous, previous="what is mercury?").lexical == ()
 
 
+def test_a_question_of_stop_words_is_searched_as_it_is() -> None:
+    assert plan_search([], "what is it?").search == ("what is it?",)
+    assert plan_search([], "  ").search == ()
+
+
 def test_the_number_of_searches_is_capped() -> None:
     keywords = ["Venus", "Mars (planet)", "Jupiter"]
     question = "compare venus, mars and jupiter atmospheres, temperatures, moons, rings?"

@@ -171,7 +171,8 @@ def plan_search(
     own = question_terms(question, QUESTION_TERMS if not accepted else QUESTION_TERMS_BESIDE)
     follow_up = bool(previous) and is_follow_up(question)
     topic = question_terms(previous, TOPIC_TERMS) if follow_up else []
-    search = _unique([*accepted, *own, *topic, *unrelated])[:max_terms]
+    # A question of nothing but stop words ("what is it?") is still searched as it is.
+    search = _unique([*accepted, *own, *topic, *unrelated])[:max_terms] or _unique([question])
     # A follow-up's words say little ("when was it discovered?"); the question it follows
     # names the topic, so the ranking matches against that too.
     context_words = [" ".join(previous.split())] if follow_up else []
