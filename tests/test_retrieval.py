@@ -6,6 +6,7 @@ The hashing backend keeps it fast; bench/retrieval.py runs the whole set with th
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -155,3 +156,21 @@ async def test_a_keyword_reply_with_no_keyword_leaves_the_question_s_own_search(
 
     assert reply.sources[0].title == "Atari Jaguar"
     assert reply.topics == tuple(question_terms(question)) == ("64-bit", "jaguar", "flop")
+
+
+async def test_the_keyword_reply_is_cut_at_its_own_token_budget(
+    ollama: FakeOllama, bot: InMemoryAdapter
+) -> None:
+    # A server that ignores both num_predict and format: the client's own count cuts.
+    def rambling(body: dict[str, Any]) -> Any:
+        if TOPIC_MARKER not in str(body["messages"]):
+            return confusable.keyword_responder(body)
+        return ["Jaguar", "\n", *[" and"] * 100, "\n", "Atari", " Jaguar"]
+
+    ollama.honours_format = False
+    ollama.responder = rambling
+    reply = await bot.ask("why did the 64-bit jaguar flop?")
+
+    # "Atari Jaguar" came after the 64th token: never read. The cut line is dropped.
+    assert reply.topics == ("Jaguar",)
+    assert reply.sources[0].title == "Atari Jaguar"
