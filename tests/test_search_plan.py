@@ -11,6 +11,7 @@ from bot.pipeline.search_plan import (
     plan_search,
     question_terms,
     ranking_texts,
+    topic_question,
     verdict,
 )
 
@@ -103,6 +104,16 @@ def test_a_follow_up_searches_and_ranks_with_the_question_before_it() -> None:
     assert ranking_texts(question, previous) == [question, f"{previous}\n{question}"]
     assert ranking_texts(previous, "what is mercury?") == [previous]
     assert plan_search([], previous, previous="what is mercury?").lexical == ()
+
+
+def test_a_follow_up_to_a_follow_up_reaches_back_to_the_topic() -> None:
+    asked = ["what is mercury?", "when was it discovered?"]
+    assert topic_question(asked) == "what is mercury? when was it discovered?"
+    assert topic_question(["what is mercury?", "what is venus?"]) == "what is venus?"
+    assert topic_question(["when was it discovered?"]) == "when was it discovered?"
+    assert topic_question([]) == ""
+    plan = plan_search([], "who discovered it?", previous=topic_question(asked))
+    assert "mercury" in plan.search
 
 
 def test_a_question_of_stop_words_is_searched_as_it_is() -> None:

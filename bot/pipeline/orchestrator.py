@@ -50,7 +50,7 @@ from bot.pipeline.keywords import reply_keywords
 from bot.pipeline.memory import RECENT_TURNS, Memory
 from bot.pipeline.relevance import Relevance
 from bot.pipeline.safety import neutralise
-from bot.pipeline.search_plan import SearchPlan, plan_search, ranking_texts
+from bot.pipeline.search_plan import SearchPlan, plan_search, ranking_texts, topic_question
 from bot.pipeline.turn import Numbered, Turn
 from bot.pipeline.wording import (
     ANSWER_BROKEN,
@@ -206,7 +206,7 @@ class Pipeline:
 
     async def _run(self, turn: Turn) -> Reply:
         recent = await self._recent(turn)
-        previous = recent[-1][0] if recent else ""
+        previous = topic_question([q for q, _ in recent])
         # The question's vector does not depend on the keywords: it is computed while the
         # keyword call is out, so only the articles' embedding is left on the critical path.
         question_vector = asyncio.create_task(
@@ -339,7 +339,7 @@ class Pipeline:
         plan = plan_search(
             reply_keywords(reply.text, truncated=reply.truncated),
             turn.question,
-            previous=recent[-1][0] if recent else "",
+            previous=topic_question([q for q, _ in recent]),
             context=context,
         )
         if plan.rejected or reply.truncated:

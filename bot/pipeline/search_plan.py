@@ -33,6 +33,7 @@ __all__ = [
     "plan_search",
     "question_terms",
     "ranking_texts",
+    "topic_question",
     "verdict",
 ]
 
@@ -128,6 +129,18 @@ def question_terms(question: str, limit: int = QUESTION_TERMS) -> list[str]:
 def is_follow_up(question: str) -> bool:
     """Whether the question refers back ("it", "they", "there") to the conversation."""
     return any(w.casefold() in _REFERENCES for w in _WORD.findall(question))
+
+
+def topic_question(questions: Sequence[str]) -> str:
+    """The earlier question a follow-up refers to: the last one, read together with the
+    one before it when it was a follow-up too ("what is mercury?", "when was it
+    discovered?", "who discovered it?"). ``questions``: the conversation's, oldest first."""
+    if not questions:
+        return ""
+    last = " ".join(questions[-1].split())
+    if len(questions) > 1 and is_follow_up(last):
+        return f"{' '.join(questions[-2].split())} {last}"
+    return last
 
 
 def ranking_texts(question: str, previous: str) -> list[str]:
