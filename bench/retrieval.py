@@ -17,7 +17,14 @@ the fusion constants with two-fold cross-validation by cluster (fit on half the 
 score on the others), so the defaults in bot/pipeline/ranking.py are not just fitted to the
 figures they are judged by.
 
+With ``--keyword-modes``, the set runs again with keyword replies like the ones real small
+models give (tests/fakes/keyword_modes.py: prose, a wrong topic, nothing, a numbered list, a
+quoted line, a reply cut off by the token limit), each with the server honouring the
+request's JSON schema (as Ollama's grammar does) and ignoring it, and prints the hit@1 of
+the pipeline's ranking for each next to the well-behaved reply's.
+
     python bench/retrieval.py [--backend sentence-transformers|hashing] [--no-grid]
+                              [--keyword-modes all|MODE,...]
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ from bot.runtime import Runtime
 from tests.conftest import config_text
 from tests.fakes import confusable
 from tests.fakes.hackernews import FakeHackerNews
-from tests.fakes.ollama import FakeOllama
+from tests.fakes.keyword_modes import MODES, Mode, misbehaving
+from tests.fakes.ollama import FakeOllama, Responder
 from tests.fakes.wikipedia import FakeWikipedia
 
 Ranker = Callable[["Case"], list[int]]
@@ -150,42 +158,100 @@ def bench_settings(
     )
 
 
+@dataclass(frozen=True)
+class Run:
+    """One pass over the labelled set: the keyword replies, and whether ``format`` holds."""
+
+    label: str
+    responder: Responder
+    honours_format: bool = True
+
+
 async def collect(backend: str, max_seq_length: int = 0) -> list[Case]:
-    texts = {p.title: p for p in confusable.pages()}
-    cases: list[Case] = []
+    """The set through the pipeline with the scripted (well-behaved) keyword replies."""
+    runs = [Run("scripted", confusable.keyword_responder)]
+    return (await collect_runs(backend, runs, max_seq_length))["scripted"]
+
+
+async def collect_runs(
+    backend: str, runs: Sequence[Run], max_seq_length: int = 0
+) -> dict[str, list[Case]]:
+    """Each run's cases, every run through the same runtime (its own conversations)."""
+    out: dict[str, list[Case]] = {}
     async with (
         FakeOllama() as ollama,
         FakeWikipedia(confusable.pages()) as wiki,
         FakeHackerNews(confusable.stories()) as hn,
     ):
-        ollama.responder = confusable.keyword_responder
         with tempfile.TemporaryDirectory() as tmp:
             urls = (ollama.url, wiki.url, hn.url)
             settings = bench_settings(Path(tmp), backend, urls, max_seq_length)
             async with await Runtime.start(settings) as runtime:
                 bot = InMemoryAdapter()
                 await runtime.add_adapter(bot)
-                for n, conversation in enumerate(confusable.conversations()):
-                    for turn in conversation.turns:
-                        reply = await bot.ask(turn.question, channel=f"c{n}")
-                        flags = tuple(
-                            s.source == "Wikipedia"
-                            and s.title in texts
-                            and ranking.is_disambiguation_text(s.title, texts[s.title].text)
-                            for s in reply.sources
-                        )
-                        cases.append(
-                            Case(
-                                conversation.cluster,
-                                turn.kind,
-                                turn.question,
-                                turn.gold,
-                                tuple(reply.sources),
-                                flags,
-                            )
-                        )
-                    await runtime.pipeline.memory.settle()
+                for run in runs:
+                    ollama.responder = run.responder
+                    ollama.honours_format = run.honours_format
+                    out[run.label] = await _ask_all(runtime, bot, run.label)
+    return out
+
+
+async def _ask_all(runtime: Runtime, bot: InMemoryAdapter, prefix: str) -> list[Case]:
+    texts = {p.title: p for p in confusable.pages()}
+    cases: list[Case] = []
+    for n, conversation in enumerate(confusable.conversations()):
+        for turn in conversation.turns:
+            reply = await bot.ask(turn.question, channel=f"{prefix}-c{n}")
+            flags = tuple(
+                s.source == "Wikipedia"
+                and s.title in texts
+                and ranking.is_disambiguation_text(s.title, texts[s.title].text)
+                for s in reply.sources
+            )
+            cases.append(
+                Case(
+                    conversation.cluster,
+                    turn.kind,
+                    turn.question,
+                    turn.gold,
+                    tuple(reply.sources),
+                    flags,
+                )
+            )
+        await runtime.pipeline.memory.settle()
     return cases
+
+
+def keyword_modes(backend: str, modes: Sequence[Mode], max_seq_length: int) -> None:
+    """hit@1 of the pipeline's own ranking with each kind of keyword reply, the server
+    honouring ``format`` (a grammar) and ignoring it."""
+    runs = [
+        Run(
+            f"{mode}/{'format' if honoured else 'raw'}",
+            misbehaving(
+                mode, base=confusable.keyword_responder, keywords=confusable.scripted_keywords
+            ),
+            honoured,
+        )
+        for mode in modes
+        for honoured in (True, False)
+    ]
+    started = time.perf_counter()
+    cases = asyncio.run(collect_runs(backend, runs, max_seq_length))
+    print()
+    print(
+        f"keyword replies like small models give ({time.perf_counter() - started:.0f} s): hit@1 "
+        "/ hit@3 / MRR of the pipeline's ranking"
+    )
+    print(f"{'keyword reply':<14}{'format honoured (grammar)':>28}{'format ignored':>28}")
+    print("-" * 70)
+    pipeline: Ranker = lambda case: list(range(len(case.sources)))  # noqa: E731
+    for mode in modes:
+        cells = []
+        for kind in ("format", "raw"):
+            h1, h3, mrr = metrics(cases[f"{mode}/{kind}"], pipeline)
+            cells.append(f"{h1:.3f} / {h3:.3f} / {mrr:.3f}")
+        print(f"{mode:<14}{cells[0]:>28}{cells[1]:>28}")
 
 
 def report(cases: Sequence[Case], rankers: dict[str, Ranker]) -> None:
@@ -299,7 +365,29 @@ def main() -> None:
     parser.add_argument("--no-grid", dest="grid", action="store_false")
     parser.add_argument("--max-seq-length", type=int, default=0, help="0: the model's own")
     parser.add_argument("--misses", action="store_true", help="print the hybrid's misses")
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument(
+        "--keyword-modes",
+        default="",
+        help="also run the set with keyword replies like small models give: 'all' or a "
+        f"comma-separated list of {', '.join(MODES)}",
+    )
+    args = parser.parse_args()
+    modes = _modes(parser, args.keyword_modes)
+    asyncio.run(run(args))
+    if modes:
+        keyword_modes(args.backend, modes, args.max_seq_length)
+
+
+def _modes(parser: argparse.ArgumentParser, text: str) -> list[Mode]:
+    if not text:
+        return []
+    if text == "all":
+        return list(MODES)
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in MODES]
+    if unknown:
+        parser.error(f"unknown keyword mode(s): {', '.join(unknown)}")
+    return [m for m in MODES if m in chosen]
 
 
 if __name__ == "__main__":

@@ -88,6 +88,9 @@ class LLMSettings:
     # OPENAI_API_KEY, for the "openai" provider; never from the file. A local server
     # needs none.
     api_key: Secret | None = None
+    # The keyword call's own limit: a few keywords fit in a few dozen tokens, and a model
+    # that answers the question instead must not spend the answer's budget doing it.
+    keyword_max_tokens: int = field(default=64, metadata=_between(16, 1024))
 
 
 @dataclass(frozen=True, slots=True)

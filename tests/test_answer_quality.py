@@ -1,6 +1,6 @@
 """Answers that cite, stay bounded and say when they are not good: the layout filter, the
 attribution of uncited sentences, the token limit, and the turn's status, end to end
-against the fake Ollama playing the real models' misbehaviours (tests/fakes/misbehaving.py).
+against the fake Ollama playing the real models' misbehaviours (tests/fakes/answer_modes.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bot.pipeline.layout import LayoutFilter, PromptLines
 from bot.pipeline.llm import build_chat_model, call_options, close_chat_model, finish_reason
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.runtime import Runtime
-from tests.fakes import misbehaving
+from tests.fakes import answer_modes
 from tests.fakes.ollama import FakeOllama
 
 QUESTION = "What is the transformer architecture in deep learning?"
@@ -227,7 +227,7 @@ async def test_a_well_behaved_answer_is_answered_with_nothing_added(
 async def test_an_uncited_answer_gets_the_bots_citations_and_is_degraded(
     bot: InMemoryAdapter, ollama: FakeOllama
 ) -> None:
-    ollama.responder = misbehaving.uncited
+    ollama.responder = answer_modes.uncited
     reply = await bot.ask(QUESTION)
 
     assert reply.status == "degraded"
@@ -247,7 +247,7 @@ async def test_an_uncited_answer_gets_the_bots_citations_and_is_degraded(
 
 
 async def test_a_copied_sources_list_is_stripped(bot: InMemoryAdapter, ollama: FakeOllama) -> None:
-    ollama.responder = misbehaving.copied_sources
+    ollama.responder = answer_modes.copied_sources
     reply = await bot.ask(QUESTION)
 
     assert "Sources:" in ollama.replies[-1]
@@ -259,7 +259,7 @@ async def test_a_copied_sources_list_is_stripped(bot: InMemoryAdapter, ollama: F
 async def test_a_placeholder_answer_says_nothing_was_written(
     bot: InMemoryAdapter, ollama: FakeOllama
 ) -> None:
-    ollama.responder = misbehaving.placeholder
+    ollama.responder = answer_modes.placeholder
     counted = {"kind": "answer_empty"}
     before = metrics.REGISTRY.get_sample_value("research_agent_turn_notices_total", counted)
     reply = await bot.ask(QUESTION)
@@ -277,7 +277,7 @@ async def test_a_placeholder_answer_says_nothing_was_written(
 async def test_an_echoed_prompt_is_dropped_and_degrades_the_turn(
     bot: InMemoryAdapter, ollama: FakeOllama
 ) -> None:
-    ollama.responder = misbehaving.echo
+    ollama.responder = answer_modes.echo
     reply = await bot.ask(QUESTION)
 
     assert SYNTHESIS_MARKER in ollama.replies[-1]
@@ -289,7 +289,7 @@ async def test_an_echoed_prompt_is_dropped_and_degrades_the_turn(
 async def test_an_answer_cut_by_the_token_limit_says_so(
     make_settings: Callable[..., Settings], ollama: FakeOllama
 ) -> None:
-    ollama.responder = misbehaving.rambling
+    ollama.responder = answer_modes.rambling
     settings = make_settings(analysis={"enabled": False}, llm={"max_tokens": 60})
     async with await Runtime.start(settings) as runtime:
         bot = InMemoryAdapter()
@@ -322,7 +322,7 @@ async def test_with_the_real_embedding_model_only_the_uncited_answer_is_attribut
         bot = InMemoryAdapter()
         await runtime.add_adapter(bot)
         well = await bot.ask(QUESTION)
-        ollama.responder = misbehaving.uncited
+        ollama.responder = answer_modes.uncited
         uncited = await bot.ask("How does attention work in transformers?")
 
     # The well-behaved model's "Some details may not be covered by these sources" (its

@@ -46,6 +46,7 @@ def test_the_onnx_backend_is_opt_in_and_int8_by_default(tmp_path: Path) -> None:
     [
         ('[llm]\nmodle = "x"', "'modle' in [llm]"),
         ("[llm]\ntemperature = 3", "[llm].temperature must be between 0 and 2"),
+        ("[llm]\nkeyword_max_tokens = 8", "[llm].keyword_max_tokens must be between 16"),
         ('[sources]\ntimeout_s = "fast"', "[sources].timeout_s must be a number"),
         ("[sources.wikipedia]\nresults_per_keyword = true", "results_per_keyword"),
         (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any, cast
@@ -14,9 +15,11 @@ import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 from langchain_ollama import ChatOllama
 
+from bot.config import Settings
 from bot.contract import Source
 from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.keywords import parse_keywords
+from bot.pipeline.llm import call_options
 from bot.pipeline.prompts import (
     SUMMARY_PROMPT,
     SYNTHESIS_PROMPT,
@@ -376,3 +379,60 @@ async def test_tags_show_ps_version(fake: FakeOllama, client: ollama.AsyncClient
         assert bad.status_code == 400 and "error" in bad.json()
         missing = await http.post("/api/chat", json={"messages": []})
         assert missing.json() == {"error": "model is required"}
+
+
+# ---------------------------------------------------------------------------------------
+# format: the grammar
+# ---------------------------------------------------------------------------------------
+
+KEYWORDS = {
+    "type": "object",
+    "properties": {"keywords": {"type": "array", "items": {"type": "string"}, "maxItems": 3}},
+    "required": ["keywords"],
+}
+
+
+async def test_format_pours_any_reply_into_the_schema(fake: FakeOllama, make_llm: MakeLLM) -> None:
+    fake.responder = lambda body: "Sure! Here they are:\n1. Mercury\n\n2. Venus\n3. Mars\n4. Earth"
+    reply = await make_llm(format=KEYWORDS).ainvoke("keywords?")
+    assert json.loads(reply.text) == {
+        "keywords": ["Sure! Here they are:", "1. Mercury", "2. Venus"]
+    }
+    assert fake.chat_bodies()[0]["format"] == KEYWORDS
+
+
+async def test_format_passes_json_of_the_right_shape_and_fixes_the_wrong_one(
+    fake: FakeOllama, make_llm: MakeLLM
+) -> None:
+    llm = make_llm(format=KEYWORDS)
+    fake.responder = lambda body: '{"keywords": ["Mercury", "Venus"]}'
+    assert (await llm.ainvoke("q")).text == '{"keywords": ["Mercury", "Venus"]}'
+    fake.responder = lambda body: '["Mercury"]'  # JSON, but not the schema's
+    assert json.loads((await llm.ainvoke("q")).text) == {"keywords": ['["Mercury"]']}
+    fake.responder = lambda body: ""
+    assert json.loads((await llm.ainvoke("q")).text) == {"keywords": []}
+    fake.responder = lambda body: "plain text"
+    assert json.loads((await make_llm(format="json").ainvoke("q")).text) == "plain text"
+
+
+async def test_a_server_that_ignores_format_replies_as_it_likes(
+    fake: FakeOllama, make_llm: MakeLLM
+) -> None:
+    fake.honours_format = False
+    fake.responder = lambda body: "1. Mercury"
+    assert (await make_llm(format=KEYWORDS).ainvoke("q")).text == "1. Mercury"
+
+
+async def test_call_options_reach_the_wire_with_the_model_s_own(
+    fake: FakeOllama, make_llm: MakeLLM, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(llm={"temperature": 0.3, "context_tokens": 4096}).llm
+    llm = make_llm(temperature=0.3, num_predict=1024, num_ctx=4096)
+    fake.responder = lambda body: "Mercury"
+    await llm.bind(**call_options(settings, max_tokens=64, json_schema=KEYWORDS)).ainvoke("q")
+    await llm.bind(**call_options(settings)).ainvoke("q")
+    keyword, answer = fake.chat_bodies()
+    assert keyword["options"] == {"temperature": 0.3, "num_predict": 64, "num_ctx": 4096}
+    assert keyword["format"] == KEYWORDS
+    assert answer["options"] == {"temperature": 0.3, "num_predict": 1024, "num_ctx": 4096}
+    assert "format" not in answer or not answer["format"]

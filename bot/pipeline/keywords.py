@@ -1,7 +1,9 @@
 """Search keywords for a question, from the model's reply to the topic prompt.
 
-One job: :func:`parse_keywords` turns a (messy) reply to
-:data:`~bot.pipeline.prompts.TOPIC_PROMPT` into search keywords, and falls back to the
+One job: reading a (messy) reply to :data:`~bot.pipeline.prompts.TOPIC_PROMPT`.
+:func:`reply_keywords` reads the reply the pipeline gets (JSON, JSON cut off by the token
+limit, or text) and :func:`extract_keywords` a text one; whether a keyword is any good is
+:mod:`bot.pipeline.search_plan`'s question. :func:`parse_keywords` also falls back to the
 question's own content words when the reply holds none. Links are dropped from the
 question; platform mentions (``<@123>``, ``<#C1|general>``, ``<!here>``) are not: removing
 the bot's own mention from an inbound question is the platform adapters' job.
@@ -9,16 +11,19 @@ the bot's own mention from an inbound question is the platform adapters' job.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 
 from bot.pipeline.text import THINK_BLOCK, THINK_CLOSE, THINK_OPEN, truncate_words
 
-__all__ = ["parse_keywords"]
+__all__ = ["extract_keywords", "parse_keywords", "reply_keywords"]
 
 _MAX_KEYWORD_CHARS = 80
 _MAX_FALLBACK_CHARS = 100
 
 _FENCE = re.compile(r"^\s*```\w*\s*$")
+_FENCE_LINES = re.compile(r"^\s*```\w*\s*$", re.MULTILINE)
 _HEADING = re.compile(r"^#{1,6}\s+")
 # "1." "1)" "(1)" "#1" "-" "*" "•" list markers, followed by a space or the line's end (so
 # "3.14" and "1984 (novel)" survive).
@@ -182,7 +187,7 @@ def _split_commas(line: str) -> list[str]:
 
 # Words that carry no topic. Without an LLM the question itself becomes the search, and
 # both search APIs want every word to match, so these must go.
-_FILLER_WORDS = frozenset(
+FILLER_WORDS = frozenset(
     """
     a about am an and any are as at be been but by can could did do does doing explain for
     from give has have how i in into is it its me mean means my of on or please should so
@@ -207,7 +212,7 @@ def _fallback_keyword(question: str) -> list[str]:
     if not text:
         return []
     words = [w.strip(_EDGE_JUNK + _QUOTE_CHARS + ".,;:!?") for w in text.split()]
-    content = [w for w in words if w and w.casefold().replace("'", "") not in _FILLER_WORDS]
+    content = [w for w in words if w and w.casefold().replace("'", "") not in FILLER_WORDS]
     if not content:
         return [truncate_words(text, _MAX_FALLBACK_CHARS, ellipsis=False)]
     primary = " ".join(content[:_FALLBACK_WORDS])
@@ -218,16 +223,25 @@ def _fallback_keyword(question: str) -> list[str]:
 def parse_keywords(text: str, question: str, *, limit: int = 3) -> list[str]:
     """Extract search keywords from the model's reply to :data:`TOPIC_PROMPT`.
 
-    Survives what real models do around the requested "one keyword per line": preambles
-    and closing remarks, numbering and bullets, quotes, backticks and bold, comma-separated
-    lists, ``Keywords:`` labels, trailing explanations, ``<think>`` blocks (also unclosed
-    ones) and duplicates differing only in case. The first keyword is the primary topic.
+    Survives what real models do around the requested keywords: preambles and closing
+    remarks, numbering and bullets, quotes, backticks and bold, comma-separated lists,
+    ``Keywords:`` labels, trailing explanations, ``<think>`` blocks (also unclosed ones)
+    and duplicates differing only in case. The first keyword is the primary topic.
 
     Returns at most ``limit`` keywords. When nothing usable is left, falls back to the
     question's content words (links, question and stop words removed; see
     :func:`_fallback_keyword`), so the list is empty only when the question has no
     visible characters. Platform mentions (``<@123>``) are not removed here: the adapters
     strip the bot's mention before the question reaches the pipeline.
+
+    Raises:
+        ValueError: ``limit`` is smaller than 1.
+    """
+    return extract_keywords(text, limit=limit) or _fallback_keyword(question)[:limit]
+
+
+def extract_keywords(text: str, *, limit: int = 3) -> list[str]:
+    """The keywords in a reply written as text (see :func:`parse_keywords`); maybe none.
 
     Raises:
         ValueError: ``limit`` is smaller than 1.
@@ -253,4 +267,67 @@ def parse_keywords(text: str, question: str, *, limit: int = 3) -> list[str]:
             keywords.append(keyword)
             if len(keywords) == limit:
                 return keywords
-    return keywords or _fallback_keyword(question)[:limit]
+    return keywords
+
+
+def reply_keywords(text: str, *, limit: int = 3, truncated: bool = False) -> list[str]:
+    """The keywords in a reply to the keyword call, JSON or not; maybe none.
+
+    The call asks for :data:`~bot.pipeline.prompts.KEYWORD_SCHEMA`, but a server may
+    ignore that, and a grammar only forces the shape: a model's prose or numbered list
+    then arrives inside the strings. So each string is read like a text reply. A reply
+    cut off by the token limit (``truncated``, or JSON that never closes) keeps only its
+    complete keywords: the cut one is half a word.
+
+    Raises:
+        ValueError: ``limit`` is smaller than 1.
+    """
+    text = _strip_thinking(text)
+    items = _json_items(text)
+    if items is None:
+        if truncated:
+            # The last line is where the cut fell.
+            text = text.rstrip("\n").rpartition("\n")[0]
+        return extract_keywords(text, limit=limit)
+    keywords: list[str] = []
+    for item in items:
+        for keyword in extract_keywords(item, limit=limit):
+            if keyword.casefold() not in (k.casefold() for k in keywords):
+                keywords.append(keyword)
+    return keywords[:limit]
+
+
+# A complete JSON string literal; in a reply that was cut off, the cut one never matches.
+_JSON_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+_JSON_START = re.compile(r"^\s*(?:```\w*\s*)?[{\[]")
+
+
+def _json_items(text: str) -> list[str] | None:
+    """The strings of a JSON reply (``{"keywords": [...]}``, a list, or a cut-off one);
+    None when the reply is not JSON."""
+    if _JSON_START.match(text) is None:
+        return None
+    body = _FENCE_LINES.sub("", text).strip()
+    try:
+        value = json.loads(body)
+    except ValueError:
+        if '"' not in body:
+            return None  # "[Mercury]": text in brackets, not JSON
+        # Cut off by the token limit: keep the strings that closed, but not the key.
+        opened = body.find("[")
+        return _strings(body[opened:]) if opened >= 0 else []
+    if isinstance(value, dict):
+        value = value.get("keywords", next(iter(value.values()), None) if value else None)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _strings(text: str) -> list[str]:
+    found = []
+    for literal in _JSON_STRING.findall(text):
+        with contextlib.suppress(ValueError):  # a bad escape: that string is lost
+            found.append(json.loads(literal))
+    return found

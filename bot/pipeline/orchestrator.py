@@ -27,8 +27,6 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.output_parsers import StrOutputParser
-from langchain_core.runnables import Runnable
 
 from bot.agents.analysis import AnalysisAgent
 from bot.agents.embeddings import FloatArray
@@ -47,11 +45,12 @@ from bot.domain import (
 from bot.errors import AnalysisError, LLMError, StoreError
 from bot.pipeline import prompts
 from bot.pipeline.answer import AnswerWriter
-from bot.pipeline.keywords import parse_keywords
-from bot.pipeline.llm import complete_llm
+from bot.pipeline.keyword_call import KeywordCall, KeywordReply
+from bot.pipeline.keywords import reply_keywords
 from bot.pipeline.memory import RECENT_TURNS, Memory
 from bot.pipeline.relevance import CitationCheck, Relevance
 from bot.pipeline.safety import neutralise
+from bot.pipeline.search_plan import SearchPlan, plan_search, ranking_texts, topic_question
 from bot.pipeline.turn import Numbered, Turn
 from bot.pipeline.wording import (
     ANSWER_BROKEN,
@@ -109,8 +108,7 @@ class Pipeline:
         self._memory = memory
         self._relevance = relevance
         self._analysis = analysis
-        text: Runnable[Any, str] = StrOutputParser()
-        self._topic_chain = prompts.TOPIC_PROMPT | llm | text
+        self._keywords = KeywordCall(llm, settings.llm)
         self._writer = AnswerWriter(llm, settings.llm, settings.chat)
 
     @property
@@ -213,25 +211,35 @@ class Pipeline:
         return reply
 
     async def _run(self, turn: Turn) -> Reply:
+        recent = await self._recent(turn)
+        previous = topic_question([q for q, _ in recent])
         # The question's vector does not depend on the keywords: it is computed while the
         # keyword call is out, so only the articles' embedding is left on the critical path.
-        question_vector = asyncio.create_task(self._relevance.embed_question(turn.question))
+        question_vector = asyncio.create_task(
+            self._relevance.embed_question(*ranking_texts(turn.question, previous))
+        )
         try:
-            return await self._phases(turn, question_vector)
+            return await self._phases(turn, recent, question_vector)
         finally:
             question_vector.cancel()  # a no-op once it is done
 
-    async def _phases(self, turn: Turn, question_vector: asyncio.Task[FloatArray | None]) -> Reply:
+    async def _phases(
+        self,
+        turn: Turn,
+        recent: list[tuple[str, str]],
+        question_vector: asyncio.Task[FloatArray | None],
+    ) -> Reply:
         await turn.listener.on_progress("Choosing search keywords")
-        topics = await turn.clock.time("topics_s", self._topics(turn))
+        plan = await turn.clock.time("topics_s", self._topics(turn, recent))
+        topics = list(plan.topics)
 
         await turn.listener.on_progress(
-            f"Searching {' and '.join(SOURCE_LABELS.values())} for: {', '.join(topics)}"
+            f"Searching {' and '.join(SOURCE_LABELS.values())} for: {', '.join(plan.search)}"
         )
         if self._analysis is not None:
             self._analysis.prepare()  # its interpreter starts while we wait on the network
         fetched, state = await turn.clock.time(
-            "fetch_s", _both(self._fetcher.fetch(topics), self._restore(turn))
+            "fetch_s", _both(self._fetcher.fetch(plan.search), self._restore(turn))
         )
         articles = list(fetched.articles)
         for name in fetched.unavailable:
@@ -246,7 +254,7 @@ class Pipeline:
         report, ranked = await _both(
             turn.clock.time("analysis_s", self._analyze(articles, topics)),
             turn.clock.time(
-                "embed_s", self._relevance.rank(turn, topics, articles, question_vector)
+                "embed_s", self._relevance.rank(turn, plan.lexical, articles, question_vector)
             ),
         )
         sources = self._number(turn, ranked[: self._settings.chat.max_sources_in_prompt])
@@ -330,24 +338,40 @@ class Pipeline:
 
     # ----------------------------------------------------------------- steps
 
-    async def _topics(self, turn: Turn) -> list[str]:
-        """Keywords from the LLM; without it, from the question's own content words."""
-        recent = self._memory.recent(turn.conversation, turn.claim)
+    async def _recent(self, turn: Turn) -> list[tuple[str, str]]:
+        """The conversation's last (question, answer) pairs, oldest first."""
+        recent = list(self._memory.recent(turn.conversation, turn.claim))
         if not recent:
             # A cold cache (a new conversation, or a restart): ask the store, so a
             # follow-up in a resumed conversation still resolves. Phase 1 reuses the state.
             state = await self._restore(turn)
             recent = [(t.question, t.answer or "") for t in state.turns[-RECENT_TURNS:]]
+        return recent
+
+    async def _topics(self, turn: Turn, recent: list[tuple[str, str]]) -> SearchPlan:
+        """The searches: the model's keywords that pass a check, and the question's words."""
         context = prompts.format_history(recent, max_chars=1500) if recent else ""
-        chunks = self._topic_chain.astream({"question": turn.question, "context": context})
         try:
-            raw = await complete_llm(chunks, self._settings.llm, deadline=turn.deadline)
+            reply = await self._keywords.ask(turn.question, context, deadline=turn.deadline)
         except LLMError as error:
             # Remembered so the answer step falls back at once instead of failing again.
             _log.warning("keyword extraction failed: %s", error)
             turn.llm_error = error
-            raw = ""
-        return parse_keywords(raw, turn.question)
+            reply = KeywordReply("")
+        plan = plan_search(
+            reply_keywords(reply.text, truncated=reply.truncated),
+            turn.question,
+            previous=topic_question([q for q, _ in recent]),
+            context=context,
+        )
+        if plan.rejected or reply.truncated:
+            _log.info(
+                "keyword reply %.200r%s: not used as is: %s",
+                reply.text,
+                " (cut at [llm].keyword_max_tokens)" if reply.truncated else "",
+                plan.rejected,
+            )
+        return plan
 
     async def _restore(self, turn: Turn) -> ConversationState:
         """The conversation from the store, loaded at most once per turn."""

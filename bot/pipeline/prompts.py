@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from langchain_core.prompts import ChatPromptTemplate
 
@@ -22,6 +23,7 @@ from bot.domain import AnalysisReport, Article, source_label
 from bot.pipeline.text import truncate_words
 
 __all__ = [
+    "KEYWORD_SCHEMA",
     "SUMMARY_MARKER",
     "SUMMARY_PROMPT",
     "SYNTHESIS_MARKER",
@@ -50,10 +52,10 @@ TOPIC_PROMPT = ChatPromptTemplate.from_messages(
         (
             "system",
             TOPIC_MARKER + "\n"
-            "Reply with 1 to 3 short search keywords or phrases for the user's question, one "
-            "per line, most important first, and nothing else: no preamble, no numbering, no "
-            "quotes, no explanations.\n"
-            "The first line is the primary topic, written like the title of a Wikipedia "
+            "Reply with a JSON object holding 1 to 3 short search keywords or phrases for "
+            'the user\'s question, most important first, like {{"keywords": ["first", '
+            '"second"]}}, and nothing else: no preamble, no numbering, no explanations.\n'
+            "The first keyword is the primary topic, written like the title of a Wikipedia "
             'article, for example "Transformer (deep learning architecture)" or "Rust '
             '(programming language)".\n'
             'If the question is a follow-up ("what about its successor?", "who founded '
@@ -68,6 +70,15 @@ TOPIC_PROMPT = ChatPromptTemplate.from_messages(
     ]
 )
 """Keywords for the sources. Variables: ``question``, ``context`` (may be empty)."""
+
+KEYWORD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "keywords": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3}
+    },
+    "required": ["keywords"],
+}
+"""The shape :data:`TOPIC_PROMPT`'s reply is asked for (Ollama enforces it by a grammar)."""
 
 SYNTHESIS_PROMPT = ChatPromptTemplate.from_messages(
     [

@@ -55,7 +55,7 @@ SUM_WEIGHTS = {"dense": 1.0, "bm25": 0.2, "prior": 0.1}
 HN_SHARE = 0.4
 
 _WORD = re.compile(r"[a-z0-9]+(?:[+#]+)?")
-_STOPWORDS = frozenset(
+STOPWORDS = frozenset(
     """
     a an the and or but of in on at to for from by with about into over under as than then
     is are was were be been being am do does did done has have had can could should would
@@ -78,7 +78,7 @@ def article_text(article: Article) -> str:
 
 def terms(text: str) -> list[str]:
     """Lower-cased content words with a light plural strip ("planets" and "planet" meet)."""
-    return [_stem(word) for word in _WORD.findall(text.lower()) if word not in _STOPWORDS]
+    return [_stem(word) for word in _WORD.findall(text.lower()) if word not in STOPWORDS]
 
 
 def _stem(word: str) -> str:

@@ -57,14 +57,21 @@ class Relevance:
         """Whether the embedding model is still loading (the ranking will wait for it)."""
         return not self._embeddings.ready
 
-    async def embed_question(self, question: str) -> FloatArray | None:
-        """The question's vector; None when the pool failed (logged)."""
+    async def embed_question(self, question: str, *readings: str) -> FloatArray | None:
+        """The question's vector; None when the pool failed (logged).
+
+        With ``readings`` (the question read in its conversation), the normalised mean of
+        all their vectors: a follow-up alone names no topic, the conversation alone is
+        about the previous question, and the mean keeps both.
+        """
         try:
-            vectors = await self._embeddings.embed([question])
-            return np.asarray(vectors[0], dtype=np.float32)
+            vectors = await self._embeddings.embed([question, *readings])
         except EmbeddingError:
             _log.exception("embedding the question failed; ranking without dense scores")
             return None
+        mean: FloatArray = vectors.astype(np.float32).mean(axis=0)
+        norm = float(np.linalg.norm(mean))
+        return mean / np.float32(norm) if norm > 0 else mean
 
     async def rank(
         self,

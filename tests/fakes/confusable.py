@@ -9,8 +9,10 @@ correct top source (``gold``), and its ``kind``: ``direct``, ``overlap`` (the wo
 overlaps a neighbour more than the gold article), ``followup`` (meaningless without the
 turns before it) or ``hn`` (a Hacker News story is the answer).
 
-:func:`keyword_responder` plays the keyword step from that script and the default fake model
-for everything else, so the set runs through the real pipeline (bench/retrieval.py).
+:func:`keyword_responder` plays the keyword step from that script (the JSON the prompt asks
+for) and the default fake model for everything else, so the set runs through the real
+pipeline (bench/retrieval.py); :func:`scripted_keywords` gives the script to the
+misbehaving responders (tests/fakes/keyword_modes.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from bot.pipeline.prompts import TOPIC_MARKER
 from tests.fakes.hackernews import HNStory
-from tests.fakes.ollama import default_responder, split_tokens
+from tests.fakes.ollama import default_responder, derive_keywords, split_tokens
 from tests.fakes.wikipedia import WikiPage
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -95,5 +97,11 @@ def keyword_responder(body: dict[str, Any]) -> list[str]:
     script = keywords_by_question().get(_question(users[-1]) if users else "")
     if TOPIC_MARKER not in system or script is None:
         return default_responder(body)
-    lines = [f'{i}. "{keyword}"' for i, keyword in enumerate(script, 1)]
-    return split_tokens("Search keywords:\n" + "\n".join(lines))
+    # A model that does what the prompt asks: the JSON object, with or without a grammar.
+    return split_tokens(json.dumps({"keywords": list(script)}))
+
+
+def scripted_keywords(question: str, context: str) -> list[str]:
+    """The scripted keywords of a known question, the default model's otherwise."""
+    script = keywords_by_question().get(question)
+    return list(script) if script is not None else derive_keywords(question, context)

@@ -24,6 +24,11 @@ Switches, besides the base class's ``latency_s`` (before the first byte) and ``f
   ``{"error": ...}`` line (as when a model crashes mid-generation);
 * ``chunk_delay_s`` is slept before every streamed line but the first;
   :meth:`FakeOllama.pace` sets it for the replies to one prompt only (by its marker);
+* ``format`` (``"json"`` or a JSON schema) is honoured as Ollama's grammar honours it: the
+  reply is JSON of that shape, whatever the responder wrote (``tests/fakes/grammar.py``:
+  JSON of the right shape passes, anything else is poured into it line by line);
+  ``honours_format = False`` plays a server that ignores ``format`` (an older Ollama, or
+  another server). The grammar shapes the reply first; ``num_predict`` then cuts it;
 * :meth:`FakeOllama.fail_midstream` sends a couple of chunks, then an ``{"error": ...}``
   line; :meth:`FakeOllama.server_busy` answers 503 ``server busy`` (queue full).
 
@@ -47,6 +52,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.base import FakeServer
+from tests.fakes.grammar import conform
 from tests.fakes.scripted import (
     Responder,
     default_responder,
@@ -121,7 +127,8 @@ class FakeOllama(FakeServer):
     Attributes tests may set or read at any time:
 
     * ``models``: pulled model names (``"x"`` means ``"x:latest"``);
-    * ``responder``, ``chunk_delay_s``, ``honours_num_predict``, and the base class's
+    * ``responder``, ``chunk_delay_s``, ``honours_num_predict``, ``honours_format``, and the
+      base class's
       ``latency_s``, ``faults``, ``always_fail``, ``requests``;
     * ``replies``: the full text of every model reply started, in order;
     * ``aborted_streams`` and the event ``stream_aborted``: streams the client hung up on.
@@ -153,6 +160,7 @@ class FakeOllama(FakeServer):
         self._busy_left: int | None = 0
         self._closing = asyncio.Event()
         self._paces: dict[str, float] = {}
+        self.honours_format = True
 
     # -- switches ------------------------------------------------------------------------
 
@@ -341,10 +349,11 @@ class FakeOllama(FakeServer):
             reply = self.responder(body)
         except Exception as exc:  # a test's responder is broken: make it loud
             return _error(500, f"responder failed: {exc!r}")
-        chunks = _Limited(
-            iter(split_tokens(reply) if isinstance(reply, str) else reply),
-            _num_predict(body) if self.honours_num_predict else None,
-        )
+        chunks: Iterator[str] = iter(split_tokens(reply) if isinstance(reply, str) else reply)
+        if body.get("format") and self.honours_format:
+            chunks = _conformed(chunks, body["format"])
+        # The grammar shapes what the model generates; num_predict then cuts it.
+        chunks = _Limited(chunks, _num_predict(body) if self.honours_num_predict else None)
         turn = _Turn(
             model, chat, chunks, failing, prompt_tokens(body), started, self._delay_for(body)
         )
@@ -477,6 +486,21 @@ class _Limited:
                 raise StopIteration
             self._left -= 1
         return next(self._chunks)
+
+
+def _conformed(chunks: Iterator[str], schema: object) -> Iterator[str]:
+    """The reply as a grammar for ``schema`` lets it through (see tests/fakes/grammar.py).
+
+    The whole reply is needed to shape it; a responder that breaks midway breaks the
+    stream after what it wrote, as without ``format``.
+    """
+    parts: list[str] = []
+    try:
+        parts.extend(chunks)
+    except Exception:
+        yield from parts
+        raise
+    yield from split_tokens(conform("".join(parts), schema))
 
 
 @dataclass(slots=True)
