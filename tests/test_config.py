@@ -214,7 +214,7 @@ def test_every_problem_of_the_file_and_the_environment_is_reported_at_once(
         "[discord] must be a table",
         "unknown key 'modle' in [llm]; expected one of: provider, base_url, model, "
         "temperature, timeout_s, first_token_timeout_s, call_timeout_s, context_tokens, "
-        "max_tokens, summary_max_tokens",
+        "max_tokens, summary_max_tokens, keyword_max_tokens",
         "[llm].temperature must be between 0 and 2, not 5.0",
         "[memory].keep_recent must be between 0 and 10000, not -1",
         "[sources].timeout_s must be a number, not 'fast'",
