@@ -4,20 +4,22 @@ Runs the labelled conversations of ``bench/retrieval.py`` (tests/fakes/confusabl
 chat-style questions with follow-ups, each with its gold source) through the real pipeline
 (the runtime, the intake, the fetch agent against the fakes serving the set's articles and
 stories, the embedding pool with the real model), with the LLM a real model server you
-started: Ollama, or anything Ollama-compatible such as ``../shared/realllm/ollama_shim.py``.
+started: Ollama (or anything Ollama-compatible, such as ``../shared/realllm/ollama_shim.py``),
+or with ``--provider openai`` an OpenAI-compatible server (llama.cpp's, vLLM, LM Studio).
 Nothing here is scripted, so the figures are what a user of that model would get:
 
 * hit@1: the gold source ranked first among the turn's sources;
 * uncited: answers that cite no source (attributed citations counted apart, when the
   pipeline adds them);
-* keyword replies: the topics searched, and how many came from the question itself;
+* keyword replies: turns whose reply was not used as it came (prose, off topic, cut...),
+  and the topics searched;
 * answer length in words, against the prompt's target; turns cut at the token limit;
 * statuses (answered, degraded, failed) with their notices; seconds per turn.
 
 Run by hand (CI has no model):
 
-    python bench/real_model.py --base-url http://127.0.0.1:11434 [--model llama3.2]
-        [--turns 30] [--backend sentence-transformers|hashing]
+    python bench/real_model.py --base-url http://127.0.0.1:11434 [--provider ollama|openai]
+        [--model llama3.2] [--turns 30] [--backend sentence-transformers|hashing] [-v]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import os
 import re
 import statistics
@@ -56,6 +59,7 @@ class Outcome:
     gold: tuple[str, ...]
     reply: Reply
     seconds: float
+    keywords_rejected: bool
 
     @property
     def hit(self) -> bool:
@@ -70,6 +74,18 @@ class Outcome:
         return len(_WORD.findall(self.reply.body))
 
 
+class KeywordLog(logging.Handler):
+    """Counts the turns whose keyword reply the pipeline did not use as it came."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.rejected = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith(("keyword reply", "keyword extraction failed")):
+            self.rejected += 1
+
+
 def settings_for(tmp: Path, args: argparse.Namespace, urls: tuple[str, str]) -> Settings:
     path = tmp / "config.toml"
     path.write_text(
@@ -79,6 +95,7 @@ def settings_for(tmp: Path, args: argparse.Namespace, urls: tuple[str, str]) -> 
             hackernews_url=urls[1],
             database=tmp / "bench.db",
             backend=args.backend,
+            llm_provider=args.provider,
         ),
         encoding="utf-8",
     )
@@ -91,12 +108,17 @@ def settings_for(tmp: Path, args: argparse.Namespace, urls: tuple[str, str]) -> 
 
 async def collect(args: argparse.Namespace) -> list[Outcome]:
     outcomes: list[Outcome] = []
+    keywords = KeywordLog()
+    orchestrator = logging.getLogger("bot.pipeline.orchestrator")
+    orchestrator.addHandler(keywords)
+    orchestrator.setLevel(logging.INFO)  # its "keyword reply ... not used" lines are INFO
     async with (
         FakeWikipedia(confusable.pages()) as wiki,
         FakeHackerNews(confusable.stories()) as hn,
     ):
         with tempfile.TemporaryDirectory() as tmp:
             settings = settings_for(Path(tmp), args, (wiki.url, hn.url))
+            args.answer_words = getattr(settings.chat, "answer_words", None)
             async with await Runtime.start(settings) as runtime:
                 bot = InMemoryAdapter()
                 await runtime.add_adapter(bot)
@@ -104,10 +126,18 @@ async def collect(args: argparse.Namespace) -> list[Outcome]:
                     for turn in conversation.turns:
                         if len(outcomes) >= args.turns:
                             return outcomes
-                        started = time.perf_counter()
+                        started, rejected = time.perf_counter(), keywords.rejected
                         reply = await bot.ask(turn.question, channel=f"c{n}")
                         seconds = time.perf_counter() - started
-                        outcomes.append(Outcome(turn.question, turn.gold, reply, seconds))
+                        outcomes.append(
+                            Outcome(
+                                turn.question,
+                                turn.gold,
+                                reply,
+                                seconds,
+                                keywords_rejected=keywords.rejected > rejected,
+                            )
+                        )
                         if args.verbose:
                             show(outcomes[-1])
                     await runtime.pipeline.memory.settle()
@@ -119,7 +149,8 @@ def show(o: Outcome) -> None:
     print(
         f"[{mark}] {o.seconds:5.1f} s {o.reply.status:<8} {o.words:4d} words "
         f"{'cited' if o.cited else 'UNCITED'}  {o.question}\n"
-        f"        topics: {'; '.join(o.reply.topics)}\n"
+        f"        topics: {'; '.join(o.reply.topics)}"
+        f"{'  (keyword reply not used as is)' if o.keywords_rejected else ''}\n"
         f"        first: {o.reply.sources[0].title if o.reply.sources else '-'}"
         f"  gold: {', '.join(o.gold)}",
         flush=True,
@@ -139,16 +170,23 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> None:
         1 for o in outcomes for topic in o.reply.topics if _shares_words(topic, o.question)
     )
     topics = sum(len(o.reply.topics) for o in outcomes)
-    print(f"model {args.model} at {args.base_url}; {n} turns")
+    target = args.answer_words
+    print(f"model {args.model} at {args.base_url} ({args.provider}); {n} turns")
     print(f"hit@1            {sum(o.hit for o in outcomes) / n:.2f}")
     print(f"uncited answers  {sum(not o.cited for o in outcomes)} of {n}")
     print(
-        f"topics searched  {topics} ({topics / n:.1f} per turn), "
-        f"{own_words} sharing a word with the question"
+        f"keyword replies  {sum(o.keywords_rejected for o in outcomes)} of {n} not used as "
+        f"they came; topics searched {topics} ({topics / n:.1f} per turn), {own_words} "
+        "sharing a word with the question"
     )
     print(
         f"answer words     median {statistics.median(words):.0f}, p90 "
         f"{words[min(n - 1, int(n * 0.9))]}, max {words[-1]}"
+        + (
+            f"; target {target}, {sum(w > target * 1.5 for w in words)} over it by more than 50%"
+            if target
+            else ""
+        )
     )
     print(
         f"seconds per turn median {statistics.median(seconds):.1f}, max {max(seconds):.1f}, "
@@ -174,6 +212,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-url", required=True, help="the model server's base URL")
+    parser.add_argument("--provider", choices=("ollama", "openai"), default="ollama")
     parser.add_argument("--model", default="llama3.2")
     parser.add_argument("--turns", type=int, default=30, help="how many labelled turns to run")
     parser.add_argument(

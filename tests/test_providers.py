@@ -18,7 +18,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
 from bot import pull_model
-from bot.config import OPENAI_COMPATIBLE_URL, LLMSettings, Secret, load_settings
+from bot.adapters.inmemory import InMemoryAdapter
+from bot.config import OPENAI_COMPATIBLE_URL, LLMSettings, Secret, Settings, load_settings
 from bot.errors import ConfigError, LLMError, LLMUnavailable, ModelNotFound
 from bot.pipeline.llm import (
     build_chat_model,
@@ -27,6 +28,8 @@ from bot.pipeline.llm import (
     complete_llm,
     provider_for,
 )
+from bot.pipeline.prompts import TOPIC_MARKER
+from bot.runtime import Runtime
 from tests.fakes.base import Fault
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeOpenAI
@@ -389,3 +392,32 @@ async def test_pull_model_has_nothing_to_pull_from_an_openai_compatible_server(
     assert pull_model.main(["--config", str(config)]) == 0
     assert "nothing to pull" in capsys.readouterr().out
     assert openai_server.requests == []
+
+
+@pytest.mark.parametrize("llm_provider", ["openai"])
+async def test_a_server_that_refuses_the_keyword_schema_still_gets_keywords(
+    make_settings: Callable[..., Settings],
+    openai_server: FakeOpenAI,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # llama-cpp-python's server answers response_format json_schema with a 500.
+    openai_server.json_schema_supported = False
+    question = "What is the transformer architecture in deep learning?"
+    async with await Runtime.start(make_settings()) as runtime:
+        bot = InMemoryAdapter()
+        await runtime.add_adapter(bot)
+        replies = [await bot.ask(question, channel=f"c{n}") for n in range(3)]
+
+    for reply in replies:
+        assert reply.status == "answered", reply.notices
+        assert "transformer" in " ".join(reply.topics).lower()
+    keyword_calls = [
+        body
+        for body in openai_server.chat_bodies()
+        if TOPIC_MARKER in body["messages"][0]["content"]
+    ]
+    asked = ["response_format" in body for body in keyword_calls]
+    assert asked[-1] is False, "the third turn asks without the schema at once"
+    assert asked.count(False) == 3, "one plain keyword call per turn"
+    stopped = [r for r in caplog.records if "refused the keyword call's JSON schema" in r.message]
+    assert len(stopped) == 1, "said once, after two refusals in a row"

@@ -16,7 +16,9 @@ like OpenAI's own API (what ``openai`` 3 and ``langchain-openai`` 1.8 read):
   ``chat.completion`` object with ``usage``.
 * ``response_format`` is checked as OpenAI checks it (``{"type": "json_schema",
   "json_schema": {"name", "schema"}}``, ``json_object`` or ``text``; anything else is a
-  400) and left in the body for the responder.
+  400) and left in the body for the responder. ``json_schema_supported = False`` plays
+  llama-cpp-python's server (0.3), which knows only ``text`` and ``json_object`` and
+  answers a ``json_schema`` with a 500 carrying its validation error.
 * Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 404
   ``model_not_found`` for a model that is not served (names match exactly), 400 for a
   body that is not JSON or lacks ``model``/``messages``, 401 ``invalid_api_key`` when
@@ -99,6 +101,7 @@ class FakeOpenAI(FakeServer):
         self.latency_s = latency_s
         self.api_key = api_key
         self.ignore_max_tokens = False
+        self.json_schema_supported = True
         self.replies: list[str] = []
         self.aborted_streams = 0
         self.stream_aborted = asyncio.Event()
@@ -216,7 +219,19 @@ class FakeOpenAI(FakeServer):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return self._invalid("[] is too short - 'messages'", "messages")
-        return _check_response_format(body.get("response_format"))
+        response_format = body.get("response_format")
+        if (
+            not self.json_schema_supported
+            and isinstance(response_format, dict)
+            and response_format.get("type") == "json_schema"
+        ):
+            return _error(
+                500,
+                "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}]",
+                kind="internal_server_error",
+            )
+        return _check_response_format(response_format)
 
     @staticmethod
     def _take(left: int | None) -> tuple[bool, int | None]:
