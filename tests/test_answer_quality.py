@@ -23,7 +23,7 @@ from bot.contract import Attribution, Notice, Reply, Source
 from bot.core import metrics
 from bot.intake.codec import decode_reply, encode_reply
 from bot.pipeline import citations
-from bot.pipeline.answer import SAID_NOTHING
+from bot.pipeline.answer import SAID_NOTHING, WordBudget
 from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.layout import LayoutFilter, PromptLines
 from bot.pipeline.llm import build_chat_model, call_options, close_chat_model, finish_reason
@@ -301,6 +301,33 @@ async def test_an_answer_cut_by_the_token_limit_says_so(
     (cut,) = [n for n in reply.notices if n.kind == "answer_cut"]
     assert "[llm].max_tokens (60)" in cut.operator
     assert cut.user in shown(bot)
+
+
+async def test_an_answer_is_cut_at_half_again_its_length_target(
+    make_settings: Callable[..., Settings], ollama: FakeOllama
+) -> None:
+    ollama.responder = answer_modes.rambling  # 1,000 words and more, all cited
+    settings = make_settings(analysis={"enabled": False}, chat={"answer_words": 20})
+    async with await Runtime.start(settings) as runtime:
+        bot = InMemoryAdapter()
+        await runtime.add_adapter(bot)
+        reply = await bot.ask(QUESTION)
+
+    assert 20 < len(reply.body.split()) <= 30
+    assert reply.status == "degraded"
+    (cut,) = [n for n in reply.notices if n.kind == "answer_cut"]
+    assert "[chat].answer_words" in cut.operator
+    assert cut.user in shown(bot)
+
+
+def test_the_word_budget_counts_words_where_they_start() -> None:
+    budget = WordBudget(3)
+    assert budget.take("one tw") is None
+    assert budget.take("o three") is None, "'tw' + 'o' is one word"
+    assert budget.take("  ") is None
+    assert budget.take("four five") == ""
+    budget = WordBudget(2)
+    assert budget.take("one two three") == "one two"
 
 
 async def test_a_turn_with_no_source_is_degraded(bot: InMemoryAdapter) -> None:

@@ -5,9 +5,10 @@ The model's output is untrusted: it goes through the answer filter (reasoning bl
 copied from the prompt and invalid citations out) and the safety filter (links that are
 not sources made inert, mentions neutralised) before the listener sees a character of it.
 
-The answer is bounded three ways: the prompt asks for ``[chat].answer_words`` words, the
-call may generate ``[llm].max_tokens`` tokens (a model stopped there says
-``done_reason: "length"``, and the answer says it was cut), and the stream is cut at
+The answer is bounded: the prompt asks for ``[chat].answer_words`` words, and the stream
+is cut at half as many again (small models overshoot a target they are given by far);
+the call may generate ``[llm].max_tokens`` tokens (a model stopped there says
+``done_reason: "length"``, and the answer says it was cut); and the stream is cut at
 ``[chat].max_answer_chars`` whatever the server does.
 """
 
@@ -138,6 +139,7 @@ class AnswerWriter:
         safety = SafetyFilter([s.url for s, _ in sources])
         # Bounds on what the model may send, whatever the server does with num_predict.
         room, chunks_left = self._chat.max_answer_chars, self._settings.max_tokens
+        words = WordBudget(int(self._chat.answer_words * WORDS_SLACK))
         try:
             async with contextlib.aclosing(
                 stream_llm(self._texts(inputs, ending), self._settings, deadline=turn.deadline)
@@ -162,6 +164,11 @@ class AnswerWriter:
                             "[chat].answer_words."
                         )
                         turn.notices.append(Notice("answer_cut", ANSWER_LONG, operator=hint))
+                        break
+                    kept = words.take(text)
+                    if kept is not None:
+                        await turn.emit(safety.feed(answer_filter.feed(kept)))
+                        self._cut_at_words(turn)
                         break
                     room -= len(text)
                     await turn.emit(safety.feed(answer_filter.feed(text)))
@@ -194,6 +201,17 @@ class AnswerWriter:
         system = self._prompt.format_messages(**inputs)[0].text
         sections = [inputs["sources"], inputs["analysis"], inputs["notes"]]
         return PromptLines.of(system, sections, [(s.n, s.title) for s, _ in sources])
+
+    def _cut_at_words(self, turn: Turn) -> None:
+        limit = int(self._chat.answer_words * WORDS_SLACK)
+        _log.warning(
+            "answer cut at %d words (1.5 x [chat].answer_words) in %s", limit, turn.conversation
+        )
+        hint = (
+            f"The answer passed {limit} words, half again the {self._chat.answer_words} the "
+            "prompt asks for; raise [chat].answer_words to allow longer answers."
+        )
+        turn.notices.append(Notice("answer_cut", ANSWER_LONG, operator=hint))
 
     def _cut_at_token_limit(self, turn: Turn) -> None:
         _log.warning(
@@ -228,3 +246,32 @@ class AnswerWriter:
                     "prompt; a chat (instruct) model follows it, a base model does not.",
                 )
             )
+
+
+# How far past [chat].answer_words an answer may run before the stream is cut.
+WORDS_SLACK = 1.5
+
+
+class WordBudget:
+    """Counts the words of a stream, chunk by chunk, up to a limit.
+
+    A word is counted where it starts, so one split over two chunks (``" chat"``,
+    ``"bot"``) counts once.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._left = limit
+        self._after_space = True
+
+    def take(self, text: str) -> str | None:
+        """None while ``text`` fits; else the part of it before the first word too many."""
+        for i, char in enumerate(text):
+            if char.isspace():
+                self._after_space = True
+                continue
+            if self._after_space:
+                self._after_space = False
+                if self._left == 0:
+                    return text[:i].rstrip()
+                self._left -= 1
+        return None
