@@ -241,17 +241,21 @@ def keyword_modes(backend: str, modes: Sequence[Mode], max_seq_length: int) -> N
     print()
     print(
         f"keyword replies like small models give ({time.perf_counter() - started:.0f} s): hit@1 "
-        "/ hit@3 / MRR of the pipeline's ranking"
+        "/ hit@3 / MRR"
     )
-    print(f"{'keyword reply':<14}{'format honoured (grammar)':>28}{'format ignored':>28}")
-    print("-" * 70)
     pipeline: Ranker = lambda case: list(range(len(case.sources)))  # noqa: E731
-    for mode in modes:
-        cells = []
-        for kind in ("format", "raw"):
-            h1, h3, mrr = metrics(cases[f"{mode}/{kind}"], pipeline)
-            cells.append(f"{h1:.3f} / {h3:.3f} / {mrr:.3f}")
-        print(f"{mode:<14}{cells[0]:>28}{cells[1]:>28}")
+    rankers = {"the pipeline's ranking": pipeline, "hybrid: RRF": fused(ranking.rrf)}
+    rankers["hybrid: weighted sum"] = fused(ranking.weighted)
+    for name, ranker in rankers.items():
+        print()
+        print(f"{name:<28}{'format honoured (grammar)':>28}{'format ignored':>28}")
+        print("-" * 84)
+        for mode in modes:
+            cells = []
+            for kind in ("format", "raw"):
+                h1, h3, mrr = metrics(cases[f"{mode}/{kind}"], ranker)
+                cells.append(f"{h1:.3f} / {h3:.3f} / {mrr:.3f}")
+            print(f"{mode:<28}{cells[0]:>28}{cells[1]:>28}")
 
 
 def report(cases: Sequence[Case], rankers: dict[str, Ranker]) -> None:

@@ -158,7 +158,7 @@ class EmbeddingSettings:
 @dataclass(frozen=True, slots=True)
 class RankingSettings:
     # How the dense, lexical and source-order scores are combined (bench/retrieval.py).
-    fusion: Literal["rrf", "weighted"] = "weighted"
+    fusion: Literal["rrf", "weighted"] = "rrf"
     # Hacker News stories may fill at most this share of any prefix of the ranking.
     hackernews_share: float = field(default=0.4, metadata=_between(0, 1))
 

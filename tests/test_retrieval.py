@@ -12,7 +12,7 @@ import pytest
 
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.cli import reply_json
-from bot.config import Settings
+from bot.config import RankingSettings, Settings
 from bot.contract import conversation_key
 from bot.pipeline import ranking
 from bot.pipeline.prompts import KEYWORD_SCHEMA, TOPIC_MARKER
@@ -75,7 +75,8 @@ async def test_sources_carry_the_fused_score_and_its_parts(bot: InMemoryAdapter)
     assert wikipedia[-1] == "Java (disambiguation)"
     parts = [s.parts for s in reply.sources]
     assert all(p is not None for p in parts)
-    fused = ranking.weighted([p for p in parts if p is not None])
+    fuse = ranking.FUSIONS[RankingSettings().fusion]  # the default, as the bot runs it
+    fused = fuse([p for p in parts if p is not None])
     # score is the fused score; the order follows it except where the rules intervene.
     assert [s.score for s in reply.sources] == [round(f, 4) for f in fused]
     # (Stories may be held back by the Hacker News share, so: the articles.)

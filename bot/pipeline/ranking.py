@@ -239,7 +239,7 @@ def rank(
     dense: Sequence[float],
     query: Sequence[str],
     *,
-    fusion: Fusion = "weighted",
+    fusion: Fusion = "rrf",
     hn_share: float = HN_SHARE,
 ) -> list[RankedArticle]:
     """Every article, best first, with its fused score and the parts it came from.
