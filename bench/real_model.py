@@ -71,7 +71,8 @@ class Outcome:
 
     @property
     def words(self) -> int:
-        return len(_WORD.findall(self.reply.body))
+        # Words as a reader (and the bot's length cap) counts them: between spaces.
+        return len(self.reply.body.split())
 
 
 class KeywordLog(logging.Handler):
