@@ -142,7 +142,7 @@ def discord_settings(make_settings: SettingsFactory, fake: FakeDiscord, research
         },
         "intake": {"delivery_backoff_s": 0.01},
         # Room for the long answers that test splitting (the fake ignores num_predict).
-        "chat": {"max_answer_chars": 20_000},
+        "chat": {"max_answer_chars": 20_000, "answer_words": 5000},
         "llm": {"max_tokens": 8192},
     }
     for name, values in changes.items():

@@ -63,7 +63,7 @@ def slack_settings(
         | changes,
         intake={"delivery_backoff_s": 0.0, "rate_limit_per_minute": 0.0},
         # Room for the long answers that test splitting (the fake ignores num_predict).
-        chat={"max_answer_chars": 20_000},
+        chat={"max_answer_chars": 20_000, "answer_words": 5000},
         llm={"max_tokens": 8192},
     )
     return dataclasses.replace(
