@@ -39,7 +39,6 @@ imperfect model that recognises the pipeline's prompts; it lives in
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
@@ -51,8 +50,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import FakeServer
 from tests.fakes.grammar import conform
+from tests.fakes.model_server import ModelServer
 from tests.fakes.scripted import (
     Responder,
     default_responder,
@@ -121,20 +120,16 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-class FakeOllama(FakeServer):
+class FakeOllama(ModelServer):
     """The fake Ollama server; see the module docstring for the protocol it speaks.
 
-    Attributes tests may set or read at any time:
-
-    * ``models``: pulled model names (``"x"`` means ``"x:latest"``);
-    * ``responder``, ``chunk_delay_s``, ``honours_num_predict``, ``honours_format``, and the
-      base class's
-      ``latency_s``, ``faults``, ``always_fail``, ``requests``;
-    * ``replies``: the full text of every model reply started, in order;
-    * ``aborted_streams`` and the event ``stream_aborted``: streams the client hung up on.
+    Besides the switches every fake model server has (:class:`ModelServer`): ``models``
+    are pulled model names (``"x"`` means ``"x:latest"``), and ``honours_num_predict`` and
+    ``honours_format`` say whether the server obeys those request fields.
     """
 
     chat_path = "/api/chat"  # where the chat model posts (FakeOpenAI has its own)
+    midstream_error = MIDSTREAM_ERROR
 
     def __init__(
         self,
@@ -144,72 +139,16 @@ class FakeOllama(FakeServer):
         chunk_delay_s: float = 0.0,
         latency_s: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.models: list[str] = list(models)
-        self.responder: Responder = responder or default_responder
-        self.chunk_delay_s = chunk_delay_s
-        self.latency_s = latency_s
+        super().__init__(
+            models=models, responder=responder, chunk_delay_s=chunk_delay_s, latency_s=latency_s
+        )
         self.honours_num_predict = True
-        self.replies: list[str] = []
-        self.aborted_streams = 0
-        self.stream_aborted = asyncio.Event()
-        # None means "every request from now on"; an int counts down.
-        self._midstream_left: int | None = 0
-        self._midstream_after = 2
-        self._midstream_error = MIDSTREAM_ERROR
-        self._busy_left: int | None = 0
-        self._closing = asyncio.Event()
-        self._paces: dict[str, float] = {}
         self.honours_format = True
-
-    # -- switches ------------------------------------------------------------------------
-
-    def pace(self, marker: str, chunk_delay_s: float) -> None:
-        """Stream the replies to prompts whose system message holds ``marker`` with
-        ``chunk_delay_s`` before each line but the first (others keep ``chunk_delay_s``)."""
-        self._paces[marker] = chunk_delay_s
-
-    def _delay_for(self, body: Mapping[str, Any]) -> float:
-        messages = body.get("messages") or [{}]
-        system = str(messages[0].get("content", "")) if isinstance(messages[0], dict) else ""
-        for marker, delay in self._paces.items():
-            if marker in system:
-                return delay
-        return self.chunk_delay_s
-
-    def fail_midstream(
-        self, times: int | None = 1, *, after_chunks: int = 2, error: str = MIDSTREAM_ERROR
-    ) -> None:
-        """Make the next ``times`` model replies (``None``: all of them) break after
-        ``after_chunks`` chunks with an ``{"error": error}`` line (HTTP 500 when not
-        streaming)."""
-        self._midstream_left = times
-        self._midstream_after = after_chunks
-        self._midstream_error = error
-
-    def server_busy(self, times: int | None = 1) -> None:
-        """Answer the next ``times`` model requests (``None``: all) with 503 server busy."""
-        self._busy_left = times
-
-    def reset_faults(self) -> None:
-        """Clear every fault: Ollama-specific ones and the base class's."""
-        self._midstream_left = 0
-        self._busy_left = 0
-        self.faults.clear()
-        self.always_fail = None
 
     def is_pulled(self, model: str) -> bool:
         """Whether ``model`` names one of :attr:`models`."""
         wanted = _normalise(model)
         return any(_normalise(m) == wanted for m in self.models)
-
-    def chat_bodies(self) -> list[dict[str, Any]]:
-        """The JSON bodies of every ``POST /api/chat`` so far."""
-        return [r.json() for r in self.requests_to("/api/chat")]
-
-    async def close(self) -> None:
-        self._closing.set()  # let slow streams finish now, so cleanup does not wait
-        await super().close()
 
     # -- routes --------------------------------------------------------------------------
 
@@ -319,15 +258,6 @@ class FakeOllama(FakeServer):
             return _error(400, "invalid request body: expected a JSON object")
         return body
 
-    @staticmethod
-    def _take(left: int | None) -> tuple[bool, int | None]:
-        """Consume one use of a counted fault: (fires now, uses left)."""
-        if left is None:
-            return True, None
-        if left > 0:
-            return True, left - 1
-        return False, 0
-
     async def _model_reply(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         started = time.perf_counter_ns()
         body = await self._body(request)
@@ -406,16 +336,6 @@ class FakeOllama(FakeServer):
         if turn.failing:
             return _error(500, self._midstream_error)
         return web.json_response(self._final(turn, "".join(parts), len(parts)))
-
-    async def _pause(self, delay_s: float) -> bool:
-        """Sleep ``delay_s``; True when the fake is closing and the stream should end."""
-        if delay_s <= 0:
-            return self._closing.is_set()
-        try:
-            await asyncio.wait_for(self._closing.wait(), delay_s)
-        except TimeoutError:
-            return False
-        return True
 
     async def _stream(self, request: web.Request, turn: _Turn) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": _NDJSON})

@@ -39,7 +39,6 @@ Switches, besides the base class's ``latency_s``, ``faults`` and ``always_fail``
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -49,8 +48,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import FakeServer
-from tests.fakes.scripted import Responder, default_responder, prompt_tokens, split_tokens
+from tests.fakes.model_server import ModelServer
+from tests.fakes.scripted import Responder, prompt_tokens, split_tokens
 
 __all__ = [
     "BUSY_ERROR",
@@ -74,7 +73,7 @@ def _error(
     return web.json_response(body, status=status)
 
 
-class FakeOpenAI(FakeServer):
+class FakeOpenAI(ModelServer):
     """The fake OpenAI-compatible server; see the module docstring for what it speaks.
 
     Point a client at :attr:`base_url` (``http://127.0.0.1:PORT/v1``). Attributes tests
@@ -84,6 +83,7 @@ class FakeOpenAI(FakeServer):
     """
 
     chat_path = CHAT_PATH
+    midstream_error = MIDSTREAM_ERROR
 
     def __init__(
         self,
@@ -94,25 +94,14 @@ class FakeOpenAI(FakeServer):
         latency_s: float = 0.0,
         api_key: str | None = None,
     ) -> None:
-        super().__init__()
-        self.models: list[str] = list(models)
-        self.responder: Responder = responder or default_responder
-        self.chunk_delay_s = chunk_delay_s
-        self.latency_s = latency_s
+        super().__init__(
+            models=models, responder=responder, chunk_delay_s=chunk_delay_s, latency_s=latency_s
+        )
         self.api_key = api_key
         self.ignore_max_tokens = False
         self.json_schema_supported = True
-        self.replies: list[str] = []
-        self.aborted_streams = 0
-        self.stream_aborted = asyncio.Event()
-        self._midstream_left: int | None = 0
-        self._midstream_after = 2
-        self._midstream_error = MIDSTREAM_ERROR
         self._limited_left: int | None = 0
         self._retry_after_s = 1.0
-        self._busy_left: int | None = 0
-        self._closing = asyncio.Event()
-        self._paces: dict[str, float] = {}
 
     @property
     def base_url(self) -> str:
@@ -121,42 +110,15 @@ class FakeOpenAI(FakeServer):
 
     # -- switches ------------------------------------------------------------------------
 
-    def pace(self, marker: str, chunk_delay_s: float) -> None:
-        """Stream the replies to prompts whose system message holds ``marker`` with
-        ``chunk_delay_s`` before each event but the first."""
-        self._paces[marker] = chunk_delay_s
-
-    def fail_midstream(
-        self, times: int | None = 1, *, after_chunks: int = 2, error: str = MIDSTREAM_ERROR
-    ) -> None:
-        """Make the next ``times`` replies (``None``: all) send an error event after
-        ``after_chunks`` chunks (HTTP 500 when not streaming)."""
-        self._midstream_left = times
-        self._midstream_after = after_chunks
-        self._midstream_error = error
-
     def rate_limit(self, times: int | None = 1, *, retry_after_s: float = 1.0) -> None:
         """Answer the next ``times`` completions (``None``: all) with 429 and
         ``retry-after: retry_after_s``."""
         self._limited_left = times
         self._retry_after_s = retry_after_s
 
-    def server_busy(self, times: int | None = 1) -> None:
-        """Answer the next ``times`` completions (``None``: all) with 503."""
-        self._busy_left = times
-
     def reset_faults(self) -> None:
-        self._midstream_left = self._limited_left = self._busy_left = 0
-        self.faults.clear()
-        self.always_fail = None
-
-    def chat_bodies(self) -> list[dict[str, Any]]:
-        """The JSON bodies of every ``POST /v1/chat/completions`` so far."""
-        return [r.json() for r in self.requests_to(CHAT_PATH)]
-
-    async def close(self) -> None:
-        self._closing.set()  # let slow streams finish now, so cleanup does not wait
-        await super().close()
+        super().reset_faults()
+        self._limited_left = 0
 
     # -- routes --------------------------------------------------------------------------
 
@@ -232,23 +194,6 @@ class FakeOpenAI(FakeServer):
                 kind="internal_server_error",
             )
         return _check_response_format(response_format)
-
-    @staticmethod
-    def _take(left: int | None) -> tuple[bool, int | None]:
-        """Consume one use of a counted fault: (fires now, uses left)."""
-        if left is None:
-            return True, None
-        if left > 0:
-            return True, left - 1
-        return False, 0
-
-    def _delay_for(self, body: Mapping[str, Any]) -> float:
-        messages = body.get("messages") or [{}]
-        system = str(messages[0].get("content", "")) if isinstance(messages[0], dict) else ""
-        for marker, delay in self._paces.items():
-            if marker in system:
-                return delay
-        return self.chunk_delay_s
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         refused = self._unauthorised(request)
@@ -332,16 +277,6 @@ class FakeOpenAI(FakeServer):
                 "usage": self._usage(turn, len(parts)),
             }
         )
-
-    async def _pause(self, delay_s: float) -> bool:
-        """Sleep ``delay_s``; True when the fake is closing and the stream should end."""
-        if delay_s <= 0:
-            return self._closing.is_set()
-        try:
-            await asyncio.wait_for(self._closing.wait(), delay_s)
-        except TimeoutError:
-            return False
-        return True
 
     async def _stream(
         self, request: web.Request, turn: _Turn, *, usage: bool
