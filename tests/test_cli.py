@@ -620,20 +620,25 @@ def pty_env() -> dict[str, str]:
 
 async def read_until(fd: int, pattern: bytes, seen: bytearray) -> None:
     """Read the pty's output into ``seen`` until ``pattern`` appears in it (60 s at most)."""
-    loop = asyncio.get_running_loop()
     async with asyncio.timeout(60):
         while pattern not in seen:
-            readable: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(fd, _set_once, readable)
-            try:
-                await readable
-            finally:
-                loop.remove_reader(fd)
+            await readable(fd)
             try:
                 seen += os.read(fd, 1 << 16)
             except OSError:  # EIO: the child closed the terminal
                 break
     assert pattern in seen, bytes(seen[-2000:])
+
+
+async def readable(fd: int) -> None:
+    """Wait, on the event loop, until ``fd`` can be read."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, _set_once, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
 
 
 def _set_once(future: asyncio.Future[None]) -> None:
@@ -842,7 +847,6 @@ def _alive(pid: int) -> bool:
 
 async def _gone_soon(pids: list[int]) -> bool:
     """The resource tracker cleans up, then ends: wait for each pid to end (pidfd)."""
-    loop = asyncio.get_running_loop()
     async with asyncio.timeout(10):
         for pid in pids:
             try:
@@ -850,12 +854,7 @@ async def _gone_soon(pids: list[int]) -> bool:
             except ProcessLookupError:
                 continue
             try:
-                ended: asyncio.Future[None] = loop.create_future()
-                loop.add_reader(fd, _set_once, ended)
-                try:
-                    await ended
-                finally:
-                    loop.remove_reader(fd)
+                await readable(fd)  # a pidfd reads as ready once its process ended
             finally:
                 os.close(fd)
     return True

@@ -20,6 +20,7 @@ from bot.intake.codec import encode_message
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.runtime import Runtime
 from bot.store.sqlite import SqliteStore
+from tests.conftest import chat
 from tests.fakes.base import Fault
 from tests.fakes.ollama import FakeOllama, default_responder, split_tokens
 
@@ -32,17 +33,6 @@ GENERAL = conversation_key("inmemory", "general")
 async def runtime(make_settings: SettingsFactory) -> AsyncIterator[Runtime]:
     async with await Runtime.start(make_settings(intake={"delivery_backoff_s": 0.0})) as rt:
         yield rt
-
-
-async def chat(runtime: Runtime, **options: Any) -> InMemoryAdapter:
-    adapter = InMemoryAdapter(**options)
-    await runtime.add_adapter(adapter)
-    return adapter
-
-
-@pytest.fixture
-async def bot(runtime: Runtime) -> InMemoryAdapter:
-    return await chat(runtime)
 
 
 def answer_calls(ollama: FakeOllama) -> list[dict[str, Any]]:

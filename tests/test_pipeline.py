@@ -28,7 +28,7 @@ from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.pipeline.wording import FAILURE_LINE
 from bot.runtime import Runtime
 from bot.store.sqlite import SqliteStore
-from tests.conftest import LLM_PROVIDERS, FakeLLM, llm_base_url
+from tests.conftest import LLM_PROVIDERS, FakeLLM, chat, llm_base_url
 from tests.fakes.base import Fault
 from tests.fakes.hackernews import FakeHackerNews
 from tests.fakes.scripted import default_responder
@@ -51,17 +51,6 @@ def llm_provider(request: pytest.FixtureRequest) -> str:
 async def runtime(make_settings: SettingsFactory) -> AsyncIterator[Runtime]:
     async with await Runtime.start(make_settings()) as rt:
         yield rt
-
-
-async def chat(runtime: Runtime) -> InMemoryAdapter:
-    adapter = InMemoryAdapter()
-    await runtime.add_adapter(adapter)
-    return adapter
-
-
-@pytest.fixture
-async def bot(runtime: Runtime) -> InMemoryAdapter:
-    return await chat(runtime)
 
 
 def operator_view(reply: Reply) -> str:

@@ -47,13 +47,6 @@ async def runtime(
         yield rt
 
 
-@pytest.fixture
-async def bot(runtime: Runtime) -> InMemoryAdapter:
-    adapter = InMemoryAdapter()
-    await runtime.add_adapter(adapter)
-    return adapter
-
-
 def test_the_labelled_set_is_as_large_as_promised() -> None:
     turns = [t for c in confusable.conversations() for t in c.turns]
     assert len(turns) >= 40

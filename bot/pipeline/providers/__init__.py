@@ -21,7 +21,29 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
 from bot.config import LLMSettings
-from bot.errors import LLMError
+from bot.errors import LLMError, LLMUnavailable
+
+# What every server's failure tells the user when nothing better is known.
+RETRY_HINT = "The language model returned an error; please try again in a moment."
+
+
+def timed_out(settings: LLMSettings, server: str, exc: BaseException) -> LLMUnavailable:
+    """A read from ``server`` (``"Ollama at URL"``, ...) took past ``[llm].timeout_s``."""
+    return LLMUnavailable(
+        f"{server} timed out after {settings.timeout_s:g}s: {exc!r}",
+        hint=f"The language model did not answer within {settings.timeout_s:g} s; "
+        "try again, or raise [llm].timeout_s.",
+    )
+
+
+def unreadable(settings: LLMSettings, exc: BaseException, check: str) -> LLMUnavailable:
+    """Something answers at ``[llm].base_url``, but not as the provider speaks; ``check``
+    says what to check (``"that [llm].base_url points at Ollama"``)."""
+    where = settings.base_url
+    return LLMUnavailable(
+        f"unreadable reply from {where}: {exc!r}",
+        hint=f"The language model at {where} sent a reply I could not read; check {check}.",
+    )
 
 
 class Provider(Protocol):

@@ -20,6 +20,7 @@ from langchain_ollama import ChatOllama
 
 from bot.config import LLMSettings
 from bot.errors import LLMError, LLMUnavailable, ModelNotFound
+from bot.pipeline.providers import RETRY_HINT, timed_out, unreadable
 
 _log = logging.getLogger(__name__)
 
@@ -68,15 +69,10 @@ class OllamaProvider:
                     f"run `ollama pull {settings.model}` and ask again.",
                 )
             return LLMUnavailable(
-                f"Ollama at {where} answered {exc.status_code}: {exc.error}",
-                hint="The language model returned an error; please try again in a moment.",
+                f"Ollama at {where} answered {exc.status_code}: {exc.error}", hint=RETRY_HINT
             )
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-            return LLMUnavailable(
-                f"Ollama at {where} timed out after {settings.timeout_s:g}s: {exc!r}",
-                hint=f"The language model did not answer within {settings.timeout_s:g} s; "
-                "try again, or raise [llm].timeout_s.",
-            )
+            return timed_out(settings, f"Ollama at {where}", exc)
         if isinstance(exc, httpx.HTTPError | OSError):
             return LLMUnavailable(
                 f"Ollama at {where} is unreachable: {exc!r}",
@@ -86,11 +82,7 @@ class OllamaProvider:
         if isinstance(exc, ValueError):
             # Not JSON, or an empty stream (ollama and langchain-ollama raise ValueError
             # subclasses): something answers at base_url, but not like Ollama.
-            return LLMUnavailable(
-                f"unreadable reply from {where}: {exc!r}",
-                hint=f"The language model at {where} sent a reply I could not read; "
-                "check that [llm].base_url points at Ollama.",
-            )
+            return unreadable(settings, exc, "that [llm].base_url points at Ollama")
         return None
 
     async def check(self, session: aiohttp.ClientSession) -> str | None:

@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from bot.config import LLMSettings
 from bot.errors import LLMError, LLMUnavailable, ModelNotFound
+from bot.pipeline.providers import RETRY_HINT, timed_out, unreadable
 
 _log = logging.getLogger(__name__)
 
@@ -88,11 +89,7 @@ class OpenAIProvider:
         # A TimeoutError that reaches this is the client's (stream_llm's own windows are
         # told apart before): langchain-openai's stream_chunk_timeout.
         if isinstance(exc, openai.APITimeoutError | TimeoutError):
-            return LLMUnavailable(
-                f"the server at {where} timed out after {settings.timeout_s:g}s: {exc!r}",
-                hint=f"The language model did not answer within {settings.timeout_s:g} s; "
-                "try again, or raise [llm].timeout_s.",
-            )
+            return timed_out(settings, f"the server at {where}", exc)
         if isinstance(exc, openai.APIConnectionError | httpx2.HTTPError | OSError):
             return LLMUnavailable(
                 f"the server at {where} is unreachable: {exc!r}",
@@ -102,18 +99,14 @@ class OpenAIProvider:
         if isinstance(exc, openai.APIResponseValidationError | ValueError):
             # Not JSON, not OpenAI's shape, or a stream with no chunk at all: something
             # answers at base_url, but not like an OpenAI-compatible API.
-            return LLMUnavailable(
-                f"unreadable reply from {where}: {exc!r}",
-                hint=f"The language model at {where} sent a reply I could not read; check "
-                "that [llm].base_url is an OpenAI-compatible API's root (it usually ends "
-                "in /v1).",
+            return unreadable(
+                settings,
+                exc,
+                "that [llm].base_url is an OpenAI-compatible API's root (it usually ends in /v1)",
             )
         if isinstance(exc, openai.OpenAIError):
             # An error event in the stream (the model crashed mid-answer), and the like.
-            return LLMUnavailable(
-                f"the server at {where} failed: {exc!r}",
-                hint="The language model returned an error; please try again in a moment.",
-            )
+            return LLMUnavailable(f"the server at {where} failed: {exc!r}", hint=RETRY_HINT)
         return None
 
     def _status_error(self, exc: openai.APIStatusError) -> LLMError:
@@ -150,9 +143,7 @@ class OpenAIProvider:
                 hint=f"The server at {where} refused the request ({_message(exc)}); check "
                 "[llm].model and [llm].max_tokens against what it serves.",
             )
-        return LLMUnavailable(
-            said, hint="The language model returned an error; please try again in a moment."
-        )
+        return LLMUnavailable(said, hint=RETRY_HINT)
 
     async def check(self, session: aiohttp.ClientSession) -> str | None:
         """Ask the server which models it serves (``GET /models``)."""
