@@ -299,12 +299,14 @@ async def test_hanging_server_times_out_fast(
     session: aiohttp.ClientSession, wiki: FakeWikipedia, hn: FakeHackerNews
 ) -> None:
     wiki.always_fail = Fault.hang()
-    agent = agent_for(session, wiki, hn, timeout_s=0.2)
+    # Long enough for the healthy fake to answer on a loaded machine (0.2 s was not, once,
+    # in CI); the hang is still given up on at once, not waited out.
+    agent = agent_for(session, wiki, hn, timeout_s=1.0)
 
     started = time.perf_counter()
     result = await agent.fetch(["python"])
 
-    assert time.perf_counter() - started < 1.5
+    assert time.perf_counter() - started < 3.0
     assert result.unavailable == ("Wikipedia",)
     assert len(wiki.requests) == 2  # a timeout is not retried
     assert of(result, "hackernews")
