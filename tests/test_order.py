@@ -7,7 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 from bot.adapters.inmemory import InMemoryAdapter
-from bot.intake.order import ConversationOrder
+from bot.intake.order import MAX_POLL_S, ConversationOrder
 from bot.store import Claim, Store
 from tests.databases import TEST_LEASE_S, Backend
 
@@ -35,6 +35,7 @@ async def test_a_turn_waits_for_an_earlier_question_held_elsewhere_then_yields_t
         async with order.turn(adapter.message("q", event_id=event_id), held):
             ran.append(event_id)
             await asyncio.sleep(0.05)
+            assert await here.inbox.finish("inmemory", event_id, "answered", fence=held.fence)
 
     later = asyncio.create_task(turn("e2", second))
     await asyncio.sleep(0.3)
@@ -44,9 +45,39 @@ async def test_a_turn_waits_for_an_earlier_question_held_elsewhere_then_yields_t
     await asyncio.sleep(TEST_LEASE_S * 2)
     (taken,) = await here.inbox.recover(platforms=["inmemory"], max_age_s=DAY_S)
     assert taken.claim is not None and taken.claim.received_at == first.received_at
+    await asyncio.sleep(MAX_POLL_S + 0.2)  # e2 looks at the store meanwhile
+    assert ran == [], "e1 is this replica's now, though not queued yet: e2 still waits"
     earlier = asyncio.create_task(turn("e1", taken.claim))
     await asyncio.wait_for(asyncio.gather(earlier, later), 10)
 
+    assert ran == ["e1", "e2"]
+
+
+async def test_a_turn_waits_for_an_earlier_question_this_replica_took_but_has_not_queued(
+    backend: Backend,
+) -> None:
+    # Between its claim and its turn joining the queue, a question is on its way through
+    # the intake (the queue notice, a task to start): a later question of the conversation,
+    # taken by this replica meanwhile, must not overtake it.
+    adapter = InMemoryAdapter()
+    here = await backend.open(lease_s=60)
+    first = await claim(here, "e1")
+    second = await claim(here, "e2")
+    order = ConversationOrder(here.inbox, shared=True)
+    ran: list[str] = []
+
+    async def turn(event_id: str, held: Claim) -> None:
+        async with order.turn(adapter.message("q", event_id=event_id), held):
+            ran.append(event_id)
+            await asyncio.sleep(0.05)
+            assert await here.inbox.finish("inmemory", event_id, "answered", fence=held.fence)
+
+    later = asyncio.create_task(turn("e2", second))
+    await asyncio.sleep(0.3)
+    assert ran == [], "e1 was taken first, here: e2 waits for it"
+
+    earlier = asyncio.create_task(turn("e1", first))
+    await asyncio.wait_for(asyncio.gather(earlier, later), 10)
     assert ran == ["e1", "e2"]
 
 

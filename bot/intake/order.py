@@ -2,14 +2,16 @@
 
 A conversation's turns run one at a time, earliest received first. In one process that is
 a queue per conversation ordered by when each event was received. When replicas share
-the store, a conversation's questions may be claimed by different replicas; then a turn
-also waits until no earlier unanswered question of its conversation is held by another
-replica, and no earlier answer is still being delivered by any
-(:meth:`~bot.store.protocols.Inbox.ahead` with ``elsewhere``). That earlier one
-may come here after all: its replica died, and this one took it over when the lease ran
-out. It then goes first, though it joined the queue last. Nothing holds a database
-transaction or lock while a turn waits or runs; the wait polls the store, with a backoff,
-and wakes at once when the local queue changes.
+the store, a conversation's questions may be claimed by different replicas; then a turn,
+once first in the queue here, also waits until no earlier question of its conversation is
+unanswered in the store, whichever replica holds it, and no earlier answer is still being
+delivered by any (:meth:`~bot.store.protocols.Inbox.ahead` with ``delivering``). This
+replica's own count too: an event it has just claimed is on its way through the intake,
+not in the queue yet, and a later question taken meanwhile must not overtake it. An
+earlier one may also come here after all: its replica died, and this one took it over
+when the lease ran out. It then goes first, though it joined the queue last. Nothing
+holds a database transaction or lock while a turn waits or runs; the wait polls the
+store, with a backoff, and wakes at once when the local queue changes.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class ConversationOrder:
             async with queue.changed:
                 queue.waiting.add(place)
                 queue.changed.notify_all()  # an earlier place may now stop a later one
-                await self._until_first(queue, place, message, elsewhere=claim is not None)
+                await self._until_first(queue, place, message, stored=claim is not None)
                 queue.waiting.discard(place)
                 queue.running = running = True
             yield
@@ -89,42 +91,54 @@ class ConversationOrder:
                     self._queues.pop(key, None)
 
     async def _until_first(
-        self, queue: _Queue, place: Place, message: InboundMessage[Any], *, elsewhere: bool
+        self, queue: _Queue, place: Place, message: InboundMessage[Any], *, stored: bool
     ) -> None:
         """Return (holding ``queue.changed``) once ``place`` is first here and, when the
-        store is shared, nothing earlier of the conversation is unanswered elsewhere."""
+        store is shared and the event is ``stored`` in it, nothing earlier of the
+        conversation is unanswered there."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         pause = FIRST_POLL_S
-        told = False
+        waited = told = False
         while True:
             if queue.running or place != min(queue.waiting):
                 await queue.changed.wait()
                 continue
-            if not (self._shared and elsewhere):
+            if not (self._shared and stored):
                 return
-            ahead = await self._ahead_elsewhere(message)
+            # Nothing earlier waits or runs here: whatever earlier the store still has is
+            # another replica's, or this one's on its way to the queue.
+            ahead = await self._ahead_in_store(message)
             if not ahead:
                 return
+            if not waited:
+                waited = True
+                _log.debug(
+                    "%s event %s waits for %d earlier question(s) of %s not answered yet",
+                    message.platform,
+                    message.event_id,
+                    ahead,
+                    message.conversation,
+                )
             if not told and loop.time() - started > LONG_WAIT_S:
                 told = True
                 _log.warning(
-                    "%s event %s has waited %.0f s for %d earlier question(s) of %s held by "
-                    "other replicas",
+                    "%s event %s has waited %.0f s for %d earlier question(s) of %s not "
+                    "answered yet",
                     message.platform,
                     message.event_id,
                     loop.time() - started,
                     ahead,
                     message.conversation,
                 )
-            # Woken early when the queue here changes (an earlier question taken over).
+            # Woken early when the queue here changes (the earlier question joins it).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(queue.changed.wait(), pause)
             pause = min(pause * 2, MAX_POLL_S)
 
-    async def _ahead_elsewhere(self, message: InboundMessage[Any]) -> int:
+    async def _ahead_in_store(self, message: InboundMessage[Any]) -> int:
         try:
-            return await self._inbox.ahead(message.platform, message.event_id, elsewhere=True)
+            return await self._inbox.ahead(message.platform, message.event_id, delivering=True)
         except StoreError:
             # Waiting blind could be forever; answering now only risks the order.
             _log.exception(

@@ -167,10 +167,12 @@ class Inbox(Protocol):
         down gracefully), so another replica, or the next start, takes them at once;
         how many."""
 
-    async def ahead(self, platform: str, event_id: str, *, elsewhere: bool = False) -> int:
+    async def ahead(self, platform: str, event_id: str, *, delivering: bool = False) -> int:
         """How many unanswered events of the event's conversation came before it (its
-        place in the queue); with ``elsewhere``, those other replicas hold and every
-        answer still being delivered, by any replica (its post must come first)."""
+        place in the queue), whichever replica holds them (this one's included: one it
+        has just claimed or taken over may not have reached its turn yet); with
+        ``delivering``, also every answer still being delivered (its post must come
+        first)."""
 
     async def backlog(self) -> Backlog:
         """Events taken but not finished (pending, or delivering), and the oldest's age."""

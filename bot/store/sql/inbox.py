@@ -151,23 +151,22 @@ class SqlInbox:
                 self._replica,
             )
 
-    async def ahead(self, platform: str, event_id: str, *, elsewhere: bool = False) -> int:
-        # Across replicas an earlier answer still being delivered counts too, whoever holds
-        # it: its post must come first, and if its replica died it will be taken over.
+    async def ahead(self, platform: str, event_id: str, *, delivering: bool = False) -> int:
+        # Whoever holds them: an earlier event this replica claimed a moment ago (or took
+        # over) may not be in its in-process queue yet, and must still go first. For the
+        # order, an earlier answer still being delivered counts too, whoever holds it: its
+        # post must come first, and if its replica died it will be taken over.
         unanswered = (
-            "(o.status = 'delivering' OR (o.status = 'pending' "
-            "AND (o.owner IS NULL OR o.owner <> ?))) "
-            if elsewhere
-            else "o.status = 'pending' "
+            "o.status IN ('pending', 'delivering') " if delivering else "o.status = 'pending' "
         )
-        params: tuple[Any, ...] = (platform, event_id) + ((self._replica,) if elsewhere else ())
         async with self._db.transaction("ahead", None, write=False) as conn:
             row = await conn.fetchone(
                 "SELECT COUNT(*) FROM inbox AS o JOIN inbox AS e "
                 "  ON e.platform = ? AND e.event_id = ? AND o.conversation = e.conversation "
                 "WHERE " + unanswered + "AND (o.received_at, o.platform, o.event_id) "
                 "    < (e.received_at, e.platform, e.event_id)",
-                *params,
+                platform,
+                event_id,
             )
         return int(row[0]) if row is not None else 0
 
