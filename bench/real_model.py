@@ -153,9 +153,15 @@ def show(o: Outcome) -> None:
         f"        topics: {'; '.join(o.reply.topics)}"
         f"{'  (keyword reply not used as is)' if o.keywords_rejected else ''}\n"
         f"        first: {o.reply.sources[0].title if o.reply.sources else '-'}"
-        f"  gold: {', '.join(o.gold)}",
+        f"  gold: {', '.join(o.gold)}\n"
+        f"        answer: {_excerpt(o.reply.body)}",
         flush=True,
     )
+
+
+def _excerpt(body: str, limit: int = 240) -> str:
+    flat = " ".join(body.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> None:

@@ -67,6 +67,17 @@ def test_question_terms_are_the_salient_words_longest_first() -> None:
     assert question_terms(FILM, 2) == ["prospector", "directed"]
 
 
+def test_a_copy_of_the_prompt_s_example_is_not_searched() -> None:
+    # Small models repeat the keyword prompt's worked example for any question.
+    plan = plan_search(["Eiffel Tower", "height", "2007 film"], FILM)
+    assert plan.rejected == (("Eiffel Tower", "example"), ("height", "example"))
+    assert "Eiffel Tower" not in plan.search and "height" not in plan.search
+    assert plan.topics == ("2007 film",)
+    # Asked about the example's own topic, the same keyword is the right one.
+    asked = "who built the eiffel tower?"
+    assert plan_search(["Eiffel Tower"], asked).topics == ("Eiffel Tower",)
+
+
 def test_a_wrong_topic_adds_candidates_but_never_leads_nor_ranks() -> None:
     plan = plan_search(["Rust (programming language)"], FILM)
 

@@ -12,6 +12,7 @@ each prompt by its marker to pick a canned behaviour, so change them together.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,7 @@ from bot.domain import AnalysisReport, Article, source_label
 from bot.pipeline.text import truncate_words
 
 __all__ = [
+    "KEYWORD_EXAMPLES",
     "KEYWORD_SCHEMA",
     "SUMMARY_MARKER",
     "SUMMARY_PROMPT",
@@ -47,26 +49,49 @@ TOPIC_MARKER = "You choose search keywords for a research assistant."
 SYNTHESIS_MARKER = "You are a research assistant that answers from numbered sources."
 SUMMARY_MARKER = "You keep the running summary of a conversation."
 
+_TOPIC_HUMAN = (
+    "Recent conversation (empty if this is the first question):\n{context}\n\nQuestion: {question}"
+)
+
+# Worked examples, sent as earlier turns of the chat: small models copy a format shown
+# inline ('{"keywords": ["first", "second"]}' came back word for word in 16 of 67 turns of
+# SmolLM2-135M) but follow an exchange. A reply that repeats an example's keywords for an
+# unrelated question is dropped (bot.pipeline.search_plan).
+KEYWORD_EXAMPLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("", "how tall is the eiffel tower?", ("Eiffel Tower", "height")),
+    (
+        "User: who designed the eiffel tower?\n"
+        "Assistant: Gustave Eiffel's engineering company designed it [1].",
+        "when was it finished?",
+        ("Eiffel Tower", "construction"),
+    ),
+)
+
+
+def _literal(text: str) -> str:
+    """``text`` as it must appear in a template: its braces are not variables."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _keyword_example(context: str, question: str, keywords: Sequence[str]) -> list[tuple[str, str]]:
+    asked = _TOPIC_HUMAN.format(context=context, question=question)
+    return [("human", _literal(asked)), ("ai", _literal(json.dumps({"keywords": list(keywords)})))]
+
+
 TOPIC_PROMPT = ChatPromptTemplate.from_messages(
     [
         (
             "system",
             TOPIC_MARKER + "\n"
             "Reply with a JSON object holding 1 to 3 short search keywords or phrases for "
-            'the user\'s question, most important first, like {{"keywords": ["first", '
-            '"second"]}}, and nothing else: no preamble, no numbering, no explanations.\n'
+            "the user's question, most important first, and nothing else.\n"
             "The first keyword is the primary topic, written like the title of a Wikipedia "
-            'article, for example "Transformer (deep learning architecture)" or "Rust '
-            '(programming language)".\n'
-            'If the question is a follow-up ("what about its successor?", "who founded '
-            'it?"), use the recent conversation to work out what it refers to and name that '
-            "thing explicitly.",
+            "article.\n"
+            "If the question is a follow-up, use the recent conversation to work out what it "
+            "refers to and name that thing explicitly.",
         ),
-        (
-            "human",
-            "Recent conversation (empty if this is the first question):\n{context}\n\n"
-            "Question: {question}",
-        ),
+        *(turn for example in KEYWORD_EXAMPLES for turn in _keyword_example(*example)),
+        ("human", _TOPIC_HUMAN),
     ]
 )
 """Keywords for the sources. Variables: ``question``, ``context`` (may be empty)."""

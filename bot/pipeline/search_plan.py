@@ -9,6 +9,7 @@ sends nothing. So the reply may add to the search but never replace it:
   shares no word with the question or the recent conversation is still searched (a model's
   knowledge finds what the question's words cannot: "Uptown Funk" -> "Bruno Mars") but
   never as the primary topic, nor as words the ranking matches the candidates against;
+  unless it repeats the keyword prompt's worked example ("Eiffel Tower"), then it is dropped;
 * the question's salient words (:func:`question_terms`) are always searched too, and for a
   follow-up ("when was it discovered?") the previous question's, which name what "it" is.
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bot.pipeline.keywords import FILLER_WORDS
+from bot.pipeline.prompts import KEYWORD_EXAMPLES
 from bot.pipeline.ranking import STOPWORDS, terms
 
 __all__ = [
@@ -37,7 +39,7 @@ __all__ = [
     "verdict",
 ]
 
-Verdict = Literal["ok", "prose", "too long", "off topic"]
+Verdict = Literal["ok", "prose", "too long", "off topic", "example"]
 
 # Keywords are titles and short phrases: past this it is a sentence, not a search.
 MAX_KEYWORD_WORDS = 6
@@ -50,6 +52,9 @@ QUESTION_TERMS_BESIDE = 2
 TOPIC_TERMS = 2
 
 _WORD = re.compile(r"[\w][\w'’+#.-]*")
+# The keyword prompt's worked examples: a small model repeats them for any question.
+_EXAMPLE_KEYWORDS = frozenset(k.casefold() for *_, keywords in KEYWORD_EXAMPLES for k in keywords)
+
 # Words that point back into the conversation: without them a question stands alone.
 _REFERENCES = frozenset(
     "it its it's they them their theirs there this that these those he him his she her".split()
@@ -89,7 +94,8 @@ def verdict(keyword: str, related: frozenset[str]) -> Verdict:
     if len(words) > MAX_KEYWORD_WORDS or len(keyword) > MAX_KEYWORD_CHARS:
         return "too long"
     if not related.intersection(terms(keyword)):
-        return "off topic"
+        # A copy of the prompt's example is not the model's knowledge: not searched at all.
+        return "example" if " ".join(words).casefold() in _EXAMPLE_KEYWORDS else "off topic"
     return "ok"
 
 
