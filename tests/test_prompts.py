@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from bot.pipeline.prompts import (
+    KEYWORD_EXAMPLES,
     SUMMARY_MARKER,
     SUMMARY_PROMPT,
     SYNTHESIS_MARKER,
@@ -83,3 +86,19 @@ def test_templates_have_the_agreed_variables_and_markers() -> None:
 def test_templates_do_not_interpret_braces_in_values() -> None:
     messages = TOPIC_PROMPT.format_messages(question="What is {x} in f'{y}'?", context="")
     assert messages[-1].content.endswith("Question: What is {x} in f'{y}'?")  # type: ignore[union-attr]
+
+
+def test_the_keyword_prompt_shows_its_format_as_worked_examples_then_the_question() -> None:
+    # Small models copy a format written inline ("first", "second") word for word; an
+    # exchange they follow. The real question is always the last message.
+    messages = TOPIC_PROMPT.format_messages(question="why is mars red?", context="")
+    kinds = [m.type for m in messages]
+    assert kinds == ["system"] + ["human", "ai"] * len(KEYWORD_EXAMPLES) + ["human"]
+    for (context, question, keywords), asked, answered in zip(
+        KEYWORD_EXAMPLES, messages[1:-1:2], messages[2:-1:2], strict=True
+    ):
+        assert str(asked.content).endswith(f"Question: {question}")
+        assert context in str(asked.content)
+        assert json.loads(str(answered.content)) == {"keywords": list(keywords)}
+    assert str(messages[-1].content).endswith("Question: why is mars red?")
+    assert '"first"' not in str(messages[0].content)
