@@ -19,7 +19,7 @@ Nothing here is scripted, so the figures are what a user of that model would get
 Run by hand (CI has no model):
 
     python bench/real_model.py --base-url http://127.0.0.1:11434 [--provider ollama|openai]
-        [--model llama3.2] [--turns 30] [--backend sentence-transformers|hashing] [-v]
+        [--model llama3.2] [--turns N] [--backend sentence-transformers|hashing] [-v]
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ async def collect(args: argparse.Namespace) -> list[Outcome]:
                 await runtime.add_adapter(bot)
                 for n, conversation in enumerate(confusable.conversations()):
                     for turn in conversation.turns:
-                        if len(outcomes) >= args.turns:
+                        if args.turns and len(outcomes) >= args.turns:
                             return outcomes
                         started, rejected = time.perf_counter(), keywords.rejected
                         reply = await bot.ask(turn.question, channel=f"c{n}")
@@ -221,7 +221,9 @@ def main() -> None:
     parser.add_argument("--base-url", required=True, help="the model server's base URL")
     parser.add_argument("--provider", choices=("ollama", "openai"), default="ollama")
     parser.add_argument("--model", default="llama3.2")
-    parser.add_argument("--turns", type=int, default=30, help="how many labelled turns to run")
+    parser.add_argument(
+        "--turns", type=int, default=0, help="run only the first N labelled turns (0: all 67)"
+    )
     parser.add_argument(
         "--backend", choices=("sentence-transformers", "hashing"), default="sentence-transformers"
     )
