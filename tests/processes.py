@@ -119,8 +119,10 @@ def descendants(pid: int) -> dict[int, str]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            # Any process on the machine may have rewritten its name or arguments into bytes
+            # that are not UTF-8: they are read, not trusted.
+            stat = (entry / "stat").read_bytes().decode(errors="replace")
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         # The command name in parentheses may hold spaces: fields follow its closing one.
