@@ -20,13 +20,22 @@ Run by hand (CI has no model):
 
     python bench/real_model.py --base-url http://127.0.0.1:11434 [--provider ollama|openai]
         [--model llama3.2] [--turns N] [--backend sentence-transformers|hashing] [-v]
+        [--save-keywords FILE]
+
+``--save-keywords FILE`` writes each question's keyword reply, as the model wrote it, to a
+JSON file. ``--replay-keywords FILE`` then needs no model: the fake Ollama gives those
+replies to the keyword prompt and the scripted answers to everything else, so what a
+change to the search plan or the ranking does with a real model's keywords is measured
+in a minute, and the same every run (``bench/data/`` keeps SmolLM2-135M's).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -38,16 +47,19 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.config import Settings, load_settings
 from bot.contract import Reply
+from bot.pipeline.prompts import TOPIC_MARKER
 from bot.runtime import Runtime
 from tests.conftest import config_text
 from tests.fakes import confusable
 from tests.fakes.hackernews import FakeHackerNews
+from tests.fakes.ollama import FakeOllama, Responder, split_tokens
 from tests.fakes.wikipedia import FakeWikipedia
 
 _WORD = re.compile(r"\w+")
@@ -76,15 +88,36 @@ class Outcome:
 
 
 class KeywordLog(logging.Handler):
-    """Counts the turns whose keyword reply the pipeline did not use as it came."""
+    """Counts the turns whose keyword reply the pipeline did not use as it came (INFO),
+    and keeps every reply as the model wrote it (DEBUG), by question."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)
         self.rejected = 0
+        self.replies: dict[str, str] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        if str(record.msg).startswith(("keyword reply", "keyword extraction failed")):
+        message = str(record.msg)
+        if record.levelno == logging.DEBUG and message.startswith("keyword reply to"):
+            question, reply = record.args if isinstance(record.args, tuple) else ("", "")
+            self.replies[str(question)] = str(reply)
+        elif message.startswith(("keyword reply", "keyword extraction failed")):
             self.rejected += 1
+
+
+def replaying(path: Path) -> Responder:
+    """The fake model: recorded keyword replies, the scripted set's answers otherwise."""
+    recorded: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
+
+    def responder(body: dict[str, Any]) -> list[str]:
+        messages = body.get("messages") or []
+        system = str(messages[0].get("content", "")) if messages else ""
+        question = re.findall(r"^Question:[ \t]*(.*)", str(messages[-1].get("content", "")), re.M)
+        if TOPIC_MARKER in system and question and question[-1].strip() in recorded:
+            return split_tokens(recorded[question[-1].strip()])
+        return confusable.keyword_responder(body)
+
+    return responder
 
 
 def settings_for(tmp: Path, args: argparse.Namespace, urls: tuple[str, str]) -> Settings:
@@ -107,16 +140,20 @@ def settings_for(tmp: Path, args: argparse.Namespace, urls: tuple[str, str]) -> 
     return dataclasses.replace(settings, llm=llm, chat=chat)
 
 
-async def collect(args: argparse.Namespace) -> list[Outcome]:
+async def collect(args: argparse.Namespace, keywords: KeywordLog) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    keywords = KeywordLog()
     orchestrator = logging.getLogger("bot.pipeline.orchestrator")
     orchestrator.addHandler(keywords)
-    orchestrator.setLevel(logging.INFO)  # its "keyword reply ... not used" lines are INFO
-    async with (
-        FakeWikipedia(confusable.pages()) as wiki,
-        FakeHackerNews(confusable.stories()) as hn,
-    ):
+    orchestrator.setLevel(logging.DEBUG)  # the replies are DEBUG, "not used" lines INFO
+    async with contextlib.AsyncExitStack() as stack:
+        wiki = await stack.enter_async_context(FakeWikipedia(confusable.pages()))
+        hn = await stack.enter_async_context(FakeHackerNews(confusable.stories()))
+        if args.replay_keywords:
+            fake = await stack.enter_async_context(FakeOllama())
+            fake.responder = replaying(args.replay_keywords)
+            fake.honours_format = False  # the replies are what the real server sent
+
+            args.base_url, args.provider = fake.url, "ollama"
         with tempfile.TemporaryDirectory() as tmp:
             settings = settings_for(Path(tmp), args, (wiki.url, hn.url))
             args.answer_words = getattr(settings.chat, "answer_words", None)
@@ -211,14 +248,17 @@ def _shares_words(topic: str, question: str) -> bool:
 
 async def run(args: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    outcomes = await collect(args)
+    keywords = KeywordLog()
+    outcomes = await collect(args, keywords)
+    if args.save_keywords:
+        args.save_keywords.write_text(json.dumps(keywords.replies, indent=1) + "\n", "utf-8")
     print()
     report(outcomes, args)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-url", required=True, help="the model server's base URL")
+    parser.add_argument("--base-url", help="the model server's base URL")
     parser.add_argument("--provider", choices=("ollama", "openai"), default="ollama")
     parser.add_argument("--model", default="llama3.2")
     parser.add_argument(
@@ -228,7 +268,19 @@ def main() -> None:
         "--backend", choices=("sentence-transformers", "hashing"), default="sentence-transformers"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every turn")
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument(
+        "--save-keywords", type=Path, metavar="FILE", help="write the keyword replies (JSON)"
+    )
+    parser.add_argument(
+        "--replay-keywords",
+        type=Path,
+        metavar="FILE",
+        help="no model: replay these keyword replies, script the rest",
+    )
+    args = parser.parse_args()
+    if not (args.base_url or args.replay_keywords):
+        parser.error("--base-url is required (or --replay-keywords FILE)")
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ class WikipediaSettings:
     # ``{language}`` is replaced by ``language``; a URL without it is used as is.
     api_url: str = field(default="https://{language}.wikipedia.org/w/api.php", metadata=URL)
     language: str = field(default="en", metadata=NONEMPTY)
-    results_per_keyword: int = field(default=3, metadata=_between(1, 20))
+    results_per_keyword: int = field(default=5, metadata=_between(1, 20))
 
     @property
     def endpoint(self) -> str:

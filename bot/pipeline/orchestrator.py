@@ -358,6 +358,8 @@ class Pipeline:
             _log.warning("keyword extraction failed: %s", error)
             turn.llm_error = error
             reply = KeywordReply("")
+        # The model's own words, for whoever studies what a model makes of the prompt.
+        _log.debug("keyword reply to %r: %r", turn.question, reply.text)
         plan = plan_search(
             reply_keywords(reply.text, truncated=reply.truncated),
             turn.question,
