@@ -1,0 +1,48 @@
+"""bench/real_model.py's replay: a real model's recorded keyword replies, no model needed.
+
+The bench itself is run by hand against a real model; its replay mode is what makes a
+change to the search plan measurable on real keywords in seconds, so it must not rot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDED = ROOT / "bench" / "data" / "smollm2-135m-keywords-inline-format.json"
+
+
+def test_replayed_keyword_replies_reach_the_pipeline_as_recorded(tmp_path: Path) -> None:
+    saved = tmp_path / "replies.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "real_model.py"),
+            "--replay-keywords",
+            str(RECORDED),
+            "--save-keywords",
+            str(saved),
+            "--turns",
+            "6",
+            "--backend",
+            "hashing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "; 6 turns" in done.stdout and "hit@1" in done.stdout
+    recorded = json.loads(RECORDED.read_text(encoding="utf-8"))
+    replayed = json.loads(saved.read_text(encoding="utf-8"))
+    assert len(replayed) == 6
+    # The pipeline saw each reply exactly as the model wrote it, copied format and all.
+    assert all(replayed[question] == recorded[question] for question in replayed)
+    assert '{"keywords": ["first", "second"]}' in replayed.values()
