@@ -4,7 +4,9 @@ replicas. Two stores on one database stand for two replicas (both backends)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.intake.order import MAX_POLL_S, ConversationOrder
@@ -20,10 +22,24 @@ async def claim(store: Store, event_id: str) -> Claim:
     return got
 
 
+def finishing_turns(
+    order: ConversationOrder, store: Store, ran: list[str]
+) -> Callable[[str, Claim], Coroutine[Any, Any, None]]:
+    """A turn that records that it ran, then marks its event answered, as StartTurn does."""
+    adapter = InMemoryAdapter()
+
+    async def turn(event_id: str, held: Claim) -> None:
+        async with order.turn(adapter.message("q", event_id=event_id), held):
+            ran.append(event_id)
+            await asyncio.sleep(0.05)
+            assert await store.inbox.finish("inmemory", event_id, "answered", fence=held.fence)
+
+    return turn
+
+
 async def test_a_turn_waits_for_an_earlier_question_held_elsewhere_then_yields_to_it(
     backend: Backend,
 ) -> None:
-    adapter = InMemoryAdapter()
     here = await backend.open(lease_s=60)
     there = await backend.open()  # its lease is short: it "dies" at once
     first = await claim(there, "e1")
@@ -31,11 +47,7 @@ async def test_a_turn_waits_for_an_earlier_question_held_elsewhere_then_yields_t
     order = ConversationOrder(here.inbox, shared=True)
     ran: list[str] = []
 
-    async def turn(event_id: str, held: Claim) -> None:
-        async with order.turn(adapter.message("q", event_id=event_id), held):
-            ran.append(event_id)
-            await asyncio.sleep(0.05)
-            assert await here.inbox.finish("inmemory", event_id, "answered", fence=held.fence)
+    turn = finishing_turns(order, here, ran)
 
     later = asyncio.create_task(turn("e2", second))
     await asyncio.sleep(0.3)
@@ -59,18 +71,13 @@ async def test_a_turn_waits_for_an_earlier_question_this_replica_took_but_has_no
     # Between its claim and its turn joining the queue, a question is on its way through
     # the intake (the queue notice, a task to start): a later question of the conversation,
     # taken by this replica meanwhile, must not overtake it.
-    adapter = InMemoryAdapter()
     here = await backend.open(lease_s=60)
     first = await claim(here, "e1")
     second = await claim(here, "e2")
     order = ConversationOrder(here.inbox, shared=True)
     ran: list[str] = []
 
-    async def turn(event_id: str, held: Claim) -> None:
-        async with order.turn(adapter.message("q", event_id=event_id), held):
-            ran.append(event_id)
-            await asyncio.sleep(0.05)
-            assert await here.inbox.finish("inmemory", event_id, "answered", fence=held.fence)
+    turn = finishing_turns(order, here, ran)
 
     later = asyncio.create_task(turn("e2", second))
     await asyncio.sleep(0.3)
