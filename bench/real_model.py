@@ -54,7 +54,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.config import Settings, load_settings
 from bot.contract import Reply
-from bot.pipeline.prompts import TOPIC_MARKER
 from bot.runtime import Runtime
 from tests.conftest import config_text
 from tests.fakes import confusable
@@ -110,11 +109,9 @@ def replaying(path: Path) -> Responder:
     recorded: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
 
     def responder(body: dict[str, Any]) -> list[str]:
-        messages = body.get("messages") or []
-        system = str(messages[0].get("content", "")) if messages else ""
-        question = re.findall(r"^Question:[ \t]*(.*)", str(messages[-1].get("content", "")), re.M)
-        if TOPIC_MARKER in system and question and question[-1].strip() in recorded:
-            return split_tokens(recorded[question[-1].strip()])
+        question = confusable.keyword_question(body)
+        if question in recorded:
+            return split_tokens(recorded[question])
         return confusable.keyword_responder(body)
 
     return responder

@@ -89,13 +89,20 @@ def _question(user: str) -> str:
     return found[-1].strip() if found else ""
 
 
-def keyword_responder(body: dict[str, Any]) -> list[str]:
-    """The scripted keywords for a known question; the default fake model otherwise."""
+def keyword_question(body: dict[str, Any]) -> str | None:
+    """The question a chat request asks keywords for; None when it is another prompt."""
     messages = body.get("messages") or []
     system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
     users = [str(m.get("content", "")) for m in messages if m.get("role") == "user"]
-    script = keywords_by_question().get(_question(users[-1]) if users else "")
-    if TOPIC_MARKER not in system or script is None:
+    if TOPIC_MARKER not in system:
+        return None
+    return _question(users[-1]) if users else ""
+
+
+def keyword_responder(body: dict[str, Any]) -> list[str]:
+    """The scripted keywords for a known question; the default fake model otherwise."""
+    script = keywords_by_question().get(keyword_question(body) or "")
+    if script is None:
         return default_responder(body)
     # A model that does what the prompt asks: the JSON object, with or without a grammar.
     return split_tokens(json.dumps({"keywords": list(script)}))
