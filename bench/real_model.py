@@ -62,6 +62,7 @@ from tests.fakes.ollama import FakeOllama, Responder, split_tokens
 from tests.fakes.wikipedia import FakeWikipedia
 
 _WORD = re.compile(r"\w+")
+_CITATION = re.compile(r"\[\d+(?:, \d+)*\]")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,17 @@ class Outcome:
     @property
     def cited(self) -> bool:
         return any(s.cited for s in self.reply.sources)
+
+    @property
+    def citing(self) -> str:
+        """Who cited: the model, the bot by attribution only, the bot listing the sources
+        (the model wrote nothing usable, or was down), or nobody."""
+        kinds = {notice.kind for notice in self.reply.notices}
+        if not self.cited:
+            return "none"
+        if kinds & {"answer_empty", "llm_unavailable"}:
+            return "listed"
+        return "model" if _CITATION.search(self.reply.body) else "attributed"
 
     @property
     def words(self) -> int:
@@ -215,6 +227,12 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> None:
     print(f"model {args.model} at {args.base_url} ({args.provider}); {n} turns")
     print(f"hit@1            {sum(o.hit for o in outcomes) / n:.2f}")
     print(f"uncited answers  {sum(not o.cited for o in outcomes)} of {n}")
+    citing = Counter(o.citing for o in outcomes)
+    print(
+        f"cited by         the model {citing['model']}, the bot's attribution only "
+        f"{citing['attributed']}, the bot's list of sources (the model wrote nothing) "
+        f"{citing['listed']}, nobody {citing['none']}"
+    )
     print(
         f"keyword replies  {sum(o.keywords_rejected for o in outcomes)} of {n} not used as "
         f"they came; topics searched {topics} ({topics / n:.1f} per turn), {own_words} "

@@ -1,6 +1,8 @@
 """Answers that cite, stay bounded and say when they are not good: the layout filter, the
 attribution of uncited sentences, the token limit, and the turn's status, end to end
-against the fake Ollama playing the real models' misbehaviours (tests/fakes/answer_modes.py).
+against the fake model server playing the real models' misbehaviours
+(tests/fakes/answer_modes.py). The end-to-end tests run once per ``[llm].provider``, against
+the fake Ollama and the fake OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import dataclasses
 import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,14 +26,26 @@ from bot.contract import Attribution, Notice, Reply, Source
 from bot.core import metrics
 from bot.intake.codec import decode_reply, encode_reply
 from bot.pipeline import citations
-from bot.pipeline.answer import SAID_NOTHING, WordBudget
+from bot.pipeline.answer import WordBudget, said_nothing
 from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.layout import LayoutFilter, PromptLines
 from bot.pipeline.llm import build_chat_model, call_options, close_chat_model, finish_reason
 from bot.pipeline.prompts import SYNTHESIS_MARKER
+from bot.pipeline.wording import NOTHING_WRITTEN
 from bot.runtime import Runtime
+from tests.conftest import LLM_PROVIDERS, FakeLLM
 from tests.fakes import answer_modes
-from tests.fakes.ollama import FakeOllama
+
+
+@pytest.fixture(params=LLM_PROVIDERS)
+def llm_provider(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def token_limit(body: dict[str, Any]) -> int:
+    """The token limit a chat request asked for, in either provider's field."""
+    return int(body["options"]["num_predict"] if "options" in body else body["max_tokens"])
+
 
 QUESTION = "What is the transformer architecture in deep learning?"
 SYSTEM = (
@@ -149,24 +164,24 @@ def test_attributed_citations_render_in_place_and_survive_the_outbox() -> None:
 
 
 async def test_a_call_stopped_by_its_token_limit_says_length(
-    make_settings: Callable[..., Settings], ollama: FakeOllama
+    make_settings: Callable[..., Settings], llm: FakeLLM
 ) -> None:
     settings = make_settings().llm
-    llm = build_chat_model(settings)
+    model = build_chat_model(settings)
     try:
         reasons = []
         for limit in (5, None):
-            chain = llm.bind(**call_options(settings, max_tokens=limit))
+            chain = model.bind(**call_options(settings, max_tokens=limit))
             chunks = [chunk async for chunk in chain.astream("one two three four five six seven")]
             reasons.append(
                 [finish_reason(settings, c) for c in chunks if finish_reason(settings, c)]
             )
         assert reasons == [["length"], ["stop"]]
-        assert ollama.replies == ["one two three four five", "one two three four five six seven"]
-        limits = [body["options"]["num_predict"] for body in ollama.chat_bodies()]
+        assert llm.replies == ["one two three four five", "one two three four five six seven"]
+        limits = [token_limit(body) for body in llm.chat_bodies()]
         assert limits == [5, settings.max_tokens]
     finally:
-        await close_chat_model(llm, settings)
+        await close_chat_model(model, settings)
 
 
 def test_every_platform_shows_the_bots_citations_in_place_and_says_so() -> None:
@@ -206,21 +221,21 @@ def kinds(reply: Reply) -> list[str]:
 
 
 async def test_a_well_behaved_answer_is_answered_with_nothing_added(
-    bot: InMemoryAdapter, ollama: FakeOllama
+    bot: InMemoryAdapter, llm: FakeLLM
 ) -> None:
     reply = await bot.ask(QUESTION)
     assert reply.status == "answered" and reply.notices == ()
     assert reply.attributions == ()
     assert ATTRIBUTED_HEADING not in shown(bot)
-    answer = ollama.chat_bodies()[-1]
-    assert answer["options"]["num_predict"] == 1024
+    answer = llm.chat_bodies()[-1]
+    assert token_limit(answer) == 1024
     assert "in at most 150 words" in answer["messages"][0]["content"]
 
 
 async def test_an_uncited_answer_gets_the_bots_citations_and_is_degraded(
-    bot: InMemoryAdapter, ollama: FakeOllama
+    bot: InMemoryAdapter, llm: FakeLLM
 ) -> None:
-    ollama.responder = answer_modes.uncited
+    llm.responder = answer_modes.uncited
     reply = await bot.ask(QUESTION)
 
     assert reply.status == "degraded"
@@ -239,57 +254,94 @@ async def test_an_uncited_answer_gets_the_bots_citations_and_is_degraded(
     assert [a["n"] for a in reply_json(reply)["attributed"]] == [a.n for a in reply.attributions]
 
 
-async def test_a_copied_sources_list_is_stripped(bot: InMemoryAdapter, ollama: FakeOllama) -> None:
-    ollama.responder = answer_modes.copied_sources
+async def test_a_copied_sources_list_is_stripped(bot: InMemoryAdapter, llm: FakeLLM) -> None:
+    llm.responder = answer_modes.copied_sources
     reply = await bot.ask(QUESTION)
 
-    assert "Sources:" in ollama.replies[-1]
+    assert "Sources:" in llm.replies[-1]
     assert reply.body.endswith("[1].") and "\n" not in reply.body, reply.body
     assert "invented" not in shown(bot) and "Source statistics" not in shown(bot)
     assert reply.status == "answered", reply.notices
 
 
-async def test_a_placeholder_answer_says_nothing_was_written(
-    bot: InMemoryAdapter, ollama: FakeOllama
+async def test_a_placeholder_answer_is_replaced_by_the_sources_it_had(
+    bot: InMemoryAdapter, llm: FakeLLM
 ) -> None:
-    ollama.responder = answer_modes.placeholder
+    llm.responder = answer_modes.placeholder
     counted = {"kind": "answer_empty"}
     before = metrics.REGISTRY.get_sample_value("research_agent_turn_notices_total", counted)
     reply = await bot.ask(QUESTION)
     after = metrics.REGISTRY.get_sample_value("research_agent_turn_notices_total", counted)
     assert (after or 0) - (before or 0) == 1, "operators count the turns it degrades"
 
-    assert reply.body == SAID_NOTHING
+    lead, *lines = reply.body.split("\n")
+    assert lead == NOTHING_WRITTEN
+    # The best sources, each cited by its number, with its first sentence.
+    assert lines and len(lines) <= len(reply.sources)
+    for line, source in zip(lines, reply.sources, strict=False):
+        assert line.startswith(f"[{source.n}] {source.title}: ") and line.endswith(".")
+    assert [s.n for s in reply.sources if s.cited] == list(range(1, len(lines) + 1))
     assert reply.status == "degraded" and "answer_empty" in kinds(reply)
+    assert "answer_uncited" not in kinds(reply), "the bot's lines cite what they quote"
     # An operator-only notice: counted, but no line in the chat.
     assert shown(bot).endswith(render_reply(reply, operator=False).split("\n\n")[-1])
     assert "had nothing" not in shown(bot)
     assert "had nothing" in render_reply(reply, operator=True)
 
 
-async def test_an_echoed_prompt_is_dropped_and_degrades_the_turn(
-    bot: InMemoryAdapter, ollama: FakeOllama
+async def test_a_lead_in_with_nothing_after_it_is_followed_by_the_sources(
+    bot: InMemoryAdapter, llm: FakeLLM
 ) -> None:
-    ollama.responder = answer_modes.echo
+    llm.responder = answer_modes.lead_in
     reply = await bot.ask(QUESTION)
 
-    assert SYNTHESIS_MARKER in ollama.replies[-1]
+    # What was streamed stays (a stream only grows); the sources follow it.
+    assert reply.body.startswith(f"The answer to this question is:\n\n{NOTHING_WRITTEN}\n[1] ")
+    assert reply.sources[0].cited
+    assert reply.status == "degraded" and "answer_empty" in kinds(reply)
+    assert reply.body in shown(bot)
+
+
+@pytest.mark.parametrize(
+    ("body", "nothing"),
+    [
+        ("", True),
+        ("...", True),
+        ("The answer to this question is:", True),
+        ("Answer:", True),
+        ("The answer is: 2.1 years", False),
+        ("The answer is no.", False),
+        ("Mercury has three uses:\n- thermometers", False),
+        ("It depends on several things, all of which the sources below describe in turn:", False),
+    ],
+)
+def test_said_nothing_knows_a_lone_lead_in_from_an_answer(body: str, nothing: bool) -> None:
+    assert said_nothing(body) is nothing
+
+
+async def test_an_echoed_prompt_is_dropped_and_degrades_the_turn(
+    bot: InMemoryAdapter, llm: FakeLLM
+) -> None:
+    llm.responder = answer_modes.echo
+    reply = await bot.ask(QUESTION)
+
+    assert SYNTHESIS_MARKER in llm.replies[-1]
     assert SYNTHESIS_MARKER not in reply.body and "Question:" not in reply.body
     assert reply.status == "degraded"
     assert "answer_echo" in kinds(reply)
 
 
 async def test_an_answer_cut_by_the_token_limit_says_so(
-    make_settings: Callable[..., Settings], ollama: FakeOllama
+    make_settings: Callable[..., Settings], llm: FakeLLM
 ) -> None:
-    ollama.responder = answer_modes.rambling
+    llm.responder = answer_modes.rambling
     settings = make_settings(analysis={"enabled": False}, llm={"max_tokens": 60})
     async with await Runtime.start(settings) as runtime:
         bot = InMemoryAdapter()
         await runtime.add_adapter(bot)
         reply = await bot.ask(QUESTION)
 
-    assert len(ollama.replies[-1].split()) < 60
+    assert len(llm.replies[-1].split()) < 60
     assert reply.status == "degraded"
     (cut,) = [n for n in reply.notices if n.kind == "answer_cut"]
     assert "[llm].max_tokens (60)" in cut.operator
@@ -297,9 +349,9 @@ async def test_an_answer_cut_by_the_token_limit_says_so(
 
 
 async def test_an_answer_is_cut_at_half_again_its_length_target(
-    make_settings: Callable[..., Settings], ollama: FakeOllama
+    make_settings: Callable[..., Settings], llm: FakeLLM
 ) -> None:
-    ollama.responder = answer_modes.rambling  # 1,000 words and more, all cited
+    llm.responder = answer_modes.rambling  # 1,000 words and more, all cited
     settings = make_settings(analysis={"enabled": False}, chat={"answer_words": 20})
     async with await Runtime.start(settings) as runtime:
         bot = InMemoryAdapter()
@@ -331,8 +383,10 @@ async def test_a_turn_with_no_source_is_degraded(bot: InMemoryAdapter) -> None:
     assert reply.notices[0].user == ""
 
 
+# What this measures is the embedding model's: one provider is enough (12 s a run).
+@pytest.mark.parametrize("llm_provider", ["ollama"])
 async def test_with_the_real_embedding_model_only_the_uncited_answer_is_attributed(
-    write_config: Callable[..., Path], ollama: FakeOllama
+    write_config: Callable[..., Path], llm: FakeLLM
 ) -> None:
     settings = load_settings(write_config(backend="sentence-transformers"), env={})
     settings = dataclasses.replace(
@@ -342,7 +396,7 @@ async def test_with_the_real_embedding_model_only_the_uncited_answer_is_attribut
         bot = InMemoryAdapter()
         await runtime.add_adapter(bot)
         well = await bot.ask(QUESTION)
-        ollama.responder = answer_modes.uncited
+        llm.responder = answer_modes.uncited
         uncited = await bot.ask("How does attention work in transformers?")
 
     # The well-behaved model's "Some details may not be covered by these sources" (its

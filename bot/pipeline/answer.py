@@ -38,6 +38,7 @@ from bot.pipeline.wording import (
     ANSWER_SLOW,
     LLM_DOWN,
     LLM_SLOW,
+    NOTHING_WRITTEN,
     fallback_answer,
     nothing_found,
 )
@@ -47,12 +48,14 @@ _log = logging.getLogger(__name__)
 
 # Without the model, the answer is the first sentences of this many best sources.
 FALLBACK_SOURCES = 3
-SAID_NOTHING = "I could not write an answer from these sources; here they are."
+# A lead-in with nothing after it ("The answer to this question is:") says nothing.
+_LEAD_IN_WORDS = 12
 
 
 class Body(NamedTuple):
     """The answer as streamed, the source numbers it cites, and whether the model wrote it
-    (not the bot's own words: nothing found, or the sources while the model is down)."""
+    (not the bot's own words: nothing found, or the sources listed when the model is
+    down or wrote nothing usable)."""
 
     text: str
     cited: list[int]
@@ -186,15 +189,31 @@ class AnswerWriter:
         finally:
             turn.neutralised += safety.neutralised
         self._copied(turn, layout)
-        body = turn.shown
-        if not body:
-            # Only whitespace, a think block, or lines copied from the prompt: nothing usable.
-            turn.notices.append(
-                Notice("answer_empty", "", operator="the model's answer had nothing to show")
+        if said_nothing(turn.shown):
+            return await self._sources_instead(turn, sources)
+        return Body(turn.shown, answer_filter.cited, written=True)
+
+    @staticmethod
+    async def _sources_instead(turn: Turn, sources: Sequence[Numbered]) -> Body:
+        """The answer when the model wrote nothing usable: the best sources' first sentences.
+
+        What was shown (a lead-in, at most) stays: the stream only ever grows.
+        """
+        turn.notices.append(
+            Notice(
+                "answer_empty",
+                "",
+                operator="the model's answer had nothing to show (empty, a lead-in, or lines "
+                "copied from the prompt): the best sources are listed instead",
             )
-            body = SAID_NOTHING
-            await turn.emit(body)
-        return Body(body, answer_filter.cited, written=True)
+        )
+        listed = sources[:FALLBACK_SOURCES]
+        text, found = neutralise(
+            fallback_answer(listed, NOTHING_WRITTEN), {s.url for s, _ in listed}
+        )
+        turn.neutralised += found
+        await turn.emit(("\n\n" if turn.shown else "") + text)
+        return Body(turn.shown, [s.n for s, _ in listed])
 
     def _prompt_lines(self, inputs: Mapping[str, Any], sources: Sequence[Numbered]) -> PromptLines:
         """The lines of this turn's prompt the answer must not copy."""
@@ -246,6 +265,13 @@ class AnswerWriter:
                     "prompt; a chat (instruct) model follows it, a base model does not.",
                 )
             )
+
+
+def said_nothing(body: str) -> bool:
+    """Whether an answer has nothing to read: empty, only marks, or a lone lead-in line."""
+    if not any(ch.isalnum() for ch in body):
+        return True
+    return body.endswith(":") and "\n" not in body and len(body.split()) <= _LEAD_IN_WORDS
 
 
 # How far past [chat].answer_words an answer may run before the stream is cut.

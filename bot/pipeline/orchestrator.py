@@ -271,12 +271,13 @@ class Pipeline:
             body = await turn.clock.time(
                 "synthesis_s", self._writer.write(turn, state, sources, fetched, report)
             )
+            # Only the model's words are checked: the bot's own lines quote their sources.
             checked = (
                 await turn.clock.time(
                     "citations_s",
-                    self._relevance.check_citations(body.text, passages, attribute=body.written),
+                    self._relevance.check_citations(body.text, passages),
                 )
-                if passages is not None
+                if passages is not None and body.written
                 else CitationCheck([], [])
             )
         finally:

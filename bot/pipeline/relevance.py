@@ -126,13 +126,13 @@ class Relevance:
         return out
 
     async def check_citations(
-        self, body: str, passages: Awaitable[PassageVectors | None], *, attribute: bool
+        self, body: str, passages: Awaitable[PassageVectors | None]
     ) -> CitationCheck:
-        """The body's citations that their sources barely support, and, with ``attribute``
-        (and ``[citations].attribute``), sources for the sentences it left uncited (see
+        """The model's citations that their sources barely support, and, with
+        ``[citations].attribute``, sources for the sentences it left uncited (see
         bot.pipeline.citations). The sentences of both are embedded in one batch."""
         cited = citations.cited_sentences(body)
-        claims = citations.uncited_claims(body) if attribute and self._citations.attribute else []
+        claims = citations.uncited_claims(body) if self._citations.attribute else []
         vectors = await passages
         if not (cited or claims) or vectors is None:
             return CitationCheck([], [])

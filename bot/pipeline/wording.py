@@ -28,6 +28,7 @@ __all__ = [
     "GIVEN_UP",
     "LLM_DOWN",
     "LLM_SLOW",
+    "NOTHING_WRITTEN",
     "NOT_RANKED",
     "NOT_RESTORED",
     "NOT_SAVED",
@@ -47,6 +48,9 @@ FAILURE_LINE = "Sorry, something went wrong while researching that. Please try a
 FALLBACK_LEAD = (
     "I could not write an answer just now because the language model is unavailable. "
     "Here is what the most relevant sources say:"
+)
+NOTHING_WRITTEN = (
+    "The language model wrote no answer this time. Here is what the most relevant sources say:"
 )
 # Notices: each a user line (safe in a public channel) for a bot.contract.Notice.
 LLM_DOWN = "The language model is unavailable right now, so this lists sources only."
@@ -99,13 +103,14 @@ def question_cut_line(length: int, limit: int) -> str:
     return f"Your message was {length:,} characters long; I used only its first {limit:,}."
 
 
-def fallback_answer(sources: Sequence[tuple[Source, str]]) -> str:
-    """The answer when the model is unavailable: :data:`FALLBACK_LEAD`, then the sources.
+def fallback_answer(sources: Sequence[tuple[Source, str]], lead: str = FALLBACK_LEAD) -> str:
+    """The answer without the model's: ``lead`` (by default, that it is unavailable), then
+    the sources.
 
     Lists ``sources`` (the caller picks the best few) as ``[n] Title: first sentence.``
     lines; their links are in the reply's Sources list.
     """
-    lines = [FALLBACK_LEAD]
+    lines = [lead]
     for source, text in sources:
         line = f"[{source.n}] {source.title}"
         sentence = first_sentence(text)

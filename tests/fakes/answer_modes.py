@@ -8,6 +8,7 @@ Each plays one misbehaviour of a small or base model at the answer prompt
 * :func:`copied_sources`: a cited answer, then a second sources list in the prompt's
   layout ("[1] Title (Wikipedia)" and an invented URL) and a "Source statistics:" line;
 * :func:`placeholder`: the prompt's placeholder ``(none)`` and nothing else;
+* :func:`lead_in`: a lead-in ("The answer to this question is:") and nothing after it;
 * :func:`echo`: the whole prompt, system message first, as a base model continues it;
 * :func:`rambling`: a cited answer that goes on and on (for the token limit).
 """
@@ -26,7 +27,7 @@ from tests.fakes.scripted import (
     split_tokens,
 )
 
-__all__ = ["copied_sources", "echo", "placeholder", "rambling", "uncited"]
+__all__ = ["copied_sources", "echo", "lead_in", "placeholder", "rambling", "uncited"]
 
 Responder = Callable[[dict[str, Any]], list[str]]
 
@@ -69,6 +70,11 @@ def copied_sources(system: str, user: str) -> str:
 @_at_answer
 def placeholder(system: str, user: str) -> str:
     return "(none)"
+
+
+@_at_answer
+def lead_in(system: str, user: str) -> str:
+    return "The answer to this question is:"
 
 
 @_at_answer
