@@ -95,6 +95,12 @@ LAYOUT_CASES = [
         "programming language, they say [1].",
         [1, 2],
     ),
+    # The conversation transcript, echoed after the prompt by a base model.
+    (
+        "User: how hot does mercury get?\nAssistant: Mercury is a planet.\nRust is fast [1].",
+        "Rust is fast [1].",
+        [1],
+    ),
     # Blank lines around a dropped line go with it.
     ("First [1].\n\n(none)\n\nSecond [2].\n\n", "First [1].\n\nSecond [2].", [1, 2]),
 ]

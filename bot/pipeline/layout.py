@@ -21,11 +21,14 @@ from dataclasses import dataclass
 
 __all__ = ["LayoutFilter", "PromptLines"]
 
-# The bot's own section headings (the prompt's and the rendered reply's): a line that
-# starts with one is layout, whatever follows it on the line.
+# The bot's own section headings (the prompt's and the rendered reply's), and the roles of
+# its conversation transcript: a line that starts with one is layout, whatever follows it
+# on the line. (A base model that echoes the prompt goes on to echo the transcript.)
 HEADINGS = (
     "conversation summary:",
     "recent conversation:",
+    "user:",
+    "assistant:",
     "sources:",
     "source statistics:",
     "notes:",
@@ -62,7 +65,7 @@ class PromptLines:
     model); ``shown`` the lines of the sections it must not copy (the sources, their URLs,
     the statistics, the notes); ``titles`` the numbered sources' titles, for copied
     entries with invented URLs. The conversation is left out: repeating an earlier answer
-    is not copying the layout.
+    is not copying the layout (its transcript's ``User:`` lines are, see :data:`HEADINGS`).
     """
 
     instructions: frozenset[str]
