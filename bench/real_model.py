@@ -9,8 +9,9 @@ or with ``--provider openai`` an OpenAI-compatible server (llama.cpp's, vLLM, LM
 Nothing here is scripted, so the figures are what a user of that model would get:
 
 * hit@1: the gold source ranked first among the turn's sources;
-* uncited: answers that cite no source (attributed citations counted apart, when the
-  pipeline adds them);
+* uncited: answers that cite no source; and who cited the others: the model, the bot by
+  attributing the model's sentences, or the bot listing the best sources after an answer
+  no source matched or instead of an empty one;
 * keyword replies: turns whose reply was not used as it came (prose, off topic, cut...),
   and the topics searched;
 * answer length in words, against the prompt's target; turns cut at the token limit;
@@ -54,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.config import Settings, load_settings
 from bot.contract import Reply
+from bot.pipeline.wording import UNMATCHED
 from bot.runtime import Runtime
 from tests.conftest import config_text
 from tests.fakes import confusable
@@ -83,13 +85,17 @@ class Outcome:
 
     @property
     def citing(self) -> str:
-        """Who cited: the model, the bot by attribution only, the bot listing the sources
-        (the model wrote nothing usable, or was down), or nobody."""
+        """Who cited: the model; the bot, by attribution only; the bot listing the sources
+        after an answer no source matched (``unmatched``: the model's own words still cite
+        nothing), or instead of one (``listed``: the model wrote nothing usable, or was
+        down); or nobody."""
         kinds = {notice.kind for notice in self.reply.notices}
         if not self.cited:
             return "none"
         if kinds & {"answer_empty", "llm_unavailable"}:
             return "listed"
+        if UNMATCHED in self.reply.body:
+            return "unmatched"
         return "model" if _CITATION.search(self.reply.body) else "attributed"
 
     @property
@@ -230,9 +236,12 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> None:
     citing = Counter(o.citing for o in outcomes)
     print(
         f"cited by         the model {citing['model']}, the bot's attribution only "
-        f"{citing['attributed']}, the bot's list of sources (the model wrote nothing) "
-        f"{citing['listed']}, nobody {citing['none']}"
+        f"{citing['attributed']}, the bot's list of sources after an answer no source "
+        f"matched {citing['unmatched']} or instead of an empty one {citing['listed']}, "
+        f"nobody {citing['none']}"
     )
+    own = citing["model"] + citing["attributed"]
+    print(f"answer's own words cited (the model's or attributed): {own} of {n}")
     print(
         f"keyword replies  {sum(o.keywords_rejected for o in outcomes)} of {n} not used as "
         f"they came; topics searched {topics} ({topics / n:.1f} per turn), {own_words} "

@@ -31,7 +31,7 @@ from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.layout import LayoutFilter, PromptLines
 from bot.pipeline.llm import build_chat_model, call_options, close_chat_model, finish_reason
 from bot.pipeline.prompts import SYNTHESIS_MARKER
-from bot.pipeline.wording import NOTHING_WRITTEN
+from bot.pipeline.wording import NOTHING_WRITTEN, UNMATCHED
 from bot.runtime import Runtime
 from tests.conftest import LLM_PROVIDERS, FakeLLM
 from tests.fakes import answer_modes
@@ -305,6 +305,27 @@ async def test_a_lead_in_with_nothing_after_it_is_followed_by_the_sources(
     assert reply.body.startswith(f"The answer to this question is:\n\n{NOTHING_WRITTEN}\n[1] ")
     assert reply.sources[0].cited
     assert reply.status == "degraded" and "answer_empty" in kinds(reply)
+    assert reply.body in shown(bot)
+
+
+@pytest.mark.parametrize("mode", [answer_modes.bare_figure, answer_modes.unsupported])
+async def test_an_answer_no_source_matches_is_followed_by_what_the_sources_say(
+    bot: InMemoryAdapter, llm: FakeLLM, mode: answer_modes.Responder
+) -> None:
+    llm.responder = mode
+    reply = await bot.ask(QUESTION)
+
+    written, listed = reply.body.split("\n\n")
+    assert written == llm.replies[-1], "the model's words stay, unmarked"
+    lead, *lines = listed.split("\n")
+    assert lead == UNMATCHED and lines
+    for line, source in zip(lines, reply.sources, strict=False):
+        assert line.startswith(f"[{source.n}] {source.title}: ")
+    assert reply.attributions == () and reply.weak_citations == ()
+    assert [s.n for s in reply.sources if s.cited] == list(range(1, len(lines) + 1))
+    (uncited,) = [n for n in reply.notices if n.kind == "answer_uncited"]
+    assert uncited.user == "" and "listed" in uncited.operator, "the body says it already"
+    assert reply.status == "degraded"
     assert reply.body in shown(bot)
 
 

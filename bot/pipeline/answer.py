@@ -193,12 +193,8 @@ class AnswerWriter:
             return await self._sources_instead(turn, sources)
         return Body(turn.shown, answer_filter.cited, written=True)
 
-    @staticmethod
-    async def _sources_instead(turn: Turn, sources: Sequence[Numbered]) -> Body:
-        """The answer when the model wrote nothing usable: the best sources' first sentences.
-
-        What was shown (a lead-in, at most) stays: the stream only ever grows.
-        """
+    async def _sources_instead(self, turn: Turn, sources: Sequence[Numbered]) -> Body:
+        """The answer when the model wrote nothing usable: the best sources' first sentences."""
         turn.notices.append(
             Notice(
                 "answer_empty",
@@ -207,10 +203,16 @@ class AnswerWriter:
                 "copied from the prompt): the best sources are listed instead",
             )
         )
+        return await self.list_sources(turn, sources, NOTHING_WRITTEN)
+
+    @staticmethod
+    async def list_sources(turn: Turn, sources: Sequence[Numbered], lead: str) -> Body:
+        """Add ``lead`` and the best sources' first sentences, each cited, to the answer.
+
+        What was shown stays (a stream only ever grows); the body is the bot's from here.
+        """
         listed = sources[:FALLBACK_SOURCES]
-        text, found = neutralise(
-            fallback_answer(listed, NOTHING_WRITTEN), {s.url for s, _ in listed}
-        )
+        text, found = neutralise(fallback_answer(listed, lead), {s.url for s, _ in listed})
         turn.neutralised += found
         await turn.emit(("\n\n" if turn.shown else "") + text)
         return Body(turn.shown, [s.n for s, _ in listed])

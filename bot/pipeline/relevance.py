@@ -32,10 +32,12 @@ PassageVectors = dict[int, FloatArray]
 
 
 class CitationCheck(NamedTuple):
-    """What the check found: weak citations, and citations added to uncited sentences."""
+    """What the check found: weak citations, citations added to uncited sentences, and
+    whether an answer that cites nothing was checked and matched no source at all."""
 
     weak: list[WeakCitation]
     attributed: list[Attribution]
+    unmatched: bool = False
 
 
 class Relevance:
@@ -134,8 +136,11 @@ class Relevance:
         cited = citations.cited_sentences(body)
         claims = citations.uncited_claims(body) if self._citations.attribute else []
         vectors = await passages
-        if not (cited or claims) or vectors is None:
+        if vectors is None:
             return CitationCheck([], [])
+        if not (cited or claims):
+            # Nothing cited, and no sentence long enough to be a claim ("The answer is: 3").
+            return CitationCheck([], [], unmatched=self._citations.attribute)
         try:
             embedded = await self._embeddings.embed([c.text for c in cited] + claims)
         except EmbeddingError:
@@ -155,4 +160,4 @@ class Relevance:
                 len(claims),
                 [(a.n, a.support) for a in added],
             )
-        return CitationCheck(weak, added)
+        return CitationCheck(weak, added, unmatched=not cited and bool(claims) and not added)

@@ -36,6 +36,7 @@ __all__ = [
     "UNCITED",
     "UNCITED_ATTRIBUTED",
     "UNDELIVERED",
+    "UNMATCHED",
     "fallback_answer",
     "first_sentence",
     "nothing_found",
@@ -52,6 +53,7 @@ FALLBACK_LEAD = (
 NOTHING_WRITTEN = (
     "The language model wrote no answer this time. Here is what the most relevant sources say:"
 )
+UNMATCHED = "I could not match this answer to its sources. Here is what the most relevant ones say:"
 # Notices: each a user line (safe in a public channel) for a bot.contract.Notice.
 LLM_DOWN = "The language model is unavailable right now, so this lists sources only."
 ANSWER_CUT = "The answer was cut off because the language model stopped responding."

@@ -9,6 +9,8 @@ Each plays one misbehaviour of a small or base model at the answer prompt
   layout ("[1] Title (Wikipedia)" and an invented URL) and a "Source statistics:" line;
 * :func:`placeholder`: the prompt's placeholder ``(none)`` and nothing else;
 * :func:`lead_in`: a lead-in ("The answer to this question is:") and nothing after it;
+* :func:`bare_figure` ("The answer is: 3") and :func:`unsupported` (a claim no source
+  makes): answers no source can be matched to;
 * :func:`echo`: the whole prompt, system message first, as a base model continues it;
 * :func:`rambling`: a cited answer that goes on and on (for the token limit).
 """
@@ -27,7 +29,16 @@ from tests.fakes.scripted import (
     split_tokens,
 )
 
-__all__ = ["copied_sources", "echo", "lead_in", "placeholder", "rambling", "uncited"]
+__all__ = [
+    "bare_figure",
+    "copied_sources",
+    "echo",
+    "lead_in",
+    "placeholder",
+    "rambling",
+    "uncited",
+    "unsupported",
+]
 
 Responder = Callable[[dict[str, Any]], list[str]]
 
@@ -75,6 +86,16 @@ def placeholder(system: str, user: str) -> str:
 @_at_answer
 def lead_in(system: str, user: str) -> str:
     return "The answer to this question is:"
+
+
+@_at_answer
+def bare_figure(system: str, user: str) -> str:
+    return "The answer is: 3"
+
+
+@_at_answer
+def unsupported(system: str, user: str) -> str:
+    return "Quokkas invented the steam engine on a lunar farm in 1642, or so legend says."
 
 
 @_at_answer
