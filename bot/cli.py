@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from bot import __version__
 from bot.adapters.base import Adapter
@@ -36,8 +36,10 @@ from bot.core.text import valid_text
 from bot.core.urls import redact
 from bot.domain import human_time
 from bot.errors import ConfigError, ResearchAgentError, StartupError, StoreError
-from bot.runtime import Runtime
 from bot.store import is_url, migrate_store, open_store
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
 
 _log = logging.getLogger(__name__)
 
@@ -493,6 +495,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, running: _Runn
         memory = dataclasses.replace(settings.memory, summarize_after=2, keep_recent=1)
         settings = dataclasses.replace(settings, memory=memory)
     adapters = chat_adapters(settings) if serving else []
+    # Imported here, not at the top: it brings LangChain and the agents (over a second of
+    # imports), which --help, --version and a config error have no use for.
+    from bot.runtime import Runtime  # noqa: PLC0415 - see above
+
     async with await Runtime.start(settings, adapters=adapters) as runtime:
         running.runtime = runtime
         for notice in runtime.notices:
