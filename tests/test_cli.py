@@ -943,6 +943,21 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == f"research-agent {__version__}\n"
 
 
+async def test_help_and_version_do_not_load_the_runtime() -> None:
+    # LangChain and the agents take over a second to import: only a command that runs
+    # the pipeline may pay for them.
+    check = (
+        "import sys\nfrom bot.cli import main\ntry:\n    main(['--version'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('bot.runtime', 'langchain_core') if m in sys.modules))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", check, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert out.decode().splitlines()[-1] == "[]"
+
+
 def test_hints_name_the_command_the_user_ran() -> None:
     assert invoked_as("/srv/app/.venv/bin/research-agent", {}) == "research-agent"
     assert invoked_as("/srv/app/bot/__main__.py", {}) == "python -m bot"
