@@ -98,6 +98,14 @@ def llm(llm_provider: str, request: pytest.FixtureRequest) -> FakeLLM:
     return fake
 
 
+def ignore_token_limit(fake: FakeLLM) -> None:
+    """The server streams past the call's token limit: the bot's own count must hold."""
+    if isinstance(fake, FakeOpenAI):
+        fake.ignore_max_tokens = True
+    else:
+        fake.honours_num_predict = False
+
+
 def llm_base_url(fake: FakeLLM) -> str:
     """``[llm].base_url`` for a fake: Ollama's root, or the OpenAI API's ``/v1``."""
     return fake.base_url if isinstance(fake, FakeOpenAI) else fake.url

@@ -11,7 +11,6 @@ import dataclasses
 import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -35,16 +34,12 @@ from bot.pipeline.wording import NOTHING_WRITTEN, UNMATCHED
 from bot.runtime import Runtime
 from tests.conftest import LLM_PROVIDERS, FakeLLM
 from tests.fakes import answer_modes
+from tests.fakes.scripted import requested_token_limit
 
 
 @pytest.fixture(params=LLM_PROVIDERS)
 def llm_provider(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def token_limit(body: dict[str, Any]) -> int:
-    """The token limit a chat request asked for, in either provider's field."""
-    return int(body["options"]["num_predict"] if "options" in body else body["max_tokens"])
 
 
 QUESTION = "What is the transformer architecture in deep learning?"
@@ -184,7 +179,7 @@ async def test_a_call_stopped_by_its_token_limit_says_length(
             )
         assert reasons == [["length"], ["stop"]]
         assert llm.replies == ["one two three four five", "one two three four five six seven"]
-        limits = [token_limit(body) for body in llm.chat_bodies()]
+        limits = [requested_token_limit(body) for body in llm.chat_bodies()]
         assert limits == [5, settings.max_tokens]
     finally:
         await close_chat_model(model, settings)
@@ -234,7 +229,7 @@ async def test_a_well_behaved_answer_is_answered_with_nothing_added(
     assert reply.attributions == ()
     assert ATTRIBUTED_HEADING not in shown(bot)
     answer = llm.chat_bodies()[-1]
-    assert token_limit(answer) == 1024
+    assert requested_token_limit(answer) == 1024
     assert "in at most 150 words" in answer["messages"][0]["content"]
 
 

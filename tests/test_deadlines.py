@@ -21,9 +21,8 @@ from bot.pipeline.orchestrator import BACKSTOP_S
 from bot.pipeline.prompts import SYNTHESIS_MARKER
 from bot.pipeline.wording import ANSWER_LONG, ANSWER_SLOW, LLM_SLOW, TURN_SLOW
 from bot.runtime import Runtime
-from tests.conftest import LLM_PROVIDERS, FakeLLM
+from tests.conftest import LLM_PROVIDERS, FakeLLM, ignore_token_limit
 from tests.fakes.base import Fault
-from tests.fakes.openai import FakeOpenAI
 from tests.fakes.scripted import default_responder
 from tests.fakes.wikipedia import FakeWikipedia
 
@@ -45,14 +44,6 @@ def answering(llm: FakeLLM, answer: Callable[[], Iterator[str]]) -> None:
         return default_responder(body)
 
     llm.responder = responder
-
-
-def ignore_token_limit(llm: FakeLLM) -> None:
-    """The server streams past the call's token limit: the bot's own count must hold."""
-    if isinstance(llm, FakeOpenAI):
-        llm.ignore_max_tokens = True
-    else:
-        llm.honours_num_predict = False
 
 
 async def start(runtime: Runtime) -> InMemoryAdapter:

@@ -309,6 +309,34 @@ async def test_a_bad_response_format_is_a_400(
         )
 
 
+async def test_a_json_schema_is_honoured_and_a_server_may_ignore_it(
+    fake: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"keywords": {"type": "array", "items": {"type": "string"}}},
+        "required": ["keywords"],
+    }
+
+    async def reply(response_format: dict[str, Any]) -> str:
+        completion = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"response_format": response_format},
+        )
+        return completion.choices[0].message.content or ""
+
+    wanted = {"type": "json_schema", "json_schema": {"name": "k", "schema": schema}}
+    fake.responder = lambda body: '{"keywords": ["Mercury"]}'
+    assert await reply(wanted) == '{"keywords": ["Mercury"]}'
+    fake.responder = lambda body: "The answer is Mercury."
+    assert json.loads(await reply(wanted)) == {"keywords": ["The answer is Mercury."]}
+    assert json.loads(await reply({"type": "json_object"})) == "The answer is Mercury."
+    assert await reply({"type": "text"}) == "The answer is Mercury."
+    fake.honours_format = False
+    assert await reply(wanted) == "The answer is Mercury."
+
+
 async def test_a_client_hanging_up_is_recorded(fake: FakeOpenAI, make_llm: MakeLLM) -> None:
     fake.chunk_delay_s = 0.01
     fake.responder = lambda body: ["tok "] * 500

@@ -322,6 +322,7 @@ async def test_openai_bind_options_limit_tokens_and_ask_for_a_schema(
     settings = openai_settings(openai_server)
     provider = provider_for(settings)
     assert provider.bind_options() == {}
+    openai_server.honours_format = False  # the reply as written shows where the cut fell
     llm = build(settings).bind(**provider.bind_options(max_tokens=3, json_schema=SCHEMA))
     chunks: list[BaseMessage] = [c async for c in llm.astream("one two three four five")]
     assert "".join(c.text for c in chunks) == "one two three"

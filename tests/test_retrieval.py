@@ -1,6 +1,8 @@
 """End to end on the confusable set: the real runtime against fakes serving its articles.
 
 The hashing backend keeps it fast; bench/retrieval.py runs the whole set with the real model.
+Every test runs once per ``[llm].provider``: the keyword replies small models give reach
+the bot through Ollama's API and through an OpenAI-compatible one alike.
 """
 
 from __future__ import annotations
@@ -18,11 +20,17 @@ from bot.pipeline import ranking
 from bot.pipeline.prompts import KEYWORD_SCHEMA, TOPIC_MARKER
 from bot.pipeline.search_plan import question_terms
 from bot.runtime import Runtime
+from tests.conftest import LLM_PROVIDERS, FakeLLM, ignore_token_limit
 from tests.fakes import confusable
 from tests.fakes.hackernews import FakeHackerNews
 from tests.fakes.keyword_modes import Mode, misbehaving
-from tests.fakes.ollama import FakeOllama
+from tests.fakes.scripted import requested_schema, requested_token_limit
 from tests.fakes.wikipedia import FakeWikipedia
+
+
+@pytest.fixture(params=LLM_PROVIDERS)
+def llm_provider(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
@@ -38,10 +46,8 @@ async def hackernews() -> AsyncIterator[FakeHackerNews]:
 
 
 @pytest.fixture
-async def runtime(
-    make_settings: Callable[..., Settings], ollama: FakeOllama
-) -> AsyncIterator[Runtime]:
-    ollama.responder = confusable.keyword_responder
+async def runtime(make_settings: Callable[..., Settings], llm: FakeLLM) -> AsyncIterator[Runtime]:
+    llm.responder = confusable.keyword_responder
     settings = make_settings(chat={"max_sources_in_prompt": 20}, analysis={"enabled": False})
     async with await Runtime.start(settings) as rt:
         yield rt
@@ -116,21 +122,21 @@ async def test_sources_remember_the_version_they_were_read_at(
 
 @pytest.mark.parametrize("honours_format", [True, False])
 async def test_a_wrong_topic_keyword_reply_still_finds_the_question_s_article(
-    ollama: FakeOllama, bot: InMemoryAdapter, honours_format: bool
+    llm: FakeLLM, bot: InMemoryAdapter, honours_format: bool
 ) -> None:
     # The issue's case: a small model names "Rust (programming language)" for a question
     # about a film franchise, well-formed, inside the JSON schema or not.
-    ollama.responder = misbehaving(
+    llm.responder = misbehaving(
         "wrong-topic",
         base=confusable.keyword_responder,
         wrong_topics=["Rust (programming language)"],
     )
-    ollama.honours_format = honours_format
+    llm.honours_format = honours_format
     reply = await bot.ask("who leads the autobots?")
 
-    [keyword_call] = [b for b in ollama.chat_bodies() if TOPIC_MARKER in str(b["messages"])]
-    assert keyword_call["format"] == KEYWORD_SCHEMA
-    assert keyword_call["options"]["num_predict"] == 64
+    [keyword_call] = [b for b in llm.chat_bodies() if TOPIC_MARKER in str(b["messages"])]
+    assert requested_schema(keyword_call) == KEYWORD_SCHEMA
+    assert requested_token_limit(keyword_call) == 64
     titles = [s.title for s in reply.sources]
     assert titles[0] == "Transformers (franchise)", titles
     # The wrong topic was searched (it may add candidates) but decided nothing.
@@ -141,10 +147,10 @@ async def test_a_wrong_topic_keyword_reply_still_finds_the_question_s_article(
 @pytest.mark.parametrize("mode", ["prose", "empty", "truncated"])
 @pytest.mark.parametrize("honours_format", [True, False])
 async def test_a_keyword_reply_with_no_keyword_leaves_the_question_s_own_search(
-    ollama: FakeOllama, bot: InMemoryAdapter, mode: Mode, honours_format: bool
+    llm: FakeLLM, bot: InMemoryAdapter, mode: Mode, honours_format: bool
 ) -> None:
-    ollama.responder = misbehaving(mode, base=confusable.keyword_responder)
-    ollama.honours_format = honours_format
+    llm.responder = misbehaving(mode, base=confusable.keyword_responder)
+    llm.honours_format = honours_format
     question = "why did the 64-bit jaguar flop?"
     reply = await bot.ask(question)
 
@@ -153,16 +159,18 @@ async def test_a_keyword_reply_with_no_keyword_leaves_the_question_s_own_search(
 
 
 async def test_the_keyword_reply_is_cut_at_its_own_token_budget(
-    ollama: FakeOllama, bot: InMemoryAdapter
+    llm: FakeLLM, bot: InMemoryAdapter
 ) -> None:
-    # A server that ignores both num_predict and format: the client's own count cuts.
+    # A server that ignores both the token limit and the schema: the client's own count
+    # cuts.
     def rambling(body: dict[str, Any]) -> Any:
         if TOPIC_MARKER not in str(body["messages"]):
             return confusable.keyword_responder(body)
         return ["Jaguar", "\n", *[" and"] * 100, "\n", "Atari", " Jaguar"]
 
-    ollama.honours_format = False
-    ollama.responder = rambling
+    llm.honours_format = False
+    ignore_token_limit(llm)
+    llm.responder = rambling
     reply = await bot.ask("why did the 64-bit jaguar flop?")
 
     # "Atari Jaguar" came after the 64th token: never read. The cut line is dropped.

@@ -1,12 +1,13 @@
-"""Ollama's ``format``, as the fake plays it: a reply forced into the requested shape.
+"""Structured output, as the fakes play it: a reply forced into the requested shape.
 
 Ollama turns ``format`` (``"json"`` or a JSON schema) into a grammar that the model's
-sampling must follow, so the reply is always JSON of that shape, whatever the model meant
-to say: its prose, its numbered list, its nothing end up inside the strings. The fake
-cannot steer sampling, so it does the same after the fact (:func:`conform`): a reply that
-already is JSON of the right shape passes unchanged; anything else is poured into the
-shape, one non-empty line per array item (up to ``maxItems``, padded with empty strings
-to ``minItems``), the whole text for a string.
+sampling must follow, as OpenAI-compatible servers (vLLM, OpenAI) do with a
+``response_format`` of type ``json_schema`` or ``json_object``, so the reply is always
+JSON of that shape, whatever the model meant to say: its prose, its numbered list, its
+nothing end up inside the strings. The fakes cannot steer sampling, so they do the same
+after the fact (:func:`conform`): a reply that already is JSON of the right shape passes
+unchanged; anything else is poured into the shape, one non-empty line per array item (up
+to ``maxItems``, padded with empty strings to ``minItems``), the whole text for a string.
 
 The subset of JSON Schema covered is what a grammar-constrained reply of this project
 needs: ``object`` (``properties``, ``required``), ``array`` (``items``, ``minItems``,
@@ -16,9 +17,12 @@ needs: ``object`` (``properties``, ``required``), ``array`` (``items``, ``minIte
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["conform", "matches"]
+from tests.fakes.scripted import split_tokens
+
+__all__ = ["conform", "conformed", "matches"]
 
 
 def conform(text: str, schema: object) -> str:
@@ -35,6 +39,21 @@ def conform(text: str, schema: object) -> str:
 
 
 _NOT_JSON = object()
+
+
+def conformed(chunks: Iterator[str], schema: object) -> Iterator[str]:
+    """A streamed reply as a grammar for ``schema`` lets it through (see :func:`conform`).
+
+    The whole reply is needed to shape it; a responder that breaks midway breaks the
+    stream after what it wrote, as without a schema.
+    """
+    parts: list[str] = []
+    try:
+        parts.extend(chunks)
+    except Exception:
+        yield from parts
+        raise
+    yield from split_tokens(conform("".join(parts), schema))
 
 
 def matches(value: Any, schema: dict[str, Any]) -> bool:

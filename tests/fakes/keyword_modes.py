@@ -1,4 +1,4 @@
-"""Keyword replies like the ones real small models give, for the fake Ollama.
+"""Keyword replies like the ones real small models give, for either fake model server.
 
 Measured with real small models (issue 18): SmolLM2-135M-Instruct answered 16 of 30
 keyword prompts with prose ("The answer to this question is: ..."), named an unrelated
@@ -11,7 +11,7 @@ Each mode is the text the model means to write. When the request carries ``forma
 the fake honours it (the default), the fake's grammar pours that text into the schema
 (tests/fakes/grammar.py), as Ollama's grammar does to a real model's tokens: the prose
 ends up inside ``{"keywords": ["The answer to this question is: ..."]}``. With
-``FakeOllama.honours_format = False`` the text arrives as it is. The modes:
+``honours_format = False`` (on either fake) the text arrives as it is. The modes:
 
 * ``well-behaved``: the base responder's own reply;
 * ``prose``: an answer-like sentence instead of keywords;
@@ -21,8 +21,8 @@ ends up inside ``{"keywords": ["The answer to this question is: ..."]}``. With
 * ``numbered``: the right keywords as a numbered list;
 * ``quoted``: the right keywords on one line, the whole reply in quotes;
 * ``truncated``: a preamble just long enough that the token limit
-  (``options.num_predict``) falls inside the first keyword, so the reply ends in half a
-  word.
+  (``options.num_predict``, or ``max_tokens``) falls inside the first keyword, so the
+  reply ends in half a word.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any, Literal, get_args
 
 from bot.pipeline.prompts import TOPIC_MARKER
 from tests.fakes.ollama import Responder, default_responder, derive_keywords, split_tokens
+from tests.fakes.scripted import requested_token_limit
 
 __all__ = ["MODES", "WRONG_TOPICS", "Mode", "misbehaving"]
 
@@ -98,10 +99,9 @@ def misbehaving(
 
 def _cut_in_first_keyword(body: dict[str, Any], right: Sequence[str]) -> list[str]:
     """A preamble just long enough that the token limit falls inside the first keyword."""
-    options = body.get("options") or {}
-    budget = options.get("num_predict") if isinstance(options, dict) else None
+    budget = requested_token_limit(body)
     preamble = split_tokens(_RAMBLE)
-    if isinstance(budget, int) and budget > 2:
+    if budget is not None and budget > 2:
         preamble = preamble[: budget - 2]
     return preamble + split_tokens("\n" + "\n".join(right))
 

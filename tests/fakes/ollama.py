@@ -50,7 +50,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.grammar import conform
+from tests.fakes.grammar import conformed
 from tests.fakes.model_server import ModelServer
 from tests.fakes.scripted import (
     Responder,
@@ -281,7 +281,7 @@ class FakeOllama(ModelServer):
             return _error(500, f"responder failed: {exc!r}")
         chunks: Iterator[str] = iter(split_tokens(reply) if isinstance(reply, str) else reply)
         if body.get("format") and self.honours_format:
-            chunks = _conformed(chunks, body["format"])
+            chunks = conformed(chunks, body["format"])
         # The grammar shapes what the model generates; num_predict then cuts it.
         chunks = _Limited(chunks, _num_predict(body) if self.honours_num_predict else None)
         turn = _Turn(
@@ -406,21 +406,6 @@ class _Limited:
                 raise StopIteration
             self._left -= 1
         return next(self._chunks)
-
-
-def _conformed(chunks: Iterator[str], schema: object) -> Iterator[str]:
-    """The reply as a grammar for ``schema`` lets it through (see tests/fakes/grammar.py).
-
-    The whole reply is needed to shape it; a responder that breaks midway breaks the
-    stream after what it wrote, as without ``format``.
-    """
-    parts: list[str] = []
-    try:
-        parts.extend(chunks)
-    except Exception:
-        yield from parts
-        raise
-    yield from split_tokens(conform("".join(parts), schema))
 
 
 @dataclass(slots=True)

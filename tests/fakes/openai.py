@@ -16,7 +16,10 @@ like OpenAI's own API (what ``openai`` 3 and ``langchain-openai`` 1.8 read):
   ``chat.completion`` object with ``usage``.
 * ``response_format`` is checked as OpenAI checks it (``{"type": "json_schema",
   "json_schema": {"name", "schema"}}``, ``json_object`` or ``text``; anything else is a
-  400) and left in the body for the responder. ``json_schema_supported = False`` plays
+  400), and honoured as vLLM's and OpenAI's structured outputs honour it: the reply is
+  JSON of that shape, whatever the responder wrote (``tests/fakes/grammar.py``), before
+  ``max_tokens`` cuts it; ``honours_format = False`` plays a server that ignores it.
+  ``json_schema_supported = False`` plays
   llama-cpp-python's server (0.3), which knows only ``text`` and ``json_object`` and
   answers a ``json_schema`` with a 500 carrying its validation error.
 * Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 404
@@ -48,8 +51,15 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.grammar import conformed
 from tests.fakes.model_server import ModelServer
-from tests.fakes.scripted import Responder, prompt_tokens, split_tokens
+from tests.fakes.scripted import (
+    Responder,
+    prompt_tokens,
+    requested_schema,
+    requested_token_limit,
+    split_tokens,
+)
 
 __all__ = [
     "BUSY_ERROR",
@@ -100,6 +110,7 @@ class FakeOpenAI(ModelServer):
         self.api_key = api_key
         self.ignore_max_tokens = False
         self.json_schema_supported = True
+        self.honours_format = True
         self._limited_left: int | None = 0
         self._retry_after_s = 1.0
 
@@ -228,14 +239,16 @@ class FakeOpenAI(ModelServer):
             reply = self.responder(body)
         except Exception as exc:  # a test's responder is broken: make it loud
             return _error(500, f"responder failed: {exc!r}", kind="server_error")
-        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        limit = requested_token_limit(body)
+        chunks: Iterator[str] = iter(split_tokens(reply) if isinstance(reply, str) else reply)
+        shape = _requested_shape(body)
+        if shape is not None and self.honours_format:
+            chunks = conformed(chunks, shape)
         turn = _Turn(
             id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
             model=model,
-            chunks=iter(split_tokens(reply) if isinstance(reply, str) else reply),
-            limit=limit
-            if isinstance(limit, int) and limit > 0 and not self.ignore_max_tokens
-            else None,
+            chunks=chunks,
+            limit=None if self.ignore_max_tokens else limit,
             failing=failing,
             prompt_count=prompt_tokens(body),
             delay_s=self._delay_for(body),
@@ -345,6 +358,18 @@ class FakeOpenAI(ModelServer):
         except _Closing:
             pass
         return response
+
+
+def _requested_shape(body: Mapping[str, Any]) -> object:
+    """What a ``response_format`` holds the reply to: a JSON schema, any JSON ("json",
+    for ``json_object``), or nothing (None)."""
+    schema = requested_schema(body)
+    if schema is not None:
+        return schema
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_object":
+        return "json"
+    return None
 
 
 def _error_event(message: str) -> dict[str, Any]:

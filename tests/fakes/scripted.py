@@ -37,6 +37,7 @@ __all__ = [
     "derive_keywords",
     "prompt_tokens",
     "requested_schema",
+    "requested_token_limit",
     "split_tokens",
 ]
 
@@ -82,6 +83,17 @@ def requested_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
         schema = spec.get("schema") if isinstance(spec, dict) else None
         return schema if isinstance(schema, dict) else None
     return None
+
+
+def requested_token_limit(body: Mapping[str, Any]) -> int | None:
+    """The most tokens a request lets the reply have, whichever API asked: Ollama's
+    ``options.num_predict``, or OpenAI's ``max_completion_tokens`` (``max_tokens``)."""
+    options = body.get("options")
+    if isinstance(options, dict) and "num_predict" in options:
+        limit = options["num_predict"]
+    else:
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    return limit if isinstance(limit, int) and limit > 0 else None
 
 
 # ---------------------------------------------------------------------------------------
