@@ -231,7 +231,8 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> None:
     topics = sum(len(o.reply.topics) for o in outcomes)
     target = args.answer_words
     print(f"model {args.model} at {args.base_url} ({args.provider}); {n} turns")
-    print(f"hit@1            {sum(o.hit for o in outcomes) / n:.2f}")
+    hits = sum(o.hit for o in outcomes)
+    print(f"hit@1            {hits / n:.3f} ({hits} of {n})")
     print(f"uncited answers  {sum(not o.cited for o in outcomes)} of {n}")
     citing = Counter(o.citing for o in outcomes)
     print(
