@@ -96,6 +96,16 @@ LAYOUT_CASES = [
         "Rust is fast [1].",
         [1],
     ),
+    # The stream stopped while the model copied a line of the prompt: the piece goes too.
+    ("Rust is fast [1].\nAnswer briefly, in at most 150", "Rust is fast [1].", [1]),
+    ("Rust is fast [1].\nRust is a general-purpose programming", "Rust is fast [1].", [1]),
+    # A last line that only starts like a prompt line, or is a finished sentence, stays.
+    ("Rust is fast [1].\nRust is a general", "Rust is fast [1].\nRust is a general", [1]),
+    (
+        "Rust is fast [1].\nRust is a general-purpose programming tool.",
+        "Rust is fast [1].\nRust is a general-purpose programming tool.",
+        [1],
+    ),
     # Blank lines around a dropped line go with it.
     ("First [1].\n\n(none)\n\nSecond [2].\n\n", "First [1].\n\nSecond [2].", [1, 2]),
 ]

@@ -49,6 +49,10 @@ _NUMBERING = re.compile(r"^\d{1,2}[.)]?$")
 _URL_LINE = re.compile(r"^<?https?://\S+>?$", re.IGNORECASE)
 # Echoed instructions: this many of the system prompt's lines make an echo.
 ECHO_LINES = 2
+# The answer's last line, cut off while it copied a prompt line, is dropped from this many
+# characters on (shorter, it may be the model's own words that start like a source's).
+MIN_CUT_COPY = 20
+_SENTENCE_ENDS = (".", "!", "?", '"', "”", ")")
 
 
 def _normal(line: str) -> str:
@@ -140,19 +144,19 @@ class LayoutFilter:
                 self._end_line(out)
         if not self._passing and self._line:
             if final:
-                self._end_line(out, newline=False)
+                self._end_line(out, newline=False, last=True)
             elif not self._prompt.can_become(_normal(self._line)):
                 out.append(self._release(self._line))
                 self._line = ""
                 self._passing = True
         return "".join(out)
 
-    def _end_line(self, out: list[str], *, newline: bool = True) -> None:
+    def _end_line(self, out: list[str], *, newline: bool = True, last: bool = False) -> None:
         if self._passing:
             self._passing = False
             self._last_dropped = False
         elif self._line.strip():
-            if self._copied(self._line):
+            if self._copied(self._line) or (last and self._cut_copy(self._line)):
                 self.dropped.append(self._line.strip())
                 self._last_dropped = True
                 self._blank = ""
@@ -169,6 +173,18 @@ class LayoutFilter:
         self._blank = ""
         self._shown_any = True
         return shown
+
+    def _cut_copy(self, line: str) -> bool:
+        """Whether the answer's last line is a prompt line cut off mid-way (the stream was
+        stopped while the model copied it): long enough to be more than a chance match,
+        not a finished sentence, and the start of one of the prompt's lines."""
+        normal = _normal(line)
+        if len(normal) < MIN_CUT_COPY or normal.endswith(_SENTENCE_ENDS):
+            return False
+        if any(full.startswith(normal) for full in self._prompt.instructions):
+            self.echoed_lines += 1
+            return True
+        return any(full.startswith(normal) for full in self._prompt.shown)
 
     def _copied(self, line: str) -> bool:
         normal = _normal(line)
