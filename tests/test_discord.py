@@ -28,7 +28,9 @@ from bot.contract import InboundMessage, Platform, Rating, conversation_key
 from bot.core.metrics import REGISTRY
 from bot.errors import ConfigError, PlatformSetupError
 from bot.pipeline.prompts import SYNTHESIS_MARKER
+from bot.pipeline.wording import UNMATCHED
 from bot.runtime import Runtime
+from tests.fakes import answer_modes
 from tests.fakes.discord import MANAGE_GUILD, TOKEN, FakeDiscord, Json, user
 from tests.fakes.ollama import FakeOllama, default_responder, split_tokens
 
@@ -299,6 +301,20 @@ async def test_a_long_answer_with_a_code_block_splits_with_balanced_fences(
     assert any(p.startswith("```python") for p in parts[1:]), "a cut block is re-opened"
     assert "**Sources" in parts[-1]
     assert split_message("x" * 10) == ["x" * 10]
+
+
+async def test_what_the_bot_adds_after_a_streamed_answer_is_in_the_final_message(
+    world: World, ollama: FakeOllama
+) -> None:
+    # No source matches this answer: the bot lists the sources after it has streamed.
+    ollama.responder = answer_modes.unsupported
+    await world.start()
+    question = await world.ask(world.research, QUESTION)
+    final = await world.final(world.research, question)
+    content = final["content"]
+    assert ollama.replies[-1] in content
+    assert UNMATCHED in content and "\n[1] " in content, content
+    assert content.index(UNMATCHED) < content.index("**Sources")
 
 
 async def test_everyone_in_the_llm_output_goes_out_with_no_mention_parsed(

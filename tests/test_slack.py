@@ -37,7 +37,9 @@ from bot.config import Secret, Settings, load_settings
 from bot.contract import conversation_key
 from bot.errors import ConfigError, PlatformSetupError, StartupError
 from bot.pipeline.prompts import SYNTHESIS_MARKER
+from bot.pipeline.wording import UNMATCHED
 from bot.runtime import Runtime
+from tests.fakes import answer_modes
 from tests.fakes.ollama import FakeOllama, default_responder, split_tokens
 from tests.fakes.slack import ALL_SCOPES, BOT_USER, SIGNING_SECRET, TEAM, FakeSlack
 from tests.slack_helpers import SettlingSlackAdapter
@@ -137,6 +139,22 @@ async def test_a_mention_in_a_thread_gets_exactly_one_streamed_answer_there(
     assert answer.has_feedback()
     assert len(synthesis_calls(ollama)) == 1
     assert not any("link_names" in call.args for call in slack.calls)
+
+
+async def test_what_the_bot_adds_after_a_streamed_answer_reaches_the_stream(
+    make_settings: SettingsFactory, slack: FakeSlack, ollama: FakeOllama
+) -> None:
+    # No source matches this answer: the bot lists the sources after it has streamed.
+    ollama.responder = answer_modes.unsupported
+    async with serving(slack_settings(make_settings, slack)) as (_rt, bot):
+        event = slack.user_says(QUESTION)
+        await deliver(slack, bot, event, event_id="Ev-unmatched")
+        await bot.settle()
+    [answer] = slack.in_thread(CHANNEL, event["ts"])
+    assert answer.streamed and not answer.streaming
+    assert ollama.replies[-1] in answer.text
+    assert UNMATCHED in answer.text and "\n[1] " in answer.text, answer.text
+    assert answer.text.index(UNMATCHED) < answer.text.index("Sources:")
 
 
 async def test_a_mention_at_the_top_level_starts_a_thread_on_it(
