@@ -334,22 +334,6 @@ async def test_an_answer_no_source_matches_is_followed_by_what_the_sources_say(
     assert reply.body in shown(bot)
 
 
-async def test_an_answer_cut_before_it_matched_a_source_is_followed_by_the_sources(
-    make_settings: Callable[..., Settings], llm: FakeLLM
-) -> None:
-    llm.responder = answer_modes.unsupported
-    settings = make_settings(analysis={"enabled": False}, chat={"answer_words": 5})
-    async with await Runtime.start(settings) as runtime:
-        bot = InMemoryAdapter()
-        await runtime.add_adapter(bot)
-        reply = await bot.ask(QUESTION)
-
-    written, listed = reply.body.split("\n\n")
-    assert written.split() == llm.replies[-1].split()[:7], "cut at half again 5 words"
-    assert listed.startswith(f"{UNMATCHED}\n[1] ")
-    assert {"answer_cut", "answer_uncited"} <= set(kinds(reply))
-
-
 @pytest.mark.parametrize(
     ("body", "nothing"),
     [

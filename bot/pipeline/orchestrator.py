@@ -285,15 +285,14 @@ class Pipeline:
             if passages is not None:
                 passages.cancel()
         cut = any(n.kind == "answer_cut" for n in turn.notices)
-        if body.written and not body.cited:
+        if body.written and not body.cited and not cut:
+            # (A cut answer may not have reached its first citation: the cut is the news.)
             if checked.unmatched:
-                # No sentence of it matched a source (cut or not): the reader gets what the
-                # sources say.
+                # No sentence of it matched a source: the reader gets what the sources say.
                 body = await self._writer.list_sources(turn, sources, UNMATCHED)
                 hint = "no sentence matched a source; the best sources were listed after it"
                 turn.notices.append(Notice("answer_uncited", "", operator=hint))
-            elif not cut:
-                # (A cut answer may not have reached its first citation: the cut is the news.)
+            else:
                 uncited = UNCITED_ATTRIBUTED if checked.attributed else UNCITED
                 hint = f"{len(checked.attributed)} sentence(s) attributed by the bot"
                 turn.notices.append(Notice("answer_uncited", uncited, operator=hint))
