@@ -78,24 +78,17 @@ def copied_sources(system: str, user: str) -> str:
     return "\n".join(lines)
 
 
-@_at_answer
-def placeholder(system: str, user: str) -> str:
-    return "(none)"
+def _saying(text: str) -> Responder:
+    """An answer that is ``text`` whatever the question and the sources."""
+    return _at_answer(lambda system, user: text)
 
 
-@_at_answer
-def lead_in(system: str, user: str) -> str:
-    return "The answer to this question is:"
-
-
-@_at_answer
-def bare_figure(system: str, user: str) -> str:
-    return "The answer is: 3"
-
-
-@_at_answer
-def unsupported(system: str, user: str) -> str:
-    return "Quokkas invented the steam engine on a lunar farm in 1642, or so legend says."
+placeholder = _saying("(none)")
+lead_in = _saying("The answer to this question is:")
+bare_figure = _saying("The answer is: 3")
+unsupported = _saying(
+    "Quokkas invented the steam engine on a lunar farm in 1642, or so legend says."
+)
 
 
 @_at_answer
