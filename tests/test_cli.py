@@ -316,12 +316,16 @@ def closed_port() -> int:
 async def test_chat_in_the_terminal_with_commands(write_config: Callable[..., Path]) -> None:
     run = await bot(
         "chat", "--config", str(write_config()), "--session", "t",
-        stdin="What is BERT?\n/help\n/reset\n/quit\nnever read\n",
+        stdin="What is BERT?\n/help\n/q\n/reset\n/quit\nnever read\n",
     )  # fmt: skip
     assert run.code == 0, run.err
     assert "Conversation: terminal:t" in run.out
     assert "bot> " in run.out and "Sources:" in run.out
     assert "/reset makes me forget this conversation" in run.out
+    # The terminal's own command is listed with the others: by /help, and for a typo.
+    help_part, typo_part = run.out.split("/q is not a command I know.")
+    assert help_part.count("/help shows what I do and these commands.\n/quit leaves") == 1
+    assert "/help shows what I do and these commands.\n/quit leaves" in typo_part
     assert "Done: I have forgotten this conversation." in run.out
     assert "… Choosing search keywords" in run.err  # progress goes to stderr
 

@@ -40,6 +40,7 @@ class Notes:
     platform: Platform = "inmemory"
     admins = "admins"
     command_prefix = "/"
+    own_commands: tuple[str, ...] = ()
     recovers = True
 
     def __init__(self, rate: float | None = None) -> None:

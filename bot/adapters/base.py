@@ -128,6 +128,9 @@ class Adapter(Protocol[TargetT]):
     admins: str
     # How a user types a command here ("/" for "/reset"; "" when it is a plain word).
     command_prefix: str
+    # Commands the adapter answers itself (the terminal's /quit), a help line each: the
+    # intake lists them with its own.
+    own_commands: tuple[str, ...]
     # Questions per minute per user; None means the intake's default, 0 no limit.
     rate_limit_per_minute: float | None
     # Whether questions that a crash left unanswered can still be answered here.

@@ -144,6 +144,7 @@ class InMemoryAdapter:
     platform: Platform = "inmemory"
     admins = "the channel's admins"
     command_prefix = "/"
+    own_commands: tuple[str, ...] = ()
     recovers = True
 
     def __init__(

@@ -116,6 +116,7 @@ class TerminalAdapter:
     platform: Platform = "terminal"
     admins = "the operator"
     command_prefix = "/"
+    own_commands: tuple[str, ...] = (QUIT_HINT,)
     # The operator at the keyboard is not rate limited.
     rate_limit_per_minute: float | None = 0
     # A question from an earlier run has nobody waiting for it at this terminal.
@@ -248,8 +249,6 @@ class TerminalAdapter:
                 break
             self._out.write("\n")
             await self.ask(line)
-            if line.lower() == "/help":
-                self._out.write(f"{QUIT_HINT}\n")
             self._out.write("\n")
             self._out.flush()
         await self.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -126,7 +126,7 @@ class Commands:
         except StoreError:
             _log.exception("command %s failed in %s", command, message.conversation)
             return CommandReply(MEMORY_DOWN, private=True)
-        return CommandReply(help_text(adapter.command_prefix))
+        return CommandReply(help_text(adapter.command_prefix, adapter.own_commands))
 
     @staticmethod
     def not_a_command(written: NotACommand, adapter: Adapter[Any]) -> CommandReply:
@@ -137,7 +137,8 @@ class Commands:
         else:
             opening = f"{written.typed} is not a command I know."
         return CommandReply(
-            f"{opening} My commands are:\n{command_list(adapter.command_prefix)}\n"
+            f"{opening} My commands are:\n"
+            f"{command_list(adapter.command_prefix, adapter.own_commands)}\n"
             "Anything else you write to me is a question I research.",
             private=True,
         )
@@ -201,19 +202,23 @@ class Commands:
         )
 
 
-def help_text(prefix: str) -> str:
+def help_text(prefix: str, own: Sequence[str] = ()) -> str:
     """What the bot does and which commands it knows, written with the platform's prefix."""
     return (
         "Ask me a research question and I will search Wikipedia and Hacker News and answer "
-        f"with numbered sources.\n{command_list(prefix)}"
+        f"with numbered sources.\n{command_list(prefix, own)}"
     )
 
 
-def command_list(prefix: str) -> str:
-    """One line per command, written with the platform's prefix."""
-    return (
-        f"{prefix}sources lists the sources of my last answer here, with links and scores.\n"
-        f"{prefix}session shows what I remember of this conversation.\n"
-        f"{prefix}reset makes me forget this conversation (admins only).\n"
-        f"{prefix}help shows what I do and these commands."
+def command_list(prefix: str, own: Sequence[str] = ()) -> str:
+    """One line per command, written with the platform's prefix; then ``own``, the help
+    lines of the commands the adapter answers itself."""
+    return "\n".join(
+        [
+            f"{prefix}sources lists the sources of my last answer here, with links and scores.",
+            f"{prefix}session shows what I remember of this conversation.",
+            f"{prefix}reset makes me forget this conversation (admins only).",
+            f"{prefix}help shows what I do and these commands.",
+            *own,
+        ]
     )

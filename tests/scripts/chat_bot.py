@@ -96,6 +96,7 @@ class HttpChatAdapter:
     platform: Platform = "slack"
     admins = "the workspace admins"
     command_prefix = "/"
+    own_commands: tuple[str, ...] = ()
     rate_limit_per_minute: float | None = 0
     recovers = True
 

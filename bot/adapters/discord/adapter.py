@@ -48,6 +48,7 @@ class DiscordAdapter:
     platform: Platform = PLATFORM
     admins = "members with Manage Server (or an admin role)"
     command_prefix = "/"
+    own_commands: tuple[str, ...] = ()
     recovers = True
 
     def __init__(

@@ -49,6 +49,7 @@ class SlackAdapter:
     platform: Platform = "slack"
     admins = "workspace admins and owners"
     command_prefix = "/research "
+    own_commands: tuple[str, ...] = ()
     recovers = True
 
     def __init__(
