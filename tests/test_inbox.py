@@ -496,6 +496,27 @@ async def test_ahead_counts_the_unanswered_events_before_one(backend: Backend) -
     assert await there.inbox.ahead("discord", "d", delivering=True) == 2
 
 
+async def test_ahead_orders_the_events_of_one_moment_as_the_order_gate_does(
+    backend: Backend,
+) -> None:
+    store = await backend.open(lease_s=60)
+    if backend.shared:
+        # A database whose text follows a language's collation (an ICU or glibc locale)
+        # sorts "Eva" before "EvB"; by code point it is the other way round.
+        for column in ("platform", "event_id"):
+            await backend.rows(
+                f'ALTER TABLE inbox ALTER COLUMN {column} TYPE TEXT COLLATE "und-x-icu"'
+            )
+        assert await backend.row("SELECT 'Eva' < 'EvB' COLLATE \"und-x-icu\"") == (True,)
+    await claim(store, "Eva")
+    await claim(store, "EvB")
+    await backend.rows("UPDATE inbox SET received_at = (SELECT MIN(received_at) FROM inbox)")
+
+    # The gate's local queue sorts (received_at, platform, event_id) in Python.
+    assert sorted(["Eva", "EvB"]) == ["EvB", "Eva"]
+    assert [await store.inbox.ahead("discord", e) for e in ("EvB", "Eva")] == [0, 1]
+
+
 async def test_backlog_counts_what_is_taken_and_not_finished(store: Store) -> None:
     assert (await store.inbox.backlog()).events == 0
     first = await claim(store, "m1")

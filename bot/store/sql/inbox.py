@@ -159,12 +159,16 @@ class SqlInbox:
         unanswered = (
             "o.status IN ('pending', 'delivering') " if delivering else "o.status = 'pending' "
         )
+        # Ids of one moment in code point order, as the order gate sorts them (SQLite's
+        # text compares so already): a database's language collation would put "Eva"
+        # before "EvB", and two such turns would each wait for the other.
+        c = ' COLLATE "C"' if self._db.dialect == "postgresql" else ""
         async with self._db.transaction("ahead", None, write=False) as conn:
             row = await conn.fetchone(
                 "SELECT COUNT(*) FROM inbox AS o JOIN inbox AS e "
                 "  ON e.platform = ? AND e.event_id = ? AND o.conversation = e.conversation "
-                "WHERE " + unanswered + "AND (o.received_at, o.platform, o.event_id) "
-                "    < (e.received_at, e.platform, e.event_id)",
+                f"WHERE {unanswered}AND (o.received_at, o.platform{c}, o.event_id{c}) "
+                f"    < (e.received_at, e.platform{c}, e.event_id{c})",
                 platform,
                 event_id,
             )
