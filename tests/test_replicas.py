@@ -110,11 +110,20 @@ class Cluster:
 
     async def claimed(self, event_id: str) -> None:
         """Until some replica has claimed the event (read in the database)."""
+        await self._until_inbox("TRUE", event_id)
+
+    async def reply_recorded(self, event_id: str) -> None:
+        """Until the event's reply message is on record, for a take-over to finish it."""
+        await self._until_inbox("reply_id IS NOT NULL", event_id)
+
+    async def _until_inbox(self, condition: str, event_id: str) -> None:
         conn = await asyncpg.connect(self.database)
         try:
             while True:  # another process writes it: nothing to wait on but the table
                 if await conn.fetchval(
-                    "SELECT 1 FROM inbox WHERE platform = 'slack' AND event_id = $1", event_id
+                    f"SELECT 1 FROM inbox WHERE platform = 'slack' AND event_id = $1 "
+                    f"AND {condition}",
+                    event_id,
                 ):
                     return
                 await asyncio.sleep(0.02)
@@ -309,6 +318,9 @@ async def test_http_a_killed_replicas_questions_are_finished_by_another_once(
             return any(m.streaming and m.chunks for m in cluster.slack.in_thread(CHANNEL, root))
 
         await asyncio.wait_for(cluster.slack.until(mid_answer), WAIT_S)
+        # The message's id reaches the store a moment after Slack has it (a kill in
+        # between leaves that message, and the take-over posts anew): wait for the record.
+        await asyncio.wait_for(cluster.reply_recorded(f"{CHANNEL}:{slow['ts']}"), WAIT_S)
         (cut,) = [m for m in cluster.slack.in_thread(CHANNEL, root) if m.streaming]
         await first.kill()
         cluster.ollama.pace(SYNTHESIS_MARKER, 0.0)
