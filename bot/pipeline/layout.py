@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = ["LayoutFilter", "PromptLines"]
 
@@ -101,9 +102,16 @@ class PromptLines:
             return True
         if partial.startswith(("[", "http")) or "http".startswith(partial):
             return True
-        return any(line.startswith(partial) for line in self.instructions) or any(
-            line.startswith(partial) for line in self.shown
-        )
+        return self.begun(partial) is not None
+
+    def begun(self, partial: str) -> Literal["instructions", "shown"] | None:
+        """Which prompt lines (:attr:`instructions`, then :attr:`shown`) have one that
+        ``partial`` (normalised) is the start of; None when none has."""
+        if any(line.startswith(partial) for line in self.instructions):
+            return "instructions"
+        if any(line.startswith(partial) for line in self.shown):
+            return "shown"
+        return None
 
 
 class LayoutFilter:
@@ -181,10 +189,10 @@ class LayoutFilter:
         normal = _normal(line)
         if len(normal) < MIN_CUT_COPY or normal.endswith(_SENTENCE_ENDS):
             return False
-        if any(full.startswith(normal) for full in self._prompt.instructions):
+        begun = self._prompt.begun(normal)
+        if begun == "instructions":
             self.echoed_lines += 1
-            return True
-        return any(full.startswith(normal) for full in self._prompt.shown)
+        return begun is not None
 
     def _copied(self, line: str) -> bool:
         normal = _normal(line)
