@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bot.adapters.inmemory import InMemoryAdapter
 from bot.config import Settings, load_settings
 from bot.contract import Reply
+from bot.pipeline import citations
 from bot.pipeline.wording import UNMATCHED
 from bot.runtime import Runtime
 from tests.conftest import config_text
@@ -64,7 +65,6 @@ from tests.fakes.ollama import FakeOllama, Responder, split_tokens
 from tests.fakes.wikipedia import FakeWikipedia
 
 _WORD = re.compile(r"\w+")
-_CITATION = re.compile(r"\[\d+(?:, \d+)*\]")
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class Outcome:
             return "listed"
         if UNMATCHED in self.reply.body:
             return "unmatched"
-        return "model" if _CITATION.search(self.reply.body) else "attributed"
+        return "model" if citations.cited_sentences(self.reply.body) else "attributed"
 
     @property
     def words(self) -> int:
