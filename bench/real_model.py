@@ -21,8 +21,10 @@ Run by hand (CI has no model):
 
     python bench/real_model.py --base-url http://127.0.0.1:11434 [--provider ollama|openai]
         [--model llama3.2] [--turns N] [--backend sentence-transformers|hashing] [-v]
-        [--save-keywords FILE]
+        [--save-keywords FILE] [--save-answers FILE]
 
+``--save-answers FILE`` writes every turn's whole answer (with its status, notices and who
+cited it) to a JSON file, for reading what the model wrote beyond ``-v``'s first line.
 ``--save-keywords FILE`` writes each question's keyword reply, as the model wrote it, to a
 JSON file. ``--replay-keywords FILE`` then needs no model: the fake Ollama gives those
 replies to the keyword prompt and the scripted answers to everything else, so what a
@@ -266,6 +268,20 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> None:
         print("notices          " + ", ".join(f"{k} {v}" for k, v in sorted(notices.items())))
 
 
+def answer_record(o: Outcome) -> dict[str, Any]:
+    """One turn as ``--save-answers`` keeps it: the whole answer, for reading by hand."""
+    return {
+        "question": o.question,
+        "gold": list(o.gold),
+        "first": o.reply.sources[0].title if o.reply.sources else None,
+        "status": o.reply.status,
+        "notices": [notice.kind for notice in o.reply.notices],
+        "cited_by": o.citing,
+        "words": o.words,
+        "answer": o.reply.body,
+    }
+
+
 def _shares_words(topic: str, question: str) -> bool:
     theirs = {w.lower() for w in _WORD.findall(question) if len(w) > 3}
     return any(w.lower() in theirs for w in _WORD.findall(topic))
@@ -277,6 +293,9 @@ async def run(args: argparse.Namespace) -> None:
     outcomes = await collect(args, keywords)
     if args.save_keywords:
         args.save_keywords.write_text(json.dumps(keywords.replies, indent=1) + "\n", "utf-8")
+    if args.save_answers:
+        answers = [answer_record(o) for o in outcomes]
+        args.save_answers.write_text(json.dumps(answers, indent=1) + "\n", "utf-8")
     print()
     report(outcomes, args)
 
@@ -295,6 +314,12 @@ def main() -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="print every turn")
     parser.add_argument(
         "--save-keywords", type=Path, metavar="FILE", help="write the keyword replies (JSON)"
+    )
+    parser.add_argument(
+        "--save-answers",
+        type=Path,
+        metavar="FILE",
+        help="write every turn's whole answer, status and notices (JSON)",
     )
     parser.add_argument(
         "--replay-keywords",
