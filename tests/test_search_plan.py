@@ -99,9 +99,21 @@ def test_prose_and_an_empty_reply_leave_the_question_s_own_search() -> None:
 
 def test_good_keywords_lead_and_the_question_is_a_safety_net() -> None:
     plan = plan_search(["Mercury (planet)", "Mercury temperature"], "how hot does mercury get?")
-    assert plan.search == ("Mercury (planet)", "Mercury temperature", "mercury", "hot")
+    # "mercury" is in a keyword already: the word it does not hold goes first.
+    assert plan.search == ("Mercury (planet)", "Mercury temperature", "hot", "mercury")
     assert plan.topics == plan.lexical == ("Mercury (planet)", "Mercury temperature")
     assert plan.rejected == ()
+
+
+def test_beside_a_keyword_the_question_s_words_it_does_not_hold_are_searched() -> None:
+    # SmolLM2-135M's reply: "chain", the question's next longest word, is in it; "flaky"
+    # is not, and finds the page ("Rust": "a reddish-brown flaky coating") no other did.
+    question = "why does my bike chain go orange and flaky after rain?"
+    plan = plan_search(["Bike Chain"], question)
+    assert plan.search == ("Bike Chain", "orange", "flaky")
+    # A keyword that holds them all still leaves the net: its words alone.
+    plan = plan_search(["64-bit Jaguar Flop"], "why did the 64-bit jaguar flop?")
+    assert plan.search == ("64-bit Jaguar Flop", "64-bit", "jaguar")
 
 
 def test_a_follow_up_searches_and_ranks_with_the_question_before_it() -> None:

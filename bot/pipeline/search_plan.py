@@ -187,7 +187,11 @@ def plan_search(
             unrelated.append(keyword)
     # With a keyword that passed, the question's two likeliest words are a safety net; the
     # rest would mostly add neighbours for the ranking to sort out.
-    own = question_terms(question, QUESTION_TERMS if not accepted else QUESTION_TERMS_BESIDE)
+    # Beside them, words a keyword already holds come last: "Bike Chain" searched, "flaky"
+    # finds what "chain" alone would not.
+    covered = frozenset(terms(" ".join(accepted)))
+    own = sorted(question_terms(question, limit=32), key=lambda w: set(terms(w)) <= covered)
+    own = own[: QUESTION_TERMS if not accepted else QUESTION_TERMS_BESIDE]
     follow_up = bool(previous) and is_follow_up(question)
     topic = question_terms(previous, TOPIC_TERMS) if follow_up else []
     # A question of nothing but stop words ("what is it?") is still searched as it is.
