@@ -32,9 +32,10 @@ NoticeKind = Literal[
     "llm_unavailable",
     "answer_cut",
     "ranking_unavailable",
-    # The answer's quality: the model cited nothing, echoed its prompt, said nothing.
+    # The answer's quality: the model cited nothing, echoed its prompt, looped, said nothing.
     "answer_uncited",
     "answer_echo",
+    "answer_repeat",
     "answer_empty",
     "no_sources",
 ]

@@ -7,6 +7,7 @@ the fake Ollama and the fake OpenAI-compatible server.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 from collections.abc import AsyncIterator, Callable
@@ -275,6 +276,18 @@ async def test_a_copied_sources_list_is_stripped(bot: InMemoryAdapter, llm: Fake
     assert reply.status == "answered", reply.notices
 
 
+async def test_lines_copied_from_the_worked_example_are_stripped(
+    bot: InMemoryAdapter, llm: FakeLLM
+) -> None:
+    llm.responder = answer_modes.copied_example
+    reply = await bot.ask(QUESTION)
+
+    assert "Eiffel" in llm.replies[-1]
+    assert reply.body == llm.replies[-1].split("\n")[0], reply.body
+    assert "Eiffel" not in shown(bot) and "Champ de Mars" not in shown(bot)
+    assert "average keyword relevance" not in shown(bot)
+
+
 async def test_a_placeholder_answer_is_replaced_by_the_sources_it_had(
     bot: InMemoryAdapter, llm: FakeLLM
 ) -> None:
@@ -334,6 +347,36 @@ async def test_an_answer_no_source_matches_is_followed_by_what_the_sources_say(
     assert reply.body in shown(bot)
 
 
+@pytest.mark.parametrize(("answer_words", "listed"), [(20, 0), (45, 1), (150, 3)])
+async def test_the_sources_listed_after_an_answer_stay_within_its_length_bounds(
+    make_settings: Callable[..., Settings], llm: FakeLLM, answer_words: int, listed: int
+) -> None:
+    llm.responder = answer_modes.unsupported
+    settings = make_settings(chat={"answer_words": answer_words})
+    async with await Runtime.start(settings) as runtime:
+        bot = InMemoryAdapter()
+        await runtime.add_adapter(bot)
+        reply = await bot.ask(QUESTION)
+
+    limit = int(answer_words * 1.5)
+    assert len(reply.body.split()) <= limit
+    written, *added = reply.body.split("\n\n")
+    assert written == llm.replies[-1]
+    (uncited,) = [n for n in reply.notices if n.kind == "answer_uncited"]
+    if added:
+        # Whole lines only: as many of the best sources as fit, each cited.
+        lead, *lines = added[0].split("\n")
+        assert lead == UNMATCHED and len(lines) == listed
+        assert [s.n for s in reply.sources if s.cited] == list(range(1, len(lines) + 1))
+        assert uncited.user == ""
+    else:
+        # No room for even one: the answer stays uncited, and the reader is told.
+        assert listed == 0
+        assert not any(s.cited for s in reply.sources)
+        assert uncited.user and "no room" in uncited.operator
+    assert reply.status == "degraded"
+
+
 @pytest.mark.parametrize(
     ("body", "nothing"),
     [
@@ -378,6 +421,24 @@ async def test_an_answer_cut_by_the_token_limit_says_so(
     (cut,) = [n for n in reply.notices if n.kind == "answer_cut"]
     assert "[llm].max_tokens (60)" in cut.operator
     assert cut.user in shown(bot)
+
+
+async def test_an_answer_that_loops_is_stopped_at_its_first_repeat(
+    bot: InMemoryAdapter, llm: FakeLLM
+) -> None:
+    llm.responder = answer_modes.looping
+    llm.pace(SYNTHESIS_MARKER, 0.002)
+    reply = await bot.ask(QUESTION)
+
+    first, *_ = llm.replies[-1].split("\n")
+    assert reply.body == f"{first}\n{answer_modes.LOOPED}", reply.body
+    # The model was told to stop: the other 99 copies were never written.
+    await asyncio.wait_for(llm.stream_aborted.wait(), timeout=5)
+    assert reply.status == "degraded"
+    (looped,) = [n for n in reply.notices if n.kind == "answer_repeat"]
+    assert looped.user == "" and "loop" in looped.operator
+    assert "answer_cut" not in kinds(reply)
+    assert reply.body in shown(bot)
 
 
 async def test_an_answer_is_cut_at_half_again_its_length_target(

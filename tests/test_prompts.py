@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+from bot.pipeline import citations
 from bot.pipeline.prompts import (
+    ANSWER_EXAMPLE,
+    ANSWER_EXAMPLE_SOURCES,
     KEYWORD_EXAMPLES,
     SUMMARY_MARKER,
     SUMMARY_PROMPT,
@@ -102,3 +105,35 @@ def test_the_keyword_prompt_shows_its_format_as_worked_examples_then_the_questio
         assert json.loads(str(answered.content)) == {"keywords": list(keywords)}
     assert str(messages[-1].content).endswith("Question: why is mars red?")
     assert '"first"' not in str(messages[0].content)
+
+
+def test_the_answer_prompt_shows_one_worked_answer_laid_out_as_a_turn_is() -> None:
+    inputs = {
+        "question": "why is mars red?",
+        "summary": "(none)",
+        "history": "(none)",
+        "sources": format_sources([(SOURCES[0], "Python is a language.")]),
+        "analysis": "1 articles",
+        "notes": "(none)",
+    }
+    system, asked, answered, question = SYNTHESIS_PROMPT.format_messages(**inputs)
+    assert [m.type for m in (system, asked, answered, question)] == [
+        "system",
+        "human",
+        "ai",
+        "human",
+    ]
+    example, real = str(asked.content), str(question.content)
+    # The same sections in the same order: the example is read as a turn like the real one.
+    labels = [line for line in real.splitlines() if line.endswith(":")]
+    assert labels == [line for line in example.splitlines() if line.endswith(":")]
+    assert example.endswith(f"Question: {ANSWER_EXAMPLE[0]}")
+    assert real.endswith("Question: why is mars red?")
+    # Every sentence of the worked answer cites a source the example shows, by its number.
+    assert str(answered.content) == ANSWER_EXAMPLE[1]
+    cited = citations.cited_sentences(ANSWER_EXAMPLE[1])
+    assert len(cited) == 2
+    for n in {n for sentence in cited for n in sentence.numbers}:
+        assert 1 <= n <= len(ANSWER_EXAMPLE_SOURCES)
+        title, url, _ = ANSWER_EXAMPLE_SOURCES[n - 1]
+        assert f"[{n}] {title} (Wikipedia)\n{url}" in example

@@ -29,6 +29,7 @@ from bot.pipeline import prompts
 from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.layout import LayoutFilter, PromptLines
 from bot.pipeline.llm import FinishReason, call_options, finish_reason, stream_llm
+from bot.pipeline.repeats import RepeatGuard
 from bot.pipeline.safety import SafetyFilter, neutralise
 from bot.pipeline.turn import Numbered, Turn
 from bot.pipeline.wording import (
@@ -140,6 +141,14 @@ class AnswerWriter:
         answer_filter = AnswerFilter([s.n for s, _ in sources], layout)
         ending: list[FinishReason] = []
         safety = SafetyFilter([s.url for s, _ in sources])
+        repeats = RepeatGuard()
+
+        def clean(text: str) -> str:
+            return safety.feed(repeats.feed(answer_filter.feed(text)))
+
+        def rest() -> str:
+            return safety.feed(repeats.feed(answer_filter.flush()) + repeats.flush())
+
         # Bounds on what the model may send, whatever the server does with num_predict.
         room, chunks_left = self._chat.max_answer_chars, self._settings.max_tokens
         words = WordBudget(int(self._chat.answer_words * WORDS_SLACK))
@@ -154,7 +163,7 @@ class AnswerWriter:
                     chunks_left -= 1
                     if chunks_left < 0 or len(text) > room:
                         if chunks_left >= 0:
-                            await turn.emit(safety.feed(answer_filter.feed(text[:room])))
+                            await turn.emit(clean(text[:room]))
                         _log.warning(
                             "answer cut at its maximum length ([chat].max_answer_chars %d, "
                             "[llm].max_tokens %d) in %s",
@@ -170,12 +179,16 @@ class AnswerWriter:
                         break
                     kept = words.take(text)
                     if kept is not None:
-                        await turn.emit(safety.feed(answer_filter.feed(kept)))
+                        await turn.emit(clean(kept))
                         self._cut_at_words(turn)
                         break
                     room -= len(text)
-                    await turn.emit(safety.feed(answer_filter.feed(text)))
-            await turn.emit(safety.feed(answer_filter.flush()) + safety.flush())
+                    await turn.emit(clean(text))
+                    if repeats.looped:
+                        # The rest would be more of the same: stop the model here.
+                        self._looped(turn)
+                        break
+            await turn.emit(rest() + safety.flush())
             if ending[-1:] == ["length"]:
                 self._cut_at_token_limit(turn)
         except LLMError as error:
@@ -183,7 +196,7 @@ class AnswerWriter:
             turn.llm_error = error
             if not turn.shown:
                 return None
-            await turn.emit(safety.feed(answer_filter.flush()) + safety.flush())
+            await turn.emit(rest() + safety.flush())
             cut = ANSWER_SLOW if isinstance(error, LLMTimeout) else ANSWER_CUT
             turn.notices.append(Notice("answer_cut", cut, operator=error.hint))
         finally:
@@ -203,25 +216,49 @@ class AnswerWriter:
                 "copied from the prompt): the best sources are listed instead",
             )
         )
-        return await self.list_sources(turn, sources, NOTHING_WRITTEN)
+        listed = await self.list_sources(turn, sources, NOTHING_WRITTEN)
+        # (No room even for one source only under a tiny [chat].max_answer_chars.)
+        return listed or Body(turn.shown, [], written=True)
 
-    @staticmethod
-    async def list_sources(turn: Turn, sources: Sequence[Numbered], lead: str) -> Body:
+    async def list_sources(self, turn: Turn, sources: Sequence[Numbered], lead: str) -> Body | None:
         """Add ``lead`` and the best sources' first sentences, each cited, to the answer.
 
-        What was shown stays (a stream only ever grows); the body is the bot's from here.
+        As many of the best :data:`FALLBACK_SOURCES` as fit in what the answer's bounds
+        (``[chat].answer_words`` with its slack, ``[chat].max_answer_chars``) leave after
+        what was shown; None when not even one fits. What was shown stays (a stream only
+        ever grows); the body is the bot's from here.
         """
-        listed = sources[:FALLBACK_SOURCES]
-        text, found = neutralise(fallback_answer(listed, lead), {s.url for s, _ in listed})
+        words_left = int(self._chat.answer_words * WORDS_SLACK) - len(turn.shown.split())
+        chars_left = self._chat.max_answer_chars - len(turn.shown) - len("\n\n")
+        listed = list(sources[:FALLBACK_SOURCES])
+        while listed:
+            text = fallback_answer(listed, lead)
+            if len(text.split()) <= words_left and len(text) <= chars_left:
+                break
+            listed.pop()
+        if not listed:
+            return None
+        text, found = neutralise(text, {s.url for s, _ in listed})
         turn.neutralised += found
         await turn.emit(("\n\n" if turn.shown else "") + text)
         return Body(turn.shown, [s.n for s, _ in listed])
 
     def _prompt_lines(self, inputs: Mapping[str, Any], sources: Sequence[Numbered]) -> PromptLines:
-        """The lines of this turn's prompt the answer must not copy."""
+        """The lines of this turn's prompt the answer must not copy, the worked example's
+        sources and statistics among them."""
         system = self._prompt.format_messages(**inputs)[0].text
         sections = [inputs["sources"], inputs["analysis"], inputs["notes"]]
+        sections += [prompts.answer_example_sources(), prompts.ANSWER_EXAMPLE_STATISTICS]
         return PromptLines.of(system, sections, [(s.n, s.title) for s, _ in sources])
+
+    @staticmethod
+    def _looped(turn: Turn) -> None:
+        _log.warning("answer stopped: the model began writing it again in %s", turn.conversation)
+        hint = (
+            "the model wrote a sentence of its answer a second time (a loop): the answer was "
+            "stopped there; small models loop, a larger one seldom does"
+        )
+        turn.notices.append(Notice("answer_repeat", "", operator=hint))
 
     def _cut_at_words(self, turn: Turn) -> None:
         limit = int(self._chat.answer_words * WORDS_SLACK)

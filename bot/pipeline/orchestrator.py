@@ -85,6 +85,7 @@ _DEGRADING = frozenset(
         "ranking_unavailable",
         "answer_uncited",
         "answer_echo",
+        "answer_repeat",
         "answer_empty",
         "no_sources",
     }
@@ -287,14 +288,24 @@ class Pipeline:
         cut = any(n.kind == "answer_cut" for n in turn.notices)
         if body.written and not body.cited and not cut:
             # (A cut answer may not have reached its first citation: the cut is the news.)
-            if checked.unmatched:
+            listed = (
                 # No sentence of it matched a source: the reader gets what the sources say.
-                body = await self._writer.list_sources(turn, sources, UNMATCHED)
+                await self._writer.list_sources(turn, sources, UNMATCHED)
+                if checked.unmatched
+                else None
+            )
+            if listed is not None:
+                body = listed
                 hint = "no sentence matched a source; the best sources were listed after it"
                 turn.notices.append(Notice("answer_uncited", "", operator=hint))
             else:
                 uncited = UNCITED_ATTRIBUTED if checked.attributed else UNCITED
-                hint = f"{len(checked.attributed)} sentence(s) attributed by the bot"
+                hint = (
+                    "no sentence matched a source, and the answer's length bounds left no "
+                    "room to list the sources after it"
+                    if checked.unmatched
+                    else f"{len(checked.attributed)} sentence(s) attributed by the bot"
+                )
                 turn.notices.append(Notice("answer_uncited", uncited, operator=hint))
         cited = set(body.cited) | {a.n for a in checked.attributed}
         reply = Reply(

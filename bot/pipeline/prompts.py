@@ -105,6 +105,87 @@ KEYWORD_SCHEMA: dict[str, Any] = {
 }
 """The shape :data:`TOPIC_PROMPT`'s reply is asked for (Ollama enforces it by a grammar)."""
 
+
+def format_sources(items: Sequence[tuple[Source, str]]) -> str:
+    """Render numbered sources for :data:`SYNTHESIS_PROMPT`.
+
+    Each ``(source, text)`` becomes ``[n] Title (Wikipedia)``, the URL, then the text;
+    blocks are separated by a blank line. No items gives a line saying so.
+    """
+    if not items:
+        return "(no sources were found)"
+    blocks = []
+    for source, text in items:
+        body = re.sub(r"\n\s*\n+", "\n", text.strip())
+        lines = [f"[{source.n}] {source.title} ({source_label(source.source)})", source.url]
+        if body:
+            lines.append(body)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+_SYNTHESIS_HUMAN = (
+    "Conversation summary:\n{summary}\n\n"
+    "Recent conversation:\n{history}\n\n"
+    "Sources:\n{sources}\n\n"
+    "Source statistics:\n{analysis}\n\n"
+    "Notes:\n{notes}\n\n"
+    "Question: {question}"
+)
+
+# A worked answer, sent as an earlier turn of the chat like the keyword examples: shown
+# one, SmolLM2-135M wrote sentences the sources support (and the attribution could cite)
+# in 59 of 67 turns, against 40 with the instructions alone.
+ANSWER_EXAMPLE_SOURCES: tuple[tuple[str, str, str], ...] = (
+    (
+        "Eiffel Tower",
+        "https://en.wikipedia.org/wiki/Eiffel_Tower",
+        "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, "
+        "France. It is named after the engineer Gustave Eiffel, whose company designed and "
+        "built the tower from 1887 to 1889. It is 330 metres tall.",
+    ),
+    (
+        "Champ de Mars",
+        "https://en.wikipedia.org/wiki/Champ_de_Mars",
+        "The Champ de Mars is a large public green space in Paris, France, located in the "
+        "seventh arrondissement.",
+    ),
+)
+ANSWER_EXAMPLE_STATISTICS = (
+    "2 articles (wikipedia: 2); average keyword relevance 0.50; frequent terms: tower (4), "
+    "paris (2)"
+)
+ANSWER_EXAMPLE = (
+    "how tall is the eiffel tower and when was it built?",
+    "The Eiffel Tower is 330 metres tall [1]. Gustave Eiffel's company built it from 1887 "
+    "to 1889 [1].",
+)
+"""The worked answer's question and answer; its sources and statistics are above."""
+
+
+def answer_example_sources() -> str:
+    """The worked answer's sources, rendered as a turn's are (:func:`format_sources`)."""
+    return format_sources(
+        [
+            (Source(n, title, url, "wikipedia", 1.0), text)
+            for n, (title, url, text) in enumerate(ANSWER_EXAMPLE_SOURCES, start=1)
+        ]
+    )
+
+
+def _answer_example() -> list[tuple[str, str]]:
+    question, answer = ANSWER_EXAMPLE
+    asked = _SYNTHESIS_HUMAN.format(
+        summary="(none)",
+        history="(none)",
+        sources=answer_example_sources(),
+        analysis=ANSWER_EXAMPLE_STATISTICS,
+        notes="(none)",
+        question=question,
+    )
+    return [("human", _literal(asked)), ("ai", _literal(answer))]
+
+
 SYNTHESIS_PROMPT = ChatPromptTemplate.from_messages(
     [
         (
@@ -122,15 +203,8 @@ SYNTHESIS_PROMPT = ChatPromptTemplate.from_messages(
             "unavailable, the question was shortened), say so in one short sentence.\n"
             "Any section may be empty.",
         ),
-        (
-            "human",
-            "Conversation summary:\n{summary}\n\n"
-            "Recent conversation:\n{history}\n\n"
-            "Sources:\n{sources}\n\n"
-            "Source statistics:\n{analysis}\n\n"
-            "Notes:\n{notes}\n\n"
-            "Question: {question}",
-        ),
+        *_answer_example(),
+        ("human", _SYNTHESIS_HUMAN),
     ]
 ).partial(words=str(DEFAULT_ANSWER_WORDS))
 """The answer. Variables: ``question``, ``summary``, ``history``, ``sources``, ``analysis``,
@@ -201,24 +275,6 @@ def _shorten_turn(question: str, answer: str, max_chars: int) -> str:
     q = truncate_words(question, max(room // 3, room - len(answer)), ellipsis=True)
     a = truncate_words(answer, room - len(q), ellipsis=True)
     return _render_turn(q, a)[:max_chars]
-
-
-def format_sources(items: Sequence[tuple[Source, str]]) -> str:
-    """Render numbered sources for :data:`SYNTHESIS_PROMPT`.
-
-    Each ``(source, text)`` becomes ``[n] Title (Wikipedia)``, the URL, then the text;
-    blocks are separated by a blank line. No items gives a line saying so.
-    """
-    if not items:
-        return "(no sources were found)"
-    blocks = []
-    for source, text in items:
-        body = re.sub(r"\n\s*\n+", "\n", text.strip())
-        lines = [f"[{source.n}] {source.title} ({source_label(source.source)})", source.url]
-        if body:
-            lines.append(body)
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
 
 
 def prompt_text(article: Article) -> str:

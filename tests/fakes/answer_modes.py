@@ -7,12 +7,15 @@ Each plays one misbehaviour of a small or base model at the answer prompt
 * :func:`uncited`: a correct answer from the sources' opening sentences, citing nothing;
 * :func:`copied_sources`: a cited answer, then a second sources list in the prompt's
   layout ("[1] Title (Wikipedia)" and an invented URL) and a "Source statistics:" line;
+* :func:`copied_example`: a cited answer, then the prompt's worked example's sources and
+  statistics;
 * :func:`placeholder`: the prompt's placeholder ``(none)`` and nothing else;
 * :func:`lead_in`: a lead-in ("The answer to this question is:") and nothing after it;
 * :func:`bare_figure` ("The answer is: 3") and :func:`unsupported` (a claim no source
   makes): answers no source can be matched to;
 * :func:`echo`: the whole prompt, system message first, as a base model continues it;
-* :func:`rambling`: a cited answer that goes on and on (for the token limit).
+* :func:`rambling`: a cited answer that goes on and on (for the token limit);
+* :func:`looping`: a cited sentence, then a paragraph over and over (:data:`LOOPED`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bot.pipeline.prompts import SYNTHESIS_MARKER
+from bot.pipeline.prompts import (
+    ANSWER_EXAMPLE_STATISTICS,
+    SYNTHESIS_MARKER,
+    answer_example_sources,
+)
 from tests.fakes.scripted import (
     _opening,
     _parse_sources,
@@ -31,9 +38,11 @@ from tests.fakes.scripted import (
 
 __all__ = [
     "bare_figure",
+    "copied_example",
     "copied_sources",
     "echo",
     "lead_in",
+    "looping",
     "placeholder",
     "rambling",
     "uncited",
@@ -78,6 +87,15 @@ def copied_sources(system: str, user: str) -> str:
     return "\n".join(lines)
 
 
+@_at_answer
+def copied_example(system: str, user: str) -> str:
+    """A cited answer, then the worked example's sources and statistics copied after it."""
+    (n1, _, text1), *_ = _parse_sources(user)
+    return "\n".join(
+        [f"{_opening(text1)} [{n1}].", answer_example_sources(), ANSWER_EXAMPLE_STATISTICS]
+    )
+
+
 def _saying(text: str) -> Responder:
     """An answer that is ``text`` whatever the question and the sources."""
     return _at_answer(lambda system, user: text)
@@ -99,4 +117,17 @@ def echo(system: str, user: str) -> str:
 @_at_answer
 def rambling(system: str, user: str) -> str:
     (n1, _, text1), *_ = _parse_sources(user)
-    return " ".join(f"{_opening(text1)} [{n1}]." for _ in range(200))
+    return " ".join(f"Point {i}: {_opening(text1)} [{n1}]." for i in range(1, 201))
+
+
+# What a loop repeats: the model's own paraphrase of a source, as SmolLM2-135M wrote it.
+LOOPED = (
+    "This project was run by NASA, and it aimed to put a person into orbit around the "
+    "Earth. The mission involved several astronauts who were chosen from test pilots."
+)
+
+
+@_at_answer
+def looping(system: str, user: str) -> str:
+    (n1, _, text1), *_ = _parse_sources(user)
+    return "\n".join([f"{_opening(text1)} [{n1}].", *[LOOPED] * 100])

@@ -1,0 +1,111 @@
+"""The streaming guard that stops an answer once the model starts writing it again.
+
+One job: small models fall into loops. SmolLM2-135M, shown a worked answer, wrote a
+sentence and then the same paragraph over and over until the word budget cut it, mid-
+sentence, in a third of its turns. A sentence the answer already holds, written again, is
+the sign: :class:`RepeatGuard` drops that copy, shows nothing after it, and sets
+:attr:`RepeatGuard.looped` so the caller closes the model's stream (the rest would be more
+of the same, at a token's cost each) and the answer ends on a whole sentence.
+
+A sentence is held back only while it can still turn into one already written (its text so
+far starts one of them); everything else passes at once, so the answer still streams.
+Feeding the same text in any chunking gives the same output.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["MIN_REPEAT_WORDS", "RepeatGuard"]
+
+# A sentence this long, written twice, is a loop: short ones ("It is fast.") may honestly
+# come back, in a list or a comparison.
+MIN_REPEAT_WORDS = 6
+# Where a sentence ends: its mark (and closing quotes or brackets) before a space, or a
+# line's end. The space stays with the next sentence.
+_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s)|\n")
+# List markers and Markdown around a sentence: "2. " repeats as "3. ".
+_DECORATION = re.compile(r"^(?:[#>*_\-•]+\s*|\d{1,2}[.)](?:\s+|$))+")
+_SPACES = re.compile(r"\s+")
+_MARKER = re.compile(r"\s*\d{1,2}[.)]")
+
+
+def _normal(sentence: str) -> str:
+    return _DECORATION.sub("", _SPACES.sub(" ", sentence).strip()).casefold()
+
+
+class RepeatGuard:
+    """Passes an answer's text through until it repeats one of its own sentences."""
+
+    def __init__(self, min_words: int = MIN_REPEAT_WORDS) -> None:
+        self._min_words = min_words
+        self._written: set[str] = set()
+        self._sentence = ""  # the current sentence so far, shown or held
+        self._held = ""  # its part not shown yet
+        self.looped = False
+
+    def feed(self, chunk: str) -> str:
+        """The part of ``chunk`` to show; nothing once the answer has looped."""
+        if self.looped:
+            return ""
+        out: list[str] = []
+        text = chunk
+        while text:
+            end = self._end(self._sentence + text)
+            if end is None:
+                self._sentence += text
+                self._held += text
+                text = ""
+                break
+            used = end.end() - len(self._sentence)
+            self._sentence += text[:used]
+            self._held += text[:used]
+            text = text[used:]
+            if self._complete(out):
+                return "".join(out)
+        if self._held and not self._may_repeat(_normal(self._sentence)):
+            out.append(self._held)
+            self._held = ""
+        return "".join(out)
+
+    @staticmethod
+    def _end(text: str) -> re.Match[str] | None:
+        """The end of the sentence ``text`` starts with, if it has one yet. (Searched from
+        its start: its last mark may have waited for this chunk's space.)"""
+        end = _END.search(text)
+        # "2. " opens a list item; it does not end a sentence.
+        while end is not None and _MARKER.fullmatch(text[: end.end()]):
+            end = _END.search(text, end.end())
+        return end
+
+    def flush(self) -> str:
+        """What is held at the end of the stream: a cut-off start of a repeat is dropped."""
+        if self.looped:
+            return ""
+        held, self._held = self._held, ""
+        normal = _normal(self._sentence)
+        self._sentence = ""
+        if len(normal.split()) >= self._min_words and self._may_repeat(normal):
+            return ""
+        return held
+
+    def _complete(self, out: list[str]) -> bool:
+        """Ends the current sentence; True when it repeats one (the answer has looped)."""
+        normal = _normal(self._sentence)
+        if normal in self._written and len(normal.split()) >= self._min_words:
+            self.looped = True
+            self._held = ""
+            return True
+        if normal:
+            self._written.add(normal)
+        out.append(self._held)
+        self._sentence = self._held = ""
+        return False
+
+    def _may_repeat(self, partial: str) -> bool:
+        # (An empty start, spaces or a list marker, may become anything; so may "2".)
+        if partial.isdigit() and len(partial) <= 2:
+            partial = ""
+        return any(
+            s.startswith(partial) and len(s.split()) >= self._min_words for s in self._written
+        )
