@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+from bot.domain import AnalysisReport
 from bot.pipeline import citations
+from bot.pipeline.layout import SIGNATURES
 from bot.pipeline.prompts import (
     ANSWER_EXAMPLE,
     ANSWER_EXAMPLE_SOURCES,
@@ -15,6 +17,7 @@ from bot.pipeline.prompts import (
     SYNTHESIS_PROMPT,
     TOPIC_MARKER,
     TOPIC_PROMPT,
+    describe_report,
     format_history,
     format_sources,
 )
@@ -137,3 +140,15 @@ def test_the_answer_prompt_shows_one_worked_answer_laid_out_as_a_turn_is() -> No
         assert 1 <= n <= len(ANSWER_EXAMPLE_SOURCES)
         title, url, _ = ANSWER_EXAMPLE_SOURCES[n - 1]
         assert f"[{n}] {title} (Wikipedia)\n{url}" in example
+
+
+def test_the_layout_filter_knows_the_statistics_line_by_its_phrases() -> None:
+    report = AnalysisReport(
+        article_count=3,
+        per_source={"wikipedia": 2, "hackernews": 1},
+        average_relevance=0.5,
+        keyword_frequencies=(("rust", 4),),
+        top_articles=(),
+    )
+    line = describe_report(report)
+    assert all(signature in line.casefold() for signature in SIGNATURES)

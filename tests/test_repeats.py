@@ -9,6 +9,7 @@ import pytest
 
 from bot.pipeline.repeats import RepeatGuard
 
+BEATLES = "https://news.ycombinator.com/item?id=39100002&from=apple-records"
 LOOP = "This project was run by NASA, and it aimed to put a person into orbit."
 
 CASES = [
@@ -38,6 +39,13 @@ CASES = [
         "It is fast. It is fast. He sang in Queen for twenty years [1]. "
         "He sang in Queen for twenty years [2]. End.",
         False,
+    ),
+    # Lines of few words but many characters (links), over and over.
+    (
+        f"The Beatles ({BEATLES})\nBruno Mars (https://en.wikipedia.org/wiki/Bruno_Mars)\n"
+        f"The Beatles ({BEATLES})\nBruno Mars",
+        f"The Beatles ({BEATLES})\nBruno Mars (https://en.wikipedia.org/wiki/Bruno_Mars)\n",
+        True,
     ),
     # A list that does not repeat passes whole, its markers too.
     (

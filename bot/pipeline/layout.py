@@ -37,6 +37,13 @@ HEADINGS = (
     "references:",
     "sources consulted",
 )
+# Phrases of the statistics section (prompts.describe_report): a line holding one is a
+# copy of it, whatever numbers the model put in ("7 articles (wikipedia: 10); average
+# keyword relevance 0.7; frequent terms: ..." came back in 10 of 67 SmolLM2 answers).
+SIGNATURES = ("average keyword relevance", "frequent terms:")
+# How such a line starts, so it is held until it is whole: "7 articles (".
+_STATISTICS_START = re.compile(r"^\d{1,4}(?: (.*))?$")
+_STATISTICS_WORDS = ("articles (", "article (")
 # The prompt's placeholders for an empty section.
 PLACEHOLDERS = ("(none)", "(not available)", "(no sources were found)")
 # Markdown a model puts around a copied line: "## ", "**", "- ", "> ", "1. ".
@@ -54,6 +61,15 @@ ECHO_LINES = 2
 # characters on (shorter, it may be the model's own words that start like a source's).
 MIN_CUT_COPY = 20
 _SENTENCE_ENDS = (".", "!", "?", '"', "”", ")")
+
+
+def _may_be_statistics(partial: str) -> bool:
+    """Whether a line starting with ``partial`` may be a copy of the statistics line."""
+    start = _STATISTICS_START.match(partial)
+    if start is None:
+        return False
+    rest = start.group(1) or ""
+    return any(w.startswith(rest) or rest.startswith(w) for w in _STATISTICS_WORDS)
 
 
 def _normal(line: str) -> str:
@@ -102,6 +118,8 @@ class PromptLines:
             return True
         if partial.startswith(("[", "http")) or "http".startswith(partial):
             return True
+        if _may_be_statistics(partial):
+            return True
         return self.begun(partial) is not None
 
     def begun(self, partial: str) -> Literal["instructions", "shown"] | None:
@@ -118,9 +136,10 @@ class LayoutFilter:
     """Drops the lines of the answer that copy the prompt or the bot's own rendering.
 
     A line is dropped when it is one of the prompt's lines, starts with one of the bot's
-    headings, is a placeholder such as ``(none)``, is a source entry (``[n]`` and the title
-    of source n, or a source label, a URL or a dash after it), or is a bare URL right after
-    a dropped line. Blank lines around dropped ones are dropped too.
+    headings, holds a phrase of the statistics section (:data:`SIGNATURES`, whatever
+    numbers come with it), is a placeholder such as ``(none)``, is a source entry (``[n]``
+    and the title of source n, or a source label, a URL or a dash after it), or is a bare
+    URL right after a dropped line. Blank lines around dropped ones are dropped too.
     """
 
     def __init__(self, prompt: PromptLines) -> None:
@@ -200,6 +219,8 @@ class LayoutFilter:
             self.echoed_lines += 1
             return True
         if normal in self._prompt.shown or normal.startswith(HEADINGS):
+            return True
+        if any(signature in normal for signature in SIGNATURES):
             return True
         if _URL_LINE.match(line.strip()):
             return self._last_dropped

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MIN_REPEAT_WORDS", "RepeatGuard"]
+__all__ = ["MIN_REPEAT_CHARS", "MIN_REPEAT_WORDS", "RepeatGuard"]
 
-# A sentence this long, written twice, is a loop: short ones ("It is fast.") may honestly
-# come back, in a list or a comparison.
+# A sentence this long (in words, or in characters: a line of links has few words),
+# written twice, is a loop: short ones ("It is fast.") may honestly come back, in a list
+# or a comparison.
 MIN_REPEAT_WORDS = 6
+MIN_REPEAT_CHARS = 60
 # Where a sentence ends: its mark (and closing quotes or brackets) before a space, or a
 # line's end. The space stays with the next sentence.
 _END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s)|\n")
@@ -85,14 +87,14 @@ class RepeatGuard:
         held, self._held = self._held, ""
         normal = _normal(self._sentence)
         self._sentence = ""
-        if len(normal.split()) >= self._min_words and self._may_repeat(normal):
+        if self._long(normal) and self._may_repeat(normal):
             return ""
         return held
 
     def _complete(self, out: list[str]) -> bool:
         """Ends the current sentence; True when it repeats one (the answer has looped)."""
         normal = _normal(self._sentence)
-        if normal in self._written and len(normal.split()) >= self._min_words:
+        if normal in self._written and self._long(normal):
             self.looped = True
             self._held = ""
             return True
@@ -106,6 +108,7 @@ class RepeatGuard:
         # (An empty start, spaces or a list marker, may become anything; so may "2".)
         if partial.isdigit() and len(partial) <= 2:
             partial = ""
-        return any(
-            s.startswith(partial) and len(s.split()) >= self._min_words for s in self._written
-        )
+        return any(s.startswith(partial) and self._long(s) for s in self._written)
+
+    def _long(self, sentence: str) -> bool:
+        return len(sentence.split()) >= self._min_words or len(sentence) >= MIN_REPEAT_CHARS
