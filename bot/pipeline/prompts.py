@@ -134,8 +134,8 @@ _SYNTHESIS_HUMAN = (
 )
 
 # A worked answer, sent as an earlier turn of the chat like the keyword examples: shown
-# one, SmolLM2-135M wrote sentences the sources support (and the attribution could cite)
-# in 59 of 67 turns, against 40 with the instructions alone.
+# one, SmolLM2-135M wrote sentences in its sources' words (which the attribution cites)
+# in 59 of 67 turns, against 40 with the instructions alone (README, bench/real_model.py).
 ANSWER_EXAMPLE_SOURCES: tuple[tuple[str, str, str], ...] = (
     (
         "Eiffel Tower",
