@@ -248,7 +248,7 @@ class AnswerWriter:
         sources and statistics among them."""
         system = self._prompt.format_messages(**inputs)[0].text
         sections = [inputs["sources"], inputs["analysis"], inputs["notes"]]
-        sections += [prompts.answer_example_sources(), prompts.ANSWER_EXAMPLE_STATISTICS]
+        sections += [prompts.ANSWER_EXAMPLE_SHOWN, prompts.ANSWER_EXAMPLE_STATISTICS]
         return PromptLines.of(system, sections, [(s.n, s.title) for s, _ in sources])
 
     @staticmethod

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["LayoutFilter", "PromptLines"]
+__all__ = ["LayoutFilter", "PromptLines", "normal_line"]
 
 # The bot's own section headings (the prompt's and the rendered reply's), and the roles of
 # its conversation transcript: a line that starts with one is layout, whatever follows it
@@ -46,8 +46,9 @@ _STATISTICS_START = re.compile(r"^\d{1,4}(?: (.*))?$")
 _STATISTICS_WORDS = ("articles (", "article (")
 # The prompt's placeholders for an empty section.
 PLACEHOLDERS = ("(none)", "(not available)", "(no sources were found)")
-# Markdown a model puts around a copied line: "## ", "**", "- ", "> ", "1. ".
-_DECORATION = re.compile(r"^(?:[#>*_\-•]+\s*|\d{1,2}[.)]\s+)+|[*_]+$")
+# Markdown a model puts around a copied line: "## ", "**", "- ", "> ", "1. " (or a bare
+# "1." with nothing after it yet).
+_DECORATION = re.compile(r"^(?:[#>*_\-•]+\s*|\d{1,2}[.)](?:\s+|$))+|[*_]+$")
 _SPACES = re.compile(r"\s+")
 # A copied source entry: "[3] Title", then its label, a URL or the bot's dash, or nothing.
 _ENTRY = re.compile(r"^\[(\d{1,3})\]\s*(.*)$")
@@ -72,8 +73,9 @@ def _may_be_statistics(partial: str) -> bool:
     return any(w.startswith(rest) or rest.startswith(w) for w in _STATISTICS_WORDS)
 
 
-def _normal(line: str) -> str:
-    """A line as compared with the prompt's: decoration off, spaces collapsed, casefolded."""
+def normal_line(line: str) -> str:
+    """A line as compared with the prompt's (and, in :mod:`bot.pipeline.repeats`, with the
+    answer's own sentences): decoration off, spaces collapsed, casefolded."""
     flat = _SPACES.sub(" ", line).strip()
     return _DECORATION.sub("", flat).strip().casefold()
 
@@ -98,7 +100,7 @@ class PromptLines:
         cls, system: str, sections: Iterable[str], titles: Iterable[tuple[int, str]] = ()
     ) -> PromptLines:
         def lines(text: str) -> set[str]:
-            return {n for n in (_normal(line) for line in text.splitlines()) if n}
+            return {n for n in (normal_line(line) for line in text.splitlines()) if n}
 
         shown = set(PLACEHOLDERS)
         for section in sections:
@@ -106,7 +108,7 @@ class PromptLines:
         return cls(
             frozenset(lines(system)),
             frozenset(shown),
-            {n: _normal(title) for n, title in titles},
+            {n: normal_line(title) for n, title in titles},
         )
 
     def can_become(self, partial: str) -> bool:
@@ -172,7 +174,7 @@ class LayoutFilter:
         if not self._passing and self._line:
             if final:
                 self._end_line(out, newline=False, last=True)
-            elif not self._prompt.can_become(_normal(self._line)):
+            elif not self._prompt.can_become(normal_line(self._line)):
                 out.append(self._release(self._line))
                 self._line = ""
                 self._passing = True
@@ -205,7 +207,7 @@ class LayoutFilter:
         """Whether the answer's last line is a prompt line cut off mid-way (the stream was
         stopped while the model copied it): long enough to be more than a chance match,
         not a finished sentence, and the start of one of the prompt's lines."""
-        normal = _normal(line)
+        normal = normal_line(line)
         if len(normal) < MIN_CUT_COPY or normal.endswith(_SENTENCE_ENDS):
             return False
         begun = self._prompt.begun(normal)
@@ -214,7 +216,7 @@ class LayoutFilter:
         return begun is not None
 
     def _copied(self, line: str) -> bool:
-        normal = _normal(line)
+        normal = normal_line(line)
         if normal in self._prompt.instructions:
             self.echoed_lines += 1
             return True

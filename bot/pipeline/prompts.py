@@ -24,6 +24,10 @@ from bot.domain import AnalysisReport, Article, source_label
 from bot.pipeline.text import truncate_words
 
 __all__ = [
+    "ANSWER_EXAMPLE",
+    "ANSWER_EXAMPLE_SHOWN",
+    "ANSWER_EXAMPLE_SOURCES",
+    "ANSWER_EXAMPLE_STATISTICS",
     "KEYWORD_EXAMPLES",
     "KEYWORD_SCHEMA",
     "SUMMARY_MARKER",
@@ -163,14 +167,13 @@ ANSWER_EXAMPLE = (
 """The worked answer's question and answer; its sources and statistics are above."""
 
 
-def answer_example_sources() -> str:
-    """The worked answer's sources, rendered as a turn's are (:func:`format_sources`)."""
-    return format_sources(
-        [
-            (Source(n, title, url, "wikipedia", 1.0), text)
-            for n, (title, url, text) in enumerate(ANSWER_EXAMPLE_SOURCES, start=1)
-        ]
-    )
+ANSWER_EXAMPLE_SHOWN = format_sources(
+    [
+        (Source(n, title, url, "wikipedia", 1.0), text)
+        for n, (title, url, text) in enumerate(ANSWER_EXAMPLE_SOURCES, start=1)
+    ]
+)
+"""The worked answer's sources, rendered once as a turn's are (:func:`format_sources`)."""
 
 
 def _answer_example() -> list[tuple[str, str]]:
@@ -178,7 +181,7 @@ def _answer_example() -> list[tuple[str, str]]:
     asked = _SYNTHESIS_HUMAN.format(
         summary="(none)",
         history="(none)",
-        sources=answer_example_sources(),
+        sources=ANSWER_EXAMPLE_SHOWN,
         analysis=ANSWER_EXAMPLE_STATISTICS,
         notes="(none)",
         question=question,

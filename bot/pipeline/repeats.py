@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from bot.pipeline.layout import normal_line
+
 __all__ = ["MIN_REPEAT_CHARS", "MIN_REPEAT_WORDS", "RepeatGuard"]
 
 # A sentence this long (in words, or in characters: a line of links has few words),
@@ -26,21 +28,13 @@ MIN_REPEAT_CHARS = 60
 # Where a sentence ends: its mark (and closing quotes or brackets) before a space, or a
 # line's end. The space stays with the next sentence.
 _END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s)|\n")
-# List markers and Markdown around a sentence: "2. " repeats as "3. ".
-_DECORATION = re.compile(r"^(?:[#>*_\-•]+\s*|\d{1,2}[.)](?:\s+|$))+")
-_SPACES = re.compile(r"\s+")
 _MARKER = re.compile(r"\s*\d{1,2}[.)]")
-
-
-def _normal(sentence: str) -> str:
-    return _DECORATION.sub("", _SPACES.sub(" ", sentence).strip()).casefold()
 
 
 class RepeatGuard:
     """Passes an answer's text through until it repeats one of its own sentences."""
 
-    def __init__(self, min_words: int = MIN_REPEAT_WORDS) -> None:
-        self._min_words = min_words
+    def __init__(self) -> None:
         self._written: set[str] = set()
         self._sentence = ""  # the current sentence so far, shown or held
         self._held = ""  # its part not shown yet
@@ -65,7 +59,7 @@ class RepeatGuard:
             text = text[used:]
             if self._complete(out):
                 return "".join(out)
-        if self._held and not self._may_repeat(_normal(self._sentence)):
+        if self._held and not self._may_repeat(normal_line(self._sentence)):
             out.append(self._held)
             self._held = ""
         return "".join(out)
@@ -85,7 +79,7 @@ class RepeatGuard:
         if self.looped:
             return ""
         held, self._held = self._held, ""
-        normal = _normal(self._sentence)
+        normal = normal_line(self._sentence)
         self._sentence = ""
         if self._long(normal) and self._may_repeat(normal):
             return ""
@@ -93,7 +87,7 @@ class RepeatGuard:
 
     def _complete(self, out: list[str]) -> bool:
         """Ends the current sentence; True when it repeats one (the answer has looped)."""
-        normal = _normal(self._sentence)
+        normal = normal_line(self._sentence)
         if normal in self._written and self._long(normal):
             self.looped = True
             self._held = ""
@@ -110,5 +104,6 @@ class RepeatGuard:
             partial = ""
         return any(s.startswith(partial) and self._long(s) for s in self._written)
 
-    def _long(self, sentence: str) -> bool:
-        return len(sentence.split()) >= self._min_words or len(sentence) >= MIN_REPEAT_CHARS
+    @staticmethod
+    def _long(sentence: str) -> bool:
+        return len(sentence.split()) >= MIN_REPEAT_WORDS or len(sentence) >= MIN_REPEAT_CHARS

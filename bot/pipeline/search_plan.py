@@ -112,8 +112,9 @@ def _is_prose(keyword: str, words: Sequence[str]) -> bool:
     return filler / len(words) > 0.6
 
 
-def question_terms(question: str, limit: int = QUESTION_TERMS) -> list[str]:
-    """The question's salient words, each a search of its own, the likeliest first.
+def question_terms(question: str, limit: int | None = QUESTION_TERMS) -> list[str]:
+    """The question's salient words, each a search of its own, the likeliest first (the
+    first ``limit``; None: all).
 
     Content words (stop and filler words removed, a possessive's "'s" dropped), longest
     first: with no word statistics at hand, length is the cheap proxy for rarity (long
@@ -190,7 +191,7 @@ def plan_search(
     # Beside them, words a keyword already holds come last: "Bike Chain" searched, "flaky"
     # finds what "chain" alone would not.
     covered = frozenset(terms(" ".join(accepted)))
-    own = sorted(question_terms(question, limit=32), key=lambda w: set(terms(w)) <= covered)
+    own = sorted(question_terms(question, limit=None), key=lambda w: set(terms(w)) <= covered)
     own = own[: QUESTION_TERMS if not accepted else QUESTION_TERMS_BESIDE]
     follow_up = bool(previous) and is_follow_up(question)
     topic = question_terms(previous, TOPIC_TERMS) if follow_up else []

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.pipeline.prompts import (
+    ANSWER_EXAMPLE_SHOWN,
     ANSWER_EXAMPLE_STATISTICS,
     SYNTHESIS_MARKER,
-    answer_example_sources,
 )
 from tests.fakes.scripted import (
     _opening,
@@ -92,7 +92,7 @@ def copied_example(system: str, user: str) -> str:
     """A cited answer, then the worked example's sources and statistics copied after it."""
     (n1, _, text1), *_ = _parse_sources(user)
     return "\n".join(
-        [f"{_opening(text1)} [{n1}].", answer_example_sources(), ANSWER_EXAMPLE_STATISTICS]
+        [f"{_opening(text1)} [{n1}].", ANSWER_EXAMPLE_SHOWN, ANSWER_EXAMPLE_STATISTICS]
     )
 
 
