@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,9 +222,12 @@ async def _ask_all(runtime: Runtime, bot: InMemoryAdapter, prefix: str) -> list[
     return cases
 
 
-def keyword_modes(backend: str, modes: Sequence[Mode], max_seq_length: int) -> None:
+def keyword_modes(
+    backend: str, modes: Sequence[Mode], max_seq_length: int, *, show_misses: bool = False
+) -> None:
     """hit@1 of the pipeline's own ranking with each kind of keyword reply, the server
-    honouring ``format`` (a grammar) and ignoring it."""
+    honouring ``format`` (a grammar) and ignoring it; ``show_misses``: the questions each
+    mode's pipeline ranking missed, with the grammar."""
     runs = [
         Run(
             f"{mode}/{'format' if honoured else 'raw'}",
@@ -256,6 +259,21 @@ def keyword_modes(backend: str, modes: Sequence[Mode], max_seq_length: int) -> N
                 h1, h3, mrr = metrics(cases[f"{mode}/{kind}"], ranker)
                 cells.append(f"{h1:.3f} / {h3:.3f} / {mrr:.3f}")
             print(f"{mode:<28}{cells[0]:>28}{cells[1]:>28}")
+    if show_misses:
+        pipeline_misses(cases, modes)
+
+
+def pipeline_misses(cases: Mapping[str, Sequence[Case]], modes: Sequence[Mode]) -> None:
+    """Per mode, the questions whose gold source the pipeline did not put first."""
+
+    def missed(mode: str) -> list[str]:
+        return [
+            c.question for c in cases[f"{mode}/format"] if c.gold_at(range(len(c.sources))) != 1
+        ]
+
+    print()
+    for mode in modes:
+        print(f"{mode} misses: " + ("; ".join(missed(mode)) or "none"))
 
 
 def report(cases: Sequence[Case], rankers: dict[str, Ranker]) -> None:
@@ -379,7 +397,7 @@ def main() -> None:
     modes = _modes(parser, args.keyword_modes)
     asyncio.run(run(args))
     if modes:
-        keyword_modes(args.backend, modes, args.max_seq_length)
+        keyword_modes(args.backend, modes, args.max_seq_length, show_misses=args.misses)
 
 
 def _modes(parser: argparse.ArgumentParser, text: str) -> list[Mode]:

@@ -35,6 +35,36 @@ def test_terms_drop_stopwords_and_fold_plurals() -> None:
     assert ranking.terms("Batteries and bus") == ["battery", "bus"]
 
 
+@pytest.mark.parametrize(
+    "forms",
+    [
+        ("dance", "dances", "danced", "dancing"),
+        ("misfire", "misfires", "misfired"),
+        ("run", "runs", "running"),
+        ("fall", "falls", "falling"),
+        ("fly", "flies", "flying"),
+        ("name", "names", "named"),
+        ("class", "classes"),
+    ],
+)
+def test_a_word_s_inflections_meet(forms: tuple[str, ...]) -> None:
+    assert len({ranking.stem(f) for f in forms}) == 1, [ranking.stem(f) for f in forms]
+
+
+@pytest.mark.parametrize(
+    ("word", "other"), [("singer", "sing"), ("thread", "three"), ("status", "state"), ("red", "re")]
+)
+def test_derivations_and_short_words_stay_apart(word: str, other: str) -> None:
+    assert ranking.stem(word) != ranking.stem(other)
+
+
+def test_an_inflected_word_tells_neighbours_apart() -> None:
+    bird = wiki("Crane (bird)", "Cranes are long-necked birds known for their dancing displays.")
+    machine = wiki("Crane (machine)", "A crane is a machine; tower cranes lift heavy loads.")
+    scores = ranking.bm25(ranking.terms("why do cranes dance?"), [bird, machine])
+    assert scores[0] > scores[1]
+
+
 def test_bm25_rewards_the_distinguishing_word_not_the_shared_one() -> None:
     scores = ranking.bm25(ranking.terms("mercury thermometer"), [PLANET, METAL, GOD])
     assert scores[1] > 4 * max(scores[0], scores[2])

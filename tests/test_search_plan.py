@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.pipeline.keywords import reply_keywords
-from bot.pipeline.ranking import terms
+from bot.pipeline.ranking import plural, terms
 from bot.pipeline.search_plan import (
     is_follow_up,
     plan_search,
@@ -19,7 +19,7 @@ FILM = "who directed the 2007 film about an oil prospector, there will be blood?
 
 
 def related(text: str) -> frozenset[str]:
-    return frozenset(terms(text))
+    return frozenset(terms(text, plural))
 
 
 @pytest.mark.parametrize(
@@ -39,6 +39,12 @@ def related(text: str) -> frozenset[str]:
 )
 def test_verdict(keyword: str, expected: str) -> None:
     assert verdict(keyword, related(FILM)) == expected
+
+
+def test_only_plurals_meet_when_a_keyword_is_judged() -> None:
+    question = "why did nasa name its first astronaut program after a planet?"
+    assert verdict("Rust (programming language)", related(question)) == "off topic"
+    assert verdict("Astronaut programs", related(question)) == "ok"
 
 
 def test_a_title_with_function_words_is_not_prose() -> None:

@@ -26,7 +26,7 @@ from typing import Literal
 
 from bot.pipeline.keywords import FILLER_WORDS
 from bot.pipeline.prompts import KEYWORD_EXAMPLES
-from bot.pipeline.ranking import STOPWORDS, terms
+from bot.pipeline.ranking import STOPWORDS, plural, terms
 
 __all__ = [
     "SearchPlan",
@@ -86,14 +86,20 @@ class SearchPlan:
 
 
 def verdict(keyword: str, related: frozenset[str]) -> Verdict:
-    """Whether ``keyword`` can be used as is; ``related``: the stemmed words (see
-    :func:`bot.pipeline.ranking.terms`) of the question and the recent conversation."""
+    """Whether ``keyword`` can be used as is; ``related``: the words of the question and
+    the recent conversation, plurals made singular.
+
+    Only plurals meet here, not the ranking's other inflections: a keyword must share a
+    word with the question to be searched, and "programming" must not vouch for "Rust
+    (programming language)" beside "its astronaut program" (bench/retrieval.py's
+    wrong-topic reply: hit@1 0.866 with the ranking's stemmer, 0.881 with plurals).
+    """
     words = keyword.split()
     if _is_prose(keyword, words):
         return "prose"
     if len(words) > MAX_KEYWORD_WORDS or len(keyword) > MAX_KEYWORD_CHARS:
         return "too long"
-    if not related.intersection(terms(keyword)):
+    if not related.intersection(terms(keyword, plural)):
         # A copy of the prompt's example is not the model's knowledge: not searched at all.
         return "example" if " ".join(words).casefold() in _EXAMPLE_KEYWORDS else "off topic"
     return "ok"
@@ -174,7 +180,7 @@ def plan_search(
     resolves a follow-up ("Apple Records" for "did it fight the computer company?") is
     not taken for an unrelated one. At most ``max_terms`` searches.
     """
-    related = frozenset(terms(f"{question}\n{context}"))
+    related = frozenset(terms(f"{question}\n{context}", plural))
     accepted: list[str] = []
     unrelated: list[str] = []
     rejected: list[tuple[str, Verdict]] = []
@@ -190,8 +196,10 @@ def plan_search(
     # rest would mostly add neighbours for the ranking to sort out.
     # Beside them, words a keyword already holds come last: "Bike Chain" searched, "flaky"
     # finds what "chain" alone would not.
-    covered = frozenset(terms(" ".join(accepted)))
-    own = sorted(question_terms(question, limit=None), key=lambda w: set(terms(w)) <= covered)
+    covered = frozenset(terms(" ".join(accepted), plural))
+    own = sorted(
+        question_terms(question, limit=None), key=lambda w: set(terms(w, plural)) <= covered
+    )
     own = own[: QUESTION_TERMS if not accepted else QUESTION_TERMS_BESIDE]
     follow_up = bool(previous) and is_follow_up(question)
     topic = question_terms(previous, TOPIC_TERMS) if follow_up else []
