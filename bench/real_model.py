@@ -157,6 +157,10 @@ def settings_for(tmp: Path, args: argparse.Namespace, urls: tuple[str, str]) -> 
     return dataclasses.replace(settings, llm=llm, chat=chat)
 
 
+class NotReady(Exception):
+    """The model server failed the bot's start-up check (the message says how to fix it)."""
+
+
 async def collect(args: argparse.Namespace, keywords: KeywordLog) -> list[Outcome]:
     outcomes: list[Outcome] = []
     orchestrator = logging.getLogger("bot.pipeline.orchestrator")
@@ -175,6 +179,10 @@ async def collect(args: argparse.Namespace, keywords: KeywordLog) -> list[Outcom
             settings = settings_for(Path(tmp), args, (wiki.url, hn.url))
             args.answer_words = getattr(settings.chat, "answer_words", None)
             async with await Runtime.start(settings) as runtime:
+                if runtime.llm_warning:
+                    # The bot would start and answer every turn with the sources alone;
+                    # measured, that is a bench of the fallback, not of the model.
+                    raise NotReady(runtime.llm_warning)
                 bot = InMemoryAdapter()
                 await runtime.add_adapter(bot)
                 for n, conversation in enumerate(confusable.conversations()):
@@ -330,7 +338,10 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.base_url or args.replay_keywords):
         parser.error("--base-url is required (or --replay-keywords FILE)")
-    asyncio.run(run(args))
+    try:
+        asyncio.run(run(args))
+    except NotReady as error:
+        sys.exit(f"bench/real_model.py: the model server is not ready: {error}")
 
 
 if __name__ == "__main__":

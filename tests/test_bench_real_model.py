@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,34 @@ def test_replayed_keyword_replies_reach_the_pipeline_as_recorded(tmp_path: Path)
     # The pipeline saw each reply exactly as the model wrote it, copied format and all.
     assert all(replayed[question] == recorded[question] for question in replayed)
     assert '{"keywords": ["first", "second"]}' in replayed.values()
+
+
+def test_a_model_server_that_fails_the_start_up_check_stops_the_bench(tmp_path: Path) -> None:
+    # Without it, every turn would be the sources-only fallback, measured as the model's.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before the bench starts: nobody listens
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "real_model.py"),
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "--provider",
+            "openai",
+            "--backend",
+            "hashing",
+            "--turns",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "the model server is not ready" in done.stderr
+    assert f"No OpenAI-compatible server is reachable at http://127.0.0.1:{port}/v1" in done.stderr
+    assert "hit@1" not in done.stdout
