@@ -205,7 +205,15 @@ async def test_the_openai_check_names_each_fix(
         "sources only until then)."
     )
     no_v1 = await check_llm(http, openai_settings(openai_server, base_url=openai_server.url))
-    assert no_v1 is not None and "usually ends in /v1" in no_v1 and "HTTP 404" in no_v1
+    assert no_v1 == (
+        f"The server at {openai_server.url} serves its OpenAI-compatible API under /v1: set "
+        f"[llm].base_url to {openai_server.url}/v1 (answers will list sources only until then)."
+    )
+    elsewhere = await check_llm(
+        http, openai_settings(openai_server, base_url=f"{openai_server.url}/api")
+    )
+    assert elsewhere is not None and "usually ends in /v1" in elsewhere
+    assert "HTTP 404" in elsewhere
     openai_server.api_key = "sk-right"
     refused = await check_llm(http, openai_settings(openai_server))
     assert refused is not None and "set OPENAI_API_KEY" in refused

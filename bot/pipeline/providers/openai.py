@@ -172,6 +172,14 @@ class OpenAIProvider:
                 f"OPENAI_API_KEY to a key it accepts {_UNTIL_THEN}."
             )
         served = _model_ids(payload)
+        if served is None and not where.endswith("/v1"):
+            # The commonest slip: the server's address without its API root.
+            rooted = f"{where}/v1"
+            if await self._lists_models(session, rooted, headers):
+                return (
+                    f"The server at {where} serves its OpenAI-compatible API under /v1: set "
+                    f"[llm].base_url to {rooted} {_UNTIL_THEN}."
+                )
         if served is None:
             return (
                 f"The server at {where} does not list its models like an OpenAI-compatible API "
@@ -185,6 +193,20 @@ class OpenAIProvider:
                 f"start your server with it, or set [llm].model {_UNTIL_THEN}."
             )
         return None
+
+    @staticmethod
+    async def _lists_models(
+        session: aiohttp.ClientSession, root: str, headers: Mapping[str, str]
+    ) -> bool:
+        try:
+            async with session.get(
+                f"{root}/models", headers=headers, timeout=aiohttp.ClientTimeout(total=5)
+            ) as resp:
+                if resp.status != 200:
+                    return False
+                return _model_ids(await resp.json(content_type=None)) is not None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False
 
     def bind_options(
         self, *, max_tokens: int | None = None, json_schema: Mapping[str, Any] | None = None
