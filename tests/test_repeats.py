@@ -47,6 +47,27 @@ CASES = [
         f"The Beatles ({BEATLES})\nBruno Mars (https://en.wikipedia.org/wiki/Bruno_Mars)\n",
         True,
     ),
+    # Reworded: the sentence is shown (it streamed before it ended), and nothing after it.
+    (
+        "The Linux kernel was released as a fork of the GNU kernel in 1991. It is large.\n"
+        "The kernel was first released as a fork of GNU's kernel in 1991. More of the same.",
+        "The Linux kernel was released as a fork of the GNU kernel in 1991. It is large.\n"
+        "The kernel was first released as a fork of GNU's kernel in 1991.",
+        True,
+    ),
+    # A closing summary shares less with what it sums up; one citing another source, and a
+    # short sentence, may be worded alike.
+    (
+        "Mercury is the smallest planet in the Solar System and the closest to the Sun [1]. "
+        "It has no moons [1]. In short, Mercury is the smallest planet and the closest to the "
+        "Sun [1]. Venus is the hottest planet of the Solar System [2]. Venus is the hottest "
+        "planet in the Solar System [3]. It is hot. It was hot.",
+        "Mercury is the smallest planet in the Solar System and the closest to the Sun [1]. "
+        "It has no moons [1]. In short, Mercury is the smallest planet and the closest to the "
+        "Sun [1]. Venus is the hottest planet of the Solar System [2]. Venus is the hottest "
+        "planet in the Solar System [3]. It is hot. It was hot.",
+        False,
+    ),
     # A list that does not repeat passes whole, its markers too.
     (
         "No loop here at all, none.\n1. First item\n2. Second item",
