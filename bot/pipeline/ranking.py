@@ -76,12 +76,6 @@ def article_text(article: Article) -> str:
     return f"{article.title}. {article.text}"
 
 
-def terms(text: str, normalise: Callable[[str], str] | None = None) -> list[str]:
-    """Lower-cased content words, each through ``normalise`` (default :func:`stem`)."""
-    norm = stem if normalise is None else normalise
-    return [norm(word) for word in _WORD.findall(text.lower()) if word not in STOPWORDS]
-
-
 def plural(word: str) -> str:
     """The singular of a plural ("planets", "galaxies"); other words as they are."""
     if len(word) > 4 and word.endswith("ies"):
@@ -115,6 +109,11 @@ def stem(word: str) -> str:
     if len(word) > 3 and word.endswith("e"):
         word = word[:-1]
     return word
+
+
+def terms(text: str, normalise: Callable[[str], str] = stem) -> list[str]:
+    """Lower-cased content words, each through ``normalise``."""
+    return [normalise(word) for word in _WORD.findall(text.lower()) if word not in STOPWORDS]
 
 
 @dataclass(frozen=True, slots=True)
