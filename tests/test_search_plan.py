@@ -181,6 +181,19 @@ def test_the_number_of_searches_is_capped() -> None:
         ('"Mercury, Mercury orbit"', False, ["Mercury", "Mercury orbit"]),
         ("[Mercury]", False, ["[Mercury]"]),
         ('<think>json?</think>{"keywords": ["Mercury"]}', False, ["Mercury"]),
+        # A copied source entry: the title before the link is the keyword (SmolLM2-135M).
+        (
+            '{"keywords": ["self-Attention in Transformer (Wikipedia)](#https://en.wikipedia'
+            '.org/wiki/Transformer_(self_attention)"]}',
+            False,
+            ["self-Attention in Transformer"],
+        ),
+        (
+            '{"keywords": ["[Transformer](https://en.wikipedia.org/wiki/Transformer)", '
+            '"Mercury https://en.wikipedia.org/wiki/Mercury", "www.example.com"]}',
+            False,
+            ["Transformer", "Mercury"],
+        ),
     ],
 )
 def test_reply_keywords(reply: str, truncated: bool, expected: list[str]) -> None:

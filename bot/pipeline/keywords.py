@@ -55,9 +55,10 @@ _BOLD = re.compile(r"\*\*(.+?)\*\*|__(.+?)__")
 _QUOTED_HEAD = re.compile(r"""^(["“”'‘’`«])(.+?)(["“”'‘’`»])(?=\s|$|[,;:.(\-–—])""")
 _QUOTE_CHARS = "\"'“”‘’`«»"
 _EDGE_JUNK = " \t*_~,;:!?|>"
+_LINK = re.compile(r"\]\(|\(#|\(?<?https?://|\bwww\.", re.IGNORECASE)
 # Parenthetical notes a model adds after a keyword: "BERT (secondary keyword)".
 _META_PAREN = re.compile(
-    r"\s*\((?:[^()]*\b(?:primary|secondary|main|topic|keyword|optional|related|"
+    r"\s*\((?:[^()]*\b(?:primary|secondary|main|topic|keyword|optional|related|wikipedia|"
     r"e\.g\.|i\.e\.|if|for)\b[^()]*)\)\s*$",
     re.IGNORECASE,
 )
@@ -132,6 +133,12 @@ def _clean_keyword(raw: str) -> str:
     if quoted is not None:
         # '"Transformer" - the architecture...' -> the quoted part is the keyword.
         text = quoted.group(2)
+    # A link is where the model began copying a source entry: "Transformer (Wikipedia)](#
+    # https://en.wikipedia.org/...)" or "[Transformer](https://...)"; the title before it
+    # is the keyword.
+    before_link, *link = _LINK.split(text, maxsplit=1)
+    if link:
+        text = before_link.strip(_EDGE_JUNK + "[]")
     text = _EXPLANATION_DASH.split(text, maxsplit=1)[0]
     head, sep, tail = text.partition(": ")
     if sep and len(tail.split()) >= 4:
