@@ -68,6 +68,16 @@ CASES = [
         "planet in the Solar System [3]. It is hot. It was hot.",
         False,
     ),
+    # Lines of code differ in a name or a number; only prose can loop reworded.
+    (
+        "Stack the layers.\n```python\n"
+        + "".join(f"    layer_{i} = attention(q, k, v)  # step {i}\n" for i in range(4))
+        + "```\nEach layer attends to every token of the sequence.",
+        "Stack the layers.\n```python\n"
+        + "".join(f"    layer_{i} = attention(q, k, v)  # step {i}\n" for i in range(4))
+        + "```\nEach layer attends to every token of the sequence.",
+        False,
+    ),
     # A list that does not repeat passes whole, its markers too.
     (
         "No loop here at all, none.\n1. First item\n2. Second item",

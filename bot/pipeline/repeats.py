@@ -17,7 +17,9 @@ after "... due to rising temperatures"; "The kernel was released as a fork of th
 kernel" after "The Linux kernel was released ..."). Such a sentence is only known when
 it ends, by then shown, so it stays and the answer stops after it: its content words
 (stemmed, as the ranking's) are at least :data:`REWORDED_OVERLAP` the same as an earlier
-sentence's, and they cite the same sources.
+sentence's, and they cite the same sources. Only sentences of prose count (ended by a full
+stop, a question or an exclamation mark): lines of code differ in a name or a number
+("layer_1 = attention(q, k, v)  # step 1") and are no loop.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ _MARKER = re.compile(r"\s*\d{1,2}[.)]")
 REWORDED_OVERLAP = 0.7
 REWORDED_TERMS = 5
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+_PROSE_END = re.compile(r"[.!?…][\"'”’)\]]*\s*$")
 
 
 class RepeatGuard:
@@ -109,11 +112,14 @@ class RepeatGuard:
             self.looped = True
             self._held = ""
             return True
+        prose = _PROSE_END.search(self._sentence) is not None
         gist = _gist(self._sentence)
         if normal:
             self._written.add(normal)
         out.append(self._held)
         self._sentence = self._held = ""
+        if not prose:
+            return False
         if any(_reworded(gist, earlier) for earlier in self._gists):
             self.looped = True
             return True
