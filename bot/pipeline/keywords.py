@@ -56,7 +56,8 @@ _QUOTED_HEAD = re.compile(r"""^(["“”'‘’`«])(.+?)(["“”'‘’`»])(?
 _QUOTE_CHARS = "\"'“”‘’`«»"
 _EDGE_JUNK = " \t*_~,;:!?|>"
 _LINK = re.compile(r"\]\(|\(#|\(?<?https?://|\bwww\.", re.IGNORECASE)
-# Parenthetical notes a model adds after a keyword: "BERT (secondary keyword)".
+# Parenthetical notes a model adds after a keyword: "BERT (secondary keyword)", or the
+# label of a source entry it copied: "Transformer (Wikipedia)".
 _META_PAREN = re.compile(
     r"\s*\((?:[^()]*\b(?:primary|secondary|main|topic|keyword|optional|related|wikipedia|"
     r"e\.g\.|i\.e\.|if|for)\b[^()]*)\)\s*$",
