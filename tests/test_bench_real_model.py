@@ -17,21 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RECORDED = ROOT / "bench" / "data" / "smollm2-135m-keywords-inline-format.json"
 
 
-def test_replayed_keyword_replies_reach_the_pipeline_as_recorded(tmp_path: Path) -> None:
-    saved = tmp_path / "replies.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "real_model.py"),
-            "--replay-keywords",
-            str(RECORDED),
-            "--save-keywords",
-            str(saved),
-            "--turns",
-            "6",
-            "--backend",
-            "hashing",
-        ],
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """bench/real_model.py with ``args``, the hashing backend and no model download."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "real_model.py"), *args, "--backend", "hashing"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -39,6 +28,11 @@ def test_replayed_keyword_replies_reach_the_pipeline_as_recorded(tmp_path: Path)
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         check=False,
     )
+
+
+def test_replayed_keyword_replies_reach_the_pipeline_as_recorded(tmp_path: Path) -> None:
+    saved = tmp_path / "replies.json"
+    done = _bench("--replay-keywords", str(RECORDED), "--save-keywords", str(saved), "--turns", "6")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "; 6 turns" in done.stdout and "hit@1" in done.stdout
     recorded = json.loads(RECORDED.read_text(encoding="utf-8"))
@@ -49,30 +43,13 @@ def test_replayed_keyword_replies_reach_the_pipeline_as_recorded(tmp_path: Path)
     assert '{"keywords": ["first", "second"]}' in replayed.values()
 
 
-def test_a_model_server_that_fails_the_start_up_check_stops_the_bench(tmp_path: Path) -> None:
+def test_a_model_server_that_fails_the_start_up_check_stops_the_bench() -> None:
     # Without it, every turn would be the sources-only fallback, measured as the model's.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again before the bench starts: nobody listens
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "real_model.py"),
-            "--base-url",
-            f"http://127.0.0.1:{port}/v1",
-            "--provider",
-            "openai",
-            "--backend",
-            "hashing",
-            "--turns",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        check=False,
+    done = _bench(
+        "--base-url", f"http://127.0.0.1:{port}/v1", "--provider", "openai", "--turns", "1"
     )
     assert done.returncode != 0
     assert "the model server is not ready" in done.stderr

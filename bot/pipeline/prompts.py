@@ -128,6 +128,17 @@ def format_sources(items: Sequence[tuple[Source, str]]) -> str:
     return "\n\n".join(blocks)
 
 
+def describe_report(report: AnalysisReport | None) -> str:
+    if report is None:
+        return "(not available)"
+    counts = ", ".join(f"{name}: {n}" for name, n in report.per_source.items())
+    words = ", ".join(f"{w} ({n})" for w, n in report.keyword_frequencies[:8])
+    return (
+        f"{report.article_count} articles ({counts}); average keyword relevance "
+        f"{report.average_relevance:.2f}; frequent terms: {words or 'none'}"
+    )
+
+
 _SYNTHESIS_HUMAN = (
     "Conversation summary:\n{summary}\n\n"
     "Recent conversation:\n{history}\n\n"
@@ -155,9 +166,8 @@ ANSWER_EXAMPLE_SOURCES: tuple[tuple[str, str, str], ...] = (
         "seventh arrondissement.",
     ),
 )
-ANSWER_EXAMPLE_STATISTICS = (
-    "2 articles (wikipedia: 2); average keyword relevance 0.50; frequent terms: tower (4), "
-    "paris (2)"
+ANSWER_EXAMPLE_STATISTICS = describe_report(
+    AnalysisReport(2, {"wikipedia": 2}, 0.5, (("tower", 4), ("paris", 2)), ())
 )
 ANSWER_EXAMPLE = (
     "how tall is the eiffel tower and when was it built?",
@@ -290,14 +300,3 @@ def prompt_text(article: Article) -> str:
     if article.published:
         facts.append(f"posted {article.published[:10]}")
     return f"({', '.join(facts)}) {article.text}" if facts else article.text
-
-
-def describe_report(report: AnalysisReport | None) -> str:
-    if report is None:
-        return "(not available)"
-    counts = ", ".join(f"{name}: {n}" for name, n in report.per_source.items())
-    words = ", ".join(f"{w} ({n})" for w, n in report.keyword_frequencies[:8])
-    return (
-        f"{report.article_count} articles ({counts}); average keyword relevance "
-        f"{report.average_relevance:.2f}; frequent terms: {words or 'none'}"
-    )

@@ -112,14 +112,14 @@ class RepeatGuard:
             self.looped = True
             self._held = ""
             return True
-        prose = _PROSE_END.search(self._sentence) is not None
-        gist = _gist(self._sentence)
+        sentence = self._sentence
         if normal:
             self._written.add(normal)
         out.append(self._held)
         self._sentence = self._held = ""
-        if not prose:
+        if _PROSE_END.search(sentence) is None:
             return False
+        gist = _gist(sentence)
         if any(_reworded(gist, earlier) for earlier in self._gists):
             self.looped = True
             return True
