@@ -98,6 +98,18 @@ def test_rrf_adds_reciprocal_ranks_with_the_prior_weak() -> None:
     assert scores[1] > scores[0] > scores[2]
 
 
+def test_the_search_engine_s_order_does_not_outvote_the_question_s_meaning() -> None:
+    # "can a spark from a power line start a wildfire?" searched on its own words: the
+    # search puts "Wildfire" first and its words match a little better, but the question
+    # is about the spark, and the embedding says so. The source's order only breaks ties.
+    spark = ScoreParts(dense=0.62, bm25=2.4, prior=0.25, source_rank=3)
+    wildfire = ScoreParts(dense=0.55, bm25=2.96, prior=1.0, source_rank=0)
+    scores = ranking.rrf([spark, wildfire])
+    assert scores[0] > scores[1]
+    tied = ranking.rrf([ScoreParts(dense=0.5, bm25=1.0, source_rank=r) for r in (1, 0)])
+    assert tied[1] > tied[0]
+
+
 def test_rrf_ties_share_the_better_rank() -> None:
     parts = [ScoreParts(dense=0.5), ScoreParts(dense=0.5), ScoreParts(dense=0.1)]
     scores = ranking.rrf(parts, weights={"dense": 1.0, "bm25": 0.0, "prior": 0.0})
