@@ -21,7 +21,9 @@ With ``--keyword-modes``, the set runs again with keyword replies like the ones 
 models give (tests/fakes/keyword_modes.py: prose, a wrong topic, nothing, a numbered list, a
 quoted line, a reply cut off by the token limit), each with the server honouring the
 request's JSON schema (as Ollama's grammar does) and ignoring it, and prints the hit@1 of
-the pipeline's ranking for each next to the well-behaved reply's.
+the pipeline's ranking for each next to the well-behaved reply's; then (unless
+``--no-grid``) the grid again, each setting judged by its worst mode: the RRF weights in
+bot/pipeline/ranking.py are that grid's choice.
 
     python bench/retrieval.py [--backend sentence-transformers|hashing] [--no-grid]
                               [--keyword-modes all|MODE,...]
