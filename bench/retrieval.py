@@ -354,7 +354,8 @@ def grid(sets: Mapping[str, Sequence[Case]], title: str) -> None:
         held: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in sets}
         chosen = []
         for train, test in ((folds[0], folds[1]), (folds[1], folds[0])):
-            best = max(options, key=lambda name: score(subset(train), options[name]))
+            fitted = subset(train)
+            best = max(options, key=lambda name: score(fitted, options[name]))
             chosen.append(best)
             for name, cases in subset(test).items():
                 for i, value in enumerate(metrics(cases, options[best])):
