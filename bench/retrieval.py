@@ -269,13 +269,8 @@ def keyword_modes(
             print(f"{mode:<28}{cells[0]:>28}{cells[1]:>28}")
     if show_misses:
         pipeline_misses(cases, modes)
-    if calibrate:
-        sets = {
-            f"{mode}/{kind}": cases[f"{mode}/{kind}"]
-            for mode in modes
-            for kind in ("format", "raw")
-        }
-        grid(sets, "every keyword mode, format honoured and ignored")
+    if calibrate:  # ``cases`` holds every mode's runs, format honoured and ignored
+        grid(cases, "every keyword mode, format honoured and ignored")
 
 
 def pipeline_misses(cases: Mapping[str, Sequence[Case]], modes: Sequence[Mode]) -> None:
