@@ -40,7 +40,12 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 async def make_llm(fake: FakeOpenAI) -> AsyncIterator[MakeLLM]:
-    """Build ``ChatOpenAI`` clients for the fake (no retries) and close them afterwards."""
+    """Build ``ChatOpenAI`` clients for the fake (no retries) and close them afterwards.
+
+    Each gets HTTP clients of its own: langchain-openai's default is one cached per base
+    URL, so closing it here would hand a closed client to a later test whose fake happens
+    to get the same ephemeral port.
+    """
     made: list[ChatOpenAI] = []
 
     def make(**kwargs: Any) -> ChatOpenAI:
@@ -48,6 +53,8 @@ async def make_llm(fake: FakeOpenAI) -> AsyncIterator[MakeLLM]:
         kwargs.setdefault("model", MODEL)
         kwargs.setdefault("api_key", "sk-test")
         kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("http_client", openai.DefaultHttpxClient())
+        kwargs.setdefault("http_async_client", openai.DefaultAsyncHttpxClient())
         llm = ChatOpenAI(**kwargs)
         made.append(llm)
         return llm
