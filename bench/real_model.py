@@ -101,6 +101,13 @@ class Outcome:
         return "model" if citations.cited_sentences(self.reply.body) else "attributed"
 
     @property
+    def model_citations(self) -> tuple[int, int]:
+        """The model's own ``[n]`` (one per sentence and number), and how many of them the
+        citation check found weak: the reader sees those as ``[n?]``."""
+        made = sum(len(c.numbers) for c in citations.cited_sentences(self.reply.body))
+        return made, len(self.reply.weak_citations)
+
+    @property
     def words(self) -> int:
         # Words as a reader (and the bot's length cap) counts them: between spaces.
         return len(self.reply.body.split())
@@ -253,6 +260,12 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> None:
     )
     own = citing["model"] + citing["attributed"]
     print(f"answer's own words cited (the model's or attributed): {own} of {n}")
+    made = [o.model_citations for o in outcomes if o.citing == "model"]
+    print(
+        f"model citations  {sum(m for m, _ in made)}, {sum(w for _, w in made)} of them weak "
+        f"(shown as [n?]); answers whose every model citation is weak: "
+        f"{sum(0 < m <= w for m, w in made)}"
+    )
     print(
         f"keyword replies  {sum(o.keywords_rejected for o in outcomes)} of {n} not used as "
         f"they came; topics searched {topics} ({topics / n:.1f} per turn), {own_words} "
@@ -285,6 +298,8 @@ def answer_record(o: Outcome) -> dict[str, Any]:
         "status": o.reply.status,
         "notices": [notice.kind for notice in o.reply.notices],
         "cited_by": o.citing,
+        "model_citations": o.model_citations[0],
+        "weak_citations": o.model_citations[1],
         "words": o.words,
         "answer": o.reply.body,
     }

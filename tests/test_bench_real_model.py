@@ -35,6 +35,7 @@ def test_replayed_keyword_replies_reach_the_pipeline_as_recorded(tmp_path: Path)
     done = _bench("--replay-keywords", str(RECORDED), "--save-keywords", str(saved), "--turns", "6")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "; 6 turns" in done.stdout and "hit@1" in done.stdout
+    assert "model citations" in done.stdout  # with how many of them are weak
     recorded = json.loads(RECORDED.read_text(encoding="utf-8"))
     replayed = json.loads(saved.read_text(encoding="utf-8"))
     assert len(replayed) == 6
