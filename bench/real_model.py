@@ -291,6 +291,7 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> None:
 
 def answer_record(o: Outcome) -> dict[str, Any]:
     """One turn as ``--save-answers`` keeps it: the whole answer, for reading by hand."""
+    made, weak = o.model_citations
     return {
         "question": o.question,
         "gold": list(o.gold),
@@ -298,8 +299,8 @@ def answer_record(o: Outcome) -> dict[str, Any]:
         "status": o.reply.status,
         "notices": [notice.kind for notice in o.reply.notices],
         "cited_by": o.citing,
-        "model_citations": o.model_citations[0],
-        "weak_citations": o.model_citations[1],
+        "model_citations": made,
+        "weak_citations": weak,
         "words": o.words,
         "answer": o.reply.body,
     }

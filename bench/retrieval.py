@@ -344,7 +344,6 @@ def grid(sets: Mapping[str, Sequence[Case]], title: str) -> None:
     print()
     print(f"fusion constants, 2-fold cross-validation by cluster, {title}")
     print("(fit on half the clusters, score the other half; a setting counts its worst set)")
-    whole = subset(set(clusters))
     for fusion, options in candidates.items():
         held: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in sets}
         chosen = []
@@ -355,7 +354,7 @@ def grid(sets: Mapping[str, Sequence[Case]], title: str) -> None:
             for name, cases in subset(test).items():
                 for i, value in enumerate(metrics(cases, options[best])):
                     held[name][i] += value * len(cases) / len(sets[name])
-        best_all = max(options, key=lambda name: score(whole, options[name]))
+        best_all = max(options, key=lambda name: score(sets, options[name]))
         worst = min(held, key=lambda name: held[name][0])
         h1, h3, mrr = held[worst]
         label = f" (worst: {worst})" if len(sets) > 1 else ""
