@@ -31,10 +31,11 @@ from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.layout import LayoutFilter, PromptLines
 from bot.pipeline.llm import build_chat_model, call_options, close_chat_model, finish_reason
 from bot.pipeline.prompts import SYNTHESIS_MARKER
-from bot.pipeline.wording import NOTHING_WRITTEN, UNMATCHED
+from bot.pipeline.wording import FALLBACK_LEAD, NOTHING_WRITTEN, UNMATCHED
 from bot.runtime import Runtime
 from tests.conftest import LLM_PROVIDERS, FakeLLM
 from tests.fakes import answer_modes
+from tests.fakes.base import Fault
 from tests.fakes.scripted import requested_token_limit
 
 
@@ -355,6 +356,28 @@ async def test_an_answer_no_source_matches_is_followed_by_what_the_sources_say(
     assert uncited.user == "" and "listed" in uncited.operator, "the body says it already"
     assert reply.status == "degraded"
     assert reply.body in shown(bot)
+
+
+@pytest.mark.parametrize("case", ["unmatched", "model down"])
+async def test_the_bot_quotes_the_sentence_of_a_source_that_answers_the_question(
+    bot: InMemoryAdapter, llm: FakeLLM, case: str
+) -> None:
+    # The LSTM article opens with what an LSTM is; who proposed it comes two sentences on.
+    if case == "unmatched":
+        llm.responder = answer_modes.unsupported
+    else:
+        llm.always_fail = Fault.garbage()
+    reply = await bot.ask("Who proposed the LSTM design, and in which year?")
+
+    lead = UNMATCHED if case == "unmatched" else FALLBACK_LEAD
+    listed = reply.body.split(f"{lead}\n")[-1].split("\n")
+    (lstm,) = [s for s in reply.sources if s.title == "Long short-term memory"]
+    assert lstm.cited
+    assert (
+        f"[{lstm.n}] Long short-term memory: "
+        + ("Sepp Hochreiter and Jürgen Schmidhuber proposed the design in 1997.")
+        in listed
+    ), "the sentence that answers, not the article's first"
 
 
 @pytest.mark.parametrize(("answer_words", "listed"), [(20, 0), (45, 1), (150, 3)])

@@ -410,7 +410,8 @@ def test_a_long_answer_is_fast() -> None:
 
 def _best_stream_time(text: str) -> float:
     best = float("inf")
-    for _ in range(3):
+    # Best of five: on a busy machine one preemption of ~0.1 s can land in any one run.
+    for _ in range(5):
         start = time.perf_counter()
         stream(text, lambda: 1)
         best = min(best, time.perf_counter() - start)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.contract import Source
-from bot.pipeline.wording import FALLBACK_LEAD, fallback_answer, first_sentence
+from bot.pipeline.wording import FALLBACK_LEAD, fallback_answer, first_sentence, split_sentences
 from tests.samples import SOURCES
 
 
@@ -25,6 +25,32 @@ def test_fallback_answer() -> None:
         "[3] Guido van Rossum: Guido van Rossum is a Dutch programmer.",
     ]
     assert "ollama" not in answer.lower() and "http" not in answer
+
+
+def test_fallback_answer_quotes_the_sentence_picked_for_each_source() -> None:
+    items = [
+        (SOURCES[0], "Python is a programming language. Guido van Rossum made it in 1991."),
+        (SOURCES[2], "Guido van Rossum is a Dutch programmer"),
+    ]
+    picked = {1: "Guido van Rossum made it in 1991.", 3: "word " * 100}
+    lines = fallback_answer(items, quotes=picked).splitlines()
+    assert lines[1] == "[1] Python (programming language): Guido van Rossum made it in 1991."
+    # A quote is bounded like a first sentence.
+    assert lines[2].startswith("[3] Guido van Rossum: word word") and lines[2].endswith("…")
+    assert len(lines[2]) < 280
+    # A source the picker left out is quoted by its first sentence.
+    assert fallback_answer(items, quotes={}).splitlines()[1].endswith("programming language.")
+
+
+def test_split_sentences() -> None:
+    text = "It is used e.g. in science.  Dr. Who is a show!\nThe U.S. Army is big. and more"
+    assert split_sentences(text) == [
+        "It is used e.g. in science.",
+        "Dr. Who is a show!",
+        "The U.S. Army is big. and more",
+    ]
+    assert split_sentences("No end here") == ["No end here"]
+    assert split_sentences("  ") == []
 
 
 @pytest.mark.parametrize(

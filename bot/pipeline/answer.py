@@ -1,5 +1,5 @@
 """Writing the answer: streamed from the model through the filters, or, when the model is
-down, made from the best sources' first sentences.
+down, made from the best sources' sentences that answer the question best.
 
 The model's output is untrusted: it goes through the answer filter (reasoning blocks, lines
 copied from the prompt and invalid citations out) and the safety filter (links that are
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from langchain_core.language_models import BaseChatModel
@@ -47,10 +47,15 @@ from bot.store import ConversationState
 
 _log = logging.getLogger(__name__)
 
-# Without the model, the answer is the first sentences of this many best sources.
+# Without the model, the answer quotes a sentence of each of this many best sources.
 FALLBACK_SOURCES = 3
 # A lead-in with nothing after it ("The answer to this question is:") says nothing.
 _LEAD_IN_WORDS = 12
+
+
+QuotePicker = Callable[[Sequence[Numbered]], Awaitable[Mapping[int, str]]]
+"""Which sentence of each source (by number) an answer the bot writes quotes; a source
+it leaves out is quoted by its first sentence."""
 
 
 class Body(NamedTuple):
@@ -81,14 +86,18 @@ class AnswerWriter:
         sources: Sequence[Numbered],
         fetched: FetchResult,
         report: AnalysisReport | None,
+        *,
+        quotes: QuotePicker | None = None,
     ) -> Body:
-        """Stream the answer body to the turn's listener; returns it and what it cites."""
+        """Stream the answer body to the turn's listener; returns it and what it cites.
+
+        ``quotes`` picks what the answer quotes of its sources when the bot writes it."""
         if not sources:
             body = nothing_found(fetched.unavailable)
             await turn.emit(body)
             return Body(body, [])
         if turn.llm_error is None:
-            streamed = await self._stream(turn, state, sources, report)
+            streamed = await self._stream(turn, state, sources, report, quotes)
             if streamed is not None:
                 return streamed
         assert turn.llm_error is not None
@@ -96,7 +105,8 @@ class AnswerWriter:
         turn.notices.append(Notice("llm_unavailable", down, operator=turn.llm_error.hint))
         # First sentences of fetched text: as untrusted as anything the model writes.
         listed = sources[:FALLBACK_SOURCES]
-        body, found = neutralise(fallback_answer(listed), {s.url for s, _ in listed})
+        picked = await quotes(listed) if quotes is not None else None
+        body, found = neutralise(fallback_answer(listed, quotes=picked), {s.url for s, _ in listed})
         turn.neutralised += found
         await turn.emit(body)
         return Body(body, [s.n for s, _ in listed])
@@ -126,6 +136,7 @@ class AnswerWriter:
         state: ConversationState,
         sources: Sequence[Numbered],
         report: AnalysisReport | None,
+        quotes: QuotePicker | None,
     ) -> Body | None:
         """Returns None when the LLM failed before saying anything (the caller falls back)."""
         inputs = {
@@ -203,11 +214,13 @@ class AnswerWriter:
             turn.neutralised += safety.neutralised
         self._copied(turn, layout)
         if said_nothing(turn.shown):
-            return await self._sources_instead(turn, sources)
+            return await self._sources_instead(turn, sources, quotes)
         return Body(turn.shown, answer_filter.cited, written=True)
 
-    async def _sources_instead(self, turn: Turn, sources: Sequence[Numbered]) -> Body:
-        """The answer when the model wrote nothing usable: the best sources' first sentences."""
+    async def _sources_instead(
+        self, turn: Turn, sources: Sequence[Numbered], quotes: QuotePicker | None
+    ) -> Body:
+        """The answer when the model wrote nothing usable: the best sources, quoted."""
         turn.notices.append(
             Notice(
                 "answer_empty",
@@ -216,12 +229,20 @@ class AnswerWriter:
                 "copied from the prompt): the best sources are listed instead",
             )
         )
-        listed = await self.list_sources(turn, sources, NOTHING_WRITTEN)
+        listed = await self.list_sources(turn, sources, NOTHING_WRITTEN, quotes=quotes)
         # (No room even for one source only under a tiny [chat].max_answer_chars.)
         return listed or Body(turn.shown, [], written=True)
 
-    async def list_sources(self, turn: Turn, sources: Sequence[Numbered], lead: str) -> Body | None:
-        """Add ``lead`` and the best sources' first sentences, each cited, to the answer.
+    async def list_sources(
+        self,
+        turn: Turn,
+        sources: Sequence[Numbered],
+        lead: str,
+        *,
+        quotes: QuotePicker | None = None,
+    ) -> Body | None:
+        """Add ``lead`` and a sentence of each best source (``quotes`` picks it; else its
+        first), each cited, to the answer.
 
         As many of the best :data:`FALLBACK_SOURCES` as fit in what the answer's bounds
         (``[chat].answer_words`` with its slack, ``[chat].max_answer_chars``) leave after
@@ -231,8 +252,9 @@ class AnswerWriter:
         words_left = int(self._chat.answer_words * WORDS_SLACK) - len(turn.shown.split())
         chars_left = self._chat.max_answer_chars - len(turn.shown) - len("\n\n")
         listed = list(sources[:FALLBACK_SOURCES])
+        picked = await quotes(listed) if quotes is not None else None
         while listed:
-            text = fallback_answer(listed, lead)
+            text = fallback_answer(listed, lead, picked)
             if len(text.split()) <= words_left and len(text) <= chars_left:
                 break
             listed.pop()

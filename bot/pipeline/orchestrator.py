@@ -8,8 +8,9 @@
 a :class:`~bot.contract.Reply` (status ``failed`` and a friendly line, never exception
 text) and the details go to the log. Expected failures degrade the turn instead: a source
 that is down becomes a notice, a failed analysis or memory is skipped, and an unreachable
-LLM turns the answer into the best sources' first sentences. Each failure gives a notice
-with a user line and, where there is a fix, an operator hint.
+LLM turns the answer into the best sources, each quoted by its sentence closest to the
+question. Each failure gives a notice with a user line and, where there is a fix, an
+operator hint.
 
 The steps: the keywords (here), the memory around the turn (:mod:`.memory`), ranking and
 citation checks (:mod:`.relevance`), and the answer itself (:mod:`.answer`). The intake
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
@@ -269,9 +271,12 @@ class Pipeline:
         # The passages are known now: they are embedded while the answer is written.
         check = self._relevance.checks_citations and bool(sources)
         passages = asyncio.create_task(self._relevance.embed_passages(sources)) if check else None
+        # What the bot quotes of its sources when it writes the answer itself.
+        quotes = functools.partial(self._relevance.quotes, question=question_vector)
         try:
             body = await turn.clock.time(
-                "synthesis_s", self._writer.write(turn, state, sources, fetched, report)
+                "synthesis_s",
+                self._writer.write(turn, state, sources, fetched, report, quotes=quotes),
             )
             # Only the model's words are checked: the bot's own lines quote their sources.
             checked = (
@@ -290,7 +295,7 @@ class Pipeline:
             # (A cut answer may not have reached its first citation: the cut is the news.)
             listed = (
                 # No sentence of it matched a source: the reader gets what the sources say.
-                await self._writer.list_sources(turn, sources, UNMATCHED)
+                await self._writer.list_sources(turn, sources, UNMATCHED, quotes=quotes)
                 if checked.unmatched
                 else None
             )

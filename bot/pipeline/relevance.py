@@ -23,7 +23,7 @@ from bot.errors import EmbeddingError
 from bot.pipeline import citations, ranking
 from bot.pipeline.ranking import article_text
 from bot.pipeline.turn import Numbered, Turn
-from bot.pipeline.wording import NOT_RANKED
+from bot.pipeline.wording import NOT_RANKED, split_sentences
 
 _log = logging.getLogger(__name__)
 
@@ -105,6 +105,35 @@ class Relevance:
             fusion=self._ranking.fusion,
             hn_share=self._ranking.hackernews_share,
         )
+
+    async def quotes(
+        self, sources: Sequence[Numbered], question: Awaitable[FloatArray | None]
+    ) -> dict[int, str]:
+        """Each source's sentence closest in meaning to the question, by source number.
+
+        For the answers the bot writes from its sources (the model down, or its answer
+        matched none): a source's first sentence seldom answers the question ("born in
+        1989 in Pennsylvania" for how much a tour made). Empty without vectors; the
+        caller then quotes first sentences.
+        """
+        split = [(s.n, split_sentences(text)) for s, text in sources]
+        texts = [sentence for _, parts in split for sentence in parts]
+        query = await question
+        if query is None or not texts:
+            return {}
+        try:
+            vectors = await self._embeddings.embed(texts)
+        except EmbeddingError:
+            _log.warning("quoting first sentences: embedding the sources failed", exc_info=True)
+            return {}
+        scores = vectors @ query
+        best, start = {}, 0
+        for n, parts in split:
+            if parts:
+                # argmax keeps the earliest of equals: a source's opening names its subject.
+                best[n] = parts[int(np.argmax(scores[start : start + len(parts)]))]
+            start += len(parts)
+        return best
 
     @property
     def checks_citations(self) -> bool:

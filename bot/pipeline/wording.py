@@ -10,7 +10,7 @@ Sources list and notices look is each adapter's business (:mod:`bot.adapters.ren
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from bot.contract import Source
 from bot.domain import SOURCE_LABELS
@@ -41,6 +41,7 @@ __all__ = [
     "first_sentence",
     "nothing_found",
     "question_cut_line",
+    "split_sentences",
     "unavailable_line",
 ]
 
@@ -53,6 +54,8 @@ FALLBACK_LEAD = (
 NOTHING_WRITTEN = (
     "The language model wrote no answer this time. Here is what the most relevant sources say:"
 )
+# The longest sentence quoted from a source in an answer the bot writes itself.
+QUOTE_CHARS = 240
 UNMATCHED = "I could not match this answer to its sources. Here is what the most relevant ones say:"
 # Notices: each a user line (safe in a public channel) for a bot.contract.Notice.
 LLM_DOWN = "The language model is unavailable right now, so this lists sources only."
@@ -105,17 +108,27 @@ def question_cut_line(length: int, limit: int) -> str:
     return f"Your message was {length:,} characters long; I used only its first {limit:,}."
 
 
-def fallback_answer(sources: Sequence[tuple[Source, str]], lead: str = FALLBACK_LEAD) -> str:
+def fallback_answer(
+    sources: Sequence[tuple[Source, str]],
+    lead: str = FALLBACK_LEAD,
+    quotes: Mapping[int, str] | None = None,
+) -> str:
     """The answer without the model's: ``lead`` (by default, that it is unavailable), then
     the sources.
 
-    Lists ``sources`` (the caller picks the best few) as ``[n] Title: first sentence.``
-    lines; their links are in the reply's Sources list.
+    Lists ``sources`` (the caller picks the best few) as ``[n] Title: sentence.`` lines,
+    the sentence being the source's entry in ``quotes`` (by number: the one that answers
+    the question best) or else its first; their links are in the reply's Sources list.
     """
     lines = [lead]
     for source, text in sources:
         line = f"[{source.n}] {source.title}"
-        sentence = first_sentence(text)
+        quote = (quotes or {}).get(source.n)
+        sentence = (
+            truncate_words(" ".join(quote.split()), QUOTE_CHARS, ellipsis=True)
+            if quote
+            else first_sentence(text)
+        )
         if sentence:
             if sentence[-1] not in ".!?…":
                 sentence += "."
@@ -150,18 +163,29 @@ def _ends_sentence(text: str, end: int) -> bool:
     return not rest or not rest[0].islower()
 
 
-def first_sentence(text: str, *, max_chars: int = 240) -> str:
-    """The first sentence of ``text`` (whitespace collapsed), at most ``max_chars`` long.
+def split_sentences(text: str) -> list[str]:
+    """The sentences of ``text``, whitespace collapsed.
 
-    Does not stop at common abbreviations ("e.g.", "Dr.", "U.S.") or initials. A sentence
-    longer than ``max_chars`` is cut at a word boundary and ends with "…".
+    Does not cut at common abbreviations ("e.g.", "Dr.", "U.S.") or initials; text after
+    the last sentence's end is a sentence too.
     """
     flat = " ".join(text.split())
-    if not flat or max_chars <= 0:
-        return ""
-    sentence = flat
+    found, start = [], 0
     for match in _SENTENCE_END.finditer(flat):
         if _ends_sentence(flat, match.end()):
-            sentence = flat[: match.end()]
-            break
-    return truncate_words(sentence, max_chars, ellipsis=True)
+            found.append(flat[start : match.end()].strip())
+            start = match.end()
+    found.append(flat[start:].strip())
+    return [s for s in found if s]
+
+
+def first_sentence(text: str, *, max_chars: int = QUOTE_CHARS) -> str:
+    """The first sentence of ``text`` (whitespace collapsed), at most ``max_chars`` long.
+
+    Sentences are cut as :func:`split_sentences` cuts them. A sentence longer than
+    ``max_chars`` is cut at a word boundary and ends with "…".
+    """
+    if max_chars <= 0:
+        return ""
+    sentences = split_sentences(text)
+    return truncate_words(sentences[0], max_chars, ellipsis=True) if sentences else ""
