@@ -58,7 +58,7 @@ from bot.adapters.inmemory import InMemoryAdapter
 from bot.config import Settings, load_settings
 from bot.contract import Reply
 from bot.pipeline import citations
-from bot.pipeline.wording import UNMATCHED
+from bot.pipeline.wording import ASKED_AGAIN, UNMATCHED
 from bot.runtime import Runtime
 from tests.conftest import config_text
 from tests.fakes import confusable
@@ -90,7 +90,8 @@ class Outcome:
         """Who cited: the model; the bot, by attribution only; the bot listing the sources
         after an answer no source matched (``unmatched``: the model's own words still cite
         nothing), or instead of one (``listed``: the model wrote nothing usable, or was
-        down); or nobody."""
+        down); the model's second answer, shown after a first no source matched
+        (``again``); or nobody."""
         kinds = {notice.kind for notice in self.reply.notices}
         if not self.cited:
             return "none"
@@ -98,6 +99,8 @@ class Outcome:
             return "listed"
         if UNMATCHED in self.reply.body:
             return "unmatched"
+        if ASKED_AGAIN in self.reply.body:
+            return "again"
         return "model" if citations.cited_sentences(self.reply.body) else "attributed"
 
     @property
@@ -256,10 +259,14 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace) -> None:
         f"cited by         the model {citing['model']}, the bot's attribution only "
         f"{citing['attributed']}, the bot's list of sources after an answer no source "
         f"matched {citing['unmatched']} or instead of an empty one {citing['listed']}, "
-        f"nobody {citing['none']}"
+        f"nobody {citing['none']}; a second answer after one no source matched "
+        f"{citing['again']}"
     )
     own = citing["model"] + citing["attributed"]
-    print(f"answer's own words cited (the model's or attributed): {own} of {n}")
+    print(
+        f"answer's own words cited (the model's or attributed): {own} of {n}, "
+        f"{own + citing['again']} with the second answers"
+    )
     made = [o.model_citations for o in outcomes if o.citing == "model"]
     print(
         f"model citations  {sum(m for m, _ in made)}, {sum(w for _, w in made)} of them weak "

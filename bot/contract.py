@@ -37,6 +37,8 @@ NoticeKind = Literal[
     "answer_echo",
     "answer_repeat",
     "answer_empty",
+    # No sentence of the answer matched a source; a second answer that does follows it.
+    "answer_again",
     "no_sources",
 ]
 

@@ -30,8 +30,8 @@ from bot.pipeline.answer import WordBudget, said_nothing
 from bot.pipeline.answer_filter import AnswerFilter
 from bot.pipeline.layout import LayoutFilter, PromptLines
 from bot.pipeline.llm import build_chat_model, call_options, close_chat_model, finish_reason
-from bot.pipeline.prompts import SYNTHESIS_MARKER
-from bot.pipeline.wording import FALLBACK_LEAD, NOTHING_WRITTEN, UNMATCHED
+from bot.pipeline.prompts import AGAIN, SYNTHESIS_MARKER
+from bot.pipeline.wording import ASKED_AGAIN, FALLBACK_LEAD, NOTHING_WRITTEN, UNMATCHED
 from bot.runtime import Runtime
 from tests.conftest import LLM_PROVIDERS, FakeLLM
 from tests.fakes import answer_modes
@@ -348,6 +348,7 @@ async def test_an_answer_no_source_matches_is_followed_by_what_the_sources_say(
     assert written == llm.replies[-1], "the model's words stay, unmarked"
     lead, *lines = listed.split("\n")
     assert lead == UNMATCHED and lines
+    assert ASKED_AGAIN not in reply.body, "asked again, it matched nothing either: not shown"
     for line, source in zip(lines, reply.sources, strict=False):
         assert line.startswith(f"[{source.n}] {source.title}: ")
     assert reply.attributions == () and reply.weak_citations == ()
@@ -356,6 +357,26 @@ async def test_an_answer_no_source_matches_is_followed_by_what_the_sources_say(
     assert uncited.user == "" and "listed" in uncited.operator, "the body says it already"
     assert reply.status == "degraded"
     assert reply.body in shown(bot)
+
+
+async def test_a_second_answer_that_matches_the_sources_follows_one_that_did_not(
+    bot: InMemoryAdapter, llm: FakeLLM
+) -> None:
+    llm.responder = answer_modes.wrong_then_sourced
+    reply = await bot.ask(QUESTION)
+
+    first, second = llm.replies[-2:]
+    assert first == answer_modes.QUOKKAS and second.endswith("[1].")
+    # Shown after the first (a stream only grows), below a line that says why.
+    assert reply.body == f"{first}\n\n{ASKED_AGAIN}\n{second}"
+    assert reply.body in shown(bot)
+    assert [s.n for s in reply.sources if s.cited] == [1]
+    assert reply.weak_citations == ()
+    assert reply.status == "degraded" and "answer_again" in kinds(reply)
+    assert "answer_uncited" not in kinds(reply)
+    # The model was asked for it in what the answer's bounds left.
+    (asked,) = [b for b in llm.chat_bodies() if AGAIN in b["messages"][-1]["content"]]
+    assert QUESTION in asked["messages"][-1]["content"]
 
 
 @pytest.mark.parametrize("case", ["unmatched", "model down"])

@@ -15,6 +15,7 @@ the call may generate ``[llm].max_tokens`` tokens (a model stopped there says
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple
 from langchain_core.language_models import BaseChatModel
 
 from bot.config import ChatSettings, LLMSettings
-from bot.contract import Notice
+from bot.contract import Neutralised, Notice, SilentListener
 from bot.domain import AnalysisReport, FetchResult
 from bot.errors import LLMError, LLMTimeout
 from bot.pipeline import prompts
@@ -31,7 +32,7 @@ from bot.pipeline.layout import LayoutFilter, PromptLines
 from bot.pipeline.llm import FinishReason, call_options, finish_reason, stream_llm
 from bot.pipeline.repeats import RepeatGuard
 from bot.pipeline.safety import SafetyFilter, neutralise
-from bot.pipeline.turn import Numbered, Turn
+from bot.pipeline.turn import Numbered, Stopwatch, Turn
 from bot.pipeline.wording import (
     ANSWER_CUT,
     ANSWER_ECHOED,
@@ -68,6 +69,15 @@ class Body(NamedTuple):
     written: bool = False
 
 
+class Draft(NamedTuple):
+    """An answer written but not shown: its text, what it cites, what its safety filter
+    made inert."""
+
+    text: str
+    cited: list[int]
+    neutralised: Neutralised
+
+
 class AnswerWriter:
     """Streams one turn's answer body; one instance serves every turn."""
 
@@ -97,7 +107,7 @@ class AnswerWriter:
             await turn.emit(body)
             return Body(body, [])
         if turn.llm_error is None:
-            streamed = await self._stream(turn, state, sources, report, quotes)
+            streamed = await self._stream(turn, state, sources, report, quotes=quotes)
             if streamed is not None:
                 return streamed
         assert turn.llm_error is not None
@@ -136,11 +146,18 @@ class AnswerWriter:
         state: ConversationState,
         sources: Sequence[Numbered],
         report: AnalysisReport | None,
+        *,
         quotes: QuotePicker | None,
+        again: int | None = None,
     ) -> Body | None:
-        """Returns None when the LLM failed before saying anything (the caller falls back)."""
+        """Returns None when the LLM failed before saying anything (the caller falls back).
+
+        ``again``: the answer is a second one, asked for in that many words or fewer from
+        the source that answers; it is not replaced by the sources when it says nothing.
+        """
+        question = turn.question if again is None else f"{turn.question}\n\n{prompts.AGAIN}"
         inputs = {
-            "question": turn.question,
+            "question": question,
             "summary": state.summary or "(none)",
             "history": prompts.format_history([(t.question, t.answer or "") for t in state.turns])
             or "(none)",
@@ -162,7 +179,7 @@ class AnswerWriter:
 
         # Bounds on what the model may send, whatever the server does with num_predict.
         room, chunks_left = self._chat.max_answer_chars, self._settings.max_tokens
-        words = WordBudget(int(self._chat.answer_words * WORDS_SLACK))
+        words = WordBudget(int(self._chat.answer_words * WORDS_SLACK) if again is None else again)
         try:
             async with contextlib.aclosing(
                 stream_llm(self._texts(inputs, ending), self._settings, deadline=turn.deadline)
@@ -214,8 +231,37 @@ class AnswerWriter:
             turn.neutralised += safety.neutralised
         self._copied(turn, layout)
         if said_nothing(turn.shown):
+            if again is not None:
+                return None
             return await self._sources_instead(turn, sources, quotes)
         return Body(turn.shown, answer_filter.cited, written=True)
+
+    async def draft_again(
+        self,
+        turn: Turn,
+        state: ConversationState,
+        sources: Sequence[Numbered],
+        report: AnalysisReport | None,
+        words: int,
+    ) -> Draft | None:
+        """A second, short answer from the sources, written but not shown: for the caller to
+        check before it shows it. None when the model failed, wrote nothing, or ran past
+        ``words`` (a cut answer is not a finished one)."""
+        aside = dataclasses.replace(
+            turn,
+            listener=SilentListener(),
+            notices=[],
+            llm_error=None,
+            clock=Stopwatch(),
+            streamed=[],
+            neutralised=Neutralised(),
+        )
+        body = await self._stream(aside, state, sources, report, quotes=None, again=words)
+        if body is None or aside.llm_error is not None:
+            return None
+        if any(n.kind == "answer_cut" for n in aside.notices):
+            return None
+        return Draft(body.text, body.cited, aside.neutralised)
 
     async def _sources_instead(
         self, turn: Turn, sources: Sequence[Numbered], quotes: QuotePicker | None

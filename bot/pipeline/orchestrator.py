@@ -45,17 +45,18 @@ from bot.domain import (
     source_label,
 )
 from bot.errors import AnalysisError, LLMError, StoreError
-from bot.pipeline import prompts
-from bot.pipeline.answer import AnswerWriter
+from bot.pipeline import citations, prompts
+from bot.pipeline.answer import WORDS_SLACK, AnswerWriter, Body
 from bot.pipeline.keyword_call import KeywordCall, KeywordReply
 from bot.pipeline.keywords import reply_keywords
 from bot.pipeline.memory import RECENT_TURNS, Memory
-from bot.pipeline.relevance import CitationCheck, Relevance
+from bot.pipeline.relevance import CitationCheck, PassageVectors, Relevance
 from bot.pipeline.safety import neutralise
 from bot.pipeline.search_plan import SearchPlan, plan_search, ranking_texts, topic_question
 from bot.pipeline.turn import Numbered, Turn
 from bot.pipeline.wording import (
     ANSWER_BROKEN,
+    ASKED_AGAIN,
     EMPTY_HINT,
     FAILURE_LINE,
     NOT_RESTORED,
@@ -75,6 +76,8 @@ _A = TypeVar("_A")
 _B = TypeVar("_B")
 
 LANGUAGE_MODEL = "language model"
+# Fewer words than this left in the answer's bounds: no second answer, the sources instead.
+AGAIN_MIN_WORDS = 25
 # How long past its deadline a turn may run before it is stopped from outside.
 BACKSTOP_S = 2.0
 # A notice of one of these kinds means the reply is missing something: ``degraded``.
@@ -86,6 +89,7 @@ _DEGRADING = frozenset(
         "answer_cut",
         "ranking_unavailable",
         "answer_uncited",
+        "answer_again",
         "answer_echo",
         "answer_repeat",
         "answer_empty",
@@ -291,7 +295,19 @@ class Pipeline:
             if passages is not None:
                 passages.cancel()
         cut = any(n.kind == "answer_cut" for n in turn.notices)
-        if body.written and not body.cited and not cut:
+        again = (
+            await self._answer_again(turn, state, sources, report, passages)
+            if body.written and not body.cited and not cut and checked.unmatched
+            else None
+        )
+        if again is not None:
+            body, checked = again
+            hint = (
+                "no sentence of the model's answer matched a source; asked again, it wrote "
+                "one that does, shown after it"
+            )
+            turn.notices.append(Notice("answer_again", "", operator=hint))
+        elif body.written and not body.cited and not cut:
             # (A cut answer may not have reached its first citation: the cut is the news.)
             listed = (
                 # No sentence of it matched a source: the reader gets what the sources say.
@@ -329,6 +345,43 @@ class Pipeline:
         )
         self._memory.remember(turn.conversation, turn.claim, reply)
         return reply
+
+    async def _answer_again(
+        self,
+        turn: Turn,
+        state: ConversationState,
+        sources: Sequence[Numbered],
+        report: AnalysisReport | None,
+        passages: Awaitable[PassageVectors | None] | None,
+    ) -> tuple[Body, CitationCheck] | None:
+        """When no sentence of the answer matched a source: ask the model once more, in
+        what the answer's bounds leave, and show the second answer after the first if its
+        sentences match the sources (the stream only grows). None: it did not, or there
+        was no room; the caller lists the sources instead.
+
+        Small models answer wrongly now and then, not always on the same question: asked
+        again, SmolLM2-135M wrote a matching answer in 5 to 7 of 8 such turns (README).
+        """
+        chat = self._settings.chat
+        words = int(chat.answer_words * WORDS_SLACK) - len(f"{turn.shown} {ASKED_AGAIN}".split())
+        if passages is None or turn.llm_error is not None or words < AGAIN_MIN_WORDS:
+            return None
+        draft = await turn.clock.time(
+            "again_s", self._writer.draft_again(turn, state, sources, report, words)
+        )
+        if draft is None:
+            return None
+        text = f"\n\n{ASKED_AGAIN}\n{draft.text}"
+        if len(turn.shown) + len(text) > chat.max_answer_chars:
+            return None
+        checked = await self._relevance.check_citations(draft.text, passages)
+        made = sum(len(c.numbers) for c in citations.cited_sentences(draft.text))
+        if not checked.attributed and made <= len(checked.weak):
+            _log.info("the second answer matched no source either in %s", turn.conversation)
+            return None
+        turn.neutralised += draft.neutralised
+        await turn.emit(text)
+        return Body(turn.shown, draft.cited, written=True), checked
 
     @staticmethod
     def _status(turn: Turn, sources: Sequence[Numbered], fetched: FetchResult) -> Status:

@@ -22,6 +22,7 @@ __all__ = [
     "ANSWER_ECHOED",
     "ANSWER_LONG",
     "ANSWER_SLOW",
+    "ASKED_AGAIN",
     "EMPTY_HINT",
     "FAILURE_LINE",
     "FALLBACK_LEAD",
@@ -56,6 +57,7 @@ NOTHING_WRITTEN = (
 )
 # The longest sentence quoted from a source in an answer the bot writes itself.
 QUOTE_CHARS = 240
+ASKED_AGAIN = "I could not match this answer to its sources. A second answer, checked against them:"
 UNMATCHED = "I could not match this answer to its sources. Here is what the most relevant ones say:"
 # Notices: each a user line (safe in a public channel) for a bot.contract.Notice.
 LLM_DOWN = "The language model is unavailable right now, so this lists sources only."

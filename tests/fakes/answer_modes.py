@@ -12,7 +12,8 @@ Each plays one misbehaviour of a small or base model at the answer prompt
 * :func:`placeholder`: the prompt's placeholder ``(none)`` and nothing else;
 * :func:`lead_in`: a lead-in ("The answer to this question is:") and nothing after it;
 * :func:`bare_figure` ("The answer is: 3") and :func:`unsupported` (a claim no source
-  makes): answers no source can be matched to;
+  makes): answers no source can be matched to, when first asked and when asked again;
+* :func:`wrong_then_sourced`: :func:`unsupported`'s answer, and asked again, a cited one;
 * :func:`echo`: the whole prompt, system message first, as a base model continues it;
 * :func:`rambling`: a cited answer that goes on and on (for the token limit);
 * :func:`looping`: a cited sentence, then a paragraph over and over (:data:`LOOPED`).
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.pipeline.prompts import (
+    AGAIN,
     ANSWER_EXAMPLE_SHOWN,
     ANSWER_EXAMPLE_STATISTICS,
     SYNTHESIS_MARKER,
@@ -47,6 +49,7 @@ __all__ = [
     "rambling",
     "uncited",
     "unsupported",
+    "wrong_then_sourced",
 ]
 
 Responder = Callable[[dict[str, Any]], list[str]]
@@ -104,9 +107,17 @@ def _saying(text: str) -> Responder:
 placeholder = _saying("(none)")
 lead_in = _saying("The answer to this question is:")
 bare_figure = _saying("The answer is: 3")
-unsupported = _saying(
-    "Quokkas invented the steam engine on a lunar farm in 1642, or so legend says."
-)
+QUOKKAS = "Quokkas invented the steam engine on a lunar farm in 1642, or so legend says."
+unsupported = _saying(QUOKKAS)
+
+
+@_at_answer
+def wrong_then_sourced(system: str, user: str) -> str:
+    """An answer no source supports; asked again, the opening of the first source, cited."""
+    if AGAIN not in user:
+        return QUOKKAS
+    (n1, _, text1), *_ = _parse_sources(user)
+    return f"{_opening(text1)} [{n1}]."
 
 
 @_at_answer
