@@ -379,6 +379,21 @@ async def test_a_second_answer_that_matches_the_sources_follows_one_that_did_not
     assert QUESTION in asked["messages"][-1]["content"]
 
 
+async def test_a_second_answer_past_what_the_bounds_leave_is_dropped_for_the_sources(
+    bot: InMemoryAdapter, llm: FakeLLM
+) -> None:
+    llm.responder = answer_modes.wrong_then_long
+    reply = await bot.ask(QUESTION)
+
+    assert AGAIN in llm.chat_bodies()[-1]["messages"][-1]["content"], "it was asked again"
+    written, listed = reply.body.split("\n\n")
+    assert written == answer_modes.QUOKKAS and listed.startswith(f"{UNMATCHED}\n[1] ")
+    assert "word1" not in shown(bot)
+    assert "answer_again" not in kinds(reply) and "answer_uncited" in kinds(reply)
+    # The cut is of a draft nobody saw: not a notice of the reply.
+    assert "answer_cut" not in kinds(reply)
+
+
 @pytest.mark.parametrize("case", ["unmatched", "model down"])
 async def test_the_bot_quotes_the_sentence_of_a_source_that_answers_the_question(
     bot: InMemoryAdapter, llm: FakeLLM, case: str

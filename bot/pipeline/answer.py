@@ -208,7 +208,7 @@ class AnswerWriter:
                     kept = words.take(text)
                     if kept is not None:
                         await turn.emit(clean(kept))
-                        self._cut_at_words(turn)
+                        self._cut_at_words(turn, again)
                         break
                     room -= len(text)
                     await turn.emit(clean(text))
@@ -260,6 +260,7 @@ class AnswerWriter:
         if body is None or aside.llm_error is not None:
             return None
         if any(n.kind == "answer_cut" for n in aside.notices):
+            _log.info("the second answer ran past its %d words in %s", words, turn.conversation)
             return None
         return Draft(body.text, body.cited, aside.neutralised)
 
@@ -328,7 +329,11 @@ class AnswerWriter:
         )
         turn.notices.append(Notice("answer_repeat", "", operator=hint))
 
-    def _cut_at_words(self, turn: Turn) -> None:
+    def _cut_at_words(self, turn: Turn, again: int | None) -> None:
+        if again is not None:
+            # Not news: a second answer that ran past its words is dropped (draft_again).
+            turn.notices.append(Notice("answer_cut", ""))
+            return
         limit = int(self._chat.answer_words * WORDS_SLACK)
         _log.warning(
             "answer cut at %d words (1.5 x [chat].answer_words) in %s", limit, turn.conversation

@@ -14,6 +14,7 @@ Each plays one misbehaviour of a small or base model at the answer prompt
 * :func:`bare_figure` ("The answer is: 3") and :func:`unsupported` (a claim no source
   makes): answers no source can be matched to, when first asked and when asked again;
 * :func:`wrong_then_sourced`: :func:`unsupported`'s answer, and asked again, a cited one;
+  :func:`wrong_then_long`: the same, the second running on past any length bound;
 * :func:`echo`: the whole prompt, system message first, as a base model continues it;
 * :func:`rambling`: a cited answer that goes on and on (for the token limit);
 * :func:`looping`: a cited sentence, then a paragraph over and over (:data:`LOOPED`).
@@ -49,6 +50,7 @@ __all__ = [
     "rambling",
     "uncited",
     "unsupported",
+    "wrong_then_long",
     "wrong_then_sourced",
 ]
 
@@ -118,6 +120,15 @@ def wrong_then_sourced(system: str, user: str) -> str:
         return QUOKKAS
     (n1, _, text1), *_ = _parse_sources(user)
     return f"{_opening(text1)} [{n1}]."
+
+
+@_at_answer
+def wrong_then_long(system: str, user: str) -> str:
+    """An answer no source supports; asked again, a cited one that runs on for 300 words."""
+    if AGAIN not in user:
+        return QUOKKAS
+    (n1, _, text1), *_ = _parse_sources(user)
+    return f"{_opening(text1)} [{n1}]. " + " ".join(f"word{i}" for i in range(300))
 
 
 @_at_answer
