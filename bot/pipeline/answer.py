@@ -113,7 +113,7 @@ class AnswerWriter:
         assert turn.llm_error is not None
         down = LLM_SLOW if isinstance(turn.llm_error, LLMTimeout) else LLM_DOWN
         turn.notices.append(Notice("llm_unavailable", down, operator=turn.llm_error.hint))
-        # First sentences of fetched text: as untrusted as anything the model writes.
+        # Sentences of fetched text: as untrusted as anything the model writes.
         listed = sources[:FALLBACK_SOURCES]
         picked = await quotes(listed) if quotes is not None else None
         body, found = neutralise(fallback_answer(listed, quotes=picked), {s.url for s, _ in listed})
