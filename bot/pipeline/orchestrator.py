@@ -295,9 +295,11 @@ class Pipeline:
             if passages is not None:
                 passages.cancel()
         cut = any(n.kind == "answer_cut" for n in turn.notices)
+        # (A cut answer may not have reached its first citation: the cut is the news.)
+        cites_nothing = body.written and not body.cited and not cut
         again = (
             await self._answer_again(turn, state, sources, report, passages)
-            if body.written and not body.cited and not cut and checked.unmatched
+            if cites_nothing and checked.unmatched
             else None
         )
         if again is not None:
@@ -307,8 +309,7 @@ class Pipeline:
                 "one that does, shown after it"
             )
             turn.notices.append(Notice("answer_again", "", operator=hint))
-        elif body.written and not body.cited and not cut:
-            # (A cut answer may not have reached its first citation: the cut is the news.)
+        elif cites_nothing:
             listed = (
                 # No sentence of it matched a source: the reader gets what the sources say.
                 await self._writer.list_sources(turn, sources, UNMATCHED, quotes=quotes)

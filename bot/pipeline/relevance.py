@@ -117,23 +117,16 @@ class Relevance:
         caller then quotes first sentences.
         """
         split = [(s.n, split_sentences(text)) for s, text in sources]
-        texts = [sentence for _, parts in split for sentence in parts]
         query = await question
-        if query is None or not texts:
+        if query is None:
             return {}
         try:
-            vectors = await self._embeddings.embed(texts)
+            vectors = await self._embed_parts(split)
         except EmbeddingError:
             _log.warning("quoting first sentences: embedding the sources failed", exc_info=True)
             return {}
-        scores = vectors @ query
-        best, start = {}, 0
-        for n, parts in split:
-            if parts:
-                # argmax keeps the earliest of equals: a source's opening names its subject.
-                best[n] = parts[int(np.argmax(scores[start : start + len(parts)]))]
-            start += len(parts)
-        return best
+        # argmax keeps the earliest of equals: a source's opening names its subject.
+        return {n: parts[int(np.argmax(vectors[n] @ query))] for n, parts in split if parts}
 
     @property
     def checks_citations(self) -> bool:
@@ -142,14 +135,18 @@ class Relevance:
     async def embed_passages(self, sources: Sequence[Numbered]) -> PassageVectors | None:
         """Each numbered source's passage vectors; None when the pool failed."""
         split = [(s.n, citations.passages(text)) for s, text in sources]
-        texts = [p for _, parts in split for p in parts]
-        if not texts:
-            return {}
         try:
-            vectors = await self._embeddings.embed(texts)
+            return await self._embed_parts(split)
         except EmbeddingError:
             _log.warning("citations not checked: embedding the passages failed", exc_info=True)
             return None
+
+    async def _embed_parts(self, split: Sequence[tuple[int, list[str]]]) -> PassageVectors:
+        """The vectors of each source's parts, by source number, embedded in one batch."""
+        texts = [part for _, parts in split for part in parts]
+        if not texts:
+            return {}
+        vectors = await self._embeddings.embed(texts)
         out, start = {}, 0
         for n, parts in split:
             out[n] = vectors[start : start + len(parts)]

@@ -10,7 +10,7 @@ Sources list and notices look is each adapter's business (:mod:`bot.adapters.ren
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from bot.contract import Source
 from bot.domain import SOURCE_LABELS
@@ -171,14 +171,7 @@ def split_sentences(text: str) -> list[str]:
     Does not cut at common abbreviations ("e.g.", "Dr.", "U.S.") or initials; text after
     the last sentence's end is a sentence too.
     """
-    flat = " ".join(text.split())
-    found, start = [], 0
-    for match in _SENTENCE_END.finditer(flat):
-        if _ends_sentence(flat, match.end()):
-            found.append(flat[start : match.end()].strip())
-            start = match.end()
-    found.append(flat[start:].strip())
-    return [s for s in found if s]
+    return list(_sentences(text))
 
 
 def first_sentence(text: str, *, max_chars: int = QUOTE_CHARS) -> str:
@@ -189,5 +182,18 @@ def first_sentence(text: str, *, max_chars: int = QUOTE_CHARS) -> str:
     """
     if max_chars <= 0:
         return ""
-    sentences = split_sentences(text)
-    return truncate_words(sentences[0], max_chars, ellipsis=True) if sentences else ""
+    # The generator stops at the first sentence: the rest of the text is never scanned.
+    first = next(_sentences(text), "")
+    return truncate_words(first, max_chars, ellipsis=True)
+
+
+def _sentences(text: str) -> Iterator[str]:
+    flat = " ".join(text.split())
+    start = 0
+    for match in _SENTENCE_END.finditer(flat):
+        if _ends_sentence(flat, match.end()):
+            # Never empty: the match itself is a mark.
+            yield flat[start : match.end()].strip()
+            start = match.end()
+    if flat[start:].strip():
+        yield flat[start:].strip()
